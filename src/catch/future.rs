@@ -1,0 +1,239 @@
+use std::{
+    any::Any,
+    convert::Infallible,
+    error::Error,
+    fmt,
+    future::Future,
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::{header::ACCEPT, HeaderValue, Method, Request, Response, Uri};
+use pin_project_lite::pin_project;
+
+use super::{
+    classify::{classify_chain, MAX_CHAIN},
+    layer::Config,
+    CatchBody, Classify,
+};
+use crate::{BoxError, ErrorResponse, Format, ResponseBody};
+
+/// What the request needs for logging and content negotiation once it has been moved into the
+/// inner service. Cheap to capture: `Method` and `Uri` of a parsed request are reference-counted.
+#[derive(Debug)]
+pub(crate) struct RequestParts {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    accept: Option<HeaderValue>,
+}
+
+impl RequestParts {
+    pub(crate) fn new<B>(req: &Request<B>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            accept: req.headers().get(ACCEPT).cloned(),
+        }
+    }
+}
+
+/// A failure caught before a response existed.
+pub(crate) enum Failure {
+    Error(BoxError),
+    Panic(Box<dyn Any + Send>),
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Error(e) => f.debug_tuple("Error").field(e).finish(),
+            Failure::Panic(p) => f.debug_tuple("Panic").field(&panic_message(&**p)).finish(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Catch`](super::Catch).
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        state: State<F>,
+        parts: Option<RequestParts>,
+        classifier: C,
+        config: Config,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running { #[pin] future: F },
+        Failed { failure: Option<Failure> },
+        Done,
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn running(future: F, parts: RequestParts, classifier: C, config: Config) -> Self {
+        Self {
+            state: State::Running { future },
+            parts: Some(parts),
+            classifier,
+            config,
+        }
+    }
+
+    pub(crate) fn failed(
+        failure: Failure,
+        parts: RequestParts,
+        classifier: C,
+        config: Config,
+    ) -> Self {
+        Self {
+            state: State::Failed {
+                failure: Some(failure),
+            },
+            parts: Some(parts),
+            classifier,
+            config,
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Running { .. } => "Running",
+            State::Failed { .. } => "Failed",
+            State::Done => "Done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C, B, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    C: Classify,
+{
+    type Output = Result<Response<ResponseBody<CatchBody<B>>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let failure = match this.state.as_mut().project() {
+            StateProj::Running { future } => {
+                match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(res))) => {
+                        this.state.set(State::Done);
+                        let parts = this.parts.take().expect("polled after completion");
+                        return Poll::Ready(Ok(
+                            res.map(|body| ResponseBody::new(CatchBody::new(body, parts)))
+                        ));
+                    }
+                    Ok(Poll::Ready(Err(e))) => Failure::Error(e.into()),
+                    Err(panic) => Failure::Panic(panic),
+                }
+            }
+            StateProj::Failed { failure } => failure.take().expect("polled after completion"),
+            StateProj::Done => panic!("`ResponseFuture` polled after completion"),
+        };
+        // Drop the failed inner future now; its destructor may panic too.
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| this.state.set(State::Done))) {
+            tracing::error!(
+                panic = %panic_message(&*panic),
+                "inner response future panicked while being dropped"
+            );
+        }
+        let parts = this.parts.take().expect("polled after completion");
+        Poll::Ready(Ok(respond(failure, &parts, this.classifier, *this.config)))
+    }
+}
+
+/// Classifies and logs a failure, and builds the response the client gets.
+fn respond<B, C: Classify>(
+    failure: Failure,
+    parts: &RequestParts,
+    classifier: &C,
+    config: Config,
+) -> Response<ResponseBody<B>> {
+    let format = Format::negotiate_values(parts.accept.as_ref(), config.html);
+    let method = &parts.method;
+    let path = parts.uri.path();
+    match failure {
+        Failure::Error(error) => {
+            let classification = classify_chain(classifier, &*error, config.overloaded_retry_after);
+            let mut response =
+                ErrorResponse::new(classification.status, classification.reason).format(format);
+            if let Some(ra) = classification.retry_after {
+                response = response.retry_after(ra);
+            }
+            if let Some(detail) = classification.detail {
+                response = response.detail(detail);
+            }
+            let id = response.error_id();
+            let status = classification.status.as_u16();
+            let chain = Chain(&*error);
+            if classification.status.is_server_error()
+                && classification.status != http::StatusCode::SERVICE_UNAVAILABLE
+            {
+                tracing::error!(
+                    error_id = %id, %method, path, status, reason = %classification.reason,
+                    error = %chain, "request failed: service returned an error"
+                );
+            } else {
+                tracing::warn!(
+                    error_id = %id, %method, path, status, reason = %classification.reason,
+                    error = %chain, "request refused: service returned a known error"
+                );
+            }
+            response.into_response()
+        }
+        Failure::Panic(panic) => {
+            let response = ErrorResponse::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                crate::Reason::Internal,
+            )
+            .format(format);
+            tracing::error!(
+                error_id = %response.error_id(), %method, path, status = 500u16,
+                panic = %panic_message(&*panic), "request failed: service panicked"
+            );
+            response.into_response()
+        }
+    }
+}
+
+/// Displays an error and its `source()` chain: `outer: cause: root cause`.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        let mut depth = 1;
+        while let Some(e) = next {
+            if depth >= MAX_CHAIN {
+                return f.write_str(": ...");
+            }
+            write!(f, ": {e}")?;
+            next = e.source();
+            depth += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The message of a panic payload (`&str` or `String`), for the log.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "<non-string panic payload>"
+    }
+}

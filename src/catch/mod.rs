@@ -1,0 +1,69 @@
+//! Turn service errors and panics into clean `500 Internal Server Error` responses.
+//!
+//! [`CatchLayer`] wraps any `Service<http::Request<_>>` and makes its error type
+//! [`Infallible`](std::convert::Infallible), so it stands where axum's `HandleErrorLayer` stands,
+//! and it also catches panics, where tower-http's `CatchPanicLayer` stands.
+//!
+//! | what happens inside | what the client gets |
+//! |---|---|
+//! | the service returns `Err(e)` | **500**; `e` and its `source()` chain are logged at error level |
+//! | a panic in `poll_ready`, `call`, or while polling the response future | **500**; the panic message is logged |
+//! | `e` (or an error in its chain) is tower's `load_shed::error::Overloaded` | **503** with `Retry-After` (default 1 s, [`CatchLayer::overloaded_retry_after`]) |
+//! | ... is tower's `timeout::error::Elapsed` or tokio's `time::error::Elapsed` | **503**, as Go's `http.TimeoutHandler` answers |
+//! | ... is recognised by your [classifier](CatchLayer::classify) | the status you chose, e.g. 502 or 504 |
+//! | a panic while the response body streams (status already sent) | the body ends with a [`BodyPanicked`](crate::error::BodyPanicked) error, logged; the connection task does not unwind |
+//!
+//! Every generated response is an [`ErrorResponse`](crate::ErrorResponse): `Cache-Control:
+//! no-store`, an `x-error-id` header whose id is also in the body and in the log line, and a body
+//! in plain text, problem+json or HTML as the client's `Accept` asks. **Nothing of the error is
+//! sent**: not its message, not its type, not a backtrace. The log line carries the method and
+//! the path (never the query string, which often holds tokens).
+//!
+//! Unlike tower-http's `CatchPanicLayer`, the inner response body type is kept (wrapped, not
+//! boxed), so the success path allocates nothing.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_5xx::catch::CatchLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(CatchLayer::new())
+//!     .service(service_fn(|req: Request<Full<Bytes>>| async move {
+//!         if req.uri().path() == "/boom" {
+//!             return Err(std::io::Error::other("connection to db-7 refused"));
+//!         }
+//!         Ok(Response::new(Full::new(Bytes::from("ok"))))
+//!     }));
+//!
+//! // The layer's error type is Infallible: every request gets a response.
+//! let res = svc.clone().oneshot(Request::get("/boom").body(Full::default()).unwrap()).await;
+//! let res: Response<_> = match res { Ok(res) => res, Err(never) => match never {} };
+//! assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+//! assert_eq!(res.headers()["cache-control"], "no-store");
+//! assert!(res.headers().contains_key("x-error-id"));
+//! # let _: Option<Infallible> = None;
+//! # }
+//! ```
+//!
+//! With axum, put it on the whole router with `Router::layer` (panics in any handler become 500)
+//! or on one fallible service with `route_service`; see the [crate example](crate).
+
+mod body;
+mod classify;
+mod future;
+mod layer;
+mod service;
+
+pub use body::CatchBody;
+pub use classify::{Classification, Classify, DefaultClassifier};
+pub use future::ResponseFuture;
+pub use layer::CatchLayer;
+pub use service::Catch;

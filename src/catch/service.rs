@@ -1,0 +1,132 @@
+use std::{
+    convert::Infallible,
+    fmt,
+    panic::{catch_unwind, AssertUnwindSafe},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::{
+    future::{Failure, RequestParts, ResponseFuture},
+    layer::Config,
+    CatchBody, CatchLayer, Classify, DefaultClassifier,
+};
+use crate::{BoxError, ResponseBody};
+
+/// Middleware that turns its inner service's errors and panics into responses. Made by
+/// [`CatchLayer`]; see the [module docs](super).
+#[must_use]
+pub struct Catch<S, C = DefaultClassifier> {
+    inner: S,
+    classifier: C,
+    config: Config,
+    /// An error or panic from `poll_ready`, answered by the next `call`.
+    pending: Option<Failure>,
+}
+
+impl<S> Catch<S, DefaultClassifier> {
+    /// Wraps `inner` with the default settings of [`CatchLayer::new`].
+    pub fn new(inner: S) -> Self {
+        let layer = CatchLayer::new();
+        Self::from_parts(inner, layer.classifier, layer.config)
+    }
+}
+
+impl<S, C> Catch<S, C> {
+    pub(crate) fn from_parts(inner: S, classifier: C, config: Config) -> Self {
+        Self {
+            inner,
+            classifier,
+            config,
+            pending: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the middleware.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+// A clone starts without the failure its original may be holding for its next call.
+impl<S: Clone, C: Clone> Clone for Catch<S, C> {
+    fn clone(&self) -> Self {
+        Self::from_parts(self.inner.clone(), self.classifier.clone(), self.config)
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Catch<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Catch")
+            .field("inner", &self.inner)
+            .field("classifier", &self.classifier)
+            .field("config", &self.config)
+            .field("pending", &self.pending.is_some())
+            .finish()
+    }
+}
+
+impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for Catch<S, C>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+    C: Classify,
+{
+    type Response = Response<ResponseBody<CatchBody<ResBody>>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.pending.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        // An error or panic here cannot be returned (the error type is Infallible): keep it and
+        // answer the next request with it, without calling the inner service.
+        match catch_unwind(AssertUnwindSafe(|| self.inner.poll_ready(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            Ok(Poll::Ready(Err(e))) => {
+                self.pending = Some(Failure::Error(e.into()));
+                Poll::Ready(Ok(()))
+            }
+            Err(panic) => {
+                self.pending = Some(Failure::Panic(panic));
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let parts = RequestParts::new(&req);
+        if let Some(failure) = self.pending.take() {
+            return ResponseFuture::failed(failure, parts, self.classifier.clone(), self.config);
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(future) => {
+                ResponseFuture::running(future, parts, self.classifier.clone(), self.config)
+            }
+            Err(panic) => ResponseFuture::failed(
+                Failure::Panic(panic),
+                parts,
+                self.classifier.clone(),
+                self.config,
+            ),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Tower middleware that makes HTTP services and clients speak the 5xx family correctly.
+//!
+//! `500` and `503` look alike in logs but tell clients, caches and crawlers different things:
+//!
+//! | signal | meaning | emitted here by | what a client should do |
+//! |---|---|---|---|
+//! | **500** Internal Server Error | an unexpected failure: a bug, a dependency call nobody planned for | [`catch`]: a service `Err`, a panic | retry idempotent requests with bounded exponential backoff and jitter |
+//! | **503** Service Unavailable | a known, often deliberate state: maintenance, overload, an open circuit breaker | [`catch`] for tower's `Overloaded` and `Elapsed`; later the maintenance, shed and breaker layers, always with `Retry-After` | wait `Retry-After` (capped), otherwise back off |
+//! | **502** / **504** | an upstream failed / timed out | [`catch`], through a user [classifier](catch::CatchLayer::classify) | retry like 500 |
+//!
+//! Every response this crate generates carries `Cache-Control: no-store` and an
+//! [error id](ErrorId) (header [`x-error-id`](ERROR_ID_HEADER) and body) that is logged with the
+//! full error, so a user's report can be matched to a log line. A 500 never reveals the error's
+//! text, type or backtrace to the client.
+//!
+//! # Example: an axum app whose errors and panics become clean 500s
+//!
+//! ```
+//! # #[cfg(feature = "catch")]
+//! # async fn demo() {
+//! use axum::{routing::get, Router};
+//! use tower::{service_fn, Layer};
+//! use tower_5xx::catch::CatchLayer;
+//!
+//! // A service that can fail: axum needs `Error = Infallible`, CatchLayer provides it.
+//! let fallible = service_fn(|_req: axum::extract::Request| async {
+//!     Err::<axum::response::Response, _>(std::io::Error::other("db password rejected"))
+//! });
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .route("/panic", get(|| async { panic!("internal detail"); #[allow(unreachable_code)] "" }))
+//!     // `Err` -> 500, the message goes to the log, not to the client.
+//!     .route_service("/boom", CatchLayer::new().layer(fallible))
+//!     // Panics anywhere in the app -> 500.
+//!     .layer(CatchLayer::new());
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! # let _ = (app, listener);
+//! // axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+//!
+//! # Shared vocabulary
+//!
+//! - [`RetryAfter`]: the `Retry-After` value, parsed from and formatted to both RFC 9110 forms.
+//! - [`ErrorResponse`]: the one generated error response every layer uses; its body is plain text,
+//!   RFC 9457 `application/problem+json` or HTML, chosen by the request's `Accept`.
+//! - [`ResponseBody`]: the inner service's body or a generated one, without boxing.
+//! - [`Reason`]: why a response was generated, stored in the response's extensions so outer layers
+//!   (metrics, logging) can tell a maintenance 503 from a shed 503 without parsing bodies.
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it enables |
+//! |---|---|---|
+//! | `catch` | yes | [`catch::CatchLayer`]: errors and panics to 500, known tower errors to 503 |
+//! | `maintenance` | yes | maintenance mode (reserved: not yet implemented) |
+//! | `shed` | yes | overload shedding (reserved: not yet implemented) |
+//! | `breaker` | yes | circuit breakers (reserved: not yet implemented) |
+//! | `retry` | yes | client retries (reserved: not yet implemented) |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+pub mod error;
+mod response;
+mod retry_after;
+
+#[cfg(feature = "catch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "catch")))]
+pub mod catch;
+
+pub use body::ResponseBody;
+pub use response::{ErrorId, ErrorResponse, Format, Reason, ERROR_ID_HEADER};
+pub use retry_after::RetryAfter;
+
+/// Alias for a type-erased error type, as used by tower and hyper.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,553 @@
+//! The generated error response every layer of this crate uses.
+
+use std::{borrow::Cow, fmt, time::SystemTime};
+
+use bytes::Bytes;
+use http::{
+    header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER},
+    HeaderMap, HeaderName, HeaderValue, Response, StatusCode,
+};
+
+use crate::{ResponseBody, RetryAfter};
+
+/// The header that carries the [`ErrorId`] of a generated response: `x-error-id`.
+pub const ERROR_ID_HEADER: HeaderName = HeaderName::from_static("x-error-id");
+
+/// A random 64-bit id that ties a generated error response to its log line.
+///
+/// It is sent in the [`x-error-id`](ERROR_ID_HEADER) header and in the body, and logged with the
+/// full error, so a user who reports "error id 3f09c2d1a4b7e65c" can be matched to the log.
+/// Formatted as 16 lowercase hex digits. Ids come from a fast thread-local generator
+/// ([`fastrand`]); they are unique in practice, not secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorId(u64);
+
+impl ErrorId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        ErrorId(fastrand::u64(..))
+    }
+
+    /// The id as a number.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    fn to_header_value(self) -> HeaderValue {
+        HeaderValue::from_str(&self.to_string()).expect("hex digits are a valid header value")
+    }
+}
+
+impl Default for ErrorId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<u64> for ErrorId {
+    fn from(value: u64) -> Self {
+        ErrorId(value)
+    }
+}
+
+impl fmt::Display for ErrorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for ErrorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ErrorId({self})")
+    }
+}
+
+/// Why a response was generated.
+///
+/// Every generated response carries its `Reason` in its [extensions](http::Extensions), so outer
+/// layers (metrics, access logs) can tell a maintenance 503 from a shed 503 or a breaker 503
+/// without parsing bodies:
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_5xx::{ErrorResponse, Reason};
+///
+/// let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Maintenance)
+///     .into_response::<String>();
+/// assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Maintenance));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// An unexpected failure: a service error or a panic (500).
+    Internal,
+    /// The service is down for maintenance (503).
+    Maintenance,
+    /// The service shed the request because it is overloaded (503).
+    Overloaded,
+    /// A circuit breaker is open (503).
+    CircuitOpen,
+    /// The request timed out inside the server (503, as Go's `http.TimeoutHandler`).
+    Timeout,
+    /// An upstream the server called failed (502).
+    BadGateway,
+    /// An upstream the server called timed out (504).
+    GatewayTimeout,
+    /// A status chosen by a user classifier for its own error type.
+    Classified,
+}
+
+impl Reason {
+    /// A short, client-safe default explanation for this reason.
+    pub fn default_detail(self) -> &'static str {
+        match self {
+            Reason::Internal => "The server encountered an unexpected error.",
+            Reason::Maintenance => "The service is down for maintenance.",
+            Reason::Overloaded => "The service is overloaded.",
+            Reason::CircuitOpen => "A service this request depends on is unavailable.",
+            Reason::Timeout => "The server did not finish the request in time.",
+            Reason::BadGateway => "An upstream service failed.",
+            Reason::GatewayTimeout => "An upstream service did not answer in time.",
+            Reason::Classified => "The request could not be completed.",
+        }
+    }
+
+    /// A stable machine-readable name (`"internal"`, `"maintenance"`, ...), for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Internal => "internal",
+            Reason::Maintenance => "maintenance",
+            Reason::Overloaded => "overloaded",
+            Reason::CircuitOpen => "circuit_open",
+            Reason::Timeout => "timeout",
+            Reason::BadGateway => "bad_gateway",
+            Reason::GatewayTimeout => "gateway_timeout",
+            Reason::Classified => "classified",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body format of a generated response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Format {
+    /// A short `text/plain; charset=utf-8` body. The default when `Accept` is absent or `*/*`.
+    #[default]
+    Text,
+    /// An RFC 9457 `application/problem+json` body.
+    ProblemJson,
+    /// A small `text/html; charset=utf-8` page, for browsers.
+    Html,
+}
+
+impl Format {
+    /// Picks the format a request's `Accept` header prefers.
+    ///
+    /// Media ranges and `q` weights are honoured (RFC 9110 §12.5.1): each format takes the weight
+    /// of the most specific range that matches it (`application/problem+json` and
+    /// `application/json` match the problem format). The highest weight wins; at equal weight, the
+    /// format named explicitly beats one matched by a wildcard, then plain text beats JSON beats
+    /// HTML. With no `Accept`, an unreadable one, or nothing acceptable, the answer is
+    /// [`Format::Text`]. HTML is only chosen when `allow_html` is true.
+    ///
+    /// ```
+    /// use http::{header::ACCEPT, HeaderMap, HeaderValue};
+    /// use tower_5xx::Format;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    /// assert_eq!(Format::negotiate(&headers, false), Format::ProblemJson);
+    ///
+    /// headers.insert(ACCEPT, HeaderValue::from_static("text/html,*/*;q=0.8"));
+    /// assert_eq!(Format::negotiate(&headers, true), Format::Html);
+    /// assert_eq!(Format::negotiate(&headers, false), Format::Text);
+    /// ```
+    pub fn negotiate(headers: &HeaderMap, allow_html: bool) -> Format {
+        Self::negotiate_values(&headers.get_all(http::header::ACCEPT), allow_html)
+    }
+
+    /// [`Format::negotiate`] over the values of the `Accept` fields.
+    pub(crate) fn negotiate_values<'a, I>(accept: I, allow_html: bool) -> Format
+    where
+        I: IntoIterator<Item = &'a HeaderValue> + Copy,
+    {
+        let mut best = (Format::Text, 0.0f32, 0u8, 0u8);
+        let candidates: &[Format] = if allow_html {
+            &[Format::Text, Format::ProblemJson, Format::Html]
+        } else {
+            &[Format::Text, Format::ProblemJson]
+        };
+        for (rank, &format) in candidates.iter().enumerate() {
+            // Preference order at equal weight and specificity: text, json, html.
+            let order = (candidates.len() - rank) as u8;
+            let Some((q, specificity)) = weight(accept, format) else {
+                continue;
+            };
+            if q <= 0.0 {
+                continue;
+            }
+            if (q, specificity, order) > (best.1, best.2, best.3) {
+                best = (format, q, specificity, order);
+            }
+        }
+        best.0
+    }
+
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Format::Text => "text/plain; charset=utf-8",
+            Format::ProblemJson => "application/problem+json",
+            Format::Html => "text/html; charset=utf-8",
+        })
+    }
+
+    fn matches(self, ty: &str, subty: &str) -> Option<u8> {
+        let (own_ty, own_subs): (&str, &[&str]) = match self {
+            Format::Text => ("text", &["plain"]),
+            Format::ProblemJson => ("application", &["problem+json", "json"]),
+            Format::Html => ("text", &["html"]),
+        };
+        if ty == "*" && subty == "*" {
+            Some(0)
+        } else if ty.eq_ignore_ascii_case(own_ty) && subty == "*" {
+            Some(1)
+        } else if ty.eq_ignore_ascii_case(own_ty)
+            && own_subs.iter().any(|s| s.eq_ignore_ascii_case(subty))
+        {
+            Some(2)
+        } else {
+            None
+        }
+    }
+}
+
+/// The weight and specificity of the most specific `Accept` range matching `format`.
+fn weight<'a>(
+    accept: impl IntoIterator<Item = &'a HeaderValue>,
+    format: Format,
+) -> Option<(f32, u8)> {
+    let mut found: Option<(f32, u8)> = None;
+    for value in accept {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let Some((ty, subty)) = media.split_once('/') else {
+                continue;
+            };
+            let Some(specificity) = format.matches(ty.trim(), subty.trim()) else {
+                continue;
+            };
+            let mut q = 1.0f32;
+            for param in parts {
+                if let Some((name, val)) = param.split_once('=') {
+                    if name.trim().eq_ignore_ascii_case("q") {
+                        q = val
+                            .trim()
+                            .parse::<f32>()
+                            .ok()
+                            .filter(|q| q.is_finite())
+                            .map_or(0.0, |q| q.clamp(0.0, 1.0));
+                    }
+                }
+            }
+            match found {
+                Some((_, s)) if s >= specificity => {}
+                _ => found = Some((q, specificity)),
+            }
+        }
+    }
+    found
+}
+
+/// The generated error response: status, `Retry-After`, `Cache-Control: no-store`, error id, and
+/// a body in the format the client asked for.
+///
+/// Every layer of this crate builds its 500 and 503 responses with this type, so they all look
+/// alike on the wire:
+///
+/// | part | value |
+/// |---|---|
+/// | status | as given |
+/// | `Cache-Control` | `no-store`: neither a 500 nor a 503 may be served from a cache |
+/// | `Retry-After` | when the layer knows one |
+/// | `x-error-id` | the [`ErrorId`], also in the body, and logged by the layer |
+/// | `Content-Type` / body | plain text, RFC 9457 `application/problem+json`, or HTML: see [`Format::negotiate`] |
+/// | extensions | the [`Reason`] and the [`ErrorId`] |
+///
+/// The body never contains anything but the status title, the detail (a fixed, client-safe text
+/// per [`Reason`] unless the layer's user configured one), the error id and the retry delay.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::{header, StatusCode};
+/// use tower_5xx::{ErrorResponse, Format, Reason, RetryAfter};
+///
+/// let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Maintenance)
+///     .retry_after(RetryAfter::delay(Duration::from_secs(120)))
+///     .format(Format::ProblemJson)
+///     .into_response::<String>();
+/// assert_eq!(res.status(), 503);
+/// assert_eq!(res.headers()[header::RETRY_AFTER], "120");
+/// assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+/// assert_eq!(res.headers()[header::CONTENT_TYPE], "application/problem+json");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ErrorResponse {
+    status: StatusCode,
+    reason: Reason,
+    retry_after: Option<RetryAfter>,
+    detail: Option<Cow<'static, str>>,
+    error_id: ErrorId,
+    format: Format,
+}
+
+#[derive(serde::Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    error_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+impl ErrorResponse {
+    /// A response with this status and reason, a fresh [`ErrorId`], no `Retry-After`, the
+    /// reason's default detail, and a plain-text body.
+    pub fn new(status: StatusCode, reason: Reason) -> Self {
+        Self {
+            status,
+            reason,
+            retry_after: None,
+            detail: None,
+            error_id: ErrorId::new(),
+            format: Format::Text,
+        }
+    }
+
+    /// Sets the `Retry-After` header.
+    #[must_use]
+    pub fn retry_after(mut self, retry_after: RetryAfter) -> Self {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// Sets the client-facing detail text. It must not contain internal information; by
+    /// default it is [`Reason::default_detail`].
+    #[must_use]
+    pub fn detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Sets the body format.
+    #[must_use]
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Sets the body format from the request's `Accept` header, see [`Format::negotiate`].
+    #[must_use]
+    pub fn negotiate(mut self, request_headers: &HeaderMap, allow_html: bool) -> Self {
+        self.format = Format::negotiate(request_headers, allow_html);
+        self
+    }
+
+    /// Uses this error id instead of a fresh one.
+    #[must_use]
+    pub fn with_error_id(mut self, error_id: ErrorId) -> Self {
+        self.error_id = error_id;
+        self
+    }
+
+    /// The error id the response will carry (log it with the error).
+    pub fn error_id(&self) -> ErrorId {
+        self.error_id
+    }
+
+    /// The status the response will carry.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The reason the response will carry.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// The body text, as bytes, in the chosen format.
+    fn body(&self) -> Bytes {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let detail = self
+            .detail
+            .as_deref()
+            .unwrap_or_else(|| self.reason.default_detail());
+        let retry_secs = self.retry_after.map(|ra| {
+            let secs = ra.delay_from(SystemTime::now());
+            secs.as_secs() + u64::from(secs.subsec_nanos() > 0)
+        });
+        let id = self.error_id;
+        let code = self.status.as_u16();
+        match self.format {
+            Format::Text => {
+                let mut s = format!("{code} {title}: {detail}\nerror id: {id}\n");
+                if let Some(secs) = retry_secs {
+                    s.push_str(&format!("retry after: {secs} s\n"));
+                }
+                Bytes::from(s)
+            }
+            Format::ProblemJson => {
+                let problem = Problem {
+                    ty: "about:blank",
+                    title,
+                    status: code,
+                    detail,
+                    error_id: id.to_string(),
+                    retry_after: retry_secs,
+                };
+                Bytes::from(serde_json::to_vec(&problem).expect("a problem always serializes"))
+            }
+            Format::Html => {
+                let (title, detail) = (escape_html(title), escape_html(detail));
+                let retry = retry_secs
+                    .map(|s| format!("<p>Please try again in {s} seconds.</p>\n"))
+                    .unwrap_or_default();
+                Bytes::from(format!(
+                    "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+                     <title>{code} {title}</title></head>\n<body>\n<h1>{title}</h1>\n\
+                     <p>{detail}</p>\n{retry}<p><small>Error id: {id}</small></p>\n\
+                     </body>\n</html>\n"
+                ))
+            }
+        }
+    }
+
+    /// Builds the response. Its body is the generated variant of [`ResponseBody`], so it has
+    /// the same type as the inner service's responses wrapped by a layer.
+    pub fn into_response<B>(self) -> Response<ResponseBody<B>> {
+        let mut res = Response::new(ResponseBody::generated(self.body()));
+        *res.status_mut() = self.status;
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, self.format.content_type());
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(ERROR_ID_HEADER, self.error_id.to_header_value());
+        if let Some(ra) = self.retry_after {
+            headers.insert(RETRY_AFTER, ra.to_header_value());
+        }
+        res.extensions_mut().insert(self.reason);
+        res.extensions_mut().insert(self.error_id);
+        res
+    }
+}
+
+fn escape_html(s: &str) -> Cow<'_, str> {
+    if !s.contains(['<', '>', '&', '"', '\'']) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::ACCEPT;
+    use std::time::Duration;
+
+    fn accept(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, HeaderValue::from_static(v));
+        h
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(Format::negotiate(&HeaderMap::new(), true), Format::Text);
+        assert_eq!(Format::negotiate(&accept("*/*"), true), Format::Text);
+        assert_eq!(
+            Format::negotiate(&accept("application/problem+json"), true),
+            Format::ProblemJson
+        );
+        assert_eq!(
+            Format::negotiate(&accept("application/json, */*"), true),
+            Format::ProblemJson
+        );
+        assert_eq!(
+            Format::negotiate(&accept("text/plain;q=0.5, application/json"), true),
+            Format::ProblemJson
+        );
+        assert_eq!(
+            Format::negotiate(&accept("application/json;q=0, */*"), true),
+            Format::Text
+        );
+        let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert_eq!(Format::negotiate(&accept(browser), true), Format::Html);
+        assert_eq!(Format::negotiate(&accept(browser), false), Format::Text);
+        assert_eq!(Format::negotiate(&accept("image/png"), true), Format::Text);
+        assert_eq!(Format::negotiate(&accept(";;,/,q=x"), true), Format::Text);
+        assert_eq!(
+            Format::negotiate(&accept("application/*;q=0.9, text/*;q=0.1"), true),
+            Format::ProblemJson
+        );
+    }
+
+    #[test]
+    fn generated_response_shape() {
+        let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded)
+            .retry_after(RetryAfter::delay(Duration::from_millis(1500)))
+            .format(Format::ProblemJson)
+            .into_response::<String>();
+        let id = *res.extensions().get::<ErrorId>().unwrap();
+        assert_eq!(res.headers()[RETRY_AFTER], "2");
+        assert_eq!(res.headers()[ERROR_ID_HEADER], id.to_string().as_str());
+        let bytes = res.into_body().into_generated().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["status"], 503);
+        assert_eq!(json["title"], "Service Unavailable");
+        assert_eq!(json["error_id"], id.to_string());
+        assert_eq!(json["retry_after"], 2);
+        assert_eq!(json["type"], "about:blank");
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Maintenance)
+            .detail("<script>alert('x')</script> & more")
+            .format(Format::Html)
+            .into_response::<String>();
+        let body = res.into_body().into_generated().unwrap();
+        let body = std::str::from_utf8(&body).unwrap();
+        assert!(!body.contains("<script>"));
+        assert!(body.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more"));
+    }
+
+    #[test]
+    fn error_ids_are_hex_and_distinct() {
+        let a = ErrorId::new();
+        let b = ErrorId::new();
+        assert_ne!(a, b);
+        assert_eq!(a.to_string().len(), 16);
+        assert!(a.to_string().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(ErrorId::from(0xab).to_string(), "00000000000000ab");
+    }
+}
