@@ -38,18 +38,17 @@ impl RequestParts {
     }
 }
 
-/// A failure caught before a response existed.
+/// A failure caught before a response existed. A panic keeps only its message (a payload is
+/// `Send` but not `Sync`, and the service that may hold a failure must be `Sync` for axum).
+#[derive(Debug)]
 pub(crate) enum Failure {
     Error(BoxError),
-    Panic(Box<dyn Any + Send>),
+    Panic(String),
 }
 
-impl fmt::Debug for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Error(e) => f.debug_tuple("Error").field(e).finish(),
-            Failure::Panic(p) => f.debug_tuple("Panic").field(&panic_message(&**p)).finish(),
-        }
+impl Failure {
+    pub(crate) fn panic(payload: Box<dyn Any + Send>) -> Self {
+        Failure::Panic(panic_message(&*payload).to_owned())
     }
 }
 
@@ -135,7 +134,7 @@ where
                         ));
                     }
                     Ok(Poll::Ready(Err(e))) => Failure::Error(e.into()),
-                    Err(panic) => Failure::Panic(panic),
+                    Err(panic) => Failure::panic(panic),
                 }
             }
             StateProj::Failed { failure } => failure.take().expect("polled after completion"),
@@ -200,7 +199,7 @@ fn respond<B, C: Classify>(
             .format(format);
             tracing::error!(
                 error_id = %response.error_id(), %method, path, status = 500u16,
-                panic = %panic_message(&*panic), "request failed: service panicked"
+                panic = %panic, "request failed: service panicked"
             );
             response.into_response()
         }

@@ -106,7 +106,7 @@ where
                 Poll::Ready(Ok(()))
             }
             Err(panic) => {
-                self.pending = Some(Failure::Panic(panic));
+                self.pending = Some(Failure::panic(panic));
                 Poll::Ready(Ok(()))
             }
         }
@@ -122,7 +122,7 @@ where
                 ResponseFuture::running(future, parts, self.classifier.clone(), self.config)
             }
             Err(panic) => ResponseFuture::failed(
-                Failure::Panic(panic),
+                Failure::panic(panic),
                 parts,
                 self.classifier.clone(),
                 self.config,

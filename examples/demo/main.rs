@@ -1,0 +1,65 @@
+//! The tower-5xx demo: one axum app showing every capability of the crate.
+//!
+//! ```sh
+//! cargo run --example demo                 # serves on 127.0.0.1:3000
+//! DEMO_ADDR=127.0.0.1:8080 cargo run --example demo
+//! ```
+//!
+//! It speaks HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on the same port. The routes are listed
+//! in the README and printed at start-up.
+
+mod errors;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use tower_5xx::catch::CatchLayer;
+
+/// The whole demo app. Each capability contributes its routes from its own module.
+fn app() -> Router {
+    Router::new()
+        .merge(errors::routes())
+        // Outermost: a panic anywhere below becomes a 500 with an error id.
+        .layer(CatchLayer::new())
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt().with_target(false).init();
+
+    let addr: SocketAddr = match std::env::var("DEMO_ADDR") {
+        Ok(addr) => addr.parse().unwrap_or_else(|e| {
+            eprintln!(
+                "DEMO_ADDR={addr:?} is not a socket address ({e}); expected e.g. 127.0.0.1:3000"
+            );
+            std::process::exit(2)
+        }),
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 3000)),
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("cannot listen on {addr}: {e} (set DEMO_ADDR to use another address)");
+            std::process::exit(1)
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+
+    println!("tower-5xx demo listening on http://{addr} (HTTP/1.1 and h2c)");
+    println!();
+    errors::print_help(addr);
+    println!();
+    println!("Every generated 5xx carries Cache-Control: no-store and an x-error-id that is also logged.");
+    println!("Ask for JSON with -H 'Accept: application/problem+json'; add --http2-prior-knowledge for HTTP/2.");
+
+    let app = app().into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            println!("shutting down");
+        })
+        .await
+        .expect("server error");
+}

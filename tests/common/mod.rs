@@ -1,0 +1,196 @@
+//! Shared helpers for the integration tests: real servers on 127.0.0.1 (port 0) and real hyper
+//! clients. Each test file uses a subset.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    convert::Infallible,
+    io::Write,
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves an axum app on 127.0.0.1:0 (HTTP/1.1 and h2c), with `ConnectInfo<SocketAddr>`.
+pub async fn serve_axum(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// Serves a tower service with plain hyper (hyper-util's auto builder: HTTP/1.1 and h2c) on
+/// 127.0.0.1:0. A fresh clone of `svc` serves each connection.
+pub async fn serve_hyper<S, B>(svc: S) -> SocketAddr
+where
+    S: tower::Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// An HTTP/1.1 hyper client.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 (prior knowledge, h2c) hyper client.
+pub fn h2_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// Sends `req` and reads the whole response.
+pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Result<Reply, BoxError> {
+    let res = client.request(req).await?;
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `GET http://{addr}{path}` with an optional `Accept`.
+pub async fn get(client: &TestClient, addr: SocketAddr, path: &str) -> Reply {
+    send(client, request(addr, path, None)).await.unwrap()
+}
+
+/// A `GET` request to the server, with an optional `Accept`.
+pub fn request(addr: SocketAddr, path: &str, accept: Option<&str>) -> Request<Full<Bytes>> {
+    let mut builder = Request::get(format!("http://{addr}{path}"));
+    if let Some(accept) = accept {
+        builder = builder.header(http::header::ACCEPT, accept);
+    }
+    builder.body(Full::default()).unwrap()
+}
+
+/// Log lines captured from `tracing` by a global subscriber (installed once per test binary).
+#[derive(Clone)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The captured lines that contain `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.contents()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once) a global `tracing` subscriber that records every event, and returns it.
+pub fn logs() -> Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || LogWriter(writer.clone()))
+            .init();
+        Logs(buf)
+    })
+    .clone()
+}
+
+/// Put this in the message of a panic a test causes on purpose.
+pub const EXPECTED_PANIC: &str = "[expected panic]";
+
+/// Silences the default panic message for panics whose message contains [`EXPECTED_PANIC`], so
+/// tests that panic on purpose a thousand times do not flood the output. Other panics print.
+pub fn quiet_panics() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if !msg.contains(EXPECTED_PANIC) {
+                default(info);
+            }
+        }));
+    });
+}
