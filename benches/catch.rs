@@ -81,17 +81,38 @@ fn success_path(c: &mut Criterion) {
     group.bench_function("tower_5xx_catch", |b| {
         b.iter(|| drive(&mut catch, template.request()))
     });
+    let mut catch_plain = CatchLayer::new().negotiate(false).layer(handler);
+    group.bench_function("tower_5xx_catch_no_negotiation", |b| {
+        b.iter(|| drive(&mut catch_plain, template.request()))
+    });
     group.finish();
 }
 
 fn error_path(c: &mut Criterion) {
+    // Panics are the point here: keep the default hook from printing a message per iteration.
+    std::panic::set_hook(Box::new(|_| {}));
     let template = Template::new();
     let failing = service_fn(|_req: Request<Full<Bytes>>| async move {
         Err::<Response<Full<Bytes>>, _>(std::io::Error::other("boom"))
     });
     let mut group = c.benchmark_group("catch_error");
     let mut catch = CatchLayer::new().layer(failing);
-    group.bench_function("tower_5xx_catch_500", |b| {
+    group.bench_function("tower_5xx_catch_err_500", |b| {
+        b.iter(|| drive(&mut catch, template.request()))
+    });
+
+    let panicking = service_fn(|_req: Request<Full<Bytes>>| async move {
+        if black_box(true) {
+            panic!("boom");
+        }
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let mut panic_layer = CatchPanicLayer::new().layer(panicking);
+    group.bench_function("tower_http_catch_panic_500", |b| {
+        b.iter(|| drive(&mut panic_layer, template.request()))
+    });
+    let mut catch = CatchLayer::new().layer(panicking);
+    group.bench_function("tower_5xx_catch_panic_500", |b| {
         b.iter(|| drive(&mut catch, template.request()))
     });
     group.finish();

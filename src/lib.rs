@@ -76,3 +76,8 @@ pub use retry_after::RetryAfter;
 
 /// Alias for a type-erased error type, as used by tower and hyper.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

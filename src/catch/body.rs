@@ -8,30 +8,31 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::future::{panic_message, RequestParts};
+use super::future::panic_message;
 use crate::{error::BodyPanicked, BoxError, ErrorId};
 
 pin_project! {
     /// The inner service's response body, guarded against panics.
     ///
     /// Frames and errors pass through unchanged (errors converted to [`BoxError`]). If polling
-    /// the inner body panics, the panic is caught and logged with the request's method, path and
-    /// a fresh [`ErrorId`], and the body ends with a [`BodyPanicked`] error; the inner body is
-    /// not polled again.
+    /// the inner body panics, the panic is caught and logged at error level with a fresh
+    /// [`ErrorId`] (inside the request's span, if a tracing layer made one), and the body ends
+    /// with a [`BodyPanicked`] error; the inner body is not polled again.
+    ///
+    /// It carries no copy of the request: the body is moved with every response, and a small
+    /// body keeps the success path cheap.
     #[derive(Debug)]
     pub struct CatchBody<B> {
         #[pin]
         inner: B,
-        parts: RequestParts,
         panicked: bool,
     }
 }
 
 impl<B> CatchBody<B> {
-    pub(crate) fn new(inner: B, parts: RequestParts) -> Self {
+    pub(crate) fn new(inner: B) -> Self {
         Self {
             inner,
-            parts,
             panicked: false,
         }
     }
@@ -75,8 +76,6 @@ where
                 let error_id = ErrorId::new();
                 tracing::error!(
                     error_id = %error_id,
-                    method = %this.parts.method,
-                    path = this.parts.uri.path(),
                     panic = %panic_message(&*panic),
                     "response body panicked while streaming; ending the body with an error"
                 );

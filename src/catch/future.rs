@@ -9,7 +9,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header::ACCEPT, HeaderValue, Method, Request, Response, Uri};
+use http::{header::ACCEPT, uri::PathAndQuery, HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
 
 use super::{
@@ -20,21 +20,32 @@ use super::{
 use crate::{BoxError, ErrorResponse, Format, ResponseBody};
 
 /// What the request needs for logging and content negotiation once it has been moved into the
-/// inner service. Cheap to capture: `Method` and `Uri` of a parsed request are reference-counted.
+/// inner service. Cheap to capture: a standard `Method` is a plain enum, and the path and the
+/// `Accept` value of a request hyper parsed are reference-counted slices of its read buffer.
 #[derive(Debug)]
 pub(crate) struct RequestParts {
-    pub(crate) method: Method,
-    pub(crate) uri: Uri,
+    method: Method,
+    path: Option<PathAndQuery>,
     accept: Option<HeaderValue>,
 }
 
 impl RequestParts {
-    pub(crate) fn new<B>(req: &Request<B>) -> Self {
+    #[inline]
+    pub(crate) fn new<B>(req: &Request<B>, negotiate: bool) -> Self {
         Self {
             method: req.method().clone(),
-            uri: req.uri().clone(),
-            accept: req.headers().get(ACCEPT).cloned(),
+            path: req.uri().path_and_query().cloned(),
+            accept: if negotiate {
+                req.headers().get(ACCEPT).cloned()
+            } else {
+                None
+            },
         }
+    }
+
+    /// The path, without the query string (which often carries tokens).
+    fn path(&self) -> &str {
+        self.path.as_ref().map_or("", PathAndQuery::path)
     }
 }
 
@@ -73,6 +84,7 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn running(future: F, parts: RequestParts, classifier: C, config: Config) -> Self {
         Self {
             state: State::Running { future },
@@ -120,6 +132,7 @@ where
 {
     type Output = Result<Response<ResponseBody<CatchBody<B>>>, Infallible>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let failure = match this.state.as_mut().project() {
@@ -128,9 +141,9 @@ where
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(res))) => {
                         this.state.set(State::Done);
-                        let parts = this.parts.take().expect("polled after completion");
+                        *this.parts = None;
                         return Poll::Ready(Ok(
-                            res.map(|body| ResponseBody::new(CatchBody::new(body, parts)))
+                            res.map(|body| ResponseBody::new(CatchBody::new(body)))
                         ));
                     }
                     Ok(Poll::Ready(Err(e))) => Failure::Error(e.into()),
@@ -161,10 +174,11 @@ fn respond<B, C: Classify>(
 ) -> Response<ResponseBody<B>> {
     let format = Format::negotiate_values(parts.accept.as_ref(), config.html);
     let method = &parts.method;
-    let path = parts.uri.path();
+    let path = parts.path();
     match failure {
         Failure::Error(error) => {
-            let classification = classify_chain(classifier, &*error, config.overloaded_retry_after);
+            let classification =
+                classify_chain(classifier, &*error, config.overloaded_retry_after());
             let mut response =
                 ErrorResponse::new(classification.status, classification.reason).format(format);
             if let Some(ra) = classification.retry_after {

@@ -16,8 +16,16 @@ pub struct CatchLayer<C = DefaultClassifier> {
 /// Settings copied into each request's future (small and `Copy`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
-    pub(crate) overloaded_retry_after: Duration,
+    /// Whole seconds: all `Retry-After` can say (kept small, the future carries a copy).
+    overloaded_retry_after_secs: u32,
     pub(crate) html: bool,
+    pub(crate) negotiate: bool,
+}
+
+impl Config {
+    pub(crate) fn overloaded_retry_after(self) -> Duration {
+        Duration::from_secs(u64::from(self.overloaded_retry_after_secs))
+    }
 }
 
 impl CatchLayer<DefaultClassifier> {
@@ -32,8 +40,9 @@ impl CatchLayer<DefaultClassifier> {
         Self {
             classifier: DefaultClassifier,
             config: Config {
-                overloaded_retry_after: Duration::from_secs(1),
+                overloaded_retry_after_secs: 1,
                 html: true,
+                negotiate: true,
             },
         }
     }
@@ -57,8 +66,22 @@ impl<C> CatchLayer<C> {
     }
 
     /// The `Retry-After` of the 503 answered for tower's `Overloaded` error. Default: 1 second.
+    /// Rounded up to whole seconds, as the header is sent; capped at about 136 years.
     pub fn overloaded_retry_after(mut self, retry_after: Duration) -> Self {
-        self.config.overloaded_retry_after = retry_after;
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        self.config.overloaded_retry_after_secs = u32::try_from(secs).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// Whether the body of a generated response follows the request's `Accept` (default
+    /// `true`): problem+json for API clients, HTML for browsers, plain text otherwise.
+    ///
+    /// Negotiation needs the `Accept` value of every request, captured before the request
+    /// moves into the inner service: a header-map lookup and a reference-count increment per
+    /// request, most of this layer's cost on the success path (see `BENCHMARKS.md`). With
+    /// `false`, nothing of `Accept` is captured and every generated body is plain text.
+    pub fn negotiate(mut self, enabled: bool) -> Self {
+        self.config.negotiate = enabled;
         self
     }
 

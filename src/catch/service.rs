@@ -92,6 +92,7 @@ where
     type Error = Infallible;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.pending.is_some() {
             return Poll::Ready(Ok(()));
@@ -112,8 +113,9 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let parts = RequestParts::new(&req);
+        let parts = RequestParts::new(&req, self.config.negotiate);
         if let Some(failure) = self.pending.take() {
             return ResponseFuture::failed(failure, parts, self.classifier.clone(), self.config);
         }

@@ -1,0 +1,472 @@
+//! `CatchLayer` over real sockets: hyper and axum servers on 127.0.0.1, hyper clients.
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    error::Error,
+    fmt,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{routing, Router};
+use bytes::Bytes;
+use common::{client, get, h2_client, logs, quiet_panics, request, send, Reply, EXPECTED_PANIC};
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_5xx::{
+    catch::{Catch, CatchLayer, Classification},
+    ErrorId, Reason,
+};
+
+const SECRET: &str = "db-password-hunter2";
+
+/// Checks the shape every generated 500 must have, and returns its error id.
+fn assert_clean_500(reply: &Reply, must_not_contain: &str) -> String {
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{reply:?}");
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let id = reply
+        .header("x-error-id")
+        .expect("x-error-id header")
+        .to_owned();
+    assert_eq!(id.len(), 16);
+    assert!(
+        reply.text().contains(&id),
+        "body must carry the error id: {:?}",
+        reply.text()
+    );
+    assert!(
+        !reply.text().contains(must_not_contain),
+        "body leaks internal detail: {:?}",
+        reply.text()
+    );
+    id
+}
+
+/// The log line for `id` must exist, carry method and path, and never the query string.
+fn assert_logged(id: &str, path: &str, expected: &str) {
+    let lines = logs().lines_with(id);
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one log line per error id: {lines:?}"
+    );
+    let line = &lines[0];
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("method=GET"), "{line}");
+    assert!(line.contains(&format!("path=\"{path}\"")), "{line}");
+    assert!(line.contains(expected), "{line} should contain {expected}");
+    assert!(
+        !line.contains("token="),
+        "query string leaked into log: {line}"
+    );
+}
+
+#[derive(Debug)]
+struct Outer(std::io::Error);
+
+impl fmt::Display for Outer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("loading user failed")
+    }
+}
+
+impl Error for Outer {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A body that yields one chunk, then panics.
+struct PanickingBody {
+    sent: bool,
+}
+
+impl Body for PanickingBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent {
+            panic!("{EXPECTED_PANIC} body exploded with {SECRET}");
+        }
+        self.sent = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first chunk")))))
+    }
+}
+
+type TestBody = http_body_util::Either<Full<Bytes>, PanickingBody>;
+
+/// A plain tower service (no axum) with one route per failure mode.
+async fn handler(req: Request<hyper::body::Incoming>) -> Result<Response<TestBody>, Outer> {
+    let ok = |s: &'static str| Ok(Response::new(TestBody::Left(Full::new(Bytes::from(s)))));
+    match req.uri().path() {
+        "/" => ok("hello"),
+        "/error" => Err(Outer(std::io::Error::other(SECRET))),
+        "/panic" => {
+            tokio::task::yield_now().await;
+            panic!("{EXPECTED_PANIC} handler saw {SECRET}")
+        }
+        "/body-panic" => Ok(Response::new(TestBody::Right(PanickingBody {
+            sent: false,
+        }))),
+        _ => ok("other"),
+    }
+}
+
+/// A service that panics in `call` itself, before returning a future, for `/call-panic`.
+#[derive(Clone)]
+struct PanicsInCall;
+
+impl Service<Request<hyper::body::Incoming>> for PanicsInCall {
+    type Response = Response<TestBody>;
+    type Error = Outer;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Outer>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Outer>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        if req.uri().path() == "/call-panic" {
+            panic!("{EXPECTED_PANIC} call panicked with {SECRET}");
+        }
+        Box::pin(handler(req))
+    }
+}
+
+async fn hyper_server() -> std::net::SocketAddr {
+    common::serve_hyper(CatchLayer::new().layer(PanicsInCall)).await
+}
+
+#[tokio::test]
+async fn hyper_server_answers_500_for_errors_and_panics() {
+    quiet_panics();
+    let _ = logs();
+    let addr = hyper_server().await;
+    for c in [client(), h2_client()] {
+        assert_eq!(get(&c, addr, "/").await.text(), "hello");
+
+        let reply = get(&c, addr, "/error?token=abc").await;
+        let id = assert_clean_500(&reply, SECRET);
+        // The full chain is logged: outer error and its source.
+        assert_logged(&id, "/error", &format!("loading user failed: {SECRET}"));
+
+        let reply = get(&c, addr, "/panic?token=abc").await;
+        let id = assert_clean_500(&reply, SECRET);
+        assert_logged(&id, "/panic", "handler saw");
+
+        let reply = get(&c, addr, "/call-panic").await;
+        let id = assert_clean_500(&reply, SECRET);
+        assert_logged(&id, "/call-panic", "call panicked");
+    }
+}
+
+#[tokio::test]
+async fn body_format_follows_accept() {
+    quiet_panics();
+    let addr = hyper_server().await;
+    let c = client();
+
+    let json = send(
+        &c,
+        request(addr, "/error", Some("application/problem+json")),
+    )
+    .await
+    .unwrap();
+    let id = assert_clean_500(&json, SECRET);
+    assert_eq!(
+        json.header("content-type"),
+        Some("application/problem+json")
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+    assert_eq!(v["status"], 500);
+    assert_eq!(v["error_id"], id);
+    assert_eq!(v["title"], "Internal Server Error");
+
+    let html = send(&c, request(addr, "/panic", Some("text/html")))
+        .await
+        .unwrap();
+    assert_clean_500(&html, SECRET);
+    assert_eq!(
+        html.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(html.text().starts_with("<!DOCTYPE html>"));
+
+    let text = get(&c, addr, "/error").await;
+    assert_clean_500(&text, SECRET);
+    assert_eq!(
+        text.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+}
+
+#[tokio::test]
+async fn body_panic_ends_the_body_with_an_error_and_the_server_keeps_serving() {
+    quiet_panics();
+    let _ = logs();
+    let addr = hyper_server().await;
+    for c in [client(), h2_client()] {
+        // The status line may or may not have reached the client before the panic (HTTP/1
+        // may flush headers together with the first chunk); either way the response must not
+        // look complete.
+        let outcome = match c.request(request(addr, "/body-panic", None)).await {
+            Err(_) => Err(()),
+            Ok(res) => {
+                assert_eq!(res.status(), StatusCode::OK);
+                res.into_body().collect().await.map(|_| ()).map_err(|_| ())
+            }
+        };
+        assert!(outcome.is_err(), "the body must end with an error");
+        // The server is alive and well.
+        assert_eq!(get(&c, addr, "/").await.text(), "hello");
+    }
+    let lines = logs().lines_with("response body panicked");
+    assert!(lines.len() >= 2, "{lines:?}");
+    assert!(lines
+        .iter()
+        .all(|l| l.contains("error_id=") && l.contains("body exploded")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_router_layer_answers_500_and_survives_1000_panics() {
+    quiet_panics();
+    let _ = logs();
+    let fallible = service_fn(|_req: axum::extract::Request| async {
+        Err::<axum::response::Response, _>(Outer(std::io::Error::other(SECRET)))
+    });
+    let app = Router::new()
+        .route("/", routing::get(|| async { "hello" }))
+        .route(
+            "/panic",
+            routing::get(|| async {
+                if true {
+                    panic!("{EXPECTED_PANIC} axum handler saw {SECRET}");
+                }
+                "unreachable"
+            }),
+        )
+        .route_service("/boom", CatchLayer::new().layer(fallible))
+        .layer(CatchLayer::new());
+    let addr = common::serve_axum(app).await;
+    let c = client();
+
+    let reply = get(&c, addr, "/boom?token=1").await;
+    let id = assert_clean_500(&reply, SECRET);
+    assert_logged(&id, "/boom", SECRET);
+
+    let reply = get(&c, addr, "/panic").await;
+    let id = assert_clean_500(&reply, SECRET);
+    assert_logged(&id, "/panic", "axum handler saw");
+
+    // 1,000 panicking requests from 8 concurrent connections: each one gets exactly one
+    // well-formed 500, no connection is dropped, and the server keeps serving.
+    let ids = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let ids = ids.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..125 {
+                let reply = send(&c, request(addr, "/panic", None))
+                    .await
+                    .expect("no connection dropped");
+                let id = assert_clean_500(&reply, SECRET);
+                assert!(ids.lock().unwrap().insert(id), "error ids must be unique");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(ids.lock().unwrap().len(), 1000);
+    assert_eq!(get(&c, addr, "/").await.text(), "hello");
+    assert_eq!(get(&h2_client(), addr, "/").await.text(), "hello");
+}
+
+#[tokio::test]
+async fn stock_load_shed_overloaded_becomes_503_with_retry_after() {
+    // One slot; the first request holds it until released.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let (r, e) = (release.clone(), entered.clone());
+    let svc = ServiceBuilder::new()
+        .layer(CatchLayer::new().overloaded_retry_after(Duration::from_secs(3)))
+        .load_shed()
+        .concurrency_limit(1)
+        .service(service_fn(move |_req: Request<hyper::body::Incoming>| {
+            let (r, e) = (r.clone(), e.clone());
+            async move {
+                e.notify_one();
+                r.notified().await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))))
+            }
+        }));
+    // hyper serves each connection with a clone; the limit is shared across clones.
+    let addr = common::serve_hyper(svc).await;
+    let c = client();
+    let held = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, addr, "/").await }
+    });
+    entered.notified().await;
+
+    let shed = get(&c, addr, "/").await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.header("retry-after"), Some("3"));
+    assert_eq!(shed.header("cache-control"), Some("no-store"));
+    assert!(shed.header("x-error-id").is_some());
+
+    release.notify_one();
+    assert_eq!(held.await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stock_timeout_elapsed_becomes_503() {
+    // Paused time: tokio jumps the clock to the timeout as soon as everything is idle.
+    let svc = ServiceBuilder::new()
+        .layer(CatchLayer::new())
+        .timeout(Duration::from_secs(10))
+        .service(service_fn(|_req: Request<hyper::body::Incoming>| async {
+            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("too late"))))
+        }));
+    let addr = common::serve_hyper(svc).await;
+    let reply = get(&client(), addr, "/").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header("retry-after"), None);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+}
+
+#[derive(Debug)]
+struct UpstreamTimedOut;
+
+impl fmt::Display for UpstreamTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("upstream timed out")
+    }
+}
+
+impl Error for UpstreamTimedOut {}
+
+#[tokio::test]
+async fn user_classifier_maps_own_errors() {
+    let svc = CatchLayer::new()
+        .classify(|e: &(dyn Error + 'static)| {
+            if e.is::<UpstreamTimedOut>() {
+                Some(Classification::gateway_timeout())
+            } else if e.is::<std::io::Error>() {
+                Some(Classification::bad_gateway().with_detail("The billing service failed."))
+            } else {
+                None
+            }
+        })
+        .layer(service_fn(
+            |req: Request<hyper::body::Incoming>| async move {
+                match req.uri().path() {
+                    "/slow" => {
+                        Err::<Response<Full<Bytes>>, tower::BoxError>(UpstreamTimedOut.into())
+                    }
+                    _ => Err(Outer(std::io::Error::other(SECRET)).into()),
+                }
+            },
+        ));
+    let addr = common::serve_hyper(svc).await;
+    let c = client();
+    let slow = get(&c, addr, "/slow").await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
+    // The io::Error is the *source* of `Outer`: the chain is walked.
+    let bad = get(&c, addr, "/other").await;
+    assert_eq!(bad.status, StatusCode::BAD_GATEWAY);
+    assert!(bad.text().contains("The billing service failed."));
+    assert!(!bad.text().contains(SECRET));
+}
+
+/// A service whose `poll_ready` fails (or panics) once.
+#[derive(Clone)]
+struct FlakyReady {
+    calls: Arc<AtomicUsize>,
+    panic: bool,
+}
+
+impl Service<Request<Full<Bytes>>> for FlakyReady {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            if self.panic {
+                panic!("{EXPECTED_PANIC} poll_ready panicked");
+            }
+            return Poll::Ready(Err(std::io::Error::other("not ready")));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<Full<Bytes>>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from("ok")))))
+    }
+}
+
+#[tokio::test]
+async fn poll_ready_errors_and_panics_become_one_500_each() {
+    quiet_panics();
+    for panic in [false, true] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut svc = Catch::new(FlakyReady {
+            calls: calls.clone(),
+            panic,
+        });
+        let req = || Request::new(Full::<Bytes>::default());
+        let res = svc.ready().await.unwrap().call(req()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Internal));
+        assert!(res.extensions().get::<ErrorId>().is_some());
+        // The failure is answered once; the next request reaches the inner service.
+        let res = svc.ready().await.unwrap().call(req()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+}
+
+#[test]
+fn public_types_are_send_and_sync_where_axum_needs_it() {
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+    fn send<T: Send>() {}
+    send_sync_clone::<CatchLayer>();
+    send_sync_clone::<Catch<axum::routing::Route>>();
+    send::<<Catch<axum::routing::Route> as Service<axum::extract::Request>>::Future>();
+    send::<tower_5xx::ResponseBody<tower_5xx::catch::CatchBody<axum::body::Body>>>();
+}
+
+#[tokio::test]
+async fn negotiation_can_be_turned_off() {
+    let svc =
+        CatchLayer::new()
+            .negotiate(false)
+            .layer(service_fn(|_req: Request<Full<Bytes>>| async {
+                Err::<Response<Full<Bytes>>, _>(std::io::Error::other(SECRET))
+            }));
+    let req = Request::get("/")
+        .header("accept", "application/problem+json")
+        .body(Full::default())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(res.headers()["content-type"], "text/plain; charset=utf-8");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains(SECRET));
+}
