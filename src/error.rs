@@ -83,3 +83,68 @@ impl fmt::Display for BodyPanicked {
 
 #[cfg(feature = "catch")]
 impl std::error::Error for BodyPanicked {}
+
+/// A configuration value out of its valid range, from a fallible constructor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InvalidConfig {
+    message: &'static str,
+}
+
+impl InvalidConfig {
+    #[allow(dead_code)]
+    pub(crate) fn new(message: &'static str) -> Self {
+        Self { message }
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.message)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+macro_rules! marker_error {
+    ($(#[$doc:meta])* $name:ident, $feature:literal, $text:literal) => {
+        $(#[$doc])*
+        #[cfg(feature = $feature)]
+        #[cfg_attr(docsrs, doc(cfg(feature = $feature)))]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name {
+            _private: (),
+        }
+
+        #[cfg(feature = $feature)]
+        impl $name {
+            pub(crate) fn new() -> Self {
+                Self { _private: () }
+            }
+        }
+
+        #[cfg(feature = $feature)]
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str($text)
+            }
+        }
+
+        #[cfg(feature = $feature)]
+        impl std::error::Error for $name {}
+    };
+}
+
+marker_error!(
+    /// One attempt of a retried request took longer than the per-attempt timeout.
+    AttemptTimedOut,
+    "retry",
+    "attempt timed out"
+);
+
+marker_error!(
+    /// A retried request did not finish before its overall deadline.
+    DeadlineExceeded,
+    "retry",
+    "request deadline exceeded"
+);

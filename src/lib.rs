@@ -58,7 +58,7 @@
 //! | `maintenance` | yes | maintenance mode (reserved: not yet implemented) |
 //! | `shed` | yes | overload shedding (reserved: not yet implemented) |
 //! | `breaker` | yes | circuit breakers (reserved: not yet implemented) |
-//! | `retry` | yes | client retries (reserved: not yet implemented) |
+//! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
@@ -69,6 +69,10 @@ mod retry_after;
 #[cfg(feature = "catch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "catch")))]
 pub mod catch;
+
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub mod retry;
 
 pub use body::ResponseBody;
 pub use response::{ErrorId, ErrorResponse, Format, Reason, ERROR_ID_HEADER};

@@ -1,0 +1,196 @@
+//! Exponential backoff with bounded jitter.
+
+use std::time::Duration;
+
+use crate::error::InvalidConfig;
+
+/// How the random part of a backoff delay is drawn (see the AWS Architecture Blog, "Exponential
+/// Backoff And Jitter"). In every mode the delay stays within `[0, max]`: jitter is applied
+/// *inside* the cap, never added after it.
+///
+/// With `d = min(max, base * factor^(attempt - 1))`:
+///
+/// | mode | delay |
+/// |---|---|
+/// | `None` | `d` |
+/// | `Full` (default) | uniform in `[0, d]` |
+/// | `Equal` | `d/2` + uniform in `[0, d/2]` |
+/// | `Decorrelated` | uniform in `[base, 3 * previous delay]`, capped at `max` |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Jitter {
+    /// No randomness: every client retries at the same instants.
+    None,
+    /// Uniform in `[0, d]`: the best spread, the lowest total load.
+    #[default]
+    Full,
+    /// Half fixed, half random: never retries almost at once.
+    Equal,
+    /// Each delay drawn from `[base, 3 * previous]`, capped.
+    Decorrelated,
+}
+
+/// Exponential backoff: `base * factor^(attempt - 1)`, capped at `max`, with [`Jitter`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_5xx::retry::{Backoff, Jitter};
+///
+/// let backoff = Backoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(5))
+///     .unwrap()
+///     .jitter(Jitter::None);
+/// assert_eq!(backoff.delay(1, Duration::ZERO), Duration::from_millis(100));
+/// assert_eq!(backoff.delay(3, Duration::ZERO), Duration::from_millis(400));
+/// assert_eq!(backoff.delay(30, Duration::ZERO), Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    base: Duration,
+    factor: f64,
+    max: Duration,
+    jitter: Jitter,
+}
+
+impl Default for Backoff {
+    /// 100 ms base, factor 2, 10 s cap, full jitter.
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            factor: 2.0,
+            max: Duration::from_secs(10),
+            jitter: Jitter::Full,
+        }
+    }
+}
+
+impl Backoff {
+    /// A backoff starting at `base`, growing by `factor` per attempt, capped at `max`, with full
+    /// jitter. Fails if `factor` is not a finite number `>= 1`, or `base > max`.
+    pub fn new(base: Duration, factor: f64, max: Duration) -> Result<Self, InvalidConfig> {
+        if !factor.is_finite() || factor < 1.0 {
+            return Err(InvalidConfig::new(
+                "backoff factor must be a finite number >= 1",
+            ));
+        }
+        if base > max {
+            return Err(InvalidConfig::new(
+                "backoff base must not exceed its maximum",
+            ));
+        }
+        Ok(Self {
+            base,
+            factor,
+            max,
+            jitter: Jitter::Full,
+        })
+    }
+
+    /// Sets the jitter mode (default [`Jitter::Full`]).
+    #[must_use]
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// The cap on any single delay.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// The un-jittered delay before retry number `retry` (1 for the first retry).
+    pub fn ceiling(&self, retry: u32) -> Duration {
+        let exp = self.factor.powi(retry.saturating_sub(1).min(1024) as i32);
+        let secs = self.base.as_secs_f64() * exp;
+        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
+            self.max
+        } else {
+            Duration::from_secs_f64(secs).min(self.max)
+        }
+    }
+
+    /// The delay before retry number `retry` (1 for the first), given the previous delay (used
+    /// by [`Jitter::Decorrelated`]; pass `Duration::ZERO` before the first retry).
+    pub fn delay(&self, retry: u32, previous: Duration) -> Duration {
+        self.delay_with(retry, previous, fastrand::f64())
+    }
+
+    /// [`Backoff::delay`] with the random draw supplied (`unit` in `[0, 1]`), for tests and
+    /// simulations.
+    pub fn delay_with(&self, retry: u32, previous: Duration, unit: f64) -> Duration {
+        let unit = if unit.is_nan() {
+            0.0
+        } else {
+            unit.clamp(0.0, 1.0)
+        };
+        let d = self.ceiling(retry);
+        let delay = match self.jitter {
+            Jitter::None => d,
+            Jitter::Full => d.mul_f64(unit),
+            Jitter::Equal => d / 2 + (d / 2).mul_f64(unit),
+            Jitter::Decorrelated => {
+                let low = self.base;
+                let high = previous.max(self.base).saturating_mul(3).min(self.max);
+                if high <= low {
+                    low
+                } else {
+                    low + (high - low).mul_f64(unit)
+                }
+            }
+        };
+        delay.min(self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn rejects_bad_config() {
+        assert!(Backoff::new(MS, 0.5, MS * 10).is_err());
+        assert!(Backoff::new(MS, f64::NAN, MS * 10).is_err());
+        assert!(Backoff::new(MS, f64::INFINITY, MS * 10).is_err());
+        assert!(Backoff::new(MS * 20, 2.0, MS * 10).is_err());
+        assert!(Backoff::new(MS, 1.0, MS).is_ok());
+    }
+
+    #[test]
+    fn modes_at_the_extremes() {
+        let b = Backoff::new(MS * 100, 2.0, MS * 1000).unwrap();
+        assert_eq!(b.jitter(Jitter::None).delay_with(2, MS, 0.3), MS * 200);
+        assert_eq!(
+            b.jitter(Jitter::Full).delay_with(2, MS, 0.0),
+            Duration::ZERO
+        );
+        assert_eq!(b.jitter(Jitter::Full).delay_with(2, MS, 1.0), MS * 200);
+        assert_eq!(b.jitter(Jitter::Equal).delay_with(2, MS, 0.0), MS * 100);
+        assert_eq!(b.jitter(Jitter::Equal).delay_with(2, MS, 1.0), MS * 200);
+        let dec = b.jitter(Jitter::Decorrelated);
+        assert_eq!(dec.delay_with(1, Duration::ZERO, 0.0), MS * 100);
+        assert_eq!(dec.delay_with(1, Duration::ZERO, 1.0), MS * 300);
+        assert_eq!(dec.delay_with(5, MS * 900, 1.0), MS * 1000);
+    }
+
+    proptest! {
+        #[test]
+        fn never_exceeds_max(
+            base_ms in 0u64..10_000,
+            extra_ms in 0u64..100_000,
+            factor in 1.0f64..100.0,
+            retry in 0u32..100_000,
+            prev_ms in 0u64..1_000_000,
+            unit in 0.0f64..=1.0,
+            mode in 0usize..4,
+        ) {
+            let max = Duration::from_millis(base_ms + extra_ms);
+            let jitter = [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated][mode];
+            let b = Backoff::new(Duration::from_millis(base_ms), factor, max).unwrap().jitter(jitter);
+            let d = b.delay_with(retry, Duration::from_millis(prev_ms), unit);
+            prop_assert!(d <= max);
+            prop_assert!(b.ceiling(retry) <= max);
+        }
+    }
+}

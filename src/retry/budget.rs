@@ -1,0 +1,200 @@
+//! A retry budget: retries limited to a share of recent requests, exact under contention.
+
+use std::{
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::error::InvalidConfig;
+
+/// Fixed-point unit: one retry costs `UNIT` milli-tokens.
+const UNIT: i64 = 1000;
+
+/// Limits retries to `ratio` of the requests sent, plus a small `floor`, across every clone of a
+/// client that shares it (put it in an `Arc` and give it to each policy).
+///
+/// Each request deposits `ratio` tokens; each retry withdraws one whole token, and is refused
+/// when less than one is left. So `N` requests can cause at most `floor + N * ratio` retries
+/// within a window, whatever the concurrency: the balance is one atomic integer updated by
+/// compare-and-swap, so two threads can never both spend the last token (tower's `TpsBudget`
+/// takes a lock per call and can overdraw, tower issue #857).
+///
+/// - The balance starts at `floor` and is topped up to at least `floor` once per `window`, so a
+///   client that sends few requests can still retry a little.
+/// - Deposits stop at `floor + ratio * 1000`: a long healthy period does not bank an unbounded
+///   burst of retries for the next outage.
+///
+/// Time is tokio's clock (`tokio::time::pause()` works in tests).
+///
+/// ```
+/// use tower_5xx::retry::RetryBudget;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let budget = RetryBudget::new(0.1, 0).unwrap();
+/// for _ in 0..20 {
+///     budget.deposit();
+/// }
+/// assert!(budget.withdraw());
+/// assert!(budget.withdraw());
+/// assert!(!budget.withdraw(), "20 requests at 10% buy exactly 2 retries");
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RetryBudget {
+    balance: AtomicI64,
+    per_request: i64,
+    floor: i64,
+    max: i64,
+    window_ms: u64,
+    start: Instant,
+    /// Milliseconds after `start` of the last top-up to `floor`.
+    last_refill_ms: AtomicU64,
+}
+
+impl RetryBudget {
+    /// A budget allowing `ratio` retries per request (for example `0.1` for 10 %) plus `floor`
+    /// retries per 10-second window. Fails unless `0 <= ratio <= 1000` and finite.
+    pub fn new(ratio: f64, floor: u32) -> Result<Self, InvalidConfig> {
+        Self::with_window(ratio, floor, Duration::from_secs(10))
+    }
+
+    /// [`RetryBudget::new`] with the window after which the balance is topped up to `floor`.
+    pub fn with_window(ratio: f64, floor: u32, window: Duration) -> Result<Self, InvalidConfig> {
+        if !ratio.is_finite() || !(0.0..=1000.0).contains(&ratio) {
+            return Err(InvalidConfig::new(
+                "retry budget ratio must be within 0..=1000",
+            ));
+        }
+        if window.is_zero() {
+            return Err(InvalidConfig::new("retry budget window must be positive"));
+        }
+        let per_request = (ratio * UNIT as f64).round() as i64;
+        let floor = i64::from(floor) * UNIT;
+        Ok(Self {
+            balance: AtomicI64::new(floor),
+            per_request,
+            floor,
+            max: floor + per_request * 1000,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
+            start: Instant::now(),
+            last_refill_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Records a request (call once per original request, not per retry).
+    pub fn deposit(&self) {
+        if self.per_request == 0 {
+            return;
+        }
+        let _ = self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b < self.max).then(|| (b + self.per_request).min(self.max))
+            });
+    }
+
+    /// Takes one retry from the budget; `false` if the budget is spent.
+    pub fn withdraw(&self) -> bool {
+        self.refill();
+        self.balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b >= UNIT).then_some(b - UNIT)
+            })
+            .is_ok()
+    }
+
+    /// The retries the budget would allow now (whole and fractional).
+    pub fn remaining(&self) -> f64 {
+        self.balance.load(Ordering::Acquire) as f64 / UNIT as f64
+    }
+
+    /// Tops the balance up to `floor` once per window.
+    fn refill(&self) {
+        if self.floor == 0 {
+            return;
+        }
+        let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_refill_ms.load(Ordering::Acquire);
+        if now_ms.saturating_sub(last) < self.window_ms {
+            return;
+        }
+        // One thread wins the window; the others see the balance it left.
+        if self
+            .last_refill_ms
+            .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.balance.fetch_max(self.floor, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{atomic::AtomicUsize, Arc};
+
+    #[tokio::test(start_paused = true)]
+    async fn floor_refills_once_per_window() {
+        let budget = RetryBudget::with_window(0.0, 2, Duration::from_secs(10)).unwrap();
+        assert!(budget.withdraw());
+        assert!(budget.withdraw());
+        assert!(!budget.withdraw());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!budget.withdraw());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(budget.withdraw());
+        assert!(budget.withdraw());
+        assert!(!budget.withdraw());
+    }
+
+    #[tokio::test]
+    async fn deposits_are_capped() {
+        let budget = RetryBudget::new(0.5, 0).unwrap();
+        for _ in 0..10_000 {
+            budget.deposit();
+        }
+        assert_eq!(budget.remaining(), 500.0);
+    }
+
+    #[test]
+    fn rejects_bad_ratios() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        assert!(RetryBudget::new(-0.1, 0).is_err());
+        assert!(RetryBudget::new(f64::NAN, 0).is_err());
+        assert!(RetryBudget::with_window(0.1, 0, Duration::ZERO).is_err());
+    }
+
+    /// Many threads withdrawing at once never get more than the balance held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn exact_under_contention() {
+        let budget = Arc::new(RetryBudget::new(0.1, 5).unwrap());
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        // 5 floor + 1000 * 0.1 = 105 retries, no more.
+        let granted = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (budget, granted) = (budget.clone(), granted.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..100 {
+                    if budget.withdraw() {
+                        granted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(granted.load(Ordering::Relaxed), 105);
+    }
+}

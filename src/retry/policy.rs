@@ -1,0 +1,570 @@
+//! The retry policy: what is retried, when, and how long to wait.
+
+use std::{
+    error::Error,
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use tokio::time::{Instant, Sleep};
+
+use super::{Backoff, ReplayBody, RetryBudget};
+use crate::{BoxError, RetryAfter};
+
+/// The header that marks a request as safe to repeat (IETF draft
+/// `draft-ietf-httpapi-idempotency-key-header`).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Why the policy decided to retry, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryReason {
+    /// The response had a retryable status (500, 502, 503, 504, 429 by default).
+    Status(StatusCode),
+    /// The request failed before any response arrived.
+    Error,
+}
+
+impl fmt::Display for RetryReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryReason::Status(s) => write!(f, "status {s}"),
+            RetryReason::Error => f.write_str("request error"),
+        }
+    }
+}
+
+/// What happened after an attempt, passed to [`RetryPolicyBuilder::on_attempt`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AttemptEvent {
+    /// The attempt that just finished (1 for the first).
+    pub attempt: u32,
+    /// The status, if a response arrived.
+    pub status: Option<StatusCode>,
+    /// What the policy decided.
+    pub decision: Decision,
+}
+
+/// The policy's decision after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// The result is final: a success, or a failure that is not retryable.
+    Done,
+    /// Retry after `delay`. `retry_after` is the server's `Retry-After`, when it gave one and it
+    /// set the wait.
+    Retry {
+        /// Why.
+        reason: RetryReason,
+        /// How long the policy waits before the next attempt.
+        delay: Duration,
+        /// The server's `Retry-After`, as a wait, when it was honoured.
+        retry_after: Option<Duration>,
+    },
+    /// Retryable, but not retried, for the reason given.
+    GiveUp {
+        /// What made the attempt retryable.
+        reason: RetryReason,
+        /// Why it was not retried.
+        why: GiveUpReason,
+    },
+}
+
+/// Why a retryable failure was not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// The maximum number of attempts was reached.
+    Attempts,
+    /// The retry budget is spent.
+    Budget,
+    /// The server's `Retry-After` is longer than the configured cap.
+    RetryAfterTooLong,
+    /// The wait would end after the overall deadline.
+    Deadline,
+    /// The request is not idempotent and the failure does not prove it was never processed.
+    NotIdempotent,
+    /// The request body was too large to buffer, so it cannot be sent again.
+    BodyNotReplayable,
+}
+
+impl fmt::Display for GiveUpReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GiveUpReason::Attempts => "no attempts left",
+            GiveUpReason::Budget => "retry budget spent",
+            GiveUpReason::RetryAfterTooLong => "Retry-After longer than the cap",
+            GiveUpReason::Deadline => "the wait would pass the deadline",
+            GiveUpReason::NotIdempotent => "request not idempotent",
+            GiveUpReason::BodyNotReplayable => "body too large to replay",
+        })
+    }
+}
+
+type AttemptHook = Arc<dyn Fn(&AttemptEvent) + Send + Sync>;
+
+struct Config {
+    backoff: Backoff,
+    max_attempts: u32,
+    retry_after_cap: Duration,
+    deadline: Option<Duration>,
+    /// Bit `n` set: status `400 + n` is retried (covers 400..=599).
+    statuses: [u64; 4],
+    retry_non_idempotent: bool,
+    budget: Option<Arc<RetryBudget>>,
+    on_attempt: Option<AttemptHook>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("backoff", &self.backoff)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_after_cap", &self.retry_after_cap)
+            .field("deadline", &self.deadline)
+            .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`tower::retry::Policy`] for HTTP: bounded exponential backoff with jitter, `Retry-After`
+/// honoured (and capped), a retry budget, idempotency rules and deadlines.
+///
+/// Build it with [`RetryPolicy::builder`]; use it through [`RetryLayer`](super::RetryLayer),
+/// which also buffers request bodies so they can be re-sent, or directly with
+/// `tower::retry::RetryLayer` on a service whose requests are `Request<ReplayBody<B>>` and whose
+/// error type is [`BoxError`].
+///
+/// Per request, the policy decides:
+///
+/// 1. **Retryable?** A response with status 500, 502, 503, 504 or 429 (configurable, never 501
+///    or another 4xx), or an error before any response.
+/// 2. **Allowed?** The method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), or the
+///    request carries `Idempotency-Key`, or non-idempotent retries were enabled, or the error
+///    proves the server never saw the request (connection refused, HTTP/2 `REFUSED_STREAM`, or a
+///    `GOAWAY` that excluded it). The body must have been buffered. Attempts and budget remain.
+/// 3. **How long to wait?** The backoff delay, raised to the server's `Retry-After` when it
+///    sent one (delta-seconds, or an HTTP-date read against the response's `Date` to cancel
+///    clock skew). A `Retry-After` above the cap (default 5 minutes), or a wait that would end
+///    past the deadline, returns the response at once instead of sleeping.
+///
+/// The policy itself holds only shared configuration: what it knows about one request's
+/// attempts travels in that request's extensions (as [`Attempts`]), so one policy serves any
+/// number of concurrent requests, as `tower::retry` expects.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    config: Arc<Config>,
+}
+
+/// What the policy knows about one request's attempts, kept in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts {
+    /// Attempts sent, or about to be sent, the first included.
+    pub count: u32,
+    started: Instant,
+    previous_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+/// Builder for [`RetryPolicy`]; every setting has a documented default.
+#[derive(Debug)]
+#[must_use]
+pub struct RetryPolicyBuilder {
+    config: Config,
+}
+
+impl RetryPolicy {
+    /// A builder with the defaults: 3 attempts in all, [`Backoff::default`] (100 ms doubling to
+    /// at most 10 s, full jitter), `Retry-After` capped at 5 minutes, no deadline, statuses 500,
+    /// 502, 503, 504 and 429, idempotent requests only, no budget.
+    pub fn builder() -> RetryPolicyBuilder {
+        let mut statuses = [0u64; 4];
+        for s in [500u16, 502, 503, 504, 429] {
+            set_status(&mut statuses, s, true);
+        }
+        RetryPolicyBuilder {
+            config: Config {
+                backoff: Backoff::default(),
+                max_attempts: 3,
+                retry_after_cap: Duration::from_secs(300),
+                deadline: None,
+                statuses,
+                retry_non_idempotent: false,
+                budget: None,
+                on_attempt: None,
+            },
+        }
+    }
+
+    fn status_retryable(&self, status: StatusCode) -> bool {
+        status_set(&self.config.statuses, status.as_u16())
+    }
+
+    fn notify(&self, attempt: u32, status: Option<StatusCode>, decision: Decision) {
+        if let Some(hook) = &self.config.on_attempt {
+            hook(&AttemptEvent {
+                attempt,
+                status,
+                decision,
+            });
+        }
+    }
+
+    /// The decision after an attempt; `Some(delay)` to retry.
+    fn decide<B, ResB>(
+        &self,
+        req: &mut Request<ReplayBody<B>>,
+        result: &Result<Response<ResB>, BoxError>,
+    ) -> Option<Duration> {
+        let Some(state) = req.extensions().get::<Attempts>().copied() else {
+            // Not a request this policy cloned: nothing to go on, do not retry.
+            return None;
+        };
+        let attempt = state.count;
+        let (reason, status, server_wait) = match result {
+            Ok(res) => {
+                let status = res.status();
+                if !self.status_retryable(status) {
+                    self.notify(attempt, Some(status), Decision::Done);
+                    return None;
+                }
+                (
+                    RetryReason::Status(status),
+                    Some(status),
+                    retry_after(res.headers()),
+                )
+            }
+            Err(_) => (RetryReason::Error, None, None),
+        };
+        let give_up = |this: &Self, why| {
+            this.notify(attempt, status, Decision::GiveUp { reason, why });
+            None
+        };
+
+        let unprocessed = matches!(result, Err(e) if never_processed(&**e));
+        if !(unprocessed || self.config.retry_non_idempotent || is_idempotent(req)) {
+            return give_up(self, GiveUpReason::NotIdempotent);
+        }
+        if !req.body().is_replayable() {
+            return give_up(self, GiveUpReason::BodyNotReplayable);
+        }
+        if attempt >= self.config.max_attempts {
+            return give_up(self, GiveUpReason::Attempts);
+        }
+        if let Some(wait) = server_wait {
+            if wait > self.config.retry_after_cap {
+                return give_up(self, GiveUpReason::RetryAfterTooLong);
+            }
+        }
+        let backoff = self.config.backoff.delay(attempt, state.previous_delay);
+        let delay = server_wait.map_or(backoff, |wait| wait.max(backoff));
+        if let Some(deadline) = self.config.deadline {
+            if state.started.elapsed().saturating_add(delay) >= deadline {
+                return give_up(self, GiveUpReason::Deadline);
+            }
+        }
+        if let Some(budget) = &self.config.budget {
+            if !budget.withdraw() {
+                return give_up(self, GiveUpReason::Budget);
+            }
+        }
+        req.extensions_mut().insert(Attempts {
+            previous_delay: delay,
+            ..state
+        });
+        self.notify(
+            attempt,
+            status,
+            Decision::Retry {
+                reason,
+                delay,
+                retry_after: server_wait.filter(|w| *w >= backoff),
+            },
+        );
+        Some(delay)
+    }
+}
+
+/// The server's `Retry-After` as a wait, a date read against the response's `Date` when it has
+/// one (to cancel clock skew), else against the local clock. Unparseable values are ignored
+/// (the backoff applies), and every value is bounded by [`RetryAfter::MAX_DELAY`].
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?;
+    let ra = RetryAfter::from_header_value(value).ok()?;
+    let now = headers
+        .get(header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .unwrap_or_else(SystemTime::now);
+    Some(ra.delay_from(now).min(RetryAfter::MAX_DELAY))
+}
+
+/// Idempotent methods (RFC 9110 §9.2.2), or a request that carries an `Idempotency-Key`.
+fn is_idempotent<B>(req: &Request<B>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    ) || req.headers().contains_key(IDEMPOTENCY_KEY)
+}
+
+/// Whether an error proves the server never processed the request: the connection was refused,
+/// or HTTP/2 refused the stream (`REFUSED_STREAM`, or a `GOAWAY` that excluded it).
+pub(crate) fn never_processed(error: &(dyn Error + 'static)) -> bool {
+    let mut next = Some(error);
+    let mut depth = 0;
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote())
+            {
+                return true;
+            }
+        }
+        depth += 1;
+        if depth > 32 {
+            break;
+        }
+        next = e.source();
+    }
+    false
+}
+
+fn set_status(set: &mut [u64; 4], status: u16, on: bool) {
+    if let Some(i) = status.checked_sub(400).filter(|i| *i < 256) {
+        let (word, bit) = (usize::from(i / 64), i % 64);
+        if on {
+            set[word] |= 1 << bit;
+        } else {
+            set[word] &= !(1 << bit);
+        }
+    }
+}
+
+fn status_set(set: &[u64; 4], status: u16) -> bool {
+    status
+        .checked_sub(400)
+        .filter(|i| *i < 256)
+        .is_some_and(|i| set[usize::from(i / 64)] & (1 << (i % 64)) != 0)
+}
+
+impl RetryPolicyBuilder {
+    /// The total number of attempts, the first included (default 3). At least 1.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The backoff between attempts (default [`Backoff::default`]).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// The longest `Retry-After` the client will wait for (default 5 minutes). A longer one
+    /// returns the response at once, so the caller can decide.
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.config.retry_after_cap = cap;
+        self
+    }
+
+    /// An overall deadline across attempts and waits (default none). No wait is started that
+    /// would end past it; [`RetryLayer`](super::RetryLayer) also cuts an attempt in flight at
+    /// the deadline.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.config.deadline = Some(deadline);
+        self
+    }
+
+    /// Also retry this status. Statuses below 500 other than 408 and 429, and 501 and 505, are
+    /// refused: they say the request itself is wrong, and sending it again cannot help.
+    pub fn retry_status(mut self, status: StatusCode) -> Self {
+        let s = status.as_u16();
+        let allowed = matches!(s, 408 | 429) || (s >= 500 && s != 501 && s != 505);
+        if allowed {
+            set_status(&mut self.config.statuses, s, true);
+        }
+        self
+    }
+
+    /// Do not retry this status.
+    pub fn no_retry_status(mut self, status: StatusCode) -> Self {
+        set_status(&mut self.config.statuses, status.as_u16(), false);
+        self
+    }
+
+    /// Retry non-idempotent requests (POST, PATCH, ...) too (default `false`: only when they
+    /// carry `Idempotency-Key` or the failure proves they were never processed).
+    pub fn retry_non_idempotent(mut self, enabled: bool) -> Self {
+        self.config.retry_non_idempotent = enabled;
+        self
+    }
+
+    /// Shares a [`RetryBudget`] (default none). Every clone of the policy uses the same one.
+    pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.config.budget = Some(budget);
+        self
+    }
+
+    /// Calls `hook` after every attempt with what the policy decided (for logs and metrics).
+    pub fn on_attempt<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&AttemptEvent) + Send + Sync + 'static,
+    {
+        self.config.on_attempt = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the policy.
+    pub fn build(self) -> RetryPolicy {
+        RetryPolicy {
+            config: Arc::new(self.config),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub(crate) fn deadline(&self) -> Option<Duration> {
+        self.config.deadline
+    }
+}
+
+impl<B, ResB> tower::retry::Policy<Request<ReplayBody<B>>, Response<ResB>, BoxError>
+    for RetryPolicy
+{
+    type Future = Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<ReplayBody<B>>,
+        result: &mut Result<Response<ResB>, BoxError>,
+    ) -> Option<Self::Future> {
+        let delay = self.decide(req, result)?;
+        Some(tokio::time::sleep(delay))
+    }
+
+    /// Called by `tower::retry` before every attempt, with the request about to be sent; the
+    /// clone is kept for the next attempt.
+    fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        let state = match req.extensions().get::<Attempts>() {
+            // The first attempt of a new request.
+            None => {
+                if let Some(budget) = &self.config.budget {
+                    budget.deposit();
+                }
+                Attempts {
+                    count: 1,
+                    started: Instant::now(),
+                    previous_delay: Duration::ZERO,
+                }
+            }
+            Some(state) => Attempts {
+                count: state.count.saturating_add(1),
+                ..*state
+            },
+        };
+        let body = req.body().try_clone()?;
+        let mut clone = Request::new(body);
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.version_mut() = req.version();
+        *clone.headers_mut() = req.headers().clone();
+        *clone.extensions_mut() = req.extensions().clone();
+        clone.extensions_mut().insert(state);
+        Some(clone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_set_bounds() {
+        let p = RetryPolicy::default();
+        for s in [500, 502, 503, 504, 429] {
+            assert!(p.status_retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 400, 404, 501, 505, 599] {
+            assert!(!p.status_retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        let p = RetryPolicy::builder()
+            .retry_status(StatusCode::NOT_IMPLEMENTED)
+            .retry_status(StatusCode::NOT_FOUND)
+            .retry_status(StatusCode::REQUEST_TIMEOUT)
+            .no_retry_status(StatusCode::INTERNAL_SERVER_ERROR)
+            .build();
+        assert!(!p.status_retryable(StatusCode::NOT_IMPLEMENTED));
+        assert!(!p.status_retryable(StatusCode::NOT_FOUND));
+        assert!(p.status_retryable(StatusCode::REQUEST_TIMEOUT));
+        assert!(!p.status_retryable(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+
+    #[test]
+    fn retry_after_reads_dates_against_the_date_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::DATE,
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        h.insert(
+            header::RETRY_AFTER,
+            "Sun, 06 Nov 1994 08:49:39 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(header::RETRY_AFTER, "garbage".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+        h.insert(
+            header::RETRY_AFTER,
+            "99999999999999999999999".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(RetryAfter::MAX_DELAY));
+    }
+
+    #[test]
+    fn never_processed_detection() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(never_processed(&refused));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!never_processed(&reset));
+        let h2_refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert!(never_processed(&h2_refused));
+        let h2_other = h2::Error::from(h2::Reason::INTERNAL_ERROR);
+        assert!(!never_processed(&h2_other));
+    }
+
+    #[test]
+    fn idempotency() {
+        let req = |m: Method| Request::builder().method(m).body(()).unwrap();
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+            Method::TRACE,
+        ] {
+            assert!(is_idempotent(&req(m)));
+        }
+        assert!(!is_idempotent(&req(Method::POST)));
+        assert!(!is_idempotent(&req(Method::PATCH)));
+        let keyed = Request::post("/")
+            .header(IDEMPOTENCY_KEY, "abc")
+            .body(())
+            .unwrap();
+        assert!(is_idempotent(&keyed));
+    }
+}

@@ -1,0 +1,429 @@
+//! `RetryLayer` against real axum servers on 127.0.0.1, with hyper-util's client.
+//!
+//! Most tests run on tokio's paused clock: waits complete as soon as everything else is idle,
+//! and the server stamps each arrival with the same (virtual) clock, so "no retry before the
+//! `Retry-After` instant" is checked exactly, without real sleeps.
+
+mod common;
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode},
+    response::{IntoResponse, Response},
+    Router,
+};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use tokio::time::Instant;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_5xx::{
+    error::{AttemptTimedOut, DeadlineExceeded},
+    retry::{
+        Backoff, Decision, GiveUpReason, Jitter, ReplayBody, Retry, RetryBudget, RetryLayer,
+        RetryPolicy, IDEMPOTENCY_KEY,
+    },
+};
+
+/// What the test server answers, in order; once the script is empty it answers 200.
+#[derive(Clone)]
+enum Canned {
+    Status(StatusCode, Vec<(&'static str, String)>),
+    Sleep(Duration),
+    /// 503 with `Date: now` and `Retry-After: now + secs` as HTTP-dates.
+    DatedRetryAfter(u64),
+}
+
+#[derive(Default)]
+struct Script {
+    replies: Mutex<VecDeque<Canned>>,
+    /// Every default reply for this many more requests is this one (for "the server is down").
+    always: Mutex<Option<Canned>>,
+    arrivals: Mutex<Vec<(Instant, Method, Bytes)>>,
+}
+
+impl Script {
+    fn new(replies: impl IntoIterator<Item = Canned>) -> Arc<Self> {
+        Arc::new(Self {
+            replies: Mutex::new(replies.into_iter().collect()),
+            ..Self::default()
+        })
+    }
+
+    fn arrivals(&self) -> Vec<(Instant, Method, Bytes)> {
+        self.arrivals.lock().unwrap().clone()
+    }
+
+    fn gaps(&self) -> Vec<Duration> {
+        let a = self.arrivals();
+        a.windows(2).map(|w| w[1].0 - w[0].0).collect()
+    }
+}
+
+fn unavailable(retry_after: &str) -> Canned {
+    Canned::Status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        vec![("retry-after", retry_after.to_owned())],
+    )
+}
+
+async fn handler(
+    State(script): State<Arc<Script>>,
+    method: Method,
+    _headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    script
+        .arrivals
+        .lock()
+        .unwrap()
+        .push((Instant::now(), method, body));
+    let next = script.replies.lock().unwrap().pop_front();
+    let next = next.or_else(|| script.always.lock().unwrap().clone());
+    match next {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(Canned::Status(status, headers)) => {
+            let mut res = (status, "canned").into_response();
+            for (k, v) in headers {
+                res.headers_mut().insert(k, v.parse().unwrap());
+            }
+            res
+        }
+        Some(Canned::Sleep(d)) => {
+            tokio::time::sleep(d).await;
+            (StatusCode::OK, "slept").into_response()
+        }
+        Some(Canned::DatedRetryAfter(secs)) => {
+            let now = SystemTime::now();
+            let mut res = (StatusCode::SERVICE_UNAVAILABLE, "later").into_response();
+            res.headers_mut()
+                .insert("date", httpdate::fmt_http_date(now).parse().unwrap());
+            res.headers_mut().insert(
+                "retry-after",
+                httpdate::fmt_http_date(now + Duration::from_secs(secs))
+                    .parse()
+                    .unwrap(),
+            );
+            res
+        }
+    }
+}
+
+async fn server(script: Arc<Script>) -> SocketAddr {
+    let app = Router::new().fallback(handler).with_state(script);
+    common::serve_axum(app).await
+}
+
+type Body = Full<Bytes>;
+type HyperClient = Client<hyper_util::client::legacy::connect::HttpConnector, ReplayBody<Body>>;
+
+fn retrying(policy: RetryPolicy) -> Retry<HyperClient> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
+    ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .service(client)
+}
+
+/// A backoff without randomness, so expected waits are exact.
+fn fixed_backoff(ms: u64) -> Backoff {
+    Backoff::new(Duration::from_millis(ms), 1.0, Duration::from_millis(ms))
+        .unwrap()
+        .jitter(Jitter::None)
+}
+
+fn get(addr: SocketAddr) -> Request<Body> {
+    Request::get(format!("http://{addr}/"))
+        .body(Body::default())
+        .unwrap()
+}
+
+async fn call(
+    svc: &mut Retry<HyperClient>,
+    req: Request<Body>,
+) -> Result<(StatusCode, Bytes), tower_5xx::BoxError> {
+    let res = svc.ready().await?.call(req).await?;
+    let status = res.status();
+    Ok((status, res.into_body().collect().await?.to_bytes()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_what_retry_after_says_then_succeeds() {
+    let script = Script::new([unavailable("1"), unavailable("1")]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(RetryPolicy::builder().max_attempts(3).build());
+
+    let (status, body) = call(&mut svc, get(addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok");
+    let gaps = script.gaps();
+    assert_eq!(gaps.len(), 2);
+    for gap in gaps {
+        // Never before the instant the server named; the default backoff (<= 200 ms here) is
+        // below it, so the wait is the header's.
+        assert!(gap >= Duration::from_secs(1), "retried after {gap:?}");
+        assert!(gap < Duration::from_millis(1100), "waited {gap:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_above_the_cap_returns_the_503_at_once() {
+    let script = Script::new([unavailable("1"), unavailable("1")]);
+    let addr = server(script.clone()).await;
+    let start = Instant::now();
+    let mut svc = retrying(
+        RetryPolicy::builder()
+            .retry_after_cap(Duration::from_millis(500))
+            .build(),
+    );
+    let (status, _) = call(&mut svc, get(addr)).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(script.arrivals().len(), 1);
+    assert!(start.elapsed() < Duration::from_millis(100), "no sleep");
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_retry_after_is_capped_by_default() {
+    let script = Script::new([unavailable("99999999999999999999")]);
+    let addr = server(script.clone()).await;
+    let start = Instant::now();
+    let mut svc = retrying(RetryPolicy::default());
+    let (status, _) = call(&mut svc, get(addr)).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(script.arrivals().len(), 1);
+    assert!(start.elapsed() < Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_date_retry_after_is_read_against_the_date_header() {
+    let script = Script::new([Canned::DatedRetryAfter(2)]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(RetryPolicy::default());
+    let (status, _) = call(&mut svc, get(addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let gaps = script.gaps();
+    assert_eq!(gaps.len(), 1);
+    assert!(gaps[0] >= Duration::from_secs(2), "{gaps:?}");
+    assert!(gaps[0] < Duration::from_millis(2100), "{gaps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn garbage_retry_after_falls_back_to_backoff() {
+    let script = Script::new([unavailable("soon"), unavailable("-3")]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(RetryPolicy::builder().backoff(fixed_backoff(250)).build());
+    let (status, _) = call(&mut svc, get(addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        script.gaps(),
+        vec![Duration::from_millis(250), Duration::from_millis(250)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_retries_501_or_4xx() {
+    for status in [
+        StatusCode::NOT_IMPLEMENTED,
+        StatusCode::BAD_REQUEST,
+        StatusCode::NOT_FOUND,
+    ] {
+        let script = Script::new([Canned::Status(status, vec![])]);
+        let addr = server(script.clone()).await;
+        let mut svc = retrying(RetryPolicy::default());
+        assert_eq!(call(&mut svc, get(addr)).await.unwrap().0, status);
+        assert_eq!(script.arrivals().len(), 1, "{status}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_retried_only_with_an_idempotency_key_and_identical_bytes() {
+    let script = Script::new([unavailable("1")]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(RetryPolicy::default());
+    let post = |key: Option<&str>| {
+        let mut b = Request::post(format!("http://{addr}/orders"));
+        if let Some(key) = key {
+            b = b.header(IDEMPOTENCY_KEY, key);
+        }
+        b.body(Body::new(Bytes::from_static(b"{\"item\":42}")))
+            .unwrap()
+    };
+    // Without a key: the 503 comes back, the server saw it once.
+    let (status, _) = call(&mut svc, post(None)).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(script.arrivals().len(), 1);
+
+    // With a key: retried, and every attempt carried the same bytes.
+    script
+        .replies
+        .lock()
+        .unwrap()
+        .extend([unavailable("1"), unavailable("1")]);
+    let (status, _) = call(&mut svc, post(Some("order-7"))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let arrivals = script.arrivals();
+    assert_eq!(arrivals.len(), 4);
+    for (_, method, body) in &arrivals[1..] {
+        assert_eq!(method, Method::POST);
+        assert_eq!(body, &Bytes::from_static(b"{\"item\":42}"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_over_the_cap_is_sent_once_whole_and_not_retried() {
+    let script = Script::new([unavailable("1")]);
+    let addr = server(script.clone()).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryPolicy::default()).max_replay_body(1024))
+        .service(client);
+    let big: Bytes = (0..10_000u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let req = Request::put(format!("http://{addr}/blob"))
+        .body(Body::new(big.clone()))
+        .unwrap();
+    let (status, _) = call(&mut svc, req).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not retried");
+    let arrivals = script.arrivals();
+    assert_eq!(arrivals.len(), 1);
+    assert_eq!(arrivals[0].2, big, "the body arrived whole");
+
+    // A small PUT through the same service is retried.
+    script.replies.lock().unwrap().push_back(unavailable("1"));
+    let small = Request::put(format!("http://{addr}/blob"))
+        .body(Body::new(Bytes::from_static(b"small")))
+        .unwrap();
+    assert_eq!(call(&mut svc, small).await.unwrap().0, StatusCode::OK);
+    assert_eq!(script.arrivals().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_bounds_attempts_while_the_server_is_down() {
+    let script = Script::new([]);
+    *script.always.lock().unwrap() = Some(Canned::Status(StatusCode::SERVICE_UNAVAILABLE, vec![]));
+    let addr = server(script.clone()).await;
+    let budget = Arc::new(RetryBudget::new(0.1, 3).unwrap());
+    let policy = RetryPolicy::builder()
+        .max_attempts(5)
+        .backoff(fixed_backoff(10))
+        .budget(budget)
+        .build();
+    let svc = retrying(policy);
+    const N: usize = 100;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..N / 10 {
+                let (status, _) = call(&mut svc, get(addr)).await.unwrap();
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let attempts = script.arrivals().len();
+    // N * (1 + ratio) + floor = 100 + 10 + 3.
+    assert!(attempts <= 113, "{attempts} attempts");
+    assert!(attempts > N, "the budget allowed some retries");
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_refused_is_retried_even_for_post() {
+    // Bind and drop a listener: nothing listens on that port any more.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let decisions = Arc::new(Mutex::new(Vec::new()));
+    let d = decisions.clone();
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(fixed_backoff(10))
+        .on_attempt(move |e| d.lock().unwrap().push(e.decision.clone()))
+        .build();
+    let mut svc = retrying(policy);
+    let req = Request::post(format!("http://{addr}/"))
+        .body(Body::new(Bytes::from_static(b"x")))
+        .unwrap();
+    assert!(call(&mut svc, req).await.is_err());
+    let decisions = decisions.lock().unwrap();
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
+    assert!(matches!(decisions[0], Decision::Retry { .. }));
+    assert!(matches!(
+        decisions[2],
+        Decision::GiveUp {
+            why: GiveUpReason::Attempts,
+            ..
+        }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_stops_waits_that_would_pass_it() {
+    let script = Script::new([unavailable("8"), unavailable("8")]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(
+        RetryPolicy::builder()
+            .max_attempts(5)
+            .deadline(Duration::from_secs(10))
+            .build(),
+    );
+    let (status, _) = call(&mut svc, get(addr)).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        script.arrivals().len(),
+        2,
+        "8 s fits in 10 s, 16 s does not"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_cuts_an_attempt_in_flight() {
+    let script = Script::new([Canned::Sleep(Duration::from_secs(60))]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(
+        RetryPolicy::builder()
+            .deadline(Duration::from_secs(5))
+            .build(),
+    );
+    let err = call(&mut svc, get(addr)).await.unwrap_err();
+    assert!(err.is::<DeadlineExceeded>(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_timeout_is_retried_for_idempotent_requests() {
+    let script = Script::new([Canned::Sleep(Duration::from_secs(60))]);
+    let addr = server(script.clone()).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryPolicy::default()).attempt_timeout(Duration::from_secs(1)))
+        .service(client);
+    let (status, body) = call(&mut svc, get(addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok");
+    assert_eq!(script.arrivals().len(), 2);
+
+    // A POST that timed out may have been processed: not retried.
+    script
+        .replies
+        .lock()
+        .unwrap()
+        .push_back(Canned::Sleep(Duration::from_secs(60)));
+    let post = Request::post(format!("http://{addr}/"))
+        .body(Body::new(Bytes::from_static(b"x")))
+        .unwrap();
+    let err = call(&mut svc, post).await.unwrap_err();
+    assert!(err.is::<AttemptTimedOut>(), "{err}");
+    assert_eq!(script.arrivals().len(), 3);
+}
