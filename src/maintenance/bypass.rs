@@ -164,7 +164,7 @@ impl Bypass {
             // Headers from an untrusted peer are whatever the client wants them to be.
             return Some(peer);
         }
-        forwarded_client(req.headers, |ip| self.is_trusted(ip)).unwrap_or(Some(peer))
+        forwarded_client(req.headers, peer, |ip| self.is_trusted(ip))
     }
 }
 
@@ -181,18 +181,19 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 ///
 /// Reads `Forwarded` (RFC 7239) if present, else `X-Forwarded-For`, and walks the hops right to
 /// left (nearest proxy first), skipping trusted proxies: the first untrusted hop is the client.
-/// Returns `None` when there is no such header (the peer itself is the client), `Some(None)` when
-/// a hop cannot be read (obfuscated, `unknown`, garbage: the client is unknown), and the leftmost
+/// Returns `peer` when there is no such header (the proxy itself is the client), `None` when a
+/// hop cannot be read (obfuscated, `unknown`, garbage: the client is unknown), and the leftmost
 /// hop when every hop is trusted.
 fn forwarded_client(
     headers: &HeaderMap,
+    peer: IpAddr,
     trusted: impl Fn(IpAddr) -> bool,
-) -> Option<Option<IpAddr>> {
+) -> Option<IpAddr> {
     let mut hops: Vec<&str> = Vec::new();
     if headers.contains_key(FORWARDED) {
         for value in headers.get_all(FORWARDED) {
             let Ok(value) = value.to_str() else {
-                return Some(None);
+                return None;
             };
             for element in value.split(',') {
                 let node = element.split(';').find_map(|pair| {
@@ -204,32 +205,31 @@ fn forwarded_client(
                 match node {
                     Some(node) => hops.push(node),
                     // An element without `for=` says nothing about the client: unknown.
-                    None => return Some(None),
+                    None => return None,
                 }
             }
         }
     } else {
         for value in headers.get_all(X_FORWARDED_FOR) {
             let Ok(value) = value.to_str() else {
-                return Some(None);
+                return None;
             };
             hops.extend(value.split(',').map(str::trim));
         }
     }
     if hops.is_empty() {
-        return None;
+        return Some(peer);
     }
     let mut leftmost = None;
     for hop in hops.iter().rev() {
-        let Some(ip) = parse_node(hop) else {
-            return Some(None);
-        };
+        // An unreadable hop: the client is unknown.
+        let ip = parse_node(hop)?;
         if !trusted(ip) {
-            return Some(Some(ip));
+            return Some(ip);
         }
         leftmost = Some(ip);
     }
-    Some(leftmost)
+    leftmost
 }
 
 /// An address as proxies write it: `192.0.2.1`, `192.0.2.1:8080`, `2001:db8::1`,
@@ -296,8 +296,8 @@ mod tests {
     fn xff_right_to_left_skipping_trusted() {
         let h = headers(&[("x-forwarded-for", "203.0.113.9, 198.51.100.2, 10.0.0.5")]);
         assert_eq!(
-            forwarded_client(&h, trusted_10),
-            Some(Some(ip("198.51.100.2")))
+            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            Some(ip("198.51.100.2"))
         );
         // Split over two fields, in order.
         let h = headers(&[
@@ -305,16 +305,22 @@ mod tests {
             ("x-forwarded-for", "10.0.0.7, 10.0.0.5"),
         ]);
         assert_eq!(
-            forwarded_client(&h, trusted_10),
-            Some(Some(ip("203.0.113.9")))
+            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            Some(ip("203.0.113.9"))
         );
         // All trusted: the leftmost.
         let h = headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
-        assert_eq!(forwarded_client(&h, trusted_10), Some(Some(ip("10.0.0.1"))));
+        assert_eq!(
+            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            Some(ip("10.0.0.1"))
+        );
         // Garbage nearest to us: unknown.
         let h = headers(&[("x-forwarded-for", "203.0.113.9, nonsense")]);
-        assert_eq!(forwarded_client(&h, trusted_10), Some(None));
-        assert_eq!(forwarded_client(&HeaderMap::new(), trusted_10), None);
+        assert_eq!(forwarded_client(&h, ip("10.0.0.1"), trusted_10), None);
+        assert_eq!(
+            forwarded_client(&HeaderMap::new(), ip("10.9.9.9"), trusted_10),
+            Some(ip("10.9.9.9"))
+        );
     }
 
     #[test]
@@ -327,12 +333,12 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            forwarded_client(&h, trusted_10),
-            Some(Some(ip("2001:db8:cafe::17")))
+            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            Some(ip("2001:db8:cafe::17"))
         );
         let h = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(forwarded_client(&h, trusted_10), Some(None));
+        assert_eq!(forwarded_client(&h, ip("10.0.0.1"), trusted_10), None);
         let h = headers(&[("forwarded", "proto=https")]);
-        assert_eq!(forwarded_client(&h, trusted_10), Some(None));
+        assert_eq!(forwarded_client(&h, ip("10.0.0.1"), trusted_10), None);
     }
 }
