@@ -24,7 +24,8 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<F, B> {
         Inner { #[pin] future: F },
-        Unavailable { response: Option<Response<ResponseBody<B>>> },
+        // Boxed: the 503 path is cold, and a small future is cheaper to move on the hot path.
+        Unavailable { response: Option<Box<Response<ResponseBody<B>>>> },
     }
 }
 
@@ -39,7 +40,7 @@ impl<F, B> ResponseFuture<F, B> {
     pub(crate) fn unavailable(response: Response<ResponseBody<B>>) -> Self {
         Self {
             kind: Kind::Unavailable {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -57,7 +58,7 @@ where
             KindProj::Inner { future } => future
                 .poll(cx)
                 .map(|res| res.map(|res| res.map(ResponseBody::new))),
-            KindProj::Unavailable { response } => Poll::Ready(Ok(response
+            KindProj::Unavailable { response } => Poll::Ready(Ok(*response
                 .take()
                 .expect("ResponseFuture polled after completion"))),
         }

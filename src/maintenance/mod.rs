@@ -100,3 +100,24 @@ pub use service::Maintenance;
 pub use switch::{
     MaintenanceNotice, MaintenanceStatus, MaintenanceSwitch, Source, SystemClock, WallClock, Window,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_clone<T: Clone>() {}
+
+    #[test]
+    fn public_types_are_send_sync_and_clone() {
+        assert_send_sync::<MaintenanceSwitch>();
+        assert_send_sync::<MaintenanceLayer>();
+        assert_send_sync::<Maintenance<()>>();
+        assert_send_sync::<MaintenanceNotice>();
+        assert_send_sync::<SentinelFile>();
+        assert_send_sync::<ResponseFuture<std::future::Ready<()>, String>>();
+        assert_clone::<MaintenanceSwitch>();
+        assert_clone::<MaintenanceLayer>();
+        assert_clone::<Maintenance<()>>();
+    }
+}
