@@ -55,7 +55,8 @@
 //! | feature | default | what it enables |
 //! |---|---|---|
 //! | `catch` | yes | [`catch::CatchLayer`]: errors and panics to 500, known tower errors to 503 |
-//! | `maintenance` | yes | maintenance mode (reserved: not yet implemented) |
+//! | `maintenance` | yes | [`maintenance::MaintenanceLayer`]: 503 + `Retry-After` while a switch is on, scheduled windows, bypass rules, sentinel file |
+//! | `axum` | yes | [`maintenance::admin`] router (with `maintenance`); client-IP rules read axum's `ConnectInfo` |
 //! | `shed` | yes | overload shedding (reserved: not yet implemented) |
 //! | `breaker` | yes | circuit breakers (reserved: not yet implemented) |
 //! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency |
@@ -69,6 +70,10 @@ mod retry_after;
 #[cfg(feature = "catch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "catch")))]
 pub mod catch;
+
+#[cfg(feature = "maintenance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "maintenance")))]
+pub mod maintenance;
 
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]

@@ -1,0 +1,79 @@
+//! Maintenance mode: 503 + Retry-After while a switch is on, `/healthz` always passes, an admin
+//! router to flip the switch (token from `DEMO_ADMIN_TOKEN`), and an optional sentinel file
+//! (`DEMO_MAINTENANCE_FILE`).
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::Router;
+use tower_5xx::maintenance::{MaintenanceLayer, MaintenanceSwitch, SentinelFile};
+
+const ADMIN_PATH: &str = "/admin/maintenance";
+
+fn admin_token() -> Option<String> {
+    std::env::var("DEMO_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+}
+
+/// Wraps the demo app in the maintenance layer and mounts the admin router beside it (outside
+/// the layer, so it stays reachable while maintenance is on). Call inside the tokio runtime.
+pub(crate) fn wrap(app: Router) -> Router {
+    let switch = MaintenanceSwitch::new();
+    let layer = MaintenanceLayer::new(switch.clone())
+        .bypass_path("/healthz")
+        .default_retry_after(Duration::from_secs(60))
+        .jitter(Duration::from_secs(5))
+        .message("The tower-5xx demo is down for maintenance.");
+    let app = app.layer(layer);
+
+    if let Ok(path) = std::env::var("DEMO_MAINTENANCE_FILE") {
+        SentinelFile::new(path, switch.clone())
+            .interval(Duration::from_secs(1))
+            .spawn();
+    }
+
+    #[cfg(feature = "axum")]
+    if let Some(token) = admin_token() {
+        let admin = tower_5xx::maintenance::admin::router(switch, token)
+            .expect("the token was checked to be non-empty");
+        return app.nest(ADMIN_PATH, admin);
+    }
+    let _ = switch;
+    app
+}
+
+pub(crate) fn print_help(addr: SocketAddr) {
+    println!("Maintenance mode (503 + Retry-After; /healthz bypasses it):");
+    let mounted = cfg!(feature = "axum") && admin_token().is_some();
+    if mounted {
+        let auth = "-H \"Authorization: Bearer $DEMO_ADMIN_TOKEN\"";
+        println!("  curl -i {auth} http://{addr}{ADMIN_PATH}   # status");
+        println!(
+            "  curl -i -X PUT {auth} -d '{{\"retry_after\": 120, \"message\": \"Back soon.\"}}' http://{addr}{ADMIN_PATH}"
+        );
+        println!(
+            "  curl -i http://{addr}/                       # 503, Retry-After: 120..125 (jitter)"
+        );
+        println!("  curl -i -H 'Accept: text/html' http://{addr}/ # the HTML maintenance page");
+        println!("  curl -i http://{addr}/healthz                # 200: bypassed");
+        println!("  curl -i -X DELETE {auth} http://{addr}{ADMIN_PATH}   # off again");
+        println!(
+            "  curl -i -X PUT -H 'Authorization: Bearer wrong' http://{addr}{ADMIN_PATH}   # 401"
+        );
+    } else if cfg!(feature = "axum") {
+        println!(
+            "  admin router NOT mounted: set DEMO_ADMIN_TOKEN=<secret> to mount it at {ADMIN_PATH}"
+        );
+    } else {
+        println!("  admin router NOT mounted: build with --features axum and set DEMO_ADMIN_TOKEN");
+    }
+    match std::env::var("DEMO_MAINTENANCE_FILE") {
+        Ok(path) => {
+            println!("  touch {path}    # on (within 1 s); `echo 300 > {path}` sets Retry-After: 300");
+            println!("  rm {path}       # off");
+        }
+        Err(_) => println!(
+            "  set DEMO_MAINTENANCE_FILE=/tmp/maintenance to switch maintenance with a sentinel file"
+        ),
+    }
+}

@@ -1,0 +1,344 @@
+//! Who gets through while maintenance is on: path prefixes, a secret header, client IPs (with
+//! trusted proxies), and a user predicate.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use http::{
+    header::{HeaderName, FORWARDED},
+    Extensions, HeaderMap, Method, Request, Uri,
+};
+use ipnet::IpNet;
+use subtle::ConstantTimeEq;
+
+/// `X-Forwarded-For`.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// How the layer finds the peer (TCP) address of a request in its extensions.
+pub(crate) type PeerFn = fn(&Extensions) -> Option<IpAddr>;
+
+/// The built-in peer lookup: a [`SocketAddr`] in the extensions (insert it yourself with plain
+/// hyper) or, with the `axum` feature, axum's `ConnectInfo<SocketAddr>`.
+pub(crate) fn default_peer(ext: &Extensions) -> Option<IpAddr> {
+    if let Some(addr) = ext.get::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
+    }
+    None
+}
+
+/// A request as a bypass [predicate](super::MaintenanceLayer::bypass_if) sees it.
+#[derive(Debug)]
+pub struct BypassRequest<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) extensions: &'a Extensions,
+    pub(crate) rules: &'a Bypass,
+}
+
+impl<'a> BypassRequest<'a> {
+    pub(crate) fn new<B>(req: &'a Request<B>, rules: &'a Bypass) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+            rules,
+        }
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        self.method
+    }
+
+    /// The request URI.
+    pub fn uri(&self) -> &Uri {
+        self.uri
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+
+    /// The request extensions.
+    pub fn extensions(&self) -> &Extensions {
+        self.extensions
+    }
+
+    /// The client's IP address as the layer determines it: the peer address, or, when the peer is
+    /// a [trusted proxy](super::MaintenanceLayer::trusted_proxy), the address that proxy reports
+    /// in `Forwarded` / `X-Forwarded-For`. `None` if unknown.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.rules.client_ip(self)
+    }
+}
+
+/// A user predicate.
+pub(crate) type Predicate = Arc<dyn Fn(&BypassRequest<'_>) -> bool + Send + Sync>;
+
+/// The bypass rules of a layer.
+#[derive(Clone)]
+pub(crate) struct Bypass {
+    pub(crate) paths: Vec<Box<str>>,
+    pub(crate) headers: Vec<(HeaderName, Box<[u8]>)>,
+    pub(crate) allow: Vec<IpNet>,
+    pub(crate) trusted: Vec<IpNet>,
+    pub(crate) peer: PeerFn,
+    pub(crate) predicates: Vec<Predicate>,
+}
+
+impl Default for Bypass {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            headers: Vec::new(),
+            allow: Vec::new(),
+            trusted: Vec::new(),
+            peer: default_peer,
+            predicates: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Bypass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bypass")
+            .field("paths", &self.paths)
+            // Never print the secrets.
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("allow", &self.allow)
+            .field("trusted", &self.trusted)
+            .field("predicates", &self.predicates.len())
+            .finish()
+    }
+}
+
+impl Bypass {
+    /// Whether the request may pass while maintenance is on.
+    pub(crate) fn matches<B>(&self, req: &Request<B>) -> bool {
+        let path = req.uri().path();
+        if self.paths.iter().any(|p| path_has_prefix(path, p)) {
+            return true;
+        }
+        if self.headers.iter().any(|(name, secret)| {
+            req.headers()
+                .get_all(name)
+                .iter()
+                .any(|v| bool::from(v.as_bytes().ct_eq(secret)))
+        }) {
+            return true;
+        }
+        if self.allow.is_empty() && self.predicates.is_empty() {
+            return false;
+        }
+        let view = BypassRequest::new(req, self);
+        if !self.allow.is_empty() {
+            if let Some(ip) = self.client_ip(&view) {
+                if self.allow.iter().any(|net| net.contains(&ip)) {
+                    return true;
+                }
+            }
+        }
+        self.predicates.iter().any(|p| p(&view))
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    fn client_ip(&self, req: &BypassRequest<'_>) -> Option<IpAddr> {
+        let peer = (self.peer)(req.extensions)?.to_canonical();
+        if !self.is_trusted(peer) {
+            // Headers from an untrusted peer are whatever the client wants them to be.
+            return Some(peer);
+        }
+        forwarded_client(req.headers, peer, |ip| self.is_trusted(ip))
+    }
+}
+
+/// `path` is `prefix` or below it, on a segment boundary (`/healthz` matches `/healthz` and
+/// `/healthz/ready`, not `/healthzz`).
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
+}
+
+/// The client address reported by a chain of trusted proxies.
+///
+/// Reads `Forwarded` (RFC 7239) if present, else `X-Forwarded-For`, and walks the hops right to
+/// left (nearest proxy first), skipping trusted proxies: the first untrusted hop is the client.
+/// Returns `peer` when there is no such header (the proxy itself is the client), `None` when a
+/// hop cannot be read (obfuscated, `unknown`, garbage: the client is unknown), and the leftmost
+/// hop when every hop is trusted.
+fn forwarded_client(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> Option<IpAddr> {
+    let mut hops: Vec<&str> = Vec::new();
+    if headers.contains_key(FORWARDED) {
+        for value in headers.get_all(FORWARDED) {
+            let Ok(value) = value.to_str() else {
+                return None;
+            };
+            for element in value.split(',') {
+                let node = element.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    key.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| value.trim().trim_matches('"'))
+                });
+                match node {
+                    Some(node) => hops.push(node),
+                    // An element without `for=` says nothing about the client: unknown.
+                    None => return None,
+                }
+            }
+        }
+    } else {
+        for value in headers.get_all(X_FORWARDED_FOR) {
+            let Ok(value) = value.to_str() else {
+                return None;
+            };
+            hops.extend(value.split(',').map(str::trim));
+        }
+    }
+    if hops.is_empty() {
+        return Some(peer);
+    }
+    let mut leftmost = None;
+    for hop in hops.iter().rev() {
+        // An unreadable hop: the client is unknown.
+        let ip = parse_node(hop)?;
+        if !trusted(ip) {
+            return Some(ip);
+        }
+        leftmost = Some(ip);
+    }
+    leftmost
+}
+
+/// An address as proxies write it: `192.0.2.1`, `192.0.2.1:8080`, `2001:db8::1`,
+/// `[2001:db8::1]`, `[2001:db8::1]:8080`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(addr) = node.parse::<SocketAddr>() {
+        return Some(addr.ip().to_canonical());
+    }
+    node.strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn trusted_10(ip: IpAddr) -> bool {
+        "10.0.0.0/8".parse::<IpNet>().unwrap().contains(&ip)
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(path_has_prefix("/healthz", "/healthz"));
+        assert!(path_has_prefix("/healthz/ready", "/healthz"));
+        assert!(!path_has_prefix("/healthzz", "/healthz"));
+        assert!(!path_has_prefix("/", "/healthz"));
+        assert!(path_has_prefix("/static/app.js", "/static/"));
+        assert!(path_has_prefix("/anything", "/"));
+    }
+
+    #[test]
+    fn nodes() {
+        assert_eq!(parse_node("192.0.2.1"), Some(ip("192.0.2.1")));
+        assert_eq!(parse_node("192.0.2.1:80"), Some(ip("192.0.2.1")));
+        assert_eq!(parse_node("2001:db8::1"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_node("[2001:db8::1]"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_node("[2001:db8::1]:443"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_node("::ffff:192.0.2.1"), Some(ip("192.0.2.1")));
+        assert_eq!(parse_node("unknown"), None);
+        assert_eq!(parse_node("_hidden"), None);
+        assert_eq!(parse_node(""), None);
+    }
+
+    #[test]
+    fn xff_right_to_left_skipping_trusted() {
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, 198.51.100.2, 10.0.0.5")]);
+        assert_eq!(
+            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            Some(ip("198.51.100.2"))
+        );
+        // Split over two fields, in order.
+        let h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "10.0.0.7, 10.0.0.5"),
+        ]);
+        assert_eq!(
+            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            Some(ip("203.0.113.9"))
+        );
+        // All trusted: the leftmost.
+        let h = headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
+        assert_eq!(
+            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            Some(ip("10.0.0.1"))
+        );
+        // Garbage nearest to us: unknown.
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, nonsense")]);
+        assert_eq!(forwarded_client(&h, ip("10.0.0.1"), trusted_10), None);
+        assert_eq!(
+            forwarded_client(&HeaderMap::new(), ip("10.9.9.9"), trusted_10),
+            Some(ip("10.9.9.9"))
+        );
+    }
+
+    #[test]
+    fn forwarded_header_wins_over_xff() {
+        let h = headers(&[
+            ("x-forwarded-for", "192.0.2.200"),
+            (
+                "forwarded",
+                "for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\"",
+            ),
+        ]);
+        assert_eq!(
+            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            Some(ip("2001:db8:cafe::17"))
+        );
+        let h = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(forwarded_client(&h, ip("10.0.0.1"), trusted_10), None);
+        let h = headers(&[("forwarded", "proto=https")]);
+        assert_eq!(forwarded_client(&h, ip("10.0.0.1"), trusted_10), None);
+    }
+}

@@ -1,0 +1,43 @@
+//! Errors of the maintenance module.
+
+use std::fmt;
+
+/// A [`Window`](super::Window) whose end is not after its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidWindow {
+    _priv: (),
+}
+
+impl InvalidWindow {
+    pub(crate) fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl fmt::Display for InvalidWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("maintenance window ends before it starts")
+    }
+}
+
+impl std::error::Error for InvalidWindow {}
+
+/// The admin router was asked for without a token (or with an empty one).
+///
+/// Returned by [`admin::router`](super::admin::router): an admin endpoint that anyone could
+/// call would let anyone take the service down.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MissingToken;
+
+#[cfg(feature = "axum")]
+impl fmt::Display for MissingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("maintenance admin router needs a non-empty bearer token")
+    }
+}
+
+#[cfg(feature = "axum")]
+impl std::error::Error for MissingToken {}

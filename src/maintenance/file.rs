@@ -1,0 +1,232 @@
+//! A sentinel file as a flag source: present = on.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{task::JoinHandle, time::MissedTickBehavior};
+
+use super::{MaintenanceNotice, MaintenanceSwitch};
+use crate::RetryAfter;
+
+/// The most of the file that is read: the format needs a line or two.
+const MAX_LEN: u64 = 4096;
+
+/// Switches maintenance on while a file exists: how a fleet of replicas is switched at once
+/// through a mounted config volume (`touch /etc/app/maintenance` on, `rm` off).
+///
+/// The file is read every [`interval`](Self::interval) (default 5 s) by a task started with
+/// [`spawn`](Self::spawn), or whenever you call [`check`](Self::check). Its content is optional:
+///
+/// | file | effect |
+/// |---|---|
+/// | absent | off |
+/// | empty | on, the layer's default `Retry-After` |
+/// | first line `120` (delta-seconds) | on, `Retry-After: 120` while the end is unknown |
+/// | first line an HTTP-date, e.g. `Sun, 06 Nov 2033 08:49:37 GMT` | on until then: `Retry-After` counts down to it |
+/// | further lines | the message clients see |
+/// | anything else (bad first line, not UTF-8) | **on**, default `Retry-After`; logged at warn level |
+/// | present but unreadable (permissions, a directory) | **on**, default `Retry-After`; logged at warn level |
+/// | a read that hangs (a stuck network volume) for longer than the interval | nothing changes; logged; the next tick tries again |
+///
+/// The poller acts on **changes** only: when it sees the file appear, disappear or change, it
+/// calls [`MaintenanceSwitch::enable_with`] or [`MaintenanceSwitch::disable`]. Between changes it
+/// leaves the switch alone, so a switch flipped by hand (or by the admin router) stays as it was
+/// until the file changes. The file is read on tokio's blocking pool and never
+/// more than 4 KiB of it; no outcome of a read panics or stops the poller.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_5xx::maintenance::{MaintenanceSwitch, SentinelFile};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let switch = MaintenanceSwitch::new();
+/// let poller = SentinelFile::new("/etc/myapp/maintenance", switch.clone())
+///     .interval(Duration::from_secs(2))
+///     .spawn();
+/// // ... serve with MaintenanceLayer::new(switch) ...
+/// poller.abort();
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct SentinelFile {
+    path: PathBuf,
+    switch: MaintenanceSwitch,
+    interval: Duration,
+    last: Option<FileState>,
+}
+
+/// What [`SentinelFile::check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileState {
+    /// No file: maintenance off.
+    Absent,
+    /// A file with readable content: maintenance on with this notice.
+    Present(MaintenanceNotice),
+    /// A file whose content could not be understood: maintenance on, default `Retry-After`.
+    Invalid,
+    /// A file that exists but cannot be read: maintenance on, default `Retry-After`.
+    Unreadable(io::ErrorKind),
+    /// The read did not finish within the interval: nothing changed.
+    TimedOut,
+}
+
+impl SentinelFile {
+    /// Watches `path` and drives `switch`. Default interval: 5 seconds.
+    pub fn new(path: impl Into<PathBuf>, switch: MaintenanceSwitch) -> Self {
+        Self {
+            path: path.into(),
+            switch,
+            interval: Duration::from_secs(5),
+            last: None,
+        }
+    }
+
+    /// How often the file is read (at least 1 ms). Reads that take longer than this are given
+    /// up on for the tick.
+    #[must_use]
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The watched path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts polling on the current tokio runtime: a first check at once, then one per
+    /// interval. Abort the returned handle to stop (the switch keeps its last state).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn(mut self) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(self.interval);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                self.check().await;
+            }
+        })
+    }
+
+    /// Reads the file once and, if what it says changed since the last check, updates the
+    /// switch. Returns what was found.
+    pub async fn check(&mut self) -> FileState {
+        let state = match tokio::time::timeout(self.interval, read_limited(&self.path)).await {
+            Err(_) => FileState::TimedOut,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => FileState::Absent,
+            Ok(Err(e)) => FileState::Unreadable(e.kind()),
+            Ok(Ok(bytes)) => parse(&bytes),
+        };
+        if state == FileState::TimedOut {
+            tracing::warn!(
+                path = %self.path.display(),
+                timeout = ?self.interval,
+                "maintenance sentinel file: read timed out; keeping the current state"
+            );
+            return state;
+        }
+        if self.last.as_ref() == Some(&state) {
+            return state;
+        }
+        let path = self.path.display();
+        match &state {
+            FileState::Absent => {
+                tracing::info!(path = %path, "maintenance sentinel file absent");
+                self.switch.disable();
+            }
+            FileState::Present(notice) => {
+                tracing::info!(path = %path, "maintenance sentinel file present");
+                self.switch.enable_with(notice.clone());
+            }
+            FileState::Invalid => {
+                tracing::warn!(
+                    path = %path,
+                    "maintenance sentinel file: first line is neither delta-seconds nor an \
+                     HTTP-date; maintenance on with the default Retry-After"
+                );
+                self.switch.enable();
+            }
+            FileState::Unreadable(kind) => {
+                tracing::warn!(
+                    path = %path,
+                    error = %kind,
+                    "maintenance sentinel file exists but cannot be read; maintenance on with \
+                     the default Retry-After"
+                );
+                self.switch.enable();
+            }
+            FileState::TimedOut => unreachable!("handled above"),
+        }
+        self.last = Some(state.clone());
+        state
+    }
+}
+
+async fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?
+            .take(MAX_LEN)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    })
+    .await
+    .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+fn parse(bytes: &[u8]) -> FileState {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return FileState::Invalid;
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return FileState::Present(MaintenanceNotice::new());
+    }
+    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let mut notice = match first.trim().parse::<RetryAfter>() {
+        Ok(RetryAfter::Delay(d)) => MaintenanceNotice::new().retry_after(d),
+        Ok(RetryAfter::Date(t)) => MaintenanceNotice::new().until(t),
+        Err(_) => return FileState::Invalid,
+    };
+    let message = rest.trim();
+    if !message.is_empty() {
+        notice = notice.message(message);
+    }
+    FileState::Present(notice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsing() {
+        assert_eq!(parse(b""), FileState::Present(MaintenanceNotice::new()));
+        assert_eq!(parse(b" \n"), FileState::Present(MaintenanceNotice::new()));
+        assert_eq!(
+            parse(b"120\n"),
+            FileState::Present(MaintenanceNotice::new().retry_after(Duration::from_secs(120)))
+        );
+        let date = httpdate::parse_http_date("Sun, 06 Nov 2033 08:49:37 GMT").unwrap();
+        assert_eq!(
+            parse(b"Sun, 06 Nov 2033 08:49:37 GMT\nBack soon.\nReally.\n"),
+            FileState::Present(
+                MaintenanceNotice::new()
+                    .until(date)
+                    .message("Back soon.\nReally.")
+            )
+        );
+        assert_eq!(parse(b"soon-ish"), FileState::Invalid);
+        assert_eq!(parse(b"\xff\xfe"), FileState::Invalid);
+    }
+}

@@ -1,0 +1,123 @@
+//! Maintenance mode: answer **503 Service Unavailable** with a truthful `Retry-After` while a
+//! switch is on, and let operators and health checks through.
+//!
+//! [`MaintenanceLayer`] wraps a `Service<http::Request<_>>`. It is driven by a
+//! [`MaintenanceSwitch`], a cheap cloneable handle that your code, a signal handler, the
+//! [admin router](admin) (feature `axum`) or a [`SentinelFile`] poller flip at run time.
+//!
+//! | situation | what a new request gets |
+//! |---|---|
+//! | switch off, no [`Window`] open | the inner service's response; the check is **one atomic load** |
+//! | switch on ([`enable`](MaintenanceSwitch::enable)), or a scheduled [`Window`] open | **503**, `Retry-After`, `Cache-Control: no-store`, an HTML page / problem+json / text body as `Accept` asks, [`Reason::Maintenance`](crate::Reason) in the extensions |
+//! | ... and a [bypass rule](#bypass-rules) matches | the inner service's response |
+//! | already in flight when the switch flipped | finishes normally: the decision is made once, in `call` |
+//!
+//! **`Retry-After` tells the truth**: with a known end (a [`MaintenanceNotice::until`] date, a
+//! [`MaintenanceNotice::ends_in`] deadline on tokio's clock, a window's end) it is the time left
+//! until then; otherwise the notice's own [`retry_after`](MaintenanceNotice::retry_after), else
+//! the layer's [default](MaintenanceLayer::default_retry_after) (60 s). Delta-seconds by default,
+//! an HTTP-date with [`http_date(true)`](MaintenanceLayer::http_date), optional
+//! [jitter](MaintenanceLayer::jitter) so a fleet's clients do not return in one herd.
+//!
+//! **Scheduled windows** ([`MaintenanceSwitch::schedule`]) open and close by themselves. There is
+//! no background task: each request compares the [wall clock](WallClock) with the pending
+//! windows (while any is pending, the hot path is the atomic load, a clock read and a shared
+//! read lock; once the last one has ended it is one atomic load again).
+//!
+//! # Bypass rules
+//!
+//! Checked only while maintenance is on, cheapest first; any match lets the request through:
+//!
+//! - [`bypass_path`](MaintenanceLayer::bypass_path): path prefixes, e.g. `/healthz`;
+//! - [`bypass_header`](MaintenanceLayer::bypass_header): a secret header, compared in constant
+//!   time;
+//! - [`allow_ip`](MaintenanceLayer::allow_ip): client IPs in CIDR nets. The client IP is the
+//!   **peer address** (axum's `ConnectInfo<SocketAddr>` with the `axum` feature, or a
+//!   `SocketAddr` you insert into the request's extensions with plain hyper). `Forwarded` and
+//!   `X-Forwarded-For` are believed only when that peer is a
+//!   [trusted proxy](MaintenanceLayer::trusted_proxy), so a client cannot spoof its way in;
+//! - [`bypass_if`](MaintenanceLayer::bypass_if): your predicate.
+//!
+//! # Example
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use bytes::Bytes;
+//! use http::{header, Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_5xx::maintenance::{MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let switch = MaintenanceSwitch::new();
+//! let svc = ServiceBuilder::new()
+//!     .layer(MaintenanceLayer::new(switch.clone()).bypass_path("/healthz"))
+//!     .service(service_fn(|_req: Request<Full<Bytes>>| async {
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+//!     }));
+//! let get = |path: &str| Request::get(path).body(Full::default()).unwrap();
+//!
+//! assert_eq!(svc.clone().oneshot(get("/")).await.unwrap().status(), StatusCode::OK);
+//!
+//! switch.enable_with(
+//!     MaintenanceNotice::new()
+//!         .retry_after(Duration::from_secs(300))
+//!         .message("Upgrading the database."),
+//! );
+//! let res = svc.clone().oneshot(get("/")).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(res.headers()[header::RETRY_AFTER], "300");
+//! assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+//! // Health checks still pass.
+//! assert_eq!(svc.clone().oneshot(get("/healthz")).await.unwrap().status(), StatusCode::OK);
+//!
+//! switch.disable();
+//! assert_eq!(svc.oneshot(get("/")).await.unwrap().status(), StatusCode::OK);
+//! # }
+//! ```
+//!
+//! With axum, `Router::layer(MaintenanceLayer::new(switch))`; serve with
+//! `into_make_service_with_connect_info::<SocketAddr>()` if you use IP rules.
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod admin;
+mod bypass;
+pub mod error;
+mod file;
+mod future;
+mod layer;
+mod service;
+mod switch;
+
+pub use bypass::BypassRequest;
+pub use file::{FileState, SentinelFile};
+pub use future::ResponseFuture;
+pub use ipnet::IpNet;
+pub use layer::MaintenanceLayer;
+pub use service::Maintenance;
+pub use switch::{
+    MaintenanceNotice, MaintenanceStatus, MaintenanceSwitch, Source, SystemClock, WallClock, Window,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_clone<T: Clone>() {}
+
+    #[test]
+    fn public_types_are_send_sync_and_clone() {
+        assert_send_sync::<MaintenanceSwitch>();
+        assert_send_sync::<MaintenanceLayer>();
+        assert_send_sync::<Maintenance<()>>();
+        assert_send_sync::<MaintenanceNotice>();
+        assert_send_sync::<SentinelFile>();
+        assert_send_sync::<ResponseFuture<std::future::Ready<()>, String>>();
+        assert_clone::<MaintenanceSwitch>();
+        assert_clone::<MaintenanceLayer>();
+        assert_clone::<Maintenance<()>>();
+    }
+}

@@ -1,0 +1,690 @@
+//! Maintenance mode over real sockets: toggling under load, truthful Retry-After, bypass rules
+//! (and spoofing), response formats, the admin router and the sentinel file.
+#![cfg(feature = "maintenance")]
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime},
+};
+
+use axum::{routing::get, Router};
+use bytes::Bytes;
+use common::{client, get as get_path, h2_client, request, send, Reply, TestClient};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::sync::{Notify, Semaphore};
+use tower::{service_fn, Layer, ServiceExt};
+use tower_5xx::{
+    maintenance::{
+        FileState, IpNet, MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch, SentinelFile,
+        WallClock, Window,
+    },
+    Reason,
+};
+
+/// A wall clock the test sets by hand.
+#[derive(Debug, Clone)]
+struct ManualClock(Arc<Mutex<SystemTime>>);
+
+impl ManualClock {
+    fn new(t: SystemTime) -> Self {
+        Self(Arc::new(Mutex::new(t)))
+    }
+    fn set(&self, t: SystemTime) {
+        *self.0.lock().unwrap() = t;
+    }
+}
+
+impl WallClock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+fn date(s: &str) -> SystemTime {
+    httpdate::parse_http_date(s).unwrap()
+}
+
+/// Without the `axum` feature the layer cannot name axum's `ConnectInfo`: tell it where to look.
+fn with_peer(layer: MaintenanceLayer) -> MaintenanceLayer {
+    #[cfg(not(feature = "axum"))]
+    let layer = layer.peer_addr_from(|ext| {
+        ext.get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+    });
+    layer
+}
+
+fn hello() -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route("/healthz", get(|| async { "ok" }))
+}
+
+async fn serve(layer: MaintenanceLayer) -> SocketAddr {
+    common::serve_axum(hello().layer(with_peer(layer))).await
+}
+
+fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = request(addr, path, None);
+    for (k, v) in headers {
+        req.headers_mut().append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    req
+}
+
+async fn status_of(c: &TestClient, req: Request<Full<Bytes>>) -> StatusCode {
+    send(c, req).await.unwrap().status
+}
+
+fn assert_maintenance_503(reply: &Reply) {
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert!(reply.header("retry-after").is_some());
+    assert!(reply.header("x-error-id").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_flight_requests_finish_when_maintenance_starts() {
+    let switch = MaintenanceSwitch::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let entered = Arc::new((AtomicUsize::new(0), Notify::new()));
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route(
+            "/slow",
+            get({
+                let (gate, entered) = (gate.clone(), entered.clone());
+                move || async move {
+                    entered.0.fetch_add(1, Ordering::SeqCst);
+                    entered.1.notify_waiters();
+                    gate.acquire().await.unwrap().forget();
+                    "slow but fine"
+                }
+            }),
+        )
+        .layer(MaintenanceLayer::new(switch.clone()));
+    let addr = common::serve_axum(app).await;
+
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(async move {
+                let c = if i % 2 == 0 { client() } else { h2_client() };
+                get_path(&c, addr, "/slow").await
+            })
+        })
+        .collect();
+    // Wait until all four are inside the handler (bounded: a hang fails the test).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let notified = entered.1.notified();
+            if entered.0.load(Ordering::SeqCst) == 4 {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .expect("slow requests reached the handler");
+
+    switch.enable();
+    let c = client();
+    assert_maintenance_503(&get_path(&c, addr, "/").await);
+    assert_maintenance_503(&get_path(&c, addr, "/slow").await);
+
+    gate.add_permits(4);
+    for handle in slow {
+        let reply = handle.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "in-flight request completes");
+        assert_eq!(reply.text(), "slow but fine");
+    }
+    assert_eq!(entered.0.load(Ordering::SeqCst), 4, "no new request got in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toggling_under_load_gives_only_200_or_503() {
+    const CLIENTS: usize = 8;
+    const PER_CLIENT: usize = 60;
+    let switch = MaintenanceSwitch::new();
+    let addr = serve(MaintenanceLayer::new(switch.clone())).await;
+    let completed = Arc::new(AtomicUsize::new(0));
+
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (switch, completed) = (switch.clone(), completed.clone());
+            tokio::spawn(async move {
+                let c = if i % 2 == 0 { client() } else { h2_client() };
+                let mut statuses = Vec::with_capacity(PER_CLIENT);
+                for _ in 0..PER_CLIENT {
+                    let reply = send(&c, request(addr, "/", None))
+                        .await
+                        .expect("no dropped connection, no protocol error");
+                    if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+                        assert_maintenance_503(&reply);
+                    } else {
+                        assert_eq!(reply.status, StatusCode::OK);
+                        assert_eq!(reply.text(), "hello");
+                    }
+                    statuses.push(reply.status);
+                    // Every 7th completed request (across all clients) flips the switch, while
+                    // the other clients' requests are in flight.
+                    if completed.fetch_add(1, Ordering::SeqCst) % 7 == 6 {
+                        if switch.is_enabled() {
+                            switch.disable();
+                        } else {
+                            switch.enable();
+                        }
+                    }
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut unavailable = 0;
+    for task in tasks {
+        for status in task.await.unwrap() {
+            match status {
+                StatusCode::OK => ok += 1,
+                StatusCode::SERVICE_UNAVAILABLE => unavailable += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    assert_eq!(ok + unavailable, CLIENTS * PER_CLIENT);
+    assert!(ok > 0 && unavailable > 0, "{ok} x 200, {unavailable} x 503");
+}
+
+#[tokio::test]
+async fn retry_after_counts_down_to_the_window_end() {
+    let t0 = date("Sun, 06 Nov 2033 08:00:00 GMT");
+    let clock = ManualClock::new(t0);
+    let switch = MaintenanceSwitch::with_clock(clock.clone());
+    let end = t0 + Duration::from_secs(100);
+    switch.schedule(
+        Window::new(t0 + Duration::from_secs(10), end)
+            .unwrap()
+            .message("Planned maintenance."),
+    );
+    let delta = serve(MaintenanceLayer::new(switch.clone())).await;
+    let dated = serve(MaintenanceLayer::new(switch.clone()).http_date(true)).await;
+    let c = client();
+
+    assert_eq!(get_path(&c, delta, "/").await.status, StatusCode::OK);
+
+    clock.set(t0 + Duration::from_secs(10));
+    let reply = get_path(&c, delta, "/").await;
+    assert_maintenance_503(&reply);
+    assert_eq!(reply.header("retry-after"), Some("90"));
+    assert!(reply.text().contains("Planned maintenance."));
+
+    clock.set(t0 + Duration::from_millis(55_500));
+    let reply = send(&c, request(delta, "/", Some("application/problem+json")))
+        .await
+        .unwrap();
+    assert_eq!(reply.header("retry-after"), Some("45"), "44.5 s rounds up");
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(json["retry_after"], 45);
+    assert_eq!(json["detail"], "Planned maintenance.");
+
+    let reply = get_path(&c, dated, "/").await;
+    assert_eq!(
+        reply.header("retry-after"),
+        Some("Sun, 06 Nov 2033 08:01:40 GMT")
+    );
+
+    // The window closes by itself.
+    clock.set(end);
+    assert_eq!(get_path(&c, delta, "/").await.status, StatusCode::OK);
+    assert!(!switch.is_enabled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_counts_down_to_a_deadline_on_tokios_clock() {
+    let switch = MaintenanceSwitch::new();
+    let svc = MaintenanceLayer::new(switch.clone())
+        .default_retry_after(Duration::from_secs(7))
+        .layer(service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        }));
+    let retry_after = |svc: &tower_5xx::maintenance::Maintenance<_>| {
+        let svc = svc.clone();
+        async move {
+            let res = svc
+                .oneshot(Request::get("/").body(Full::default()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Maintenance));
+            res.headers()[header::RETRY_AFTER]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+
+    switch.enable_with(MaintenanceNotice::new().ends_in(Duration::from_secs(90)));
+    assert_eq!(retry_after(&svc).await, "90");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(retry_after(&svc).await, "60");
+    tokio::time::advance(Duration::from_millis(59_001)).await;
+    assert_eq!(retry_after(&svc).await, "1");
+    // Past the announced end: still on (an overrun must not let traffic in), default Retry-After.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(retry_after(&svc).await, "7");
+    assert!(switch.is_enabled());
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_an_untrusted_peer_do_not_bypass() {
+    let allowed: IpNet = "203.0.113.0/24".parse().unwrap();
+    let switch = MaintenanceSwitch::new();
+    switch.enable();
+    let c = client();
+
+    // Direct: the peer is 127.0.0.1, not a trusted proxy; its headers are not believed.
+    let direct = serve(MaintenanceLayer::new(switch.clone()).allow_ip(allowed)).await;
+    for spoof in [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("forwarded", "for=203.0.113.7"),
+        ("x-forwarded-for", "203.0.113.7, 203.0.113.8"),
+    ] {
+        let reply = send(&c, get_with(direct, "/", &[spoof])).await.unwrap();
+        assert_maintenance_503(&reply);
+    }
+
+    // Behind a trusted proxy (here: the test client on 127.0.0.1), the header is believed.
+    let proxied = serve(
+        MaintenanceLayer::new(switch.clone())
+            .allow_ip(allowed)
+            .trusted_proxy("127.0.0.0/8".parse::<IpNet>().unwrap()),
+    )
+    .await;
+    let via = |h: &'static str, v: &'static str| get_with(proxied, "/", &[(h, v)]);
+    assert_eq!(
+        status_of(&c, via("x-forwarded-for", "203.0.113.7")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_of(&c, via("forwarded", "for=203.0.113.7;proto=https")).await,
+        StatusCode::OK
+    );
+    // The client prepended an allowed address; the proxy appended the real one.
+    assert_eq!(
+        status_of(&c, via("x-forwarded-for", "203.0.113.7, 198.51.100.1")).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status_of(&c, via("x-forwarded-for", "203.0.113.7, garbage")).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // No header: the client is the proxy itself, which is not allow-listed.
+    assert_eq!(
+        status_of(&c, request(proxied, "/", None)).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // The real peer address is found: allow-listing 127.0.0.1 lets the test client in.
+    let local = serve(MaintenanceLayer::new(switch.clone()).allow_ip(IpNet::from(
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+    )))
+    .await;
+    assert_eq!(
+        status_of(&c, request(local, "/", None)).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn bypass_paths_headers_and_predicates() {
+    let switch = MaintenanceSwitch::new();
+    let addr = serve(
+        MaintenanceLayer::new(switch.clone())
+            .bypass_path("/healthz")
+            .bypass_header(HeaderName::from_static("x-maintenance-bypass"), "0p3r4t0r")
+            .bypass_if(|req| req.uri().query() == Some("canary=1")),
+    )
+    .await;
+    switch.enable();
+    let c = client();
+
+    assert_eq!(get_path(&c, addr, "/healthz").await.status, StatusCode::OK);
+    assert_maintenance_503(&get_path(&c, addr, "/").await);
+    let with = |v: &'static str| get_with(addr, "/", &[("x-maintenance-bypass", v)]);
+    assert_eq!(status_of(&c, with("0p3r4t0r")).await, StatusCode::OK);
+    for wrong in ["0p3r4t0", "0p3r4t0r!", "", "0P3R4T0R"] {
+        assert_eq!(
+            status_of(&c, with(wrong)).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{wrong:?}"
+        );
+    }
+    assert_eq!(
+        get_path(&c, addr, "/?canary=1").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_path(&c, addr, "/?canary=2").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn browsers_get_an_html_page_apis_get_problem_json() {
+    let switch = MaintenanceSwitch::new();
+    let addr = serve(MaintenanceLayer::new(switch.clone()).message("Back at <noon>.")).await;
+    switch.enable_with(MaintenanceNotice::new().retry_after(Duration::from_secs(120)));
+    let c = client();
+
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let html = send(&c, request(addr, "/", Some(browser))).await.unwrap();
+    assert_maintenance_503(&html);
+    assert!(html
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        html.text().contains("Back at &lt;noon&gt;."),
+        "{}",
+        html.text()
+    );
+    assert_eq!(html.header("retry-after"), Some("120"));
+
+    let api = send(&c, request(addr, "/", Some("application/json")))
+        .await
+        .unwrap();
+    assert_maintenance_503(&api);
+    assert_eq!(api.header("content-type"), Some("application/problem+json"));
+    let json: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
+    assert_eq!(json["status"], 503);
+    assert_eq!(json["detail"], "Back at <noon>.");
+    assert_eq!(json["retry_after"], 120);
+
+    let text = get_path(&c, addr, "/").await;
+    assert!(text
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+
+    // The notice's own message wins over the layer's.
+    switch.enable_with(MaintenanceNotice::new().message("Database upgrade."));
+    assert!(get_path(&c, addr, "/")
+        .await
+        .text()
+        .contains("Database upgrade."));
+}
+
+/// A fresh path in the temp dir, removed on drop.
+struct TempPath(std::path::PathBuf);
+
+impl TempPath {
+    fn new(name: &str) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Self(std::env::temp_dir().join(format!("tower-5xx-{name}-{}-{nanos}", std::process::id())))
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn sentinel_file_switches_on_and_off() {
+    let path = TempPath::new("sentinel");
+    let switch = MaintenanceSwitch::new();
+    let addr =
+        serve(MaintenanceLayer::new(switch.clone()).default_retry_after(Duration::from_secs(30)))
+            .await;
+    let mut file = SentinelFile::new(&path.0, switch.clone());
+    let c = client();
+
+    assert_eq!(file.check().await, FileState::Absent);
+    assert!(!switch.is_enabled());
+
+    std::fs::write(&path.0, "").unwrap();
+    assert!(matches!(file.check().await, FileState::Present(_)));
+    let reply = get_path(&c, addr, "/").await;
+    assert_maintenance_503(&reply);
+    assert_eq!(reply.header("retry-after"), Some("30"));
+
+    std::fs::write(&path.0, "120\nBack after the migration.\n").unwrap();
+    assert!(matches!(file.check().await, FileState::Present(_)));
+    let reply = get_path(&c, addr, "/").await;
+    assert_eq!(reply.header("retry-after"), Some("120"));
+    assert!(reply.text().contains("Back after the migration."));
+
+    // Bad content: on, default Retry-After, logged.
+    let logs = common::logs();
+    std::fs::write(&path.0, "after lunch").unwrap();
+    assert_eq!(file.check().await, FileState::Invalid);
+    let reply = get_path(&c, addr, "/").await;
+    assert_maintenance_503(&reply);
+    assert_eq!(reply.header("retry-after"), Some("30"));
+    assert!(!logs
+        .lines_with("neither delta-seconds nor an HTTP-date")
+        .is_empty());
+
+    std::fs::remove_file(&path.0).unwrap();
+    assert_eq!(file.check().await, FileState::Absent);
+    assert_eq!(get_path(&c, addr, "/").await.status, StatusCode::OK);
+
+    // Only changes are applied: a switch flipped by hand stays flipped while the file does not
+    // change.
+    switch.enable();
+    assert_eq!(file.check().await, FileState::Absent);
+    assert!(switch.is_enabled());
+    switch.disable();
+
+    // Present but unreadable (a directory): on, never a panic.
+    std::fs::create_dir(&path.0).unwrap();
+    assert!(matches!(file.check().await, FileState::Unreadable(_)));
+    assert!(switch.is_enabled());
+    std::fs::remove_dir(&path.0).unwrap();
+    assert_eq!(file.check().await, FileState::Absent);
+    assert!(!switch.is_enabled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn sentinel_poller_follows_the_file() {
+    let path = TempPath::new("poller");
+    let switch = MaintenanceSwitch::new();
+    let interval = Duration::from_secs(2);
+    let poller = SentinelFile::new(&path.0, switch.clone())
+        .interval(interval)
+        .spawn();
+
+    // Bounded waits on tokio's paused clock: the poller reads on the blocking pool, which holds
+    // the clock still until the read is done.
+    async fn wait_for(switch: &MaintenanceSwitch, on: bool, interval: Duration) {
+        for _ in 0..5 {
+            tokio::time::sleep(interval).await;
+            if switch.is_enabled() == on {
+                return;
+            }
+        }
+        panic!(
+            "the poller did not switch maintenance {}",
+            if on { "on" } else { "off" }
+        );
+    }
+
+    std::fs::write(&path.0, "Sun, 06 Nov 2033 08:49:37 GMT\n").unwrap();
+    wait_for(&switch, true, interval).await;
+    assert_eq!(
+        switch.status().ends_at,
+        Some(date("Sun, 06 Nov 2033 08:49:37 GMT"))
+    );
+    std::fs::remove_file(&path.0).unwrap();
+    wait_for(&switch, false, interval).await;
+    assert!(!poller.is_finished());
+    poller.abort();
+}
+
+#[cfg(feature = "axum")]
+mod admin {
+    use super::*;
+    use tower_5xx::maintenance::admin;
+
+    const TOKEN: &str = "correct-horse-battery-staple";
+
+    fn call(
+        addr: SocketAddr,
+        method: Method,
+        token: Option<&str>,
+        body: &'static str,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}/admin/maintenance"))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        req.body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    #[test]
+    fn refuses_to_be_built_without_a_token() {
+        let err = admin::router(MaintenanceSwitch::new(), "").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "maintenance admin router needs a non-empty bearer token"
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_router_guards_and_flips_the_switch() {
+        let switch = MaintenanceSwitch::new();
+        let app = hello().layer(MaintenanceLayer::new(switch.clone())).nest(
+            "/admin/maintenance",
+            admin::router(switch.clone(), TOKEN).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+        let c = client();
+        let snapshot = || switch.status();
+
+        // No token, a wrong token: 401 with a challenge, nothing changes.
+        let before = snapshot();
+        for token in [None, Some("wrong"), Some("correct-horse-battery-stapl")] {
+            for method in [Method::GET, Method::PUT, Method::DELETE] {
+                let reply = send(&c, call(addr, method.clone(), token, "{}"))
+                    .await
+                    .unwrap();
+                assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {token:?}");
+                assert!(reply
+                    .header("www-authenticate")
+                    .unwrap()
+                    .starts_with("Bearer"));
+            }
+        }
+        assert_eq!(snapshot(), before);
+        assert!(!switch.is_enabled());
+
+        // Malformed bodies: 400 problem+json, nothing changes.
+        for bad in [
+            "{\"retry_after\": ",
+            "{\"retry_after\": \"soon\"}",
+            "{\"retry_afterr\": 5}",
+            "{\"until\": \"tomorrow\"}",
+            "[]",
+        ] {
+            let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), bad))
+                .await
+                .unwrap();
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(
+                reply.header("content-type"),
+                Some("application/problem+json")
+            );
+            let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(json["status"], 400);
+            assert!(!switch.is_enabled(), "{bad}");
+        }
+
+        // Enable.
+        let reply = send(
+            &c,
+            call(
+                addr,
+                Method::PUT,
+                Some(TOKEN),
+                r#"{"retry_after": 120, "message": "Upgrading."}"#,
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("cache-control"), Some("no-store"));
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(json["enabled"], true);
+        assert_eq!(json["source"], "manual");
+        assert_eq!(json["retry_after"], 120);
+        assert_eq!(json["message"], "Upgrading.");
+        let reply = get_path(&c, addr, "/").await;
+        assert_maintenance_503(&reply);
+        assert_eq!(reply.header("retry-after"), Some("120"));
+
+        // While on: bad requests still change nothing.
+        let on = snapshot();
+        let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), "{not json"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        let reply = send(&c, call(addr, Method::DELETE, Some("wrong"), ""))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(snapshot(), on);
+
+        // Status, then disable.
+        let reply = send(&c, call(addr, Method::GET, Some(TOKEN), ""))
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(json["enabled"], true);
+        let reply = send(&c, call(addr, Method::DELETE, Some(TOKEN), ""))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(json["enabled"], false);
+        assert_eq!(get_path(&c, addr, "/").await.status, StatusCode::OK);
+
+        // `until` as an HTTP-date; an empty body is `{}`.
+        let reply = send(
+            &c,
+            call(
+                addr,
+                Method::PUT,
+                Some(TOKEN),
+                r#"{"until": "Sun, 06 Nov 2033 08:49:37 GMT"}"#,
+            ),
+        )
+        .await
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(json["until"], "Sun, 06 Nov 2033 08:49:37 GMT");
+        let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), ""))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(snapshot().notice, Some(MaintenanceNotice::new()));
+    }
+}
