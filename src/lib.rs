@@ -57,7 +57,7 @@
 //! | `catch` | yes | [`catch::CatchLayer`]: errors and panics to 500, known tower errors to 503 |
 //! | `maintenance` | yes | maintenance mode (reserved: not yet implemented) |
 //! | `shed` | yes | overload shedding (reserved: not yet implemented) |
-//! | `breaker` | yes | circuit breakers (reserved: not yet implemented) |
+//! | `breaker` | yes | [`breaker`]: circuit breakers (lock-free state machine, sliding windows), [`breaker::BreakerLayer`] answering 503 + `Retry-After` while open, [`breaker::KeyedBreakers`] |
 //! | `retry` | yes | client retries (reserved: not yet implemented) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -69,6 +69,10 @@ mod retry_after;
 #[cfg(feature = "catch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "catch")))]
 pub mod catch;
+
+#[cfg(feature = "breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+pub mod breaker;
 
 pub use body::ResponseBody;
 pub use response::{ErrorId, ErrorResponse, Format, Reason, ERROR_ID_HEADER};
