@@ -864,3 +864,16 @@ async fn transitions_are_logged() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert<T: Send + Sync>() {}
+    assert::<CircuitBreaker>();
+    assert::<Permit>();
+    assert::<CircuitOpen>();
+    assert::<tower_5xx::breaker::KeyedBreakers<String>>();
+    assert::<BreakerLayer>();
+    assert::<
+        tower_5xx::breaker::Breaker<axum::routing::Router, tower_5xx::breaker::DefaultClassifier>,
+    >();
+}

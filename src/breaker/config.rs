@@ -226,7 +226,7 @@ impl BreakerBuilder {
         }
         let window = match self.window {
             SlidingWindow::Count(size) => {
-                if size < 2 || size > 1 << 30 {
+                if !(2..=1 << 30).contains(&size) {
                     return Err(BreakerConfigError::WindowSize);
                 }
                 let buckets = self.buckets.min(size);
