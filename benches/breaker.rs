@@ -113,6 +113,19 @@ fn permit_only(c: &mut Criterion) {
     c.bench_function("breaker_permit_record/tower_5xx", |b| {
         b.iter(|| black_box(breaker.try_acquire().unwrap()).success())
     });
+    // The same with a clock that costs nothing to read, to see what tokio's clock costs.
+    let manual = CircuitBreaker::builder()
+        .clock(tower_5xx::breaker::ManualClock::new())
+        .build()
+        .unwrap();
+    c.bench_function("breaker_permit_record/tower_5xx_manual_clock", |b| {
+        b.iter(|| black_box(manual.try_acquire().unwrap()).success())
+    });
+    let instant = std::time::Instant::now();
+    c.bench_function("breaker_permit_record/tokio_instant_now", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    black_box(instant);
 }
 
 fn closed_path(c: &mut Criterion) {
