@@ -58,7 +58,7 @@
 //! | `maintenance` | yes | [`maintenance::MaintenanceLayer`]: 503 + `Retry-After` while a switch is on, scheduled windows, bypass rules, sentinel file |
 //! | `axum` | yes | [`maintenance::admin`] router (with `maintenance`); client-IP rules read axum's `ConnectInfo` |
 //! | `shed` | yes | overload shedding (reserved: not yet implemented) |
-//! | `breaker` | yes | circuit breakers (reserved: not yet implemented) |
+//! | `breaker` | yes | [`breaker`]: circuit breakers (lock-free state machine, sliding windows), [`breaker::BreakerLayer`] answering 503 + `Retry-After` while open, [`breaker::KeyedBreakers`] |
 //! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -70,6 +70,10 @@ mod retry_after;
 #[cfg(feature = "catch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "catch")))]
 pub mod catch;
+
+#[cfg(feature = "breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+pub mod breaker;
 
 #[cfg(feature = "maintenance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "maintenance")))]

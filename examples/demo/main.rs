@@ -9,6 +9,7 @@
 //! in the README and printed at start-up.
 
 mod errors;
+mod flaky;
 mod maintenance;
 
 use std::net::SocketAddr;
@@ -18,7 +19,9 @@ use tower_5xx::catch::CatchLayer;
 
 /// The whole demo app. Each capability contributes its routes from its own module.
 fn app() -> Router {
-    let app = Router::new().merge(errors::routes());
+    let app = Router::new()
+        .merge(errors::routes())
+        .merge(flaky::routes());
     // Maintenance mode wraps the app; its admin router sits beside it.
     maintenance::wrap(app)
         // Outermost: a panic anywhere below becomes a 500 with an error id.
@@ -53,6 +56,7 @@ async fn main() {
     println!();
     errors::print_help(addr);
     println!();
+    flaky::print_help(addr);
     maintenance::print_help(addr);
     println!();
     println!("Every generated 5xx carries Cache-Control: no-store and an x-error-id that is also logged.");

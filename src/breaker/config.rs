@@ -1,0 +1,345 @@
+//! Breaker configuration: a builder with documented defaults, validated by `build`.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use super::{
+    clock::{Clock, TokioClock},
+    CircuitBreaker, Transition,
+};
+use crate::error::BreakerConfigError;
+
+/// The largest number of half-open probes (the probe counters are 10-bit fields).
+pub const MAX_HALF_OPEN_PROBES: u32 = 1023;
+/// The largest number of buckets a sliding window may have.
+pub const MAX_BUCKETS: u32 = 64;
+/// The fewest buckets a sliding window may have (one bucket would be a tumbling window).
+pub const MIN_BUCKETS: u32 = 2;
+
+/// Which outcomes the failure and slow-call rates are computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlidingWindow {
+    /// About the last `size` calls, kept in buckets of `ceil(size / buckets)` calls; when a new
+    /// bucket starts, the oldest drops out whole. See [`BreakerBuilder::buckets`].
+    Count(u32),
+    /// The calls of about the last `duration`, kept in buckets of `duration / buckets`; a bucket
+    /// drops out whole when it gets too old.
+    Time(Duration),
+}
+
+/// Called on every state transition, after it happened. Must be quick: it runs on the request
+/// path of the call that caused the transition.
+pub type TransitionCallback = Arc<dyn Fn(&Transition) + Send + Sync>;
+
+/// Builder for a [`CircuitBreaker`]; every setting has a default. `build` validates.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_5xx::breaker::{CircuitBreaker, SlidingWindow};
+///
+/// let breaker = CircuitBreaker::builder()
+///     .failure_rate_threshold(0.5)
+///     .minimum_calls(20)
+///     .sliding_window(SlidingWindow::Time(Duration::from_secs(30)))
+///     .open_duration(Duration::from_secs(5))
+///     .open_duration_growth(2.0, Duration::from_secs(120))
+///     .half_open_probes(3)
+///     .build()
+///     .expect("valid configuration");
+/// # let _ = breaker;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct BreakerBuilder {
+    pub(crate) failure_rate_threshold: f64,
+    pub(crate) slow_call_duration: Duration,
+    pub(crate) slow_call_rate_threshold: f64,
+    pub(crate) minimum_calls: u32,
+    pub(crate) window: SlidingWindow,
+    pub(crate) buckets: u32,
+    pub(crate) open_duration: Duration,
+    pub(crate) growth: f64,
+    pub(crate) max_open_duration: Duration,
+    pub(crate) half_open_probes: u32,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) on_transition: Option<TransitionCallback>,
+}
+
+impl fmt::Debug for BreakerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerBuilder")
+            .field("failure_rate_threshold", &self.failure_rate_threshold)
+            .field("slow_call_duration", &self.slow_call_duration)
+            .field("slow_call_rate_threshold", &self.slow_call_rate_threshold)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("window", &self.window)
+            .field("buckets", &self.buckets)
+            .field("open_duration", &self.open_duration)
+            .field("growth", &self.growth)
+            .field("max_open_duration", &self.max_open_duration)
+            .field("half_open_probes", &self.half_open_probes)
+            .field("name", &self.name)
+            .field("clock", &self.clock)
+            .field("on_transition", &self.on_transition.is_some())
+            .finish()
+    }
+}
+
+impl Default for BreakerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BreakerBuilder {
+    /// The defaults (each is also stated on its setter):
+    ///
+    /// | setting | default |
+    /// |---|---|
+    /// | failure rate threshold | 50 % |
+    /// | slow call duration / slow call rate threshold | 10 s / 100 % |
+    /// | minimum calls | 20 |
+    /// | sliding window | time-based, 30 s, in 10 buckets |
+    /// | open duration | 5 s, fixed (growth factor 1) capped at 60 s |
+    /// | half-open probes | 3 |
+    /// | clock | [`TokioClock`] |
+    pub fn new() -> Self {
+        Self {
+            failure_rate_threshold: 0.5,
+            slow_call_duration: Duration::from_secs(10),
+            slow_call_rate_threshold: 1.0,
+            minimum_calls: 20,
+            window: SlidingWindow::Time(Duration::from_secs(30)),
+            buckets: 10,
+            open_duration: Duration::from_secs(5),
+            growth: 1.0,
+            max_open_duration: Duration::from_secs(60),
+            half_open_probes: 3,
+            name: None,
+            clock: Arc::new(TokioClock::new()),
+            on_transition: None,
+        }
+    }
+
+    /// The failure rate, in `(0, 1]`, at or above which the breaker opens. Default `0.5`
+    /// (resilience4j's default too).
+    pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
+        self.failure_rate_threshold = rate;
+        self
+    }
+
+    /// A call that takes at least this long is slow. Default 10 s.
+    pub fn slow_call_duration(mut self, duration: Duration) -> Self {
+        self.slow_call_duration = duration;
+        self
+    }
+
+    /// The slow-call rate, in `(0, 1]`, at or above which the breaker opens. Default `1.0`: the
+    /// breaker opens when every call of a full window is slow (resilience4j's default). Slow
+    /// calls are counted whether they succeeded or failed.
+    pub fn slow_call_rate_threshold(mut self, rate: f64) -> Self {
+        self.slow_call_rate_threshold = rate;
+        self
+    }
+
+    /// How many calls the window must hold before its rates are judged. Default 20; at least 1.
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.minimum_calls = calls;
+        self
+    }
+
+    /// The sliding window. Default: time-based, 30 s.
+    pub fn sliding_window(mut self, window: SlidingWindow) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// How many buckets the window is kept in, from 2 to 64. Default 10: old outcomes drop out
+    /// a tenth of the window at a time. A count window of `n` calls uses at most `n` buckets
+    /// (one call each: exact).
+    pub fn buckets(mut self, buckets: u32) -> Self {
+        self.buckets = buckets;
+        self
+    }
+
+    /// How long the breaker stays open after it trips. Default 5 s.
+    pub fn open_duration(mut self, duration: Duration) -> Self {
+        self.open_duration = duration;
+        self
+    }
+
+    /// Grow the open duration on repeated trips: after the `n`-th trip in a row (half-open
+    /// probes failed again), the breaker stays open `open_duration * factor^(n-1)`, capped at
+    /// `max`. Default: factor 1 (fixed), cap 60 s. The count restarts when the breaker closes.
+    /// The cap also bounds durations hinted through
+    /// [`Permit::failure_with_retry_after`](super::Permit::failure_with_retry_after).
+    pub fn open_duration_growth(mut self, factor: f64, max: Duration) -> Self {
+        self.growth = factor;
+        self.max_open_duration = max;
+        self
+    }
+
+    /// How many calls are let through while half-open; the rest are rejected while those are
+    /// out. When all have completed, their failure and slow rates decide between closed and
+    /// open. Default 3; from 1 to [`MAX_HALF_OPEN_PROBES`].
+    pub fn half_open_probes(mut self, probes: u32) -> Self {
+        self.half_open_probes = probes;
+        self
+    }
+
+    /// A name for logs and transition events. Default: none.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The clock. Default [`TokioClock`] (works with `tokio::time::pause()`).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Calls `callback` after every state transition (each is also a `tracing` event).
+    pub fn on_transition(mut self, callback: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
+        self.on_transition = Some(Arc::new(callback));
+        self
+    }
+
+    /// Validates the settings and builds the breaker.
+    pub fn build(self) -> Result<CircuitBreaker, BreakerConfigError> {
+        Ok(CircuitBreaker::from_config(Arc::new(self.validate()?)))
+    }
+
+    pub(crate) fn validate(self) -> Result<Config, BreakerConfigError> {
+        fn ppm(rate: f64) -> Option<u64> {
+            (rate > 0.0 && rate <= 1.0).then(|| (rate * 1_000_000.0).round() as u64)
+        }
+        let failure_ppm =
+            ppm(self.failure_rate_threshold).ok_or(BreakerConfigError::FailureRateThreshold)?;
+        let slow_ppm =
+            ppm(self.slow_call_rate_threshold).ok_or(BreakerConfigError::SlowCallRateThreshold)?;
+        if self.minimum_calls == 0 {
+            return Err(BreakerConfigError::MinimumCalls);
+        }
+        if !(MIN_BUCKETS..=MAX_BUCKETS).contains(&self.buckets) {
+            return Err(BreakerConfigError::Buckets);
+        }
+        let window = match self.window {
+            SlidingWindow::Count(size) => {
+                if !(2..=1 << 30).contains(&size) {
+                    return Err(BreakerConfigError::WindowSize);
+                }
+                let buckets = self.buckets.min(size);
+                let len = size.div_ceil(buckets);
+                WindowKind::Count {
+                    bucket_len: u64::from(len),
+                    buckets: size.div_ceil(len),
+                }
+            }
+            SlidingWindow::Time(duration) => {
+                let bucket = duration.as_nanos() / u128::from(self.buckets);
+                if bucket == 0 || duration > Duration::from_secs(365 * 24 * 3600) {
+                    return Err(BreakerConfigError::WindowSize);
+                }
+                WindowKind::Time {
+                    bucket_nanos: bucket as u64,
+                    buckets: self.buckets,
+                }
+            }
+        };
+        if !(1..=MAX_HALF_OPEN_PROBES).contains(&self.half_open_probes) {
+            return Err(BreakerConfigError::HalfOpenProbes);
+        }
+        if self.open_duration.is_zero()
+            || self.max_open_duration < self.open_duration
+            || self.max_open_duration > Duration::from_secs(365 * 24 * 3600)
+        {
+            return Err(BreakerConfigError::OpenDuration);
+        }
+        if !(self.growth >= 1.0 && self.growth.is_finite()) {
+            return Err(BreakerConfigError::GrowthFactor);
+        }
+        Ok(Config {
+            failure_ppm,
+            slow_ppm,
+            slow_call_nanos: u64::try_from(self.slow_call_duration.as_nanos()).unwrap_or(u64::MAX),
+            minimum_calls: u64::from(self.minimum_calls),
+            window,
+            open_duration: self.open_duration,
+            growth: self.growth,
+            max_open_duration: self.max_open_duration,
+            half_open_probes: self.half_open_probes,
+            name: self.name,
+            clock: self.clock,
+            on_transition: self.on_transition,
+        })
+    }
+}
+
+/// The shape of a validated window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WindowKind {
+    Count { bucket_len: u64, buckets: u32 },
+    Time { bucket_nanos: u64, buckets: u32 },
+}
+
+impl WindowKind {
+    pub(crate) fn buckets(self) -> u32 {
+        match self {
+            WindowKind::Count { buckets, .. } | WindowKind::Time { buckets, .. } => buckets,
+        }
+    }
+}
+
+/// A validated configuration, shared by a breaker (and by all breakers of a keyed registry).
+pub(crate) struct Config {
+    pub(crate) failure_ppm: u64,
+    pub(crate) slow_ppm: u64,
+    pub(crate) slow_call_nanos: u64,
+    pub(crate) minimum_calls: u64,
+    pub(crate) window: WindowKind,
+    pub(crate) open_duration: Duration,
+    pub(crate) growth: f64,
+    pub(crate) max_open_duration: Duration,
+    pub(crate) half_open_probes: u32,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) on_transition: Option<TransitionCallback>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("failure_ppm", &self.failure_ppm)
+            .field("slow_ppm", &self.slow_ppm)
+            .field("slow_call_nanos", &self.slow_call_nanos)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("window", &self.window)
+            .field("open_duration", &self.open_duration)
+            .field("growth", &self.growth)
+            .field("max_open_duration", &self.max_open_duration)
+            .field("half_open_probes", &self.half_open_probes)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// The open duration after the `trips`-th trip in a row (1-based).
+    pub(crate) fn open_duration_for(&self, trips: u32) -> Duration {
+        if self.growth == 1.0 || trips <= 1 {
+            return self.open_duration.min(self.max_open_duration);
+        }
+        let exp = i32::try_from(trips - 1).unwrap_or(i32::MAX);
+        let secs = self.open_duration.as_secs_f64() * self.growth.powi(exp);
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(self.max_open_duration)
+            .min(self.max_open_duration)
+    }
+
+    /// Whether `bad` out of `calls` reaches a threshold in parts per million.
+    #[inline]
+    pub(crate) fn reaches(bad: u64, calls: u64, ppm: u64) -> bool {
+        calls > 0 && bad * 1_000_000 >= ppm * calls
+    }
+}

@@ -1,0 +1,93 @@
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::{Breaker, CircuitBreaker, DefaultClassifier};
+
+/// Layer that guards a service with a [`CircuitBreaker`]: while the breaker is open, requests
+/// are answered `503 Service Unavailable` with `Retry-After` without calling the service. See
+/// the [module docs](super).
+///
+/// Every service the layer makes shares the one breaker it was given.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct BreakerLayer<C = DefaultClassifier> {
+    pub(crate) breaker: CircuitBreaker,
+    pub(crate) classifier: C,
+    pub(crate) config: LayerConfig,
+}
+
+/// Settings of the generated 503.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerConfig {
+    pub(crate) max_retry_after: Duration,
+    pub(crate) jitter: Duration,
+    pub(crate) html: bool,
+}
+
+impl BreakerLayer<DefaultClassifier> {
+    /// A layer around `breaker` with the defaults:
+    ///
+    /// - [`DefaultClassifier`]: `Err` and 5xx (except 501 and 505) are failures;
+    /// - `Retry-After` = the breaker's remaining open time plus a random 0 to 1 s (so clients
+    ///   told to come back do not come back in one herd), at least 1 s, at most 5 minutes;
+    /// - HTML bodies for clients whose `Accept` prefers `text/html`.
+    pub fn new(breaker: CircuitBreaker) -> Self {
+        Self {
+            breaker,
+            classifier: DefaultClassifier,
+            config: LayerConfig {
+                max_retry_after: Duration::from_secs(300),
+                jitter: Duration::from_secs(1),
+                html: true,
+            },
+        }
+    }
+}
+
+impl<C> BreakerLayer<C> {
+    /// Uses `classifier` to tell failures from successes; see [`Classify`](super::Classify).
+    pub fn classify<C2>(self, classifier: C2) -> BreakerLayer<C2> {
+        BreakerLayer {
+            breaker: self.breaker,
+            classifier,
+            config: self.config,
+        }
+    }
+
+    /// The largest `Retry-After` sent. Default 5 minutes.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.config.max_retry_after = max;
+        self
+    }
+
+    /// The largest random extra added to `Retry-After`. Default 1 s; zero turns jitter off.
+    pub fn retry_after_jitter(mut self, max_extra: Duration) -> Self {
+        self.config.jitter = max_extra;
+        self
+    }
+
+    /// Whether clients that prefer `text/html` get an HTML page (default `true`).
+    pub fn html(mut self, enabled: bool) -> Self {
+        self.config.html = enabled;
+        self
+    }
+
+    /// The breaker.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+}
+
+impl<S, C: Clone> Layer<S> for BreakerLayer<C> {
+    type Service = Breaker<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Breaker {
+            inner,
+            breaker: self.breaker.clone(),
+            classifier: self.classifier.clone(),
+            config: self.config,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use tower_service::Service;
+
+use super::{future::ResponseFuture, layer::LayerConfig, CircuitBreaker, Classify};
+use crate::{error::CircuitOpen, ErrorResponse, Reason, ResponseBody, RetryAfter};
+
+/// Middleware that guards its inner service with a circuit breaker. Made by
+/// [`BreakerLayer`](super::BreakerLayer); see the [module docs](super).
+///
+/// The breaker decides in `call`, not in `poll_ready`, so the layer works on a single axum
+/// route too (axum routes are always ready).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Breaker<S, C> {
+    pub(crate) inner: S,
+    pub(crate) breaker: CircuitBreaker,
+    pub(crate) classifier: C,
+    pub(crate) config: LayerConfig,
+}
+
+impl<S, C> Breaker<S, C> {
+    /// The breaker.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the middleware.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for Breaker<S, C>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    C: Classify<ResBody, S::Error>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        match self.breaker.try_acquire() {
+            Ok(permit) => {
+                ResponseFuture::running(self.inner.call(req), permit, self.classifier.clone())
+            }
+            Err(open) => {
+                let response = rejection(&open, &req, self.config);
+                tracing::debug!(
+                    breaker = self.breaker.name().unwrap_or(""),
+                    error_id = %response.error_id(),
+                    method = %req.method(),
+                    path = req.uri().path(),
+                    state = %open.state(),
+                    retry_after_ms = open.retry_after().as_millis() as u64,
+                    "request refused: circuit breaker open"
+                );
+                ResponseFuture::rejected(response, self.classifier.clone())
+            }
+        }
+    }
+}
+
+/// The 503 for a refused request: `Retry-After` = remaining open time + jitter, in
+/// `[1 s, max]`.
+fn rejection<B>(open: &CircuitOpen, req: &Request<B>, config: LayerConfig) -> ErrorResponse {
+    let wait = RetryAfter::Delay(open.retry_after())
+        .with_jitter(config.jitter)
+        .delay_from(std::time::SystemTime::UNIX_EPOCH);
+    let wait = wait.max(std::time::Duration::from_secs(1)).min(
+        config
+            .max_retry_after
+            .max(std::time::Duration::from_secs(1)),
+    );
+    ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::CircuitOpen)
+        .retry_after(RetryAfter::Delay(wait))
+        .negotiate(req.headers(), config.html)
+}

@@ -1,0 +1,672 @@
+//! The circuit breaker's state machine.
+//!
+//! The whole state is one `AtomicU64`: a 3-bit state tag, a 21-bit generation (incremented on
+//! every transition) and, while open, the end of the open state in whole milliseconds of the
+//! breaker's clock (40 bits: 34 years). Every transition is one compare-and-swap from the exact
+//! word that was observed, so exactly one caller wins it; a permit remembers the generation it
+//! was issued in, and an outcome recorded in another generation is ignored.
+//!
+//! Half-open probes live in a second word: the generation they belong to and 10-bit counters
+//! (issued, completed, failed, slow). A caller that finds the word tagged with an older
+//! generation resets it with a compare-and-swap, so no reset step has to race the transition.
+
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use super::{
+    config::{BreakerBuilder, Config},
+    window::{Window, WindowCounts},
+};
+use crate::error::CircuitOpen;
+
+const TAG_BITS: u32 = 3;
+const GEN_BITS: u32 = 21;
+const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+const UNTIL_SHIFT: u32 = TAG_BITS + GEN_BITS;
+const MAX_UNTIL_MS: u64 = (1 << (64 - UNTIL_SHIFT)) - 1;
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const FORCED_OPEN: u64 = 3;
+const DISABLED: u64 = 4;
+
+const NANOS_PER_MS: u64 = 1_000_000;
+
+/// The state of a [`CircuitBreaker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum State {
+    /// Calls flow; outcomes are recorded in the sliding window.
+    Closed,
+    /// Calls are rejected until the open duration has passed.
+    Open,
+    /// A fixed number of probe calls is let through; their outcomes decide.
+    HalfOpen,
+    /// Set by an operator ([`CircuitBreaker::force_open`]): every call is rejected until
+    /// [`CircuitBreaker::reset`].
+    ForcedOpen,
+    /// Set by an operator ([`CircuitBreaker::disable`]): every call flows, nothing is recorded.
+    Disabled,
+}
+
+impl State {
+    fn from_tag(tag: u64) -> Self {
+        match tag {
+            CLOSED => State::Closed,
+            OPEN => State::Open,
+            HALF_OPEN => State::HalfOpen,
+            FORCED_OPEN => State::ForcedOpen,
+            _ => State::Disabled,
+        }
+    }
+
+    /// A short lowercase name: `closed`, `open`, `half_open`, `forced_open`, `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::ForcedOpen => "forced_open",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state transition, as given to the [`on_transition`](BreakerBuilder::on_transition) callback.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Transition {
+    /// The breaker's name, if it has one.
+    pub name: Option<Arc<str>>,
+    /// The state left.
+    pub from: State,
+    /// The state entered.
+    pub to: State,
+    /// When entering [`State::Open`]: for how long.
+    pub open_for: Option<Duration>,
+    /// The window's counts that led to the transition (zero when not decided by the window).
+    pub counts: WindowCounts,
+}
+
+/// The outcome of a call, as the breaker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The call worked (a slow success still counts toward the slow-call rate).
+    Success,
+    /// The call failed.
+    Failure,
+    /// Not counted at all, as if the call had not been made (a half-open probe slot is
+    /// given back).
+    Ignored,
+}
+
+#[inline]
+fn tag(word: u64) -> u64 {
+    word & ((1 << TAG_BITS) - 1)
+}
+
+#[inline]
+fn generation(word: u64) -> u64 {
+    (word >> TAG_BITS) & GEN_MASK
+}
+
+#[inline]
+fn until_ms(word: u64) -> u64 {
+    word >> UNTIL_SHIFT
+}
+
+#[inline]
+fn pack(tag: u64, generation: u64, until_ms: u64) -> u64 {
+    tag | ((generation & GEN_MASK) << TAG_BITS) | (until_ms.min(MAX_UNTIL_MS) << UNTIL_SHIFT)
+}
+
+/// Probe word: generation (21 bits) | issued | done | failed | slow (10 bits each).
+mod probes {
+    pub(super) const F: u32 = 10;
+    pub(super) const M: u64 = (1 << F) - 1;
+    pub(super) const ISSUED: u32 = 21;
+    pub(super) const DONE: u32 = ISSUED + F;
+    pub(super) const FAILED: u32 = DONE + F;
+    pub(super) const SLOW: u32 = FAILED + F;
+
+    pub(super) fn generation(w: u64) -> u64 {
+        w & super::GEN_MASK
+    }
+    pub(super) fn field(w: u64, shift: u32) -> u64 {
+        (w >> shift) & M
+    }
+}
+
+/// Whether generation `a` is older than `b`, modulo 2^21.
+#[inline]
+fn gen_older(a: u64, b: u64) -> bool {
+    let d = b.wrapping_sub(a) & GEN_MASK;
+    d != 0 && d < (1 << (GEN_BITS - 1))
+}
+
+pub(crate) struct Inner {
+    state: Padded<AtomicU64>,
+    probes: Padded<AtomicU64>,
+    /// Trips in a row (for the growing open duration); reset when the breaker closes.
+    trips: AtomicU32,
+    window: Window,
+    name: Option<Arc<str>>,
+    pub(crate) config: Arc<Config>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A circuit breaker: a cheap handle (clones share the state).
+///
+/// Ask for a [`Permit`] before a call with [`try_acquire`](Self::try_acquire), and report the
+/// call's outcome through it. In the closed state both are a few atomic operations, no lock.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_5xx::breaker::{CircuitBreaker, ManualClock, SlidingWindow, State};
+///
+/// let clock = ManualClock::new();
+/// let breaker = CircuitBreaker::builder()
+///     .minimum_calls(4)
+///     .sliding_window(SlidingWindow::Count(10))
+///     .open_duration(Duration::from_secs(2))
+///     .half_open_probes(1)
+///     .clock(clock.clone())
+///     .build()
+///     .unwrap();
+///
+/// for _ in 0..4 {
+///     breaker.try_acquire().unwrap().failure();
+/// }
+/// assert_eq!(breaker.state(), State::Open);
+/// let open = breaker.try_acquire().unwrap_err();
+/// assert_eq!(open.retry_after(), Duration::from_secs(2));
+///
+/// clock.advance(Duration::from_secs(2));
+/// let probe = breaker.try_acquire().unwrap(); // half-open: one probe
+/// assert!(breaker.try_acquire().is_err());    // the rest wait
+/// probe.success();
+/// assert_eq!(breaker.state(), State::Closed);
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.inner.name)
+            .field("state", &self.state())
+            .field("window", &self.window_counts())
+            .finish()
+    }
+}
+
+impl CircuitBreaker {
+    /// A builder with the defaults listed on [`BreakerBuilder::new`].
+    pub fn builder() -> BreakerBuilder {
+        BreakerBuilder::new()
+    }
+
+    pub(crate) fn from_config(config: Arc<Config>) -> Self {
+        let name = config.name.clone();
+        Self::with_name(config, name)
+    }
+
+    pub(crate) fn with_name(config: Arc<Config>, name: Option<Arc<str>>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
+                probes: Padded(AtomicU64::new(0)),
+                trips: AtomicU32::new(0),
+                window: Window::new(config.window),
+                name,
+                config,
+            }),
+        }
+    }
+
+    #[inline]
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.inner.config.clock.now().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The current state. An open breaker whose time is up reports [`State::Open`] until the
+    /// next [`try_acquire`](Self::try_acquire) moves it to half-open.
+    pub fn state(&self) -> State {
+        State::from_tag(tag(self.inner.state.0.load(Ordering::Acquire)))
+    }
+
+    /// The counts of the sliding window now (meaningful in the closed state).
+    pub fn window_counts(&self) -> WindowCounts {
+        self.inner.window.counts(self.now_nanos())
+    }
+
+    /// The breaker's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
+    /// While open, how long until the breaker lets probes through; `None` in other states.
+    pub fn remaining_open(&self) -> Option<Duration> {
+        let s = self.inner.state.0.load(Ordering::Acquire);
+        (tag(s) == OPEN).then(|| {
+            Duration::from_nanos((until_ms(s) * NANOS_PER_MS).saturating_sub(self.now_nanos()))
+        })
+    }
+
+    /// Asks to make a call. `Ok` holds a [`Permit`] to report the outcome through; `Err` says
+    /// the breaker is open (or half-open with all probes out) and for how long.
+    pub fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
+        let now = self.now_nanos();
+        let inner = &*self.inner;
+        loop {
+            let s = inner.state.0.load(Ordering::Acquire);
+            let g = generation(s);
+            match tag(s) {
+                CLOSED => return Ok(Permit::new(self.clone(), g, Kind::Normal, now)),
+                DISABLED => return Ok(Permit::new(self.clone(), g, Kind::Untracked, now)),
+                FORCED_OPEN => {
+                    return Err(CircuitOpen::new(
+                        State::ForcedOpen,
+                        inner.config.open_duration,
+                    ))
+                }
+                OPEN => {
+                    let until = until_ms(s) * NANOS_PER_MS;
+                    if now < until {
+                        return Err(CircuitOpen::new(
+                            State::Open,
+                            Duration::from_nanos(until - now),
+                        ));
+                    }
+                    let next = pack(HALF_OPEN, g + 1, 0);
+                    if inner
+                        .state
+                        .0
+                        .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        self.emit(State::Open, State::HalfOpen, None, WindowCounts::default());
+                    }
+                }
+                _ => {
+                    // Half-open: take a probe slot if one is free.
+                    match self.take_probe(g) {
+                        ProbeTake::Taken => {
+                            if inner.state.0.load(Ordering::Acquire) == s {
+                                return Ok(Permit::new(self.clone(), g, Kind::Probe, now));
+                            }
+                            // The state moved on while we reserved: give the slot back, retry.
+                            self.release_probe(g);
+                        }
+                        ProbeTake::Full => {
+                            return Err(CircuitOpen::new(State::HalfOpen, Duration::ZERO))
+                        }
+                        ProbeTake::Stale => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_probe(&self, g: u64) -> ProbeTake {
+        let word = &self.inner.probes.0;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            let wg = probes::generation(w);
+            let base = if wg == g {
+                w
+            } else if gen_older(wg, g) {
+                g // a fresh word for this generation: all counters zero
+            } else {
+                return ProbeTake::Stale;
+            };
+            if probes::field(base, probes::ISSUED) >= u64::from(self.inner.config.half_open_probes)
+            {
+                return ProbeTake::Full;
+            }
+            let next = base + (1 << probes::ISSUED);
+            match word.compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return ProbeTake::Taken,
+                Err(actual) => w = actual,
+            }
+        }
+    }
+
+    fn release_probe(&self, g: u64) {
+        let word = &self.inner.probes.0;
+        let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (probes::generation(w) == g && probes::field(w, probes::ISSUED) > 0)
+                .then(|| w - (1 << probes::ISSUED))
+        });
+    }
+
+    /// Records the outcome of a permit's call.
+    fn record(
+        &self,
+        permit_gen: u64,
+        kind: Kind,
+        outcome: Outcome,
+        now: u64,
+        latency: u64,
+        hint: Option<Duration>,
+    ) {
+        let inner = &*self.inner;
+        let config = &*inner.config;
+        if outcome == Outcome::Ignored {
+            if kind == Kind::Probe {
+                self.release_probe(permit_gen);
+            }
+            return;
+        }
+        let failure = outcome == Outcome::Failure;
+        let slow = latency >= config.slow_call_nanos;
+        let s = inner.state.0.load(Ordering::Acquire);
+        if generation(s) != permit_gen {
+            return;
+        }
+        match (kind, tag(s)) {
+            (Kind::Normal, CLOSED) => {
+                let c = inner.window.record(now, failure, slow);
+                if c.calls >= config.minimum_calls
+                    && (Config::reaches(c.failures, c.calls, config.failure_ppm)
+                        || Config::reaches(c.slow_calls, c.calls, config.slow_ppm))
+                {
+                    self.open_from(s, 1, now, hint, c);
+                }
+            }
+            (Kind::Probe, HALF_OPEN) => {
+                let word = &inner.probes.0;
+                let delta = (1 << probes::DONE)
+                    | (u64::from(failure) << probes::FAILED)
+                    | (u64::from(slow) << probes::SLOW);
+                let Ok(prev) = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    (probes::generation(w) == permit_gen).then_some(w + delta)
+                }) else {
+                    return;
+                };
+                let w = prev + delta;
+                let n = u64::from(config.half_open_probes);
+                if probes::field(w, probes::DONE) < n {
+                    return;
+                }
+                let c = WindowCounts {
+                    calls: n,
+                    failures: probes::field(w, probes::FAILED),
+                    slow_calls: probes::field(w, probes::SLOW),
+                };
+                if Config::reaches(c.failures, n, config.failure_ppm)
+                    || Config::reaches(c.slow_calls, n, config.slow_ppm)
+                {
+                    let trips = inner.trips.load(Ordering::Acquire).saturating_add(1);
+                    self.open_from(s, trips, now, hint, c);
+                } else {
+                    inner.window.reset(now);
+                    let next = pack(CLOSED, permit_gen + 1, 0);
+                    if inner
+                        .state
+                        .0
+                        .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        inner.trips.store(0, Ordering::Release);
+                        self.emit(State::HalfOpen, State::Closed, None, c);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Opens from the observed word `s` (closed or half-open) for the `trips`-th trip in a row.
+    fn open_from(&self, s: u64, trips: u32, now: u64, hint: Option<Duration>, c: WindowCounts) {
+        let config = &*self.inner.config;
+        let duration = hint
+            .map(|d| d.min(config.max_open_duration))
+            .unwrap_or_else(|| config.open_duration_for(trips));
+        let next = pack(OPEN, generation(s) + 1, until_from(now, duration));
+        if self
+            .inner
+            .state
+            .0
+            .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.inner.trips.store(trips, Ordering::Release);
+            self.emit(State::from_tag(tag(s)), State::Open, Some(duration), c);
+        }
+    }
+
+    /// Opens the breaker now for `duration` (capped by the
+    /// [maximum open duration](BreakerBuilder::open_duration_growth)), whatever the window says:
+    /// for a client told by a server's `503` + `Retry-After` to come back later.
+    ///
+    /// An open breaker whose remaining time is already at least that long, and the operator
+    /// states (forced open, disabled), are left as they are.
+    pub fn trip_for(&self, duration: Duration) {
+        let inner = &*self.inner;
+        let duration = duration.min(inner.config.max_open_duration);
+        let now = self.now_nanos();
+        let until = until_from(now, duration);
+        loop {
+            let s = inner.state.0.load(Ordering::Acquire);
+            let trips = match tag(s) {
+                CLOSED => 1,
+                HALF_OPEN => inner.trips.load(Ordering::Acquire).saturating_add(1),
+                OPEN if until_ms(s) < until => inner.trips.load(Ordering::Acquire),
+                _ => return,
+            };
+            let next = pack(OPEN, generation(s) + 1, until);
+            if inner
+                .state
+                .0
+                .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                inner.trips.store(trips, Ordering::Release);
+                self.emit(
+                    State::from_tag(tag(s)),
+                    State::Open,
+                    Some(duration),
+                    WindowCounts::default(),
+                );
+                return;
+            }
+        }
+    }
+
+    /// Operator: reject every call until [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.set_operator_state(FORCED_OPEN);
+    }
+
+    /// Operator: let every call through and record nothing until [`reset`](Self::reset).
+    pub fn disable(&self) {
+        self.set_operator_state(DISABLED);
+    }
+
+    /// Operator: back to closed with an empty window, from any state.
+    pub fn reset(&self) {
+        self.set_operator_state(CLOSED);
+    }
+
+    fn set_operator_state(&self, to: u64) {
+        let inner = &*self.inner;
+        if to == CLOSED {
+            inner.window.reset(self.now_nanos());
+        }
+        let prev = loop {
+            let s = inner.state.0.load(Ordering::Acquire);
+            let next = pack(to, generation(s) + 1, 0);
+            if inner
+                .state
+                .0
+                .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                break s;
+            }
+        };
+        inner.trips.store(0, Ordering::Release);
+        self.emit(
+            State::from_tag(tag(prev)),
+            State::from_tag(to),
+            None,
+            WindowCounts::default(),
+        );
+    }
+
+    fn emit(&self, from: State, to: State, open_for: Option<Duration>, counts: WindowCounts) {
+        let config = &*self.inner.config;
+        let name = self.inner.name.as_deref().unwrap_or("");
+        let open_ms = open_for.map(|d| d.as_millis() as u64);
+        match to {
+            State::Open | State::ForcedOpen => tracing::warn!(
+                breaker = name, %from, %to, open_ms, calls = counts.calls,
+                failures = counts.failures, slow_calls = counts.slow_calls,
+                "circuit breaker opened"
+            ),
+            _ => tracing::info!(
+                breaker = name, %from, %to, calls = counts.calls,
+                failures = counts.failures, slow_calls = counts.slow_calls,
+                "circuit breaker state changed"
+            ),
+        }
+        if let Some(callback) = &config.on_transition {
+            callback(&Transition {
+                name: self.inner.name.clone(),
+                from,
+                to,
+                open_for,
+                counts,
+            });
+        }
+    }
+}
+
+/// Milliseconds (rounded up) at which an open state that starts at `now` for `d` ends.
+fn until_from(now: u64, d: Duration) -> u64 {
+    let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    now.saturating_add(d).div_ceil(NANOS_PER_MS)
+}
+
+enum ProbeTake {
+    Taken,
+    Full,
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Issued while closed: the outcome goes to the window.
+    Normal,
+    /// A half-open probe.
+    Probe,
+    /// Issued while disabled: nothing is recorded.
+    Untracked,
+}
+
+/// Permission to make one call; report its outcome with [`success`](Self::success),
+/// [`failure`](Self::failure) or [`record`](Self::record).
+///
+/// The latency is measured from [`CircuitBreaker::try_acquire`] to the report, on the
+/// breaker's clock. Dropping a permit without reporting counts nothing (a half-open probe slot
+/// is given back, so another caller can probe).
+#[must_use = "report the call's outcome through the permit"]
+pub struct Permit {
+    breaker: CircuitBreaker,
+    generation: u64,
+    kind: Kind,
+    start: u64,
+    done: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("kind", &self.kind)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    fn new(breaker: CircuitBreaker, generation: u64, kind: Kind, start: u64) -> Self {
+        Self {
+            breaker,
+            generation,
+            kind,
+            start,
+            done: false,
+        }
+    }
+
+    /// Whether this permit is one of the half-open probes.
+    pub fn is_probe(&self) -> bool {
+        self.kind == Kind::Probe
+    }
+
+    /// Time since the permit was issued, on the breaker's clock.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.breaker.now_nanos().saturating_sub(self.start))
+    }
+
+    /// The call succeeded.
+    pub fn success(self) {
+        self.record(Outcome::Success);
+    }
+
+    /// The call failed.
+    pub fn failure(self) {
+        self.record(Outcome::Failure);
+    }
+
+    /// The call failed, and the callee said when to come back (a `503`'s `Retry-After`): if
+    /// this failure opens the breaker, it stays open for `retry_after` (capped by the maximum
+    /// open duration) instead of the configured duration. To open right away whatever the
+    /// window says, use [`CircuitBreaker::trip_for`].
+    pub fn failure_with_retry_after(mut self, retry_after: Duration) {
+        self.finish(Outcome::Failure, Some(retry_after));
+    }
+
+    /// Reports `outcome`.
+    pub fn record(mut self, outcome: Outcome) {
+        self.finish(outcome, None);
+    }
+
+    fn finish(&mut self, outcome: Outcome, hint: Option<Duration>) {
+        self.done = true;
+        if self.kind == Kind::Untracked {
+            return;
+        }
+        let now = self.breaker.now_nanos();
+        let latency = now.saturating_sub(self.start);
+        self.breaker
+            .record(self.generation, self.kind, outcome, now, latency, hint);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done && self.kind == Kind::Probe {
+            self.breaker.release_probe(self.generation);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The sliding window: a ring of buckets with atomic counters, no locks.
+//!
+//! Each bucket is one `AtomicU64` holding a 16-bit epoch tag, a 24-bit failure count and a
+//! 24-bit call count (plus a second word, same tag, for slow calls). A bucket's epoch is the
+//! index of its time slice (time windows) or of its run of `bucket_len` calls (count windows).
+//! Recording an outcome into a bucket whose tag is older than the current epoch resets it with
+//! one compare-and-swap, so old outcomes really fall out; recording into a bucket of the current
+//! epoch is one `fetch_add`. Reading the window sums the buckets whose epoch lies in the last
+//! `buckets` epochs.
+//!
+//! Tags are compared modulo 2^16. Two things keep a stale bucket from passing for a fresh one:
+//! whenever the newest epoch moves forward, the buckets of the epochs it skipped are reset; and
+//! when nothing was recorded for a whole window, the window reads as empty without looking at
+//! the buckets; after an idle time long enough for tags to alias, all buckets are cleared. The
+//! remaining assumption is that no thread is delayed for more than 32,768 buckets between
+//! reading the clock and recording.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::config::WindowKind;
+
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const TAG_SHIFT: u32 = 48;
+const TAG_MASK: u64 = 0xFFFF;
+const HALF_RANGE: u64 = 0x8000;
+/// A bucket stops counting here, leaving room below 2^24 for adders racing past the check.
+const SATURATED: u64 = COUNT_MASK - (1 << 16);
+
+/// Counts in the window at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowCounts {
+    /// Calls recorded.
+    pub calls: u64,
+    /// Of those, failures.
+    pub failures: u64,
+    /// Of those, slow calls (successful or not).
+    pub slow_calls: u64,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Bucket {
+    /// tag | failures << 24 | calls
+    calls: AtomicU64,
+    /// tag | slow calls
+    slow: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Window {
+    kind: WindowKind,
+    buckets: Box<[Bucket]>,
+    /// Count windows: the index of the next call.
+    seq: Padded<AtomicU64>,
+    /// Time windows: added to the clock's nanoseconds, so a reset can start a fresh epoch.
+    shift: AtomicU64,
+    /// The newest epoch recorded into.
+    head: Padded<AtomicU64>,
+}
+
+impl Window {
+    pub(crate) fn new(kind: WindowKind) -> Self {
+        let n = kind.buckets() as usize;
+        Self {
+            kind,
+            buckets: (0..n).map(|_| Bucket::default()).collect(),
+            seq: Padded(AtomicU64::new(0)),
+            shift: AtomicU64::new(0),
+            head: Padded(AtomicU64::new(0)),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.buckets.len() as u64
+    }
+
+    fn bucket(&self, epoch: u64) -> &Bucket {
+        &self.buckets[(epoch % self.len()) as usize]
+    }
+
+    /// The current epoch of a time window (count windows: the newest recorded).
+    fn epoch_at(&self, now_nanos: u64) -> u64 {
+        match self.kind {
+            WindowKind::Time { bucket_nanos, .. } => {
+                now_nanos.wrapping_add(self.shift.load(Ordering::Acquire)) / bucket_nanos
+            }
+            WindowKind::Count { .. } => self.head.0.load(Ordering::Acquire),
+        }
+    }
+
+    /// Records one outcome and returns the window's counts right after it.
+    pub(crate) fn record(&self, now_nanos: u64, failure: bool, slow: bool) -> WindowCounts {
+        let epoch = match self.kind {
+            WindowKind::Time { .. } => self.epoch_at(now_nanos),
+            WindowKind::Count { bucket_len, .. } => {
+                self.seq.0.fetch_add(1, Ordering::AcqRel) / bucket_len
+            }
+        };
+        self.advance_head(epoch);
+        let bucket = self.bucket(epoch);
+        add(&bucket.calls, epoch, 1 | (u64::from(failure) << COUNT_BITS));
+        if slow {
+            add(&bucket.slow, epoch, 1);
+        }
+        self.counts_at(epoch)
+    }
+
+    /// Moves the newest epoch forward; resets the buckets of the epochs skipped on the way, so
+    /// that no bucket keeps a tag far behind the newest epoch.
+    fn advance_head(&self, epoch: u64) {
+        let head = &self.head.0;
+        if head.load(Ordering::Acquire) >= epoch {
+            return;
+        }
+        let prev = head.fetch_max(epoch, Ordering::AcqRel);
+        if prev >= epoch {
+            return;
+        }
+        let n = self.len();
+        if epoch - prev >= TAG_MASK + 1 - n {
+            // Idle for so long that 16-bit tags may alias: clear every bucket outright. (A
+            // caller recording at this very moment may lose its outcome; nothing else can.)
+            let out_of_window = ((epoch - n) & TAG_MASK) << TAG_SHIFT;
+            for bucket in self.buckets.iter() {
+                bucket.calls.store(out_of_window, Ordering::Release);
+                bucket.slow.store(out_of_window, Ordering::Release);
+            }
+            return;
+        }
+        let from = (prev + 1).max(epoch.saturating_sub(n - 1));
+        for skipped in from..epoch {
+            let bucket = self.bucket(skipped);
+            clear_if_older(&bucket.calls, skipped);
+            clear_if_older(&bucket.slow, skipped);
+        }
+    }
+
+    /// The counts of the window as of now.
+    pub(crate) fn counts(&self, now_nanos: u64) -> WindowCounts {
+        self.counts_at(self.epoch_at(now_nanos))
+    }
+
+    fn counts_at(&self, epoch: u64) -> WindowCounts {
+        let mut counts = WindowCounts::default();
+        // Nothing recorded for a whole window: stale tags must not be looked at.
+        if self
+            .head
+            .0
+            .load(Ordering::Acquire)
+            .saturating_add(self.len())
+            <= epoch
+        {
+            return counts;
+        }
+        for bucket in self.buckets.iter() {
+            let w = bucket.calls.load(Ordering::Acquire);
+            if age(w, epoch) < self.len() {
+                counts.calls += w & COUNT_MASK;
+                counts.failures += (w >> COUNT_BITS) & COUNT_MASK;
+            }
+            let s = bucket.slow.load(Ordering::Acquire);
+            if age(s, epoch) < self.len() {
+                counts.slow_calls += s & COUNT_MASK;
+            }
+        }
+        counts
+    }
+
+    /// Empties the window: the next outcome starts a fresh first bucket. Called before the
+    /// breaker (re)enters the closed state; outcomes recorded concurrently by calls of an older
+    /// state are not meant to count, and whatever of them lands here is negligible.
+    pub(crate) fn reset(&self, now_nanos: u64) {
+        let n = self.len();
+        let current = self
+            .epoch_at(now_nanos)
+            .max(self.head.0.load(Ordering::Acquire));
+        let start = current + n + 1;
+        match self.kind {
+            WindowKind::Time { bucket_nanos, .. } => {
+                // (now + shift) / bucket_nanos == start, with the bucket starting right now.
+                self.shift.store(
+                    (start * bucket_nanos).wrapping_sub(now_nanos),
+                    Ordering::Release,
+                );
+            }
+            WindowKind::Count { bucket_len, .. } => {
+                self.seq.0.store(start * bucket_len, Ordering::Release);
+            }
+        }
+        let out_of_window = ((start - n) & TAG_MASK) << TAG_SHIFT;
+        for bucket in self.buckets.iter() {
+            bucket.calls.store(out_of_window, Ordering::Release);
+            bucket.slow.store(out_of_window, Ordering::Release);
+        }
+        self.head.0.store(start - 1, Ordering::Release);
+    }
+}
+
+/// How many epochs `epoch` is ahead of the word's tag; `>= HALF_RANGE` means the tag is newer.
+#[inline]
+fn age(word: u64, epoch: u64) -> u64 {
+    (epoch.wrapping_sub(word >> TAG_SHIFT)) & TAG_MASK
+}
+
+#[inline]
+fn add(word: &AtomicU64, epoch: u64, delta: u64) {
+    let tag = (epoch & TAG_MASK) << TAG_SHIFT;
+    let mut w = word.load(Ordering::Acquire);
+    loop {
+        match age(w, epoch) {
+            0 => {
+                if w & COUNT_MASK < SATURATED {
+                    word.fetch_add(delta, Ordering::AcqRel);
+                }
+                return;
+            }
+            // The bucket already belongs to a newer epoch: this outcome is too old to count.
+            a if a >= HALF_RANGE => return,
+            _ => match word.compare_exchange_weak(
+                w,
+                tag | delta,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => w = actual,
+            },
+        }
+    }
+}
+
+fn clear_if_older(word: &AtomicU64, epoch: u64) {
+    let tag = (epoch & TAG_MASK) << TAG_SHIFT;
+    let mut w = word.load(Ordering::Acquire);
+    loop {
+        let a = age(w, epoch);
+        if a == 0 || a >= HALF_RANGE {
+            return;
+        }
+        match word.compare_exchange_weak(w, tag, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(actual) => w = actual,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn time_window_slides() {
+        let w = Window::new(WindowKind::Time {
+            bucket_nanos: SEC,
+            buckets: 10,
+        });
+        w.record(0, true, false);
+        w.record(SEC / 2, false, true);
+        let c = w.record(5 * SEC, false, false);
+        assert_eq!((c.calls, c.failures, c.slow_calls), (3, 1, 1));
+        // At 10 s the first bucket (0..1 s) is out.
+        assert_eq!(w.counts(10 * SEC).calls, 1);
+        assert_eq!(w.counts(15 * SEC).calls, 0);
+        // Far in the future, with tags that wrapped around: still empty.
+        assert_eq!(w.counts((65_536 + 5) * SEC).calls, 0);
+        let c = w.record((65_536 + 5) * SEC, true, false);
+        assert_eq!((c.calls, c.failures), (1, 1));
+    }
+
+    #[test]
+    fn count_window_slides_by_buckets() {
+        let w = Window::new(WindowKind::Count {
+            bucket_len: 2,
+            buckets: 3,
+        });
+        for _ in 0..6 {
+            w.record(0, true, false);
+        }
+        assert_eq!(w.counts(0).calls, 6);
+        // The 7th call starts bucket 3; bucket 0 (calls 0 and 1) drops out.
+        let c = w.record(0, false, false);
+        assert_eq!((c.calls, c.failures), (5, 4));
+    }
+
+    #[test]
+    fn reset_empties() {
+        let w = Window::new(WindowKind::Time {
+            bucket_nanos: SEC,
+            buckets: 4,
+        });
+        w.record(SEC, true, true);
+        w.reset(SEC + 1);
+        assert_eq!(w.counts(SEC + 1), WindowCounts::default());
+        let c = w.record(SEC + 2, false, false);
+        assert_eq!((c.calls, c.failures, c.slow_calls), (1, 0, 0));
+    }
+}

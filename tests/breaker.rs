@@ -1,0 +1,879 @@
+//! Circuit breaker: a property test against a reference model, a stress test on a
+//! multi-thread runtime, and the layer over 127.0.0.1.
+#![cfg(feature = "breaker")]
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Barrier,
+    },
+    time::Duration,
+};
+
+use axum::{extract::Request, response::Response, Router};
+use http::StatusCode;
+use proptest::prelude::*;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_5xx::{
+    breaker::{
+        BreakerLayer, CircuitBreaker, ManualClock, Outcome, Permit, SlidingWindow, State,
+        WindowCounts,
+    },
+    error::CircuitOpen,
+    Reason,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The reference model: plain fields, a Vec of outcomes, recomputed from scratch every time.
+
+#[derive(Debug, Clone, Copy)]
+struct ModelConfig {
+    count_window: Option<u64>,
+    window_nanos: u64,
+    buckets: u64,
+    min_calls: u64,
+    failure_rate: f64,
+    slow_rate: f64,
+    slow_nanos: u64,
+    open_ms: u64,
+    max_open_ms: u64,
+    probes: u64,
+}
+
+impl ModelConfig {
+    fn builder(&self, clock: &ManualClock) -> tower_5xx::breaker::BreakerBuilder {
+        let window = match self.count_window {
+            Some(n) => SlidingWindow::Count(n as u32),
+            None => SlidingWindow::Time(Duration::from_nanos(self.window_nanos)),
+        };
+        CircuitBreaker::builder()
+            .sliding_window(window)
+            .buckets(self.buckets as u32)
+            .minimum_calls(self.min_calls as u32)
+            .failure_rate_threshold(self.failure_rate)
+            .slow_call_rate_threshold(self.slow_rate)
+            .slow_call_duration(Duration::from_nanos(self.slow_nanos))
+            .open_duration(Duration::from_millis(self.open_ms))
+            .open_duration_growth(2.0, Duration::from_millis(self.max_open_ms))
+            .half_open_probes(self.probes as u32)
+            .clock(clock.clone())
+    }
+
+    /// Bucket length (calls or nanoseconds) and number of buckets, as documented.
+    fn shape(&self) -> (u64, u64) {
+        match self.count_window {
+            Some(n) => {
+                let b = self.buckets.min(n);
+                let len = n.div_ceil(b);
+                (len, n.div_ceil(len))
+            }
+            None => (self.window_nanos / self.buckets, self.buckets),
+        }
+    }
+
+    fn open_for(&self, trips: u32) -> u64 {
+        let mut d = self.open_ms;
+        for _ in 1..trips {
+            d = (d * 2).min(self.max_open_ms);
+        }
+        d.min(self.max_open_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MState {
+    Closed,
+    Open { until_ms: u64 },
+    HalfOpen,
+    Forced,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MKind {
+    Normal,
+    Probe,
+    Untracked,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MPermit {
+    generation: u64,
+    kind: MKind,
+    start: u64,
+}
+
+struct Model {
+    c: ModelConfig,
+    now: u64,
+    state: MState,
+    generation: u64,
+    trips: u32,
+    /// (bucket index since the window was last emptied, failure, slow)
+    outcomes: Vec<(u64, bool, bool)>,
+    window_start: u64,
+    records_since_start: u64,
+    probe_generation: u64,
+    issued: u64,
+    done: u64,
+    failed: u64,
+    slow: u64,
+}
+
+fn reaches(bad: u64, calls: u64, rate: f64) -> bool {
+    let ppm = (rate * 1_000_000.0).round() as u64;
+    calls > 0 && bad * 1_000_000 >= ppm * calls
+}
+
+impl Model {
+    fn new(c: ModelConfig) -> Self {
+        Self {
+            c,
+            now: 0,
+            state: MState::Closed,
+            generation: 0,
+            trips: 0,
+            outcomes: Vec::new(),
+            window_start: 0,
+            records_since_start: 0,
+            probe_generation: u64::MAX,
+            issued: 0,
+            done: 0,
+            failed: 0,
+            slow: 0,
+        }
+    }
+
+    fn public_state(&self) -> State {
+        match self.state {
+            MState::Closed => State::Closed,
+            MState::Open { .. } => State::Open,
+            MState::HalfOpen => State::HalfOpen,
+            MState::Forced => State::ForcedOpen,
+            MState::Disabled => State::Disabled,
+        }
+    }
+
+    fn time_bucket(&self) -> u64 {
+        (self.now - self.window_start) / self.c.shape().0
+    }
+
+    fn counts(&self) -> WindowCounts {
+        let (_, n) = self.c.shape();
+        let current = match self.c.count_window {
+            None => self.time_bucket(),
+            Some(_) => match self.outcomes.last() {
+                Some(&(b, _, _)) => b,
+                None => return WindowCounts::default(),
+            },
+        };
+        let mut c = WindowCounts::default();
+        for &(b, failure, slow) in &self.outcomes {
+            if b + n > current {
+                c.calls += 1;
+                c.failures += u64::from(failure);
+                c.slow_calls += u64::from(slow);
+            }
+        }
+        c
+    }
+
+    fn empty_window(&mut self) {
+        self.outcomes.clear();
+        self.window_start = self.now;
+        self.records_since_start = 0;
+    }
+
+    fn transition(&mut self, to: MState) {
+        self.generation += 1;
+        self.state = to;
+        match to {
+            MState::Closed => {
+                self.empty_window();
+                self.trips = 0;
+            }
+            MState::HalfOpen => {
+                self.probe_generation = self.generation;
+                self.issued = 0;
+                self.done = 0;
+                self.failed = 0;
+                self.slow = 0;
+            }
+            _ => {}
+        }
+    }
+
+    fn open(&mut self, trips: u32, hint_ms: Option<u64>) {
+        let d = hint_ms.map_or(self.c.open_for(trips), |h| h.min(self.c.max_open_ms));
+        let until_ms = (self.now + d * 1_000_000).div_ceil(1_000_000);
+        self.transition(MState::Open { until_ms });
+        self.trips = trips;
+    }
+
+    fn acquire(&mut self) -> Result<MPermit, (State, u64)> {
+        loop {
+            let permit = |kind| MPermit {
+                generation: self.generation,
+                kind,
+                start: self.now,
+            };
+            return match self.state {
+                MState::Closed => Ok(permit(MKind::Normal)),
+                MState::Disabled => Ok(permit(MKind::Untracked)),
+                MState::Forced => Err((State::ForcedOpen, self.c.open_ms * 1_000_000)),
+                MState::Open { until_ms } => {
+                    if self.now < until_ms * 1_000_000 {
+                        Err((State::Open, until_ms * 1_000_000 - self.now))
+                    } else {
+                        self.transition(MState::HalfOpen);
+                        continue;
+                    }
+                }
+                MState::HalfOpen => {
+                    if self.issued < self.c.probes {
+                        self.issued += 1;
+                        Ok(permit(MKind::Probe))
+                    } else {
+                        Err((State::HalfOpen, 0))
+                    }
+                }
+            };
+        }
+    }
+
+    fn release(&mut self, p: MPermit) {
+        if p.kind == MKind::Probe && p.generation == self.probe_generation && self.issued > 0 {
+            self.issued -= 1;
+        }
+    }
+
+    fn record(&mut self, p: MPermit, failure: bool, hint_ms: Option<u64>) {
+        if p.kind == MKind::Untracked || p.generation != self.generation {
+            return;
+        }
+        let slow = self.now - p.start >= self.c.slow_nanos;
+        match (p.kind, self.state) {
+            (MKind::Normal, MState::Closed) => {
+                let bucket = match self.c.count_window {
+                    Some(_) => self.records_since_start / self.c.shape().0,
+                    None => self.time_bucket(),
+                };
+                self.records_since_start += 1;
+                self.outcomes.push((bucket, failure, slow));
+                let c = self.counts();
+                if c.calls >= self.c.min_calls
+                    && (reaches(c.failures, c.calls, self.c.failure_rate)
+                        || reaches(c.slow_calls, c.calls, self.c.slow_rate))
+                {
+                    self.open(1, hint_ms);
+                }
+            }
+            (MKind::Probe, MState::HalfOpen) => {
+                self.done += 1;
+                self.failed += u64::from(failure);
+                self.slow += u64::from(slow);
+                if self.done == self.c.probes {
+                    if reaches(self.failed, self.done, self.c.failure_rate)
+                        || reaches(self.slow, self.done, self.c.slow_rate)
+                    {
+                        self.open(self.trips + 1, hint_ms);
+                    } else {
+                        self.transition(MState::Closed);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn trip_for(&mut self, ms: u64) {
+        let d = ms.min(self.c.max_open_ms);
+        let until_ms = (self.now + d * 1_000_000).div_ceil(1_000_000);
+        let trips = match self.state {
+            MState::Closed => 1,
+            MState::HalfOpen => self.trips + 1,
+            MState::Open { until_ms: current } if current < until_ms => self.trips,
+            _ => return,
+        };
+        self.transition(MState::Open { until_ms });
+        self.trips = trips;
+    }
+
+    fn operator(&mut self, to: MState) {
+        self.transition(to);
+        self.trips = 0;
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire,
+    Complete { index: usize, how: u8, hint_ms: u64 },
+    Advance(u64),
+    ForceOpen,
+    Disable,
+    Reset,
+    TripFor(u64),
+    Check,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        30 => Just(Op::Acquire),
+        30 => (any::<usize>(), 0u8..6, 1u64..3_000).prop_map(|(index, how, hint_ms)| Op::Complete { index, how, hint_ms }),
+        20 => prop_oneof![0u64..2_000_000, 0u64..400_000_000, 0u64..3_000_000_000].prop_map(Op::Advance),
+        1 => Just(Op::ForceOpen),
+        1 => Just(Op::Disable),
+        2 => Just(Op::Reset),
+        2 => (1u64..5_000).prop_map(Op::TripFor),
+        5 => Just(Op::Check),
+    ]
+}
+
+fn config() -> impl Strategy<Value = ModelConfig> {
+    (
+        prop_oneof![Just(None), (2u64..12).prop_map(Some)],
+        prop_oneof![
+            Just(200_000_000u64),
+            Just(1_000_000_000),
+            Just(3_000_000_000)
+        ],
+        2u64..6,
+        1u64..6,
+        prop_oneof![Just(0.25), Just(0.5), Just(1.0)],
+        prop_oneof![Just(0.5), Just(1.0)],
+        prop_oneof![Just(50_000_000u64), Just(500_000_000)],
+        (prop_oneof![Just(100u64), Just(1_000), Just(1_500)], 1u64..4),
+        1u64..4,
+    )
+        .prop_map(
+            |(
+                count_window,
+                window_nanos,
+                buckets,
+                min_calls,
+                failure_rate,
+                slow_rate,
+                slow_nanos,
+                (open_ms, growth_steps),
+                probes,
+            )| {
+                ModelConfig {
+                    count_window,
+                    window_nanos,
+                    buckets,
+                    min_calls,
+                    failure_rate,
+                    slow_rate,
+                    slow_nanos,
+                    open_ms,
+                    max_open_ms: open_ms << growth_steps,
+                    probes,
+                }
+            },
+        )
+}
+
+fn run(c: ModelConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let clock = ManualClock::new();
+    let breaker = c.builder(&clock).build().expect("valid config");
+    let mut model = Model::new(c);
+    let mut permits: Vec<(Permit, MPermit)> = Vec::new();
+    for (step, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Acquire => {
+                let real = breaker.try_acquire();
+                let expected = model.acquire();
+                match (real, expected) {
+                    (Ok(p), Ok(m)) => {
+                        prop_assert_eq!(p.is_probe(), m.kind == MKind::Probe, "step {}", step);
+                        permits.push((p, m));
+                    }
+                    (Err(e), Err((state, nanos))) => {
+                        let e: CircuitOpen = e;
+                        prop_assert_eq!(e.state(), state, "step {}", step);
+                        prop_assert_eq!(
+                            e.retry_after(),
+                            Duration::from_nanos(nanos),
+                            "step {}",
+                            step
+                        );
+                    }
+                    (real, expected) => {
+                        return Err(TestCaseError::fail(format!(
+                            "step {step}: breaker {real:?}, model {expected:?}"
+                        )))
+                    }
+                }
+            }
+            Op::Complete {
+                index,
+                how,
+                hint_ms,
+            } => {
+                if permits.is_empty() {
+                    continue;
+                }
+                let (p, m) = permits.swap_remove(index % permits.len());
+                match how {
+                    0 | 1 => {
+                        p.success();
+                        model.record(m, false, None);
+                    }
+                    2 => {
+                        p.failure();
+                        model.record(m, true, None);
+                    }
+                    3 => {
+                        p.failure_with_retry_after(Duration::from_millis(hint_ms));
+                        model.record(m, true, Some(hint_ms));
+                    }
+                    4 => {
+                        p.record(Outcome::Ignored);
+                        model.release(m);
+                    }
+                    _ => {
+                        drop(p);
+                        model.release(m);
+                    }
+                }
+            }
+            Op::Advance(nanos) => {
+                clock.advance(Duration::from_nanos(nanos));
+                model.now += nanos;
+            }
+            Op::ForceOpen => {
+                breaker.force_open();
+                model.operator(MState::Forced);
+            }
+            Op::Disable => {
+                breaker.disable();
+                model.operator(MState::Disabled);
+            }
+            Op::Reset => {
+                breaker.reset();
+                model.operator(MState::Closed);
+            }
+            Op::TripFor(ms) => {
+                breaker.trip_for(Duration::from_millis(ms));
+                model.trip_for(ms);
+            }
+            Op::Check => {}
+        }
+        prop_assert_eq!(breaker.state(), model.public_state(), "step {}", step);
+        if model.state == MState::Closed {
+            prop_assert_eq!(breaker.window_counts(), model.counts(), "step {}", step);
+        }
+        if let MState::Open { until_ms } = model.state {
+            let left = (until_ms * 1_000_000).saturating_sub(model.now);
+            prop_assert_eq!(breaker.remaining_open(), Some(Duration::from_nanos(left)));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn breaker_agrees_with_reference_model(c in config(), ops in proptest::collection::vec(op(), 1..250)) {
+        run(c, ops)?;
+    }
+}
+
+/// The model itself must be able to disagree: a breaker configured differently is caught.
+#[test]
+fn model_check_can_fail() {
+    let c = ModelConfig {
+        count_window: Some(4),
+        window_nanos: 1_000_000_000,
+        buckets: 4,
+        min_calls: 2,
+        failure_rate: 0.5,
+        slow_rate: 1.0,
+        slow_nanos: 1_000_000_000,
+        open_ms: 1_000,
+        max_open_ms: 1_000,
+        probes: 1,
+    };
+    let clock = ManualClock::new();
+    // The real breaker needs 3 calls, the model 2.
+    let breaker = c.builder(&clock).minimum_calls(3).build().unwrap();
+    let mut model = Model::new(c);
+    for _ in 0..2 {
+        breaker.try_acquire().unwrap().failure();
+        let m = model.acquire().unwrap();
+        model.record(m, true, None);
+    }
+    assert_ne!(breaker.state(), model.public_state());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stress: many threads, one breaker.
+
+#[test]
+fn concurrent_records_are_not_lost_and_trip_once() {
+    const THREADS: usize = 8;
+    const CALLS: u64 = 5_000;
+    for window in [
+        SlidingWindow::Time(Duration::from_secs(10)),
+        SlidingWindow::Count(1_000_000),
+    ] {
+        let clock = ManualClock::new();
+        let transitions = Arc::new(AtomicUsize::new(0));
+        let seen = transitions.clone();
+        let breaker = CircuitBreaker::builder()
+            .sliding_window(window)
+            .minimum_calls(u32::MAX)
+            .clock(clock.clone())
+            .on_transition(move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+            })
+            .build()
+            .unwrap();
+        let barrier = Arc::new(Barrier::new(THREADS));
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (breaker, barrier) = (breaker.clone(), barrier.clone());
+                s.spawn(move || {
+                    barrier.wait();
+                    for i in 0..CALLS {
+                        let p = breaker.try_acquire().unwrap();
+                        if (i + t as u64) % 4 == 0 {
+                            p.failure();
+                        } else {
+                            p.success();
+                        }
+                    }
+                });
+            }
+        });
+        let c = breaker.window_counts();
+        assert_eq!(c.calls, THREADS as u64 * CALLS, "{window:?}");
+        let failures: u64 = (0..THREADS as u64)
+            .map(|t| (0..CALLS).filter(|i| (i + t) % 4 == 0).count() as u64)
+            .sum();
+        assert_eq!(c.failures, failures, "{window:?}");
+        assert_eq!(transitions.load(Ordering::SeqCst), 0);
+    }
+
+    // Now with a threshold the concurrent failures cross: exactly one transition to open.
+    let clock = ManualClock::new();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let seen = opened.clone();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(100)
+        .clock(clock)
+        .on_transition(move |t| {
+            assert_eq!((t.from, t.to), (State::Closed, State::Open));
+            seen.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            let breaker = breaker.clone();
+            s.spawn(move || {
+                for _ in 0..1_000 {
+                    if let Ok(p) = breaker.try_acquire() {
+                        p.failure();
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_the_configured_probes_get_through() {
+    const PROBES: u32 = 3;
+    const TASKS: usize = 64;
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(1)
+        .sliding_window(SlidingWindow::Count(10))
+        .open_duration(Duration::from_secs(1))
+        .half_open_probes(PROBES)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for round in 0..20 {
+        breaker.try_acquire().unwrap().failure();
+        assert_eq!(breaker.state(), State::Open, "round {round}");
+        clock.advance(Duration::from_secs(1));
+        let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (breaker, barrier) = (breaker.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    breaker.try_acquire().ok()
+                })
+            })
+            .collect();
+        let mut probes = Vec::new();
+        for t in tasks {
+            probes.extend(t.await.unwrap());
+        }
+        assert_eq!(probes.len(), PROBES as usize, "round {round}");
+        assert!(probes.iter().all(Permit::is_probe));
+        // A dropped probe frees one slot, no more.
+        drop(probes.pop());
+        let again: Vec<_> = (0..10).filter_map(|_| breaker.try_acquire().ok()).collect();
+        assert_eq!(again.len(), 1, "round {round}");
+        probes.extend(again);
+        // All probes succeed concurrently: closed, exactly once.
+        let done: Vec<_> = probes
+            .into_iter()
+            .map(|p| tokio::spawn(async move { p.success() }))
+            .collect();
+        for d in done {
+            d.await.unwrap();
+        }
+        assert_eq!(breaker.state(), State::Closed, "round {round}");
+        assert_eq!(breaker.window_counts(), WindowCounts::default());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time from tokio's paused clock (the default clock), and slow calls.
+
+#[tokio::test(start_paused = true)]
+async fn tokio_clock_and_slow_calls() {
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(3)
+        .slow_call_duration(Duration::from_millis(500))
+        .slow_call_rate_threshold(0.6)
+        .open_duration(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    let slow = Arc::new(AtomicBool::new(true));
+    let flag = slow.clone();
+    let svc = BreakerLayer::new(breaker.clone()).layer(service_fn(move |_req: Request| {
+        let slow = flag.load(Ordering::SeqCst);
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
+        }
+    }));
+    for _ in 0..3 {
+        let res = svc
+            .clone()
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    // Three slow successes out of three: the slow-call rate opened it.
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(breaker.remaining_open(), Some(Duration::from_secs(4)));
+    tokio::time::advance(Duration::from_millis(2500)).await;
+    assert_eq!(breaker.remaining_open(), Some(Duration::from_millis(1500)));
+    let res = svc
+        .clone()
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::CircuitOpen));
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    slow.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        let res = svc
+            .clone()
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn retry_after_is_jittered_and_clamped() {
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .open_duration(Duration::from_millis(2_500))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    breaker.trip_for(Duration::from_millis(2_500));
+    let ok = service_fn(|_req: Request| async {
+        Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    let svc = BreakerLayer::new(breaker.clone())
+        .retry_after_jitter(Duration::from_secs(2))
+        .layer(ok);
+    for _ in 0..200 {
+        let res = svc
+            .clone()
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        seen.insert(res.headers()["retry-after"].to_str().unwrap().to_owned());
+    }
+    // 2.5 s + 0..2 s, rounded up: 3, 4 or 5 — and not always the same.
+    assert!(
+        seen.iter().all(|s| ["3", "4", "5"].contains(&s.as_str())),
+        "{seen:?}"
+    );
+    assert!(seen.len() >= 2, "{seen:?}");
+
+    let capped = BreakerLayer::new(breaker)
+        .max_retry_after(Duration::from_secs(2))
+        .layer(ok);
+    let res = capped
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["retry-after"], "2");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Over 127.0.0.1: a dependency fails, the breaker trips, 503 + Retry-After, recovery.
+
+#[tokio::test]
+async fn server_trips_answers_503_and_recovers() {
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(4)
+        .failure_rate_threshold(0.5)
+        .sliding_window(SlidingWindow::Time(Duration::from_secs(10)))
+        .open_duration(Duration::from_secs(10))
+        .half_open_probes(2)
+        .clock(clock.clone())
+        .name("dependency")
+        .build()
+        .unwrap();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (h, n) = (healthy.clone(), calls.clone());
+    let dependency = service_fn(move |_req: Request| {
+        n.fetch_add(1, Ordering::SeqCst);
+        let ok = h.load(Ordering::SeqCst);
+        async move {
+            let mut res = Response::new(axum::body::Body::from(if ok { "ok" } else { "down" }));
+            if !ok {
+                *res.status_mut() = StatusCode::BAD_GATEWAY;
+            }
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let app = Router::new().route_service(
+        "/dep",
+        BreakerLayer::new(breaker.clone())
+            .retry_after_jitter(Duration::ZERO)
+            .layer(dependency),
+    );
+    let addr = common::serve_axum(app).await;
+    let client = common::client();
+
+    assert_eq!(
+        common::get(&client, addr, "/dep").await.status,
+        StatusCode::OK
+    );
+    healthy.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert_eq!(
+            common::get(&client, addr, "/dep").await.status,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    assert_eq!(breaker.state(), State::Open);
+    let before = calls.load(Ordering::SeqCst);
+
+    clock.advance(Duration::from_millis(3_500));
+    let reply = common::get(&client, addr, "/dep").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    // 6.5 s left, rounded up.
+    assert_eq!(reply.header("retry-after"), Some("7"));
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let json = common::send(
+        &client,
+        common::request(addr, "/dep", Some("application/problem+json")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(json.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(json.text().contains("\"retry_after\":7"), "{}", json.text());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "the dependency was called while open"
+    );
+
+    // Still down when the open time is up: the probes fail, open again.
+    clock.advance(Duration::from_millis(6_500));
+    assert_eq!(
+        common::get(&client, addr, "/dep").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        common::get(&client, addr, "/dep").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(
+        common::get(&client, addr, "/dep").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // The dependency heals; after the open time, two probes succeed: closed.
+    healthy.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(10));
+    for _ in 0..2 {
+        assert_eq!(
+            common::get(&client, addr, "/dep").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    for _ in 0..5 {
+        assert_eq!(
+            common::get(&client, addr, "/dep").await.status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn transitions_are_logged() {
+    let logs = common::logs();
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(1)
+        .name("logged-breaker")
+        .clock(clock)
+        .build()
+        .unwrap();
+    breaker.try_acquire().unwrap().failure();
+    let lines = logs.lines_with("logged-breaker");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("circuit breaker opened") && l.contains("to=open")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert<T: Send + Sync>() {}
+    assert::<CircuitBreaker>();
+    assert::<Permit>();
+    assert::<CircuitOpen>();
+    assert::<tower_5xx::breaker::KeyedBreakers<String>>();
+    assert::<BreakerLayer>();
+    assert::<
+        tower_5xx::breaker::Breaker<axum::routing::Router, tower_5xx::breaker::DefaultClassifier>,
+    >();
+}
