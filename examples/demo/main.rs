@@ -19,9 +19,7 @@ use tower_5xx::catch::CatchLayer;
 
 /// The whole demo app. Each capability contributes its routes from its own module.
 fn app() -> Router {
-    let app = Router::new()
-        .merge(errors::routes())
-        .merge(flaky::routes());
+    let app = Router::new().merge(errors::routes()).merge(flaky::routes());
     // Maintenance mode wraps the app; its admin router sits beside it.
     maintenance::wrap(app)
         // Outermost: a panic anywhere below becomes a 500 with an error id.
