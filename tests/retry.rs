@@ -427,3 +427,63 @@ async fn attempt_timeout_is_retried_for_idempotent_requests() {
     assert!(err.is::<AttemptTimedOut>(), "{err}");
     assert_eq!(script.arrivals().len(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn client_breaker_opens_for_the_servers_retry_after_and_fails_fast() {
+    use tower_5xx::{
+        breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow},
+        error::CircuitOpen,
+    };
+
+    let script = Script::new([]);
+    *script.always.lock().unwrap() = Some(unavailable("7"));
+    let addr = server(script.clone()).await;
+    let breakers = Arc::new(
+        KeyedBreakers::new(
+            CircuitBreaker::builder()
+                .sliding_window(SlidingWindow::Count(10))
+                .minimum_calls(3)
+                .failure_rate_threshold(0.5)
+                .open_duration(Duration::from_secs(1))
+                .half_open_probes(1),
+        )
+        .unwrap(),
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(RetryPolicy::builder().max_attempts(1).build())
+                .circuit_breakers(breakers.clone()),
+        )
+        .service(client);
+
+    // Three 503s reach the server; the third trips the endpoint's breaker.
+    for _ in 0..3 {
+        assert_eq!(
+            call(&mut svc, get(addr)).await.unwrap().0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    assert_eq!(script.arrivals().len(), 3);
+
+    // Now the client fails fast, without a request, and says when to try again: the server's
+    // Retry-After (7 s), not the breaker's configured 1 s.
+    let err = call(&mut svc, get(addr)).await.unwrap_err();
+    let open = err
+        .downcast_ref::<CircuitOpen>()
+        .expect("a CircuitOpen error");
+    assert_eq!(open.retry_after(), Duration::from_secs(7));
+    assert_eq!(script.arrivals().len(), 3);
+
+    // After the open time a probe goes through; the server has healed, the breaker closes.
+    *script.always.lock().unwrap() = None;
+    tokio::time::advance(Duration::from_secs(7)).await;
+    assert_eq!(call(&mut svc, get(addr)).await.unwrap().0, StatusCode::OK);
+    assert_eq!(call(&mut svc, get(addr)).await.unwrap().0, StatusCode::OK);
+    assert_eq!(script.arrivals().len(), 5);
+    let endpoint = addr.to_string();
+    assert_eq!(
+        breakers.get(endpoint.as_str()).state(),
+        tower_5xx::breaker::State::Closed
+    );
+}

@@ -4,6 +4,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
 };
@@ -17,8 +18,9 @@ use tower_service::Service;
 
 use super::{body::Buffering, ReplayBody, RetryPolicy};
 use crate::{
-    error::{AttemptTimedOut, DeadlineExceeded},
-    BoxError,
+    breaker::{status_outcome, KeyedBreakers, Outcome, Permit},
+    error::{AttemptTimedOut, CircuitOpen, DeadlineExceeded},
+    BoxError, RetryAfter,
 };
 
 /// Layer that retries HTTP requests with a [`RetryPolicy`].
@@ -65,6 +67,7 @@ pub struct RetryLayer {
     policy: RetryPolicy,
     max_replay_body: usize,
     attempt_timeout: Option<Duration>,
+    breakers: Option<Arc<KeyedBreakers<String>>>,
 }
 
 impl RetryLayer {
@@ -74,7 +77,21 @@ impl RetryLayer {
             policy,
             max_replay_body: 64 * 1024,
             attempt_timeout: None,
+            breakers: None,
         }
+    }
+
+    /// Guards every attempt with a circuit breaker per endpoint (the request's authority,
+    /// `host:port`), taken from `breakers` (default none).
+    ///
+    /// An endpoint that keeps failing (errors, 5xx but 501 and 505) opens its breaker; while
+    /// it is open, attempts to it fail at once with a [`CircuitOpen`] error that says when to
+    /// try again, and the policy does not retry them. When the failure that trips the breaker
+    /// carries a `Retry-After` (a 503 or 429), the breaker stays open that long (capped by the
+    /// breaker's maximum open time), so the client honours the server's word across requests.
+    pub fn circuit_breakers(mut self, breakers: Arc<KeyedBreakers<String>>) -> Self {
+        self.breakers = Some(breakers);
+        self
     }
 
     /// The largest request body buffered for replay (default 64 KiB). A larger body is sent
@@ -101,6 +118,7 @@ impl<S> Layer<S> for RetryLayer {
                 Attempt {
                     inner,
                     timeout: self.attempt_timeout,
+                    breakers: self.breakers.clone(),
                 },
             ),
             max_replay_body: self.max_replay_body,
@@ -235,19 +253,21 @@ where
     }
 }
 
-/// One attempt: the inner service, its error boxed, cut after an optional timeout.
+/// One attempt: the inner service, its error boxed, cut after an optional timeout, and guarded
+/// by the endpoint's circuit breaker when the layer has [keyed breakers](RetryLayer::circuit_breakers).
 #[derive(Debug, Clone)]
 pub struct Attempt<S> {
     inner: S,
     timeout: Option<Duration>,
+    breakers: Option<Arc<KeyedBreakers<String>>>,
 }
 
-impl<S, Req, Res> Service<Req> for Attempt<S>
+impl<S, B, ResB> Service<Request<B>> for Attempt<S>
 where
-    S: Service<Req, Response = Res>,
+    S: Service<Request<B>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
 {
-    type Response = Res;
+    type Response = Response<ResB>;
     type Error = BoxError;
     type Future = AttemptFuture<S::Future>;
 
@@ -255,10 +275,27 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let permit = match &self.breakers {
+            None => None,
+            Some(breakers) => {
+                let endpoint = req.uri().authority().map_or("", |a| a.as_str());
+                match breakers.get(endpoint).try_acquire() {
+                    Ok(permit) => Some(permit),
+                    Err(open) => {
+                        return AttemptFuture {
+                            kind: AttemptKind::Rejected { open: Some(open) },
+                        }
+                    }
+                }
+            }
+        };
         AttemptFuture {
-            future: self.inner.call(req),
-            timeout: self.timeout.map(tokio::time::sleep),
+            kind: AttemptKind::Running {
+                future: self.inner.call(req),
+                timeout: self.timeout.map(tokio::time::sleep),
+                permit,
+            },
         }
     }
 }
@@ -268,28 +305,79 @@ pin_project! {
     #[derive(Debug)]
     pub struct AttemptFuture<F> {
         #[pin]
-        future: F,
-        #[pin]
-        timeout: Option<Sleep>,
+        kind: AttemptKind<F>,
     }
 }
 
-impl<F, T, E> Future for AttemptFuture<F>
+pin_project! {
+    #[project = AttemptProj]
+    #[derive(Debug)]
+    enum AttemptKind<F> {
+        Rejected { open: Option<CircuitOpen> },
+        Running {
+            #[pin]
+            future: F,
+            #[pin]
+            timeout: Option<Sleep>,
+            permit: Option<Permit>,
+        },
+    }
+}
+
+impl<F, ResB, E> Future for AttemptFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<Response<ResB>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<Response<ResB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(result) = this.future.poll(cx) {
-            return Poll::Ready(result.map_err(Into::into));
+        match self.project().kind.project() {
+            AttemptProj::Rejected { open } => {
+                Poll::Ready(Err(Box::new(open.take().expect("polled after completion"))))
+            }
+            AttemptProj::Running {
+                future,
+                timeout,
+                permit,
+            } => {
+                let result = match future.poll(cx) {
+                    Poll::Ready(result) => result.map_err(Into::into),
+                    Poll::Pending => match timeout.as_pin_mut() {
+                        Some(timeout) => {
+                            ready!(timeout.poll(cx));
+                            Err(Box::new(AttemptTimedOut::new()) as BoxError)
+                        }
+                        None => return Poll::Pending,
+                    },
+                };
+                if let Some(permit) = permit.take() {
+                    record(permit, &result);
+                }
+                Poll::Ready(result)
+            }
         }
-        if let Some(timeout) = this.timeout.as_pin_mut() {
-            ready!(timeout.poll(cx));
-            return Poll::Ready(Err(Box::new(AttemptTimedOut::new())));
-        }
-        Poll::Pending
+    }
+}
+
+/// Reports an attempt's outcome to the endpoint's breaker: errors and 5xx (but 501 and 505) are
+/// failures; a 503 or 429 `Retry-After` becomes the open time if this failure trips it.
+fn record<ResB>(permit: Permit, result: &Result<Response<ResB>, BoxError>) {
+    match result {
+        Err(_) => permit.failure(),
+        Ok(res) => match status_outcome(res.status()) {
+            Outcome::Failure => {
+                let hint = res
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| RetryAfter::from_header_value(v).ok())
+                    .map(|ra| ra.delay_from(std::time::SystemTime::now()));
+                match hint {
+                    Some(wait) if !wait.is_zero() => permit.failure_with_retry_after(wait),
+                    _ => permit.failure(),
+                }
+            }
+            outcome => permit.record(outcome),
+        },
     }
 }

@@ -89,6 +89,8 @@ pub enum GiveUpReason {
     NotIdempotent,
     /// The request body was too large to buffer, so it cannot be sent again.
     BodyNotReplayable,
+    /// The endpoint's circuit breaker is open: the error says when to try again.
+    CircuitOpen,
 }
 
 impl fmt::Display for GiveUpReason {
@@ -100,6 +102,7 @@ impl fmt::Display for GiveUpReason {
             GiveUpReason::Deadline => "the wait would pass the deadline",
             GiveUpReason::NotIdempotent => "request not idempotent",
             GiveUpReason::BodyNotReplayable => "body too large to replay",
+            GiveUpReason::CircuitOpen => "circuit breaker open",
         })
     }
 }
@@ -250,6 +253,9 @@ impl RetryPolicy {
             None
         };
 
+        if matches!(result, Err(e) if e.is::<crate::error::CircuitOpen>()) {
+            return give_up(self, GiveUpReason::CircuitOpen);
+        }
         let unprocessed = matches!(result, Err(e) if never_processed(&**e));
         if !(unprocessed || self.config.retry_non_idempotent || is_idempotent(req)) {
             return give_up(self, GiveUpReason::NotIdempotent);
