@@ -279,7 +279,11 @@ where
         let permit = match &self.breakers {
             None => None,
             Some(breakers) => {
-                let endpoint = req.uri().authority().map_or("", |a| a.as_str());
+                // host:port, without any userinfo: credentials are not a key.
+                let authority = req.uri().authority().map_or("", |a| a.as_str());
+                let endpoint = authority
+                    .rsplit_once('@')
+                    .map_or(authority, |(_, host)| host);
                 match breakers.get(endpoint).try_acquire() {
                     Ok(permit) => Some(permit),
                     Err(open) => {
@@ -352,7 +356,10 @@ where
                     },
                 };
                 if let Some(permit) = permit.take() {
-                    record(permit, &result);
+                    match &result {
+                        Ok(res) => record_outcome(permit, Some((res.status(), res.headers()))),
+                        Err(_) => record_outcome(permit, None),
+                    }
                 }
                 Poll::Ready(result)
             }
@@ -360,15 +367,17 @@ where
     }
 }
 
-/// Reports an attempt's outcome to the endpoint's breaker: errors and 5xx (but 501 and 505) are
-/// failures; a 503 or 429 `Retry-After` becomes the open time if this failure trips it.
-fn record<ResB>(permit: Permit, result: &Result<Response<ResB>, BoxError>) {
-    match result {
-        Err(_) => permit.failure(),
-        Ok(res) => match status_outcome(res.status()) {
+/// Reports an attempt's outcome to the endpoint's breaker: errors (`None`) and 5xx (but 501 and
+/// 505) are failures; a `Retry-After` becomes the open time if this failure trips it.
+pub(crate) fn record_outcome(
+    permit: Permit,
+    response: Option<(http::StatusCode, &http::HeaderMap)>,
+) {
+    match response {
+        None => permit.failure(),
+        Some((status, headers)) => match status_outcome(status) {
             Outcome::Failure => {
-                let hint = res
-                    .headers()
+                let hint = headers
                     .get(http::header::RETRY_AFTER)
                     .and_then(|v| RetryAfter::from_header_value(v).ok())
                     .map(|ra| ra.delay_from(std::time::SystemTime::now()));

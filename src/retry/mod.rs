@@ -41,6 +41,9 @@ mod body;
 mod budget;
 mod layer;
 mod policy;
+#[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
+mod reqwest;
 
 pub use backoff::{Backoff, Jitter};
 pub use body::ReplayBody;
@@ -50,3 +53,5 @@ pub use policy::{
     AttemptEvent, Attempts, Decision, GiveUpReason, RetryPolicy, RetryPolicyBuilder, RetryReason,
     IDEMPOTENCY_KEY,
 };
+#[cfg(feature = "reqwest-middleware")]
+pub use reqwest::RetryMiddleware;

@@ -168,8 +168,17 @@ pub struct RetryPolicy {
 pub struct Attempts {
     /// Attempts sent, or about to be sent, the first included.
     pub count: u32,
-    started: Instant,
-    previous_delay: Duration,
+    pub(crate) started: Instant,
+    pub(crate) previous_delay: Duration,
+}
+
+impl Attempts {
+    pub(crate) fn next(self) -> Self {
+        Self {
+            count: self.count.saturating_add(1),
+            ..self
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -222,20 +231,41 @@ impl RetryPolicy {
         }
     }
 
-    /// The decision after an attempt; `Some(delay)` to retry.
+    /// The decision after an attempt of a `tower::retry` request; `Some(delay)` to retry.
     fn decide<B, ResB>(
         &self,
         req: &mut Request<ReplayBody<B>>,
         result: &Result<Response<ResB>, BoxError>,
     ) -> Option<Duration> {
-        let Some(state) = req.extensions().get::<Attempts>().copied() else {
+        let Some(mut state) = req.extensions().get::<Attempts>().copied() else {
             // Not a request this policy cloned: nothing to go on, do not retry.
             return None;
         };
+        let outcome = match result {
+            Ok(res) => AttemptOutcome::Response(res.status(), res.headers()),
+            Err(e) => AttemptOutcome::Error(&**e),
+        };
+        let request = RequestFacts {
+            method: req.method(),
+            idempotency_key: req.headers().contains_key(IDEMPOTENCY_KEY),
+            replayable: req.body().is_replayable(),
+        };
+        let delay = self.decide_parts(&mut state, &request, outcome)?;
+        req.extensions_mut().insert(state);
+        Some(delay)
+    }
+
+    /// The decision after attempt `state.count`, for any client: `Some(delay)` to retry (and
+    /// `state` updated), `None` when the result is final.
+    pub(crate) fn decide_parts(
+        &self,
+        state: &mut Attempts,
+        req: &RequestFacts<'_>,
+        outcome: AttemptOutcome<'_>,
+    ) -> Option<Duration> {
         let attempt = state.count;
-        let (reason, status, server_wait) = match result {
-            Ok(res) => {
-                let status = res.status();
+        let (reason, status, server_wait) = match outcome {
+            AttemptOutcome::Response(status, headers) => {
                 if !self.status_retryable(status) {
                     self.notify(attempt, Some(status), Decision::Done);
                     return None;
@@ -243,24 +273,25 @@ impl RetryPolicy {
                 (
                     RetryReason::Status(status),
                     Some(status),
-                    retry_after(res.headers()),
+                    retry_after(headers),
                 )
             }
-            Err(_) => (RetryReason::Error, None, None),
+            AttemptOutcome::Error(_) => (RetryReason::Error, None, None),
         };
         let give_up = |this: &Self, why| {
             this.notify(attempt, status, Decision::GiveUp { reason, why });
             None
         };
 
-        if matches!(result, Err(e) if e.is::<crate::error::CircuitOpen>()) {
+        if matches!(outcome, AttemptOutcome::Error(e) if e.is::<crate::error::CircuitOpen>()) {
             return give_up(self, GiveUpReason::CircuitOpen);
         }
-        let unprocessed = matches!(result, Err(e) if never_processed(&**e));
-        if !(unprocessed || self.config.retry_non_idempotent || is_idempotent(req)) {
+        let unprocessed = matches!(outcome, AttemptOutcome::Error(e) if never_processed(e));
+        let idempotent = is_idempotent_method(req.method) || req.idempotency_key;
+        if !(unprocessed || self.config.retry_non_idempotent || idempotent) {
             return give_up(self, GiveUpReason::NotIdempotent);
         }
-        if !req.body().is_replayable() {
+        if !req.replayable {
             return give_up(self, GiveUpReason::BodyNotReplayable);
         }
         if attempt >= self.config.max_attempts {
@@ -283,10 +314,7 @@ impl RetryPolicy {
                 return give_up(self, GiveUpReason::Budget);
             }
         }
-        req.extensions_mut().insert(Attempts {
-            previous_delay: delay,
-            ..state
-        });
+        state.previous_delay = delay;
         self.notify(
             attempt,
             status,
@@ -297,6 +325,18 @@ impl RetryPolicy {
             },
         );
         Some(delay)
+    }
+
+    /// Starts the bookkeeping of a new request (and pays its deposit into the budget).
+    pub(crate) fn first_attempt(&self) -> Attempts {
+        if let Some(budget) = &self.config.budget {
+            budget.deposit();
+        }
+        Attempts {
+            count: 1,
+            started: Instant::now(),
+            previous_delay: Duration::ZERO,
+        }
     }
 }
 
@@ -314,12 +354,33 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(ra.delay_from(now).min(RetryAfter::MAX_DELAY))
 }
 
-/// Idempotent methods (RFC 9110 §9.2.2), or a request that carries an `Idempotency-Key`.
-fn is_idempotent<B>(req: &Request<B>) -> bool {
+/// What the policy needs to know of a request, from any client's request type.
+#[derive(Debug)]
+pub(crate) struct RequestFacts<'a> {
+    pub(crate) method: &'a Method,
+    /// The request carries an `Idempotency-Key`.
+    pub(crate) idempotency_key: bool,
+    pub(crate) replayable: bool,
+}
+
+/// How an attempt ended, from any client's response and error types.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AttemptOutcome<'a> {
+    Response(StatusCode, &'a HeaderMap),
+    Error(&'a (dyn Error + 'static)),
+}
+
+/// Idempotent methods (RFC 9110 §9.2.2).
+fn is_idempotent_method(method: &Method) -> bool {
     matches!(
-        *req.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) || req.headers().contains_key(IDEMPOTENCY_KEY)
+    )
+}
+
+#[cfg(test)]
+fn is_idempotent<B>(req: &Request<B>) -> bool {
+    is_idempotent_method(req.method()) || req.headers().contains_key(IDEMPOTENCY_KEY)
 }
 
 /// Whether an error proves the server never processed the request: the connection was refused,
@@ -467,20 +528,8 @@ impl<B, ResB> tower::retry::Policy<Request<ReplayBody<B>>, Response<ResB>, BoxEr
     fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
         let state = match req.extensions().get::<Attempts>() {
             // The first attempt of a new request.
-            None => {
-                if let Some(budget) = &self.config.budget {
-                    budget.deposit();
-                }
-                Attempts {
-                    count: 1,
-                    started: Instant::now(),
-                    previous_delay: Duration::ZERO,
-                }
-            }
-            Some(state) => Attempts {
-                count: state.count.saturating_add(1),
-                ..*state
-            },
+            None => self.first_attempt(),
+            Some(state) => state.next(),
         };
         let body = req.body().try_clone()?;
         let mut clone = Request::new(body);
