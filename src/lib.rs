@@ -56,7 +56,7 @@
 //! |---|---|---|
 //! | `catch` | yes | [`catch::CatchLayer`]: errors and panics to 500, known tower errors to 503 |
 //! | `maintenance` | yes | maintenance mode (reserved: not yet implemented) |
-//! | `shed` | yes | overload shedding (reserved: not yet implemented) |
+//! | `shed` | yes | [`shed::ShedLayer`]: concurrency limit (fixed, AIMD, gradient), bounded queue, 503 + `Retry-After` |
 //! | `breaker` | yes | circuit breakers (reserved: not yet implemented) |
 //! | `retry` | yes | client retries (reserved: not yet implemented) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -69,6 +69,10 @@ mod retry_after;
 #[cfg(feature = "catch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "catch")))]
 pub mod catch;
+
+#[cfg(feature = "shed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shed")))]
+pub mod shed;
 
 pub use body::ResponseBody;
 pub use response::{ErrorId, ErrorResponse, Format, Reason, ERROR_ID_HEADER};
