@@ -9,6 +9,7 @@
 //! in the README and printed at start-up.
 
 mod errors;
+mod shed;
 
 use std::net::SocketAddr;
 
@@ -19,6 +20,7 @@ use tower_5xx::catch::CatchLayer;
 fn app() -> Router {
     Router::new()
         .merge(errors::routes())
+        .merge(shed::routes())
         // Outermost: a panic anywhere below becomes a 500 with an error id.
         .layer(CatchLayer::new())
 }
@@ -50,6 +52,7 @@ async fn main() {
     println!("tower-5xx demo listening on http://{addr} (HTTP/1.1 and h2c)");
     println!();
     errors::print_help(addr);
+    shed::print_help(addr);
     println!();
     println!("Every generated 5xx carries Cache-Control: no-store and an x-error-id that is also logged.");
     println!("Ask for JSON with -H 'Accept: application/problem+json'; add --http2-prior-knowledge for HTTP/2.");

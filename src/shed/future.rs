@@ -32,24 +32,35 @@ pin_project! {
 }
 
 pin_project! {
+    #[project = WaiterProj]
+    struct Waiter<S, R> {
+        #[pin]
+        notified: OwnedNotified,
+        #[pin]
+        deadline: Sleep,
+        armed: bool,
+        slot: Option<QueueSlot>,
+        service: Option<S>,
+        request: Option<R>,
+        format: Format,
+    }
+}
+
+pin_project! {
     #[project = StateProj]
     enum State<F, S, R> {
         Running {
             #[pin]
             future: F,
-            // The permit and when the inner service was called; `None` for exempt requests.
-            permit: Option<(Permit, Instant)>,
+            // `None` for exempt requests.
+            permit: Option<Permit>,
+            // When the inner service was called, if this request's latency is sampled.
+            start: Option<Instant>,
         },
         Waiting {
-            #[pin]
-            notified: OwnedNotified,
-            #[pin]
-            deadline: Sleep,
-            armed: bool,
-            slot: Option<QueueSlot>,
-            service: Option<S>,
-            request: Option<R>,
-            format: Format,
+            // Boxed: only queued requests pay for the timer and the waiter, and the future of
+            // a request on the fast path stays small.
+            waiter: Pin<Box<Waiter<S, R>>>,
         },
         Shed {
             response: Option<ErrorResponse>,
@@ -58,9 +69,13 @@ pin_project! {
 }
 
 impl<F, S, R> ResponseFuture<F, S, R> {
-    pub(crate) fn running(future: F, permit: Option<(Permit, Instant)>) -> Self {
+    pub(crate) fn running(future: F, permit: Option<Permit>, start: Option<Instant>) -> Self {
         Self {
-            state: State::Running { future, permit },
+            state: State::Running {
+                future,
+                permit,
+                start,
+            },
         }
     }
 
@@ -68,13 +83,15 @@ impl<F, S, R> ResponseFuture<F, S, R> {
         let shared = slot.shared();
         Self {
             state: State::Waiting {
-                notified: shared.notify().notified_owned(),
-                deadline: tokio::time::sleep(shared.config.max_wait),
-                armed: false,
-                slot: Some(slot),
-                service: Some(service),
-                request: Some(request),
-                format,
+                waiter: Box::pin(Waiter {
+                    notified: shared.notify().notified_owned(),
+                    deadline: tokio::time::sleep(shared.config.max_wait),
+                    armed: false,
+                    slot: Some(slot),
+                    service: Some(service),
+                    request: Some(request),
+                    format,
+                }),
             },
         }
     }
@@ -111,14 +128,18 @@ where
         let mut this = self.project();
         loop {
             let next = match this.state.as_mut().project() {
-                StateProj::Running { future, permit } => {
+                StateProj::Running {
+                    future,
+                    permit,
+                    start,
+                } => {
                     let result = ready!(future.poll(cx));
-                    if let Some((permit, start)) = permit.take() {
+                    if let (Some(permit), Some(start)) = (permit.take(), *start) {
                         let failed = match &result {
                             Ok(res) => res.status().is_server_error(),
                             Err(_) => true,
                         };
-                        permit.shared().record(start.elapsed(), failed);
+                        permit.shared().record(start, failed);
                     }
                     return Poll::Ready(result.map(|res| res.map(ResponseBody::new)));
                 }
@@ -126,15 +147,16 @@ where
                     let response = response.take().expect("polled after completion");
                     return Poll::Ready(Ok(response.into_response()));
                 }
-                StateProj::Waiting {
-                    mut notified,
-                    deadline,
-                    armed,
-                    slot,
-                    service,
-                    request,
-                    format,
-                } => {
+                StateProj::Waiting { waiter } => {
+                    let WaiterProj {
+                        mut notified,
+                        deadline,
+                        armed,
+                        slot,
+                        service,
+                        request,
+                        format,
+                    } = waiter.as_mut().project();
                     let shared = slot
                         .as_ref()
                         .expect("polled after completion")
@@ -146,14 +168,15 @@ where
                         *armed = true;
                     }
                     if shared.try_acquire() {
+                        let start = shared.sample().then(Instant::now);
                         let permit = Permit::taken(shared);
                         drop(slot.take());
                         let mut service = service.take().expect("polled after completion");
                         let request = request.take().expect("polled after completion");
-                        let start = Instant::now();
                         State::Running {
                             future: service.call(request),
-                            permit: Some((permit, start)),
+                            permit: Some(permit),
+                            start,
                         }
                     } else if notified.as_mut().poll(cx).is_ready() {
                         // Woken, but another request took the permit: wait again.

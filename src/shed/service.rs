@@ -104,13 +104,13 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let priority = self.priority.priority(&req);
         if priority == Priority::Exempt {
-            return ResponseFuture::running(self.inner.call(req), None);
+            return ResponseFuture::running(self.inner.call(req), None, None);
         }
         if self.shared.try_acquire_fast() {
             // Made before calling the inner service: if `call` panics, unwinding gives it back.
             let permit = Permit::taken(self.shared.clone());
-            let start = Instant::now();
-            return ResponseFuture::running(self.inner.call(req), Some((permit, start)));
+            let start = self.shared.sample().then(Instant::now);
+            return ResponseFuture::running(self.inner.call(req), Some(permit), start);
         }
         let config = &self.shared.config;
         let format = Format::negotiate(req.headers(), config.html);
