@@ -1,7 +1,7 @@
 //! Overload harness: a real server on 127.0.0.1, driven at 4x the load it can handle.
 //!
 //! ```sh
-//! cargo run --release --example overload            # about 30 s
+//! cargo run --release --example overload            # about 40 s
 //! ```
 //!
 //! The service behind the server has a fixed capacity: a pool of `WORKERS` workers, each request
@@ -11,8 +11,9 @@
 //!
 //! 1. Capacity: `2 x WORKERS` closed-loop clients, no layer; the throughput is the capacity.
 //! 2. Unloaded latency: one client at a time; its p99 is the reference.
-//! 3. For each protection, an open-loop load of 4x the capacity for `RUN` (the first second
-//!    is warm-up and not counted). Clients give up after `CLIENT_TIMEOUT`.
+//! 3. For each protection, an open-loop load of 4x the capacity for `RUN` (the first `WARM_UP`
+//!    is not counted: the adaptive limit starts 4x too high and needs it to converge). Clients
+//!    give up after `CLIENT_TIMEOUT`.
 //!
 //! Goodput is the number of 200 responses per second (within the client timeout) as a share of
 //! the capacity; "p99 ok" is the 99th percentile latency of those 200s.
@@ -41,11 +42,11 @@ use tower_5xx::{
     shed::{Gradient, ShedLayer},
 };
 
-const WORKERS: usize = 4;
-const WORK: Duration = Duration::from_millis(10);
+const WORKERS: usize = 8;
+const WORK: Duration = Duration::from_millis(40);
 const LOAD_FACTOR: f64 = 4.0;
-const RUN: Duration = Duration::from_secs(4);
-const WARM_UP: Duration = Duration::from_secs(1);
+const RUN: Duration = Duration::from_secs(5);
+const WARM_UP: Duration = Duration::from_secs(2);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Client_ = Client<HttpConnector, Full<Bytes>>;
@@ -254,13 +255,15 @@ async fn main() {
         .await,
     );
 
+    // A short queue with a short wait: enough to keep every worker busy between arrivals,
+    // too short to add much latency.
     let fixed = ShedLayer::new()
         .limit(WORKERS)
-        .max_queue(WORKERS)
-        .max_wait(WORK);
+        .max_queue(WORKERS / 2)
+        .max_wait(WORK / 4);
     rows.push(
         open_loop(
-            "ShedLayer fixed (limit 4, queue 4, max wait 10 ms)",
+            "ShedLayer fixed (limit 8, queue 4, max wait 10 ms)",
             serve(ServiceBuilder::new().layer(fixed).service(backend())).await,
             rate,
             capacity,
@@ -268,14 +271,21 @@ async fn main() {
         .await,
     );
 
+    // Starts 4x too high and must find the workers' count from latency alone.
     let adaptive = ShedLayer::new()
-        .limit(Gradient::new().initial(16).floor(1).ceiling(64))
-        .max_queue(WORKERS)
-        .max_wait(WORK);
+        .limit(
+            Gradient::new()
+                .initial(32)
+                .floor(1)
+                .ceiling(64)
+                .tolerance(1.1),
+        )
+        .max_queue(WORKERS / 2)
+        .max_wait(WORK / 4);
     let handle = adaptive.handle();
     rows.push(
         open_loop(
-            "ShedLayer gradient (initial 16, queue 4, max wait 10 ms)",
+            "ShedLayer gradient (initial 32, tolerance 1.1, queue 4, max wait 10 ms)",
             serve(ServiceBuilder::new().layer(adaptive).service(backend())).await,
             rate,
             capacity,

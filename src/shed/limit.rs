@@ -203,14 +203,18 @@ impl Aimd {
 ///
 /// ```text
 /// gradient  = clamp(tolerance * baseline / sampled, 0.5, 1.0)
-/// target    = limit * gradient + headroom * sqrt(limit)
+/// target    = limit * gradient + headroom * sqrt(limit)   if gradient == 1
+///           = limit * gradient                            otherwise
 /// new limit = limit * (1 - smoothing) + target * smoothing      (within floor..=ceiling)
 /// ```
 ///
 /// While latency stays within `tolerance` times the baseline, the gradient is 1 and the limit
-/// grows by the headroom; when requests start to queue inside the service, latency rises, the
-/// gradient falls below 1 and the limit shrinks toward what the service can run in parallel.
-/// The limit does not grow in windows that used less than half of it.
+/// probes upward by the headroom; when requests start to queue inside the service, latency
+/// rises, the gradient falls below 1 and the limit shrinks toward what the service can run in
+/// parallel. Unlike Gradient2, which always adds its headroom (and so keeps a small queue inside
+/// the service for good), the headroom is only added while latency is within tolerance: the
+/// limit settles where latency is `tolerance` times the baseline. The limit does not grow in
+/// windows that used less than half of it.
 ///
 /// The baseline is the smallest window minimum seen; when windows stay slower, it drifts toward
 /// them by 1% per window, so a service whose normal speed changed (a new deployment, a colder
@@ -386,7 +390,14 @@ impl Estimator {
                 if gradient >= 1.0 && app_limited {
                     return round(self.estimate);
                 }
-                let target = limit.mul_add(gradient, g.headroom * limit.sqrt());
+                // Probe for more only while latency is within tolerance: adding headroom when
+                // requests already queue inside the service would keep a queue there for good.
+                let headroom = if gradient >= 1.0 {
+                    g.headroom * limit.sqrt()
+                } else {
+                    0.0
+                };
+                let target = limit.mul_add(gradient, headroom);
                 let next = limit.mul_add(1.0 - g.smoothing, target * g.smoothing);
                 self.estimate = next.clamp(g.floor as f64, g.ceiling as f64);
                 round(self.estimate)

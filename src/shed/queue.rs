@@ -279,8 +279,9 @@ impl Shared {
         let dropped = failed || a.drop_latency.is_some_and(|max| latency > max);
         w.sum_ns.fetch_add(ns, Ordering::Relaxed);
         w.min_ns.fetch_min(ns, Ordering::Relaxed);
+        // This request still holds its permit, so it is counted.
         w.max_in_flight
-            .fetch_max(self.in_flight() + 1, Ordering::Relaxed);
+            .fetch_max(self.in_flight(), Ordering::Relaxed);
         if dropped {
             w.drops.fetch_add(1, Ordering::Relaxed);
         }
