@@ -5,10 +5,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use axum::{extract::Query, routing::get, Json, Router};
 use serde::Deserialize;
-use tower_5xx::shed::{Gradient, ShedHandle, ShedLayer};
+use tower_5xx::shed::{ShedHandle, ShedLayer};
 
-/// Concurrency the demo starts with (the gradient limit moves it between 2 and 64).
-const INITIAL_LIMIT: usize = 8;
+/// How many `/slow` requests run at once. Fixed, because the demo's latency is whatever `ms`
+/// the caller asks for: an adaptive limit would read a mix of `ms` values as load.
+const LIMIT: usize = 8;
 
 #[derive(Deserialize)]
 struct Slow {
@@ -17,7 +18,7 @@ struct Slow {
 
 pub(crate) fn routes() -> Router {
     let layer = ShedLayer::new()
-        .limit(Gradient::new().initial(INITIAL_LIMIT).floor(2).ceiling(64))
+        .limit(LIMIT)
         .max_queue(16)
         .max_wait(Duration::from_millis(200));
     let handle = layer.handle();
@@ -46,7 +47,7 @@ async fn stats(handle: ShedHandle) -> Json<serde_json::Value> {
 }
 
 pub(crate) fn print_help(addr: SocketAddr) {
-    println!("  curl -i 'http://{addr}/slow?ms=200'   # 200 after 200 ms; behind ShedLayer (gradient limit from {INITIAL_LIMIT}, queue 16, max wait 200 ms)");
+    println!("  curl -i 'http://{addr}/slow?ms=200'   # 200 after 200 ms; behind ShedLayer ({LIMIT} at once, 16 queued for up to 200 ms, the rest 503)");
     println!("  curl -s http://{addr}/shed/stats       # current limit, in flight, queued, shed count, latency");
     println!("  oha -z 10s -c 200 'http://{addr}/slow?ms=200'   # overload: many 503s with Retry-After, the rest stay fast");
     println!("  hey -z 10s -c 200 'http://{addr}/slow?ms=200'   # the same with hey");
