@@ -11,6 +11,7 @@
 mod errors;
 mod flaky;
 mod maintenance;
+mod shed;
 
 use std::net::SocketAddr;
 
@@ -19,7 +20,10 @@ use tower_5xx::catch::CatchLayer;
 
 /// The whole demo app. Each capability contributes its routes from its own module.
 fn app() -> Router {
-    let app = Router::new().merge(errors::routes()).merge(flaky::routes());
+    let app = Router::new()
+        .merge(errors::routes())
+        .merge(flaky::routes())
+        .merge(shed::routes());
     // Maintenance mode wraps the app; its admin router sits beside it.
     maintenance::wrap(app)
         // Outermost: a panic anywhere below becomes a 500 with an error id.
@@ -54,7 +58,10 @@ async fn main() {
     println!();
     errors::print_help(addr);
     println!();
+    shed::print_help(addr);
+    println!();
     flaky::print_help(addr);
+    println!();
     maintenance::print_help(addr);
     println!();
     println!("Every generated 5xx carries Cache-Control: no-store and an x-error-id that is also logged.");

@@ -1,0 +1,489 @@
+//! Concurrency limits: a fixed one and two adaptive algorithms (AIMD, gradient).
+
+use std::time::Duration;
+
+/// How [`ShedLayer`](super::ShedLayer) decides how many requests may run at once.
+///
+/// Choose one at build time with [`ShedLayer::limit`](super::ShedLayer::limit); a `usize`, a
+/// [`Fixed`], an [`Aimd`] or a [`Gradient`] converts into it. The current value is always
+/// observable (and can be overridden) through a [`ShedHandle`](super::ShedHandle).
+///
+/// The adaptive algorithms work on **windows** of samples: each request that completes records
+/// its latency (the time spent in the inner service, not in the queue) and whether it failed (an
+/// `Err`, or a 5xx response). When a window is both long enough and holds enough samples, the
+/// algorithm computes the next limit from it. Between windows the hot path only does a few
+/// atomic additions; the update itself runs in the one request that closes the window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// A limit that only changes when you set it through the handle.
+    Fixed(Fixed),
+    /// Additive increase, multiplicative decrease on latency and failures.
+    Aimd(Aimd),
+    /// A gradient limit that follows the ratio of the baseline (minimum) latency to the sampled
+    /// latency.
+    Gradient(Gradient),
+}
+
+impl Limit {
+    /// The limit before any sample has been seen.
+    pub fn initial(&self) -> usize {
+        match self {
+            Limit::Fixed(f) => f.limit,
+            Limit::Aimd(a) => a.initial,
+            Limit::Gradient(g) => g.initial,
+        }
+    }
+
+    /// The window settings of an adaptive limit; `None` for a fixed one.
+    pub(crate) fn window(&self) -> Option<(Duration, u32)> {
+        match self {
+            Limit::Fixed(_) => None,
+            Limit::Aimd(a) => Some((a.window, a.min_samples)),
+            Limit::Gradient(g) => Some((g.window, g.min_samples)),
+        }
+    }
+
+    /// The latency above which a sample counts as a drop (AIMD only).
+    pub(crate) fn drop_latency(&self) -> Option<Duration> {
+        match self {
+            Limit::Aimd(a) => Some(a.latency_threshold),
+            _ => None,
+        }
+    }
+}
+
+impl From<usize> for Limit {
+    fn from(limit: usize) -> Self {
+        Limit::Fixed(Fixed::new(limit))
+    }
+}
+
+impl From<Fixed> for Limit {
+    fn from(limit: Fixed) -> Self {
+        Limit::Fixed(limit)
+    }
+}
+
+impl From<Aimd> for Limit {
+    fn from(limit: Aimd) -> Self {
+        Limit::Aimd(limit)
+    }
+}
+
+impl From<Gradient> for Limit {
+    fn from(limit: Gradient) -> Self {
+        Limit::Gradient(limit)
+    }
+}
+
+/// A fixed concurrency limit (at least 1).
+///
+/// It never moves by itself; [`ShedHandle::set_limit`](super::ShedHandle::set_limit) changes it
+/// at runtime, for example from an admin endpoint or a config reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fixed {
+    limit: usize,
+}
+
+impl Fixed {
+    /// A limit of `limit` concurrent requests (0 is raised to 1).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+        }
+    }
+}
+
+const DEFAULT_WINDOW: Duration = Duration::from_millis(100);
+const DEFAULT_MIN_SAMPLES: u32 = 10;
+
+/// Additive-increase / multiplicative-decrease limit, as TCP's congestion window.
+///
+/// At the end of each window:
+///
+/// - if any sample was a **drop** (the request failed, or took longer than the
+///   [latency threshold](Aimd::latency_threshold)), the limit is multiplied by the
+///   [backoff ratio](Aimd::backoff_ratio);
+/// - otherwise, if the window used at least half of the limit, the limit grows by one (a limit
+///   that is not being used has taught us nothing, so it does not grow);
+///
+/// and is then kept within the [floor](Aimd::floor) and [ceiling](Aimd::ceiling).
+///
+/// Defaults: initial 20, floor 1, ceiling 1000, latency threshold 1 s, backoff ratio 0.9,
+/// windows of at least 100 ms and 10 samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
+pub struct Aimd {
+    pub(crate) initial: usize,
+    pub(crate) floor: usize,
+    pub(crate) ceiling: usize,
+    pub(crate) latency_threshold: Duration,
+    pub(crate) backoff_ratio: f64,
+    pub(crate) window: Duration,
+    pub(crate) min_samples: u32,
+}
+
+impl Default for Aimd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Aimd {
+    /// An AIMD limit with the defaults listed in the [type docs](Aimd).
+    pub fn new() -> Self {
+        Self {
+            initial: 20,
+            floor: 1,
+            ceiling: 1000,
+            latency_threshold: Duration::from_secs(1),
+            backoff_ratio: 0.9,
+            window: DEFAULT_WINDOW,
+            min_samples: DEFAULT_MIN_SAMPLES,
+        }
+    }
+
+    /// The limit before the first window closes (kept within floor and ceiling). Default 20.
+    pub fn initial(mut self, initial: usize) -> Self {
+        self.initial = initial;
+        self.normalize()
+    }
+
+    /// The lowest the limit may go (at least 1). Default 1.
+    pub fn floor(mut self, floor: usize) -> Self {
+        self.floor = floor;
+        self.normalize()
+    }
+
+    /// The highest the limit may go (at least the floor). Default 1000.
+    pub fn ceiling(mut self, ceiling: usize) -> Self {
+        self.ceiling = ceiling;
+        self.normalize()
+    }
+
+    /// A request slower than this counts as a drop. Default 1 s.
+    pub fn latency_threshold(mut self, threshold: Duration) -> Self {
+        self.latency_threshold = threshold;
+        self
+    }
+
+    /// The factor applied to the limit after a window with a drop, in `[0.5, 1)`. Default 0.9.
+    pub fn backoff_ratio(mut self, ratio: f64) -> Self {
+        self.backoff_ratio = if ratio.is_finite() {
+            ratio.clamp(0.5, 0.99)
+        } else {
+            0.9
+        };
+        self
+    }
+
+    /// A window closes after at least `duration` and `min_samples` samples (at least 1).
+    /// Default 100 ms and 10 samples.
+    pub fn window(mut self, duration: Duration, min_samples: u32) -> Self {
+        self.window = duration;
+        self.min_samples = min_samples.max(1);
+        self
+    }
+
+    fn normalize(mut self) -> Self {
+        self.floor = self.floor.max(1);
+        self.ceiling = self.ceiling.max(self.floor);
+        self.initial = self.initial.clamp(self.floor, self.ceiling);
+        self
+    }
+}
+
+/// A gradient limit in the spirit of Netflix concurrency-limits' `Gradient2` and Envoy's
+/// adaptive concurrency filter: the limit follows the ratio of the **baseline latency** (the
+/// minimum seen, which is what the service takes when nothing queues inside it) to the
+/// **sampled latency** (the average of the last window).
+///
+/// At the end of each window:
+///
+/// ```text
+/// gradient  = clamp(tolerance * baseline / sampled, 0.5, 1.0)
+/// target    = limit * gradient + headroom * sqrt(limit)   if gradient == 1
+///           = limit * gradient                            otherwise
+/// new limit = limit * (1 - smoothing) + target * smoothing      (within floor..=ceiling)
+/// ```
+///
+/// While latency stays within `tolerance` times the baseline, the gradient is 1 and the limit
+/// probes upward by the headroom; when requests start to queue inside the service, latency
+/// rises, the gradient falls below 1 and the limit shrinks toward what the service can run in
+/// parallel. Unlike Gradient2, which always adds its headroom (and so keeps a small queue inside
+/// the service for good), the headroom is only added while latency is within tolerance: the
+/// limit settles where latency is `tolerance` times the baseline. The limit does not grow in
+/// windows that used less than half of it.
+///
+/// The baseline is the smallest window minimum seen; when windows stay slower, it drifts toward
+/// them by 1% per window, so a service whose normal speed changed (a new deployment, a colder
+/// cache) is re-learnt instead of being throttled forever (Envoy re-measures its minimum RTT
+/// periodically for the same reason).
+///
+/// Defaults: initial 20, floor 1, ceiling 1000, tolerance 1.5, smoothing 0.2, headroom 1.0,
+/// windows of at least 100 ms and 10 samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
+pub struct Gradient {
+    pub(crate) initial: usize,
+    pub(crate) floor: usize,
+    pub(crate) ceiling: usize,
+    pub(crate) tolerance: f64,
+    pub(crate) smoothing: f64,
+    pub(crate) headroom: f64,
+    pub(crate) window: Duration,
+    pub(crate) min_samples: u32,
+}
+
+impl Default for Gradient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gradient {
+    /// A gradient limit with the defaults listed in the [type docs](Gradient).
+    pub fn new() -> Self {
+        Self {
+            initial: 20,
+            floor: 1,
+            ceiling: 1000,
+            tolerance: 1.5,
+            smoothing: 0.2,
+            headroom: 1.0,
+            window: DEFAULT_WINDOW,
+            min_samples: DEFAULT_MIN_SAMPLES,
+        }
+    }
+
+    /// The limit before the first window closes (kept within floor and ceiling). Default 20.
+    pub fn initial(mut self, initial: usize) -> Self {
+        self.initial = initial;
+        self.normalize()
+    }
+
+    /// The lowest the limit may go (at least 1). Default 1.
+    pub fn floor(mut self, floor: usize) -> Self {
+        self.floor = floor;
+        self.normalize()
+    }
+
+    /// The highest the limit may go (at least the floor). Default 1000.
+    pub fn ceiling(mut self, ceiling: usize) -> Self {
+        self.ceiling = ceiling;
+        self.normalize()
+    }
+
+    /// How much slower than the baseline a window may be before the limit shrinks (at least
+    /// 1.0). Default 1.5, as Gradient2's `rttTolerance`.
+    pub fn tolerance(mut self, tolerance: f64) -> Self {
+        self.tolerance = if tolerance.is_finite() {
+            tolerance.max(1.0)
+        } else {
+            1.5
+        };
+        self
+    }
+
+    /// How far each window moves the limit toward its target, in `(0, 1]`. Default 0.2.
+    pub fn smoothing(mut self, smoothing: f64) -> Self {
+        self.smoothing = if smoothing.is_finite() {
+            smoothing.clamp(0.01, 1.0)
+        } else {
+            0.2
+        };
+        self
+    }
+
+    /// The growth allowance, in multiples of `sqrt(limit)` (at least 0). Default 1.0.
+    pub fn headroom(mut self, headroom: f64) -> Self {
+        self.headroom = if headroom.is_finite() {
+            headroom.max(0.0)
+        } else {
+            1.0
+        };
+        self
+    }
+
+    /// A window closes after at least `duration` and `min_samples` samples (at least 1).
+    /// Default 100 ms and 10 samples.
+    pub fn window(mut self, duration: Duration, min_samples: u32) -> Self {
+        self.window = duration;
+        self.min_samples = min_samples.max(1);
+        self
+    }
+
+    fn normalize(mut self) -> Self {
+        self.floor = self.floor.max(1);
+        self.ceiling = self.ceiling.max(self.floor);
+        self.initial = self.initial.clamp(self.floor, self.ceiling);
+        self
+    }
+}
+
+/// What one window of samples saw.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WindowStats {
+    pub(crate) count: u64,
+    pub(crate) mean: Duration,
+    pub(crate) min: Duration,
+    pub(crate) drops: u64,
+    pub(crate) max_in_flight: usize,
+}
+
+/// The mutable state of an adaptive algorithm, updated once per window.
+#[derive(Debug)]
+pub(crate) struct Estimator {
+    limit: Limit,
+    /// The limit as a real number, so that small steps accumulate.
+    estimate: f64,
+    /// Gradient only: the baseline latency in seconds (0 = none yet).
+    baseline: f64,
+}
+
+impl Estimator {
+    pub(crate) fn new(limit: Limit) -> Self {
+        Self {
+            limit,
+            estimate: limit.initial() as f64,
+            baseline: 0.0,
+        }
+    }
+
+    /// Takes a limit set from outside (a handle) as the new starting point.
+    pub(crate) fn reset_to(&mut self, limit: usize) {
+        self.estimate = limit as f64;
+    }
+
+    /// The next limit after a window.
+    pub(crate) fn update(&mut self, w: &WindowStats) -> usize {
+        match self.limit {
+            Limit::Fixed(f) => f.limit,
+            Limit::Aimd(a) => {
+                let limit = self.estimate;
+                let next = if w.drops > 0 {
+                    limit * a.backoff_ratio
+                } else if (w.max_in_flight as f64) * 2.0 >= limit {
+                    limit + 1.0
+                } else {
+                    limit
+                };
+                self.estimate = next.clamp(a.floor as f64, a.ceiling as f64);
+                round(self.estimate)
+            }
+            Limit::Gradient(g) => {
+                let sampled = w.mean.as_secs_f64();
+                let min = w.min.as_secs_f64();
+                if self.baseline <= 0.0 || min < self.baseline {
+                    self.baseline = min;
+                } else {
+                    self.baseline += (min - self.baseline) * 0.01;
+                }
+                let limit = self.estimate;
+                let gradient = if sampled > 0.0 {
+                    (g.tolerance * self.baseline / sampled).clamp(0.5, 1.0)
+                } else {
+                    1.0
+                };
+                let app_limited = (w.max_in_flight as f64) * 2.0 < limit;
+                if gradient >= 1.0 && app_limited {
+                    return round(self.estimate);
+                }
+                // Probe for more only while latency is within tolerance: adding headroom when
+                // requests already queue inside the service would keep a queue there for good.
+                let headroom = if gradient >= 1.0 {
+                    g.headroom * limit.sqrt()
+                } else {
+                    0.0
+                };
+                let target = limit.mul_add(gradient, headroom);
+                let next = limit.mul_add(1.0 - g.smoothing, target * g.smoothing);
+                self.estimate = next.clamp(g.floor as f64, g.ceiling as f64);
+                round(self.estimate)
+            }
+        }
+    }
+}
+
+fn round(x: f64) -> usize {
+    // The estimate is clamped to a `usize` range before, so the cast cannot saturate oddly.
+    x.round().max(1.0) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(mean_ms: u64, min_ms: u64, drops: u64, max_in_flight: usize) -> WindowStats {
+        WindowStats {
+            count: 10,
+            mean: Duration::from_millis(mean_ms),
+            min: Duration::from_millis(min_ms),
+            drops,
+            max_in_flight,
+        }
+    }
+
+    #[test]
+    fn aimd_grows_when_used_and_backs_off_on_drops() {
+        let mut e = Estimator::new(Aimd::new().initial(10).ceiling(12).into());
+        assert_eq!(e.update(&window(5, 5, 0, 10)), 11);
+        assert_eq!(e.update(&window(5, 5, 0, 11)), 12);
+        assert_eq!(e.update(&window(5, 5, 0, 12)), 12, "ceiling");
+        // Unused limit: no growth.
+        let mut e = Estimator::new(Aimd::new().initial(10).into());
+        assert_eq!(e.update(&window(5, 5, 0, 2)), 10);
+        // A drop: multiplicative decrease, down to the floor.
+        let mut e = Estimator::new(Aimd::new().initial(10).floor(8).into());
+        assert_eq!(e.update(&window(5, 5, 1, 10)), 9);
+        assert_eq!(e.update(&window(5, 5, 1, 10)), 8);
+        assert_eq!(e.update(&window(5, 5, 1, 10)), 8, "floor");
+    }
+
+    #[test]
+    fn gradient_follows_baseline_over_sample() {
+        let g = Gradient::new().initial(20).floor(2).ceiling(100);
+        let mut e = Estimator::new(g.into());
+        // Steady latency at the baseline, fully used: the limit grows.
+        let first = e.update(&window(10, 10, 0, 20));
+        assert!(first > 20, "{first}");
+        // Latency five times the baseline: the limit shrinks, window after window.
+        let mut last = first;
+        for _ in 0..10 {
+            let next = e.update(&window(50, 50, 0, last));
+            assert!(next <= last, "{next} > {last}");
+            last = next;
+        }
+        assert!(last < 20, "limit did not shrink: {last}");
+        // Back to the baseline: it grows again.
+        let grown = e.update(&window(10, 10, 0, last));
+        assert!(grown > last);
+    }
+
+    #[test]
+    fn gradient_respects_floor_and_idle_windows() {
+        let mut e = Estimator::new(Gradient::new().initial(4).floor(3).into());
+        for _ in 0..50 {
+            e.update(&window(100, 100, 0, 4));
+        }
+        // Baseline drifted toward 100 ms, but the floor holds whatever happens.
+        assert!(e.update(&window(1000, 1000, 0, 4)) >= 3);
+        let mut idle = Estimator::new(Gradient::new().initial(30).into());
+        assert_eq!(
+            idle.update(&window(10, 10, 0, 3)),
+            30,
+            "app-limited: no growth"
+        );
+    }
+
+    #[test]
+    fn builders_normalize() {
+        let a = Aimd::new().floor(0).ceiling(0).initial(50);
+        assert_eq!((a.floor, a.ceiling, a.initial), (1, 1, 1));
+        let g = Gradient::new().ceiling(5).floor(10);
+        assert_eq!((g.floor, g.ceiling, g.initial), (10, 10, 10));
+        assert_eq!(Fixed::new(0), Fixed::new(1));
+        assert_eq!(Limit::from(7).initial(), 7);
+    }
+}

@@ -1,0 +1,376 @@
+//! The shared state: a concurrency limit whose capacity can change at runtime, a bounded wait
+//! queue, the latency statistics, and the adaptive estimator.
+//!
+//! The hot path (a request under the limit with nobody queued) is one load of the queue length
+//! and one compare-and-swap on the in-flight count; completing it is a few atomic additions.
+//! Waiters park on a [`Notify`]; a released permit wakes one of them (FIFO) only when the queue
+//! is not empty.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
+
+use super::{
+    limit::{Estimator, Limit, WindowStats},
+    Priority,
+};
+use crate::RetryAfter;
+
+/// Settings that do not change after the layer is built.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) limit: Limit,
+    pub(crate) max_queue: usize,
+    pub(crate) low_priority_queue: usize,
+    pub(crate) max_wait: Duration,
+    pub(crate) min_retry_after: Duration,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) retry_after_jitter: Duration,
+    pub(crate) html: bool,
+}
+
+/// The current window of samples, in atomics so that recording is lock-free.
+#[derive(Debug)]
+struct Window {
+    /// Nanoseconds since `Shared::epoch` at which the window opened.
+    start: AtomicU64,
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+    min_ns: AtomicU64,
+    drops: AtomicU64,
+    max_in_flight: AtomicUsize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    in_flight: AtomicUsize,
+    limit: AtomicUsize,
+    queued: AtomicUsize,
+    notify: Arc<Notify>,
+    /// Exponential moving average of the inner service's latency, in nanoseconds (0 = none yet).
+    latency_ns: AtomicU64,
+    shed: AtomicU64,
+    pub(crate) config: Config,
+    epoch: Instant,
+    /// `Some` for adaptive limits.
+    adaptive: Option<Adaptive>,
+}
+
+#[derive(Debug)]
+struct Adaptive {
+    window: Window,
+    window_len: Duration,
+    min_samples: u32,
+    drop_latency: Option<Duration>,
+    /// Only taken with `try_lock` by the request that closes a window: never waited on.
+    estimator: Mutex<Estimator>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> Self {
+        let epoch = Instant::now();
+        let adaptive = config
+            .limit
+            .window()
+            .map(|(window_len, min_samples)| Adaptive {
+                window: Window {
+                    start: AtomicU64::new(0),
+                    count: AtomicU64::new(0),
+                    sum_ns: AtomicU64::new(0),
+                    min_ns: AtomicU64::new(u64::MAX),
+                    drops: AtomicU64::new(0),
+                    max_in_flight: AtomicUsize::new(0),
+                },
+                window_len,
+                min_samples,
+                drop_latency: config.limit.drop_latency(),
+                estimator: Mutex::new(Estimator::new(config.limit)),
+            });
+        Self {
+            in_flight: AtomicUsize::new(0),
+            limit: AtomicUsize::new(config.limit.initial().max(1)),
+            queued: AtomicUsize::new(0),
+            notify: Arc::new(Notify::new()),
+            latency_ns: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            config,
+            epoch,
+            adaptive,
+        }
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn shed_count(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn latency(&self) -> Option<Duration> {
+        match self.latency_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Sets the limit from outside; an adaptive algorithm continues from this value.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        let limit = limit.max(1);
+        if let Some(adaptive) = &self.adaptive {
+            // Off the hot path: waiting here is fine.
+            adaptive
+                .estimator
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset_to(limit);
+        }
+        self.store_limit(limit);
+    }
+
+    fn store_limit(&self, limit: usize) {
+        let old = self.limit.swap(limit, Ordering::SeqCst);
+        if limit > old {
+            // New capacity: wake as many waiters as it can take.
+            let wake = (limit - old).min(self.queued.load(Ordering::SeqCst));
+            for _ in 0..wake {
+                self.notify.notify_one();
+            }
+        }
+    }
+
+    /// Whether to measure this request's latency. Adaptive limits measure every request. A
+    /// fixed limit only needs the latency for its `Retry-After` estimate, so it measures one
+    /// request in 16 (and every request until it has a first value), which saves two clock
+    /// reads on most requests.
+    #[inline]
+    pub(crate) fn sample(&self) -> bool {
+        thread_local! {
+            static TICK: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+        }
+        if self.adaptive.is_some() || self.latency_ns.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        TICK.with(|tick| {
+            let t = tick.get().wrapping_add(1);
+            tick.set(t);
+            t % 16 == 0
+        })
+    }
+
+    /// Takes a permit if one is free and nobody is queued (queued requests go first).
+    #[inline]
+    pub(crate) fn try_acquire_fast(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) == 0 && self.try_acquire()
+    }
+
+    /// Takes a permit if one is free.
+    #[inline]
+    pub(crate) fn try_acquire(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let mut current = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if current >= limit {
+                return false;
+            }
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    #[inline]
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Takes a place in the queue if there is room for this priority.
+    pub(crate) fn try_enqueue(&self, priority: Priority) -> bool {
+        if self.config.max_wait.is_zero() {
+            return false;
+        }
+        let cap = match priority {
+            Priority::Low => self.config.low_priority_queue,
+            _ => self.config.max_queue,
+        };
+        let mut current = self.queued.load(Ordering::Relaxed);
+        loop {
+            if current >= cap {
+                return false;
+            }
+            match self.queued.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn leave_queue(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn notify(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    pub(crate) fn count_shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `Retry-After` for a shed request: the time the backlog needs to drain at the observed
+    /// rate, `(queued + 1) * latency / limit`, within the configured bounds, plus jitter.
+    pub(crate) fn retry_after(&self) -> RetryAfter {
+        let c = &self.config;
+        let latency = self.latency().unwrap_or(Duration::from_millis(100));
+        let backlog = self.queued() as u32 + 1;
+        let limit = self.limit().clamp(1, u32::MAX as usize) as u32;
+        let drain = latency.saturating_mul(backlog) / limit;
+        let base = drain.clamp(c.min_retry_after, c.max_retry_after);
+        match RetryAfter::delay(base).with_jitter(c.retry_after_jitter) {
+            RetryAfter::Delay(d) => RetryAfter::Delay(d.min(c.max_retry_after.max(base))),
+            date @ RetryAfter::Date(_) => date,
+        }
+    }
+
+    /// Records a finished request: its latency in the inner service and whether it failed.
+    pub(crate) fn record(&self, start: Instant, failed: bool) {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(start);
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        // EMA with weight 1/16; a lost update under a race only loses one sample.
+        let old = self.latency_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            ns
+        } else {
+            old - old / 16 + ns / 16
+        };
+        self.latency_ns.store(new.max(1), Ordering::Relaxed);
+
+        let Some(a) = &self.adaptive else { return };
+        let w = &a.window;
+        let dropped = failed || a.drop_latency.is_some_and(|max| latency > max);
+        w.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        w.min_ns.fetch_min(ns, Ordering::Relaxed);
+        // This request still holds its permit, so it is counted.
+        w.max_in_flight
+            .fetch_max(self.in_flight(), Ordering::Relaxed);
+        if dropped {
+            w.drops.fetch_add(1, Ordering::Relaxed);
+        }
+        let count = w.count.fetch_add(1, Ordering::AcqRel) + 1;
+        if count < u64::from(a.min_samples) {
+            return;
+        }
+        let now = self.nanos_since_epoch(now);
+        let opened = w.start.load(Ordering::Relaxed);
+        if now.saturating_sub(opened) < a.window_len.as_nanos() as u64 {
+            return;
+        }
+        // Close the window. Whoever holds the lock is already doing it.
+        let Ok(mut estimator) = a.estimator.try_lock() else {
+            return;
+        };
+        if w.count.load(Ordering::Acquire) < u64::from(a.min_samples) {
+            return; // closed by someone else just now
+        }
+        let count = w.count.swap(0, Ordering::AcqRel);
+        let sum = w.sum_ns.swap(0, Ordering::Relaxed);
+        let stats = WindowStats {
+            count,
+            mean: Duration::from_nanos(sum / count.max(1)),
+            min: Duration::from_nanos(w.min_ns.swap(u64::MAX, Ordering::Relaxed)),
+            drops: w.drops.swap(0, Ordering::Relaxed),
+            max_in_flight: w.max_in_flight.swap(0, Ordering::Relaxed),
+        };
+        w.start.store(now, Ordering::Relaxed);
+        let next = estimator.update(&stats);
+        drop(estimator);
+        tracing::trace!(
+            samples = stats.count,
+            mean_us = stats.mean.as_micros() as u64,
+            limit = next,
+            "shed: adaptive limit window closed"
+        );
+        self.store_limit(next);
+    }
+
+    fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// One unit of the concurrency limit, given back when dropped: on success, error, panic (the
+/// future holding it is dropped while unwinding) and cancellation alike.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    shared: Arc<Shared>,
+}
+
+impl Permit {
+    /// Wraps a permit already taken with `try_acquire`.
+    pub(crate) fn taken(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.shared.release();
+    }
+}
+
+/// A place in the wait queue, given back when dropped (acquired, timed out, or the request's
+/// future dropped because the client went away).
+#[derive(Debug)]
+pub(crate) struct QueueSlot {
+    shared: Arc<Shared>,
+}
+
+impl QueueSlot {
+    /// Wraps a place already taken with `try_enqueue`.
+    pub(crate) fn taken(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.shared.leave_queue();
+    }
+}

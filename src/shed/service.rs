@@ -1,0 +1,152 @@
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response, StatusCode};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::{
+    future::ResponseFuture,
+    queue::{Permit, QueueSlot, Shared},
+    AllNormal, Prioritize, Priority, ShedHandle, ShedLayer,
+};
+use crate::{ErrorResponse, Format, Reason, ResponseBody};
+
+/// Middleware that sheds load with 503 + `Retry-After`. Made by [`ShedLayer`]; see the
+/// [module docs](super).
+#[must_use]
+pub struct Shed<S, P = AllNormal> {
+    inner: S,
+    shared: Arc<Shared>,
+    priority: P,
+}
+
+impl<S> Shed<S, AllNormal> {
+    /// Wraps `inner` with the default settings of [`ShedLayer::new`] (and state of its own).
+    pub fn new(inner: S) -> Self {
+        let layer = ShedLayer::new();
+        Self::from_parts(inner, layer.shared, layer.priority)
+    }
+}
+
+impl<S, P> Shed<S, P> {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, priority: P) -> Self {
+        Self {
+            inner,
+            shared,
+            priority,
+        }
+    }
+
+    /// A handle on the shared limit and queue.
+    pub fn handle(&self) -> ShedHandle {
+        ShedHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the middleware.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, P: Clone> Clone for Shed<S, P> {
+    fn clone(&self) -> Self {
+        Self::from_parts(
+            self.inner.clone(),
+            self.shared.clone(),
+            self.priority.clone(),
+        )
+    }
+}
+
+impl<S: fmt::Debug, P> fmt::Debug for Shed<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shed")
+            .field("inner", &self.inner)
+            .field("limit", &self.shared.limit())
+            .field("in_flight", &self.shared.in_flight())
+            .field("queued", &self.shared.queued())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for Shed<S, P>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    P: Prioritize<ReqBody>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, S, Request<ReqBody>>;
+
+    /// Waits for the inner service only. The shedding decision is made in `call`, so the layer
+    /// works where readiness is not propagated (axum routes are always ready).
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let priority = self.priority.priority(&req);
+        if priority == Priority::Exempt {
+            return ResponseFuture::running(self.inner.call(req), None, None);
+        }
+        if self.shared.try_acquire_fast() {
+            // Made before calling the inner service: if `call` panics, unwinding gives it back.
+            let permit = Permit::taken(self.shared.clone());
+            let start = self.shared.sample().then(Instant::now);
+            return ResponseFuture::running(self.inner.call(req), Some(permit), start);
+        }
+        let config = &self.shared.config;
+        let format = Format::negotiate(req.headers(), config.html);
+        if self.shared.try_enqueue(priority) {
+            let slot = QueueSlot::taken(self.shared.clone());
+            // The ready service goes with the request; a clone takes its place here and is made
+            // ready by the next `poll_ready` (as tower's `Buffer` and axum do).
+            let clone = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, clone);
+            return ResponseFuture::waiting(slot, ready, req, format);
+        }
+        ResponseFuture::shed(shed_response(&self.shared, format, &req, "queue full"))
+    }
+}
+
+/// Counts, logs and builds the 503 for a shed request.
+pub(crate) fn shed_response<B>(
+    shared: &Shared,
+    format: Format,
+    req: &Request<B>,
+    why: &'static str,
+) -> ErrorResponse {
+    shared.count_shed();
+    let response = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded)
+        .retry_after(shared.retry_after())
+        .format(format);
+    // Debug, not warn: under overload this fires for every shed request.
+    tracing::debug!(
+        error_id = %response.error_id(),
+        method = %req.method(),
+        path = req.uri().path(),
+        why,
+        limit = shared.limit(),
+        in_flight = shared.in_flight(),
+        queued = shared.queued(),
+        "request shed: overloaded"
+    );
+    response
+}

@@ -1,0 +1,710 @@
+//! ShedLayer: real servers on 127.0.0.1 for behaviour, `service_fn` with paused time for the
+//! timing-dependent parts.
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use axum::{extract::Request as AxumRequest, routing::get, Router};
+use http::{header, Request, Response, StatusCode};
+use tokio::{sync::Semaphore, time::Instant};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_5xx::{
+    shed::{Aimd, ExemptPaths, Gradient, Priority, ShedHandle, ShedLayer},
+    Reason,
+};
+
+use common::{client, h2_client, request, send};
+
+/// Polls a future once, without a real waker.
+fn poll_now<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    f.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// A gate that handlers wait on: each `open(n)` lets `n` waiting handlers finish.
+#[derive(Clone)]
+struct Gate(Arc<Semaphore>);
+
+impl Gate {
+    fn new() -> Self {
+        Gate(Arc::new(Semaphore::new(0)))
+    }
+
+    async fn pass(&self) {
+        self.0.acquire().await.unwrap().forget();
+    }
+
+    fn open(&self, n: usize) {
+        self.0.add_permits(n);
+    }
+}
+
+/// A service whose requests wait at the gate, counting calls.
+fn gated(
+    gate: Gate,
+    calls: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<()>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<String>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |_req: Request<()>| {
+        let gate = gate.clone();
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            gate.pass().await;
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        }
+    })
+}
+
+fn retry_after_secs<B>(res: &Response<B>) -> u64 {
+    res.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real servers
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_against_capacity_ten() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new()
+        .limit(10)
+        .max_queue(10)
+        .max_wait(Duration::from_millis(50));
+    let handle = layer.handle();
+    let (r, p) = (running.clone(), peak.clone());
+    let app = Router::new()
+        .route(
+            "/work",
+            get(move || {
+                let (running, peak) = (r.clone(), p.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    "done"
+                }
+            }),
+        )
+        .route_layer(layer);
+    let addr = common::serve_axum(app).await;
+
+    let client = client();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    send(&client, request(addr, "/work", None)),
+                )
+                .await
+                .expect("a request hung")
+                .expect("a request failed at the transport level (reset?)");
+                (reply, t.elapsed())
+            })
+        })
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for task in tasks {
+        let (reply, elapsed) = task.await.unwrap();
+        match reply.status {
+            StatusCode::OK => {
+                ok += 1;
+                assert_eq!(reply.text(), "done");
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                shed += 1;
+                let secs: u64 = reply
+                    .header("retry-after")
+                    .expect("a 503 without Retry-After")
+                    .parse()
+                    .expect("Retry-After is not delta-seconds");
+                assert!((1..=30).contains(&secs), "Retry-After {secs}");
+                assert_eq!(reply.header("cache-control"), Some("no-store"));
+                assert!(reply.header("x-error-id").is_some());
+            }
+            other => panic!("unexpected status {other}: {}", reply.text()),
+        }
+        // Nobody waits much past the maximum wait plus one handler run (generous for CI).
+        assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    }
+    assert_eq!(ok + shed, 200);
+    assert!(ok >= 10, "only {ok} served");
+    assert!(shed > 0, "nothing was shed");
+    assert!(peak.load(Ordering::SeqCst) <= 10, "limit exceeded");
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.queued(), 0);
+    assert_eq!(handle.shed_count(), shed as u64);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn health_checks_are_never_shed() {
+    let gate = Gate::new();
+    let layer = ShedLayer::new()
+        .limit(1)
+        .max_queue(0)
+        .priority(ExemptPaths::new(["/healthz"]));
+    let handle = layer.handle();
+    let g = gate.clone();
+    let app = Router::new()
+        .route(
+            "/work",
+            get(move || {
+                let gate = g.clone();
+                async move {
+                    gate.pass().await;
+                    "done"
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route_layer(layer);
+    let addr = common::serve_axum(app).await;
+    let client = client();
+
+    // Occupy the only permit.
+    let c = client.clone();
+    let busy = tokio::spawn(async move { common::get(&c, addr, "/work").await });
+    while handle.in_flight() == 0 {
+        tokio::task::yield_now().await;
+    }
+
+    let health = common::get(&client, addr, "/healthz").await;
+    assert_eq!(health.status, StatusCode::OK);
+    let shed = send(
+        &client,
+        request(addr, "/work", Some("application/problem+json")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        shed.header("content-type"),
+        Some("application/problem+json")
+    );
+    let json: serde_json::Value = serde_json::from_slice(&shed.body).unwrap();
+    assert_eq!(json["status"], 503);
+    assert!(json["retry_after"].as_u64().unwrap() >= 1);
+
+    gate.open(1);
+    assert_eq!(busy.await.unwrap().status, StatusCode::OK);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn client_that_disconnects_while_queued_frees_its_place() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new()
+        .limit(1)
+        .max_queue(1)
+        .max_wait(Duration::from_secs(30));
+    let handle = layer.handle();
+    let (g, c) = (gate.clone(), calls.clone());
+    let app = Router::new()
+        .route(
+            "/work",
+            get(move || {
+                let gate = g.clone();
+                c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    gate.pass().await;
+                    "done"
+                }
+            }),
+        )
+        .route_layer(layer);
+    let addr = common::serve_axum(app).await;
+    let client = h2_client();
+
+    let c1 = client.clone();
+    let first = tokio::spawn(async move { common::get(&c1, addr, "/work").await });
+    let c2 = client.clone();
+    let queued = tokio::spawn(async move { common::get(&c2, addr, "/work").await });
+    wait_for(|| handle.in_flight() == 1 && handle.queued() == 1).await;
+
+    // The queued client goes away: its stream is reset and the server drops the request.
+    queued.abort();
+    wait_for(|| handle.queued() == 0).await;
+
+    // Its place is free again: the next request queues instead of being shed.
+    let c3 = client.clone();
+    let third = tokio::spawn(async move { common::get(&c3, addr, "/work").await });
+    wait_for(|| handle.queued() == 1).await;
+    gate.open(2);
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(third.await.unwrap().status, StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the cancelled request ran");
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.shed_count(), 0);
+}
+
+/// Waits (bounded) until a condition about the server's state holds.
+async fn wait_for(mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("condition not reached within 2.5 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service level, paused time
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn queued_request_is_shed_after_max_wait_without_calling_inner() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new()
+        .limit(1)
+        .max_queue(5)
+        .max_wait(Duration::from_millis(100));
+    let handle = layer.handle();
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+
+    let mut holder = pin!(svc.clone().oneshot(Request::new(())));
+    assert!(poll_now(holder.as_mut()).is_pending());
+    assert_eq!(handle.in_flight(), 1);
+
+    let start = Instant::now();
+    let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+    // With paused time the clock jumps straight to the deadline: exactly max_wait.
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Overloaded));
+    assert!(retry_after_secs(&res) >= 1);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "inner called for a shed request"
+    );
+    assert_eq!(handle.queued(), 0);
+
+    gate.open(1);
+    assert_eq!(holder.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_request_runs_when_a_permit_frees_before_the_deadline() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new()
+        .limit(1)
+        .max_wait(Duration::from_millis(100));
+    let handle = layer.handle();
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+
+    let start = Instant::now();
+    let holder = tokio::spawn(svc.clone().oneshot(Request::new(())));
+    let waiter = tokio::spawn(svc.clone().oneshot(Request::new(())));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+    gate.open(2);
+    assert_eq!(holder.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(waiter.await.unwrap().unwrap().status(), StatusCode::OK);
+    // Woken by the released permit at 60 ms, not by its 100 ms deadline.
+    assert_eq!(start.elapsed(), Duration::from_millis(60));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_queue_sheds_at_once() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new().limit(1).max_queue(1);
+    let handle = layer.handle();
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+
+    let mut a = pin!(svc.clone().oneshot(Request::new(())));
+    let mut b = pin!(svc.clone().oneshot(Request::new(())));
+    assert!(poll_now(a.as_mut()).is_pending());
+    assert!(poll_now(b.as_mut()).is_pending());
+    let mut c = pin!(svc.clone().oneshot(Request::new(())));
+    let Poll::Ready(Ok(res)) = poll_now(c.as_mut()) else {
+        panic!("a request that finds the queue full must be answered at once");
+    };
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn permits_and_places_are_released_on_cancel() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new().limit(1).max_queue(1);
+    let handle = layer.handle();
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+
+    let mut running = Box::pin(svc.clone().oneshot(Request::new(())));
+    let mut queued = Box::pin(svc.clone().oneshot(Request::new(())));
+    assert!(poll_now(running.as_mut()).is_pending());
+    assert!(poll_now(queued.as_mut()).is_pending());
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+
+    drop(queued);
+    assert_eq!(handle.queued(), 0, "a dropped waiter keeps its place");
+    drop(running);
+    assert_eq!(handle.in_flight(), 0, "a dropped request keeps its permit");
+
+    // Both are usable again: one runs, one queues.
+    let mut a = pin!(svc.clone().oneshot(Request::new(())));
+    let mut b = pin!(svc.clone().oneshot(Request::new(())));
+    assert!(poll_now(a.as_mut()).is_pending());
+    assert!(poll_now(b.as_mut()).is_pending());
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+    gate.open(2);
+    assert_eq!(a.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(b.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the dropped waiter was never called"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_waiter_passes_its_wakeup_on() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new()
+        .limit(1)
+        .max_queue(2)
+        .max_wait(Duration::from_secs(10));
+    let handle = layer.handle();
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+
+    let mut holder = Box::pin(svc.clone().oneshot(Request::new(())));
+    assert!(poll_now(holder.as_mut()).is_pending());
+    let mut first = Box::pin(svc.clone().oneshot(Request::new(())));
+    assert!(poll_now(first.as_mut()).is_pending());
+    let second = tokio::spawn(svc.clone().oneshot(Request::new(())));
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 2));
+
+    // The permit frees: the first waiter (first in line) is notified, but it is dropped before
+    // it runs. The wake-up must reach the second waiter, long before its 10 s deadline.
+    drop(holder);
+    drop(first);
+    gate.open(1);
+    let start = Instant::now();
+    assert_eq!(second.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the second waiter was not woken"
+    );
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permit_is_released_when_the_inner_future_or_call_panics() {
+    common::quiet_panics();
+    let layer = ShedLayer::new().limit(2);
+    let handle = layer.handle();
+
+    let panicking_future = layer.layer(service_fn(|_req: Request<()>| async {
+        if true {
+            panic!("{} in the response future", common::EXPECTED_PANIC);
+        }
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let joined = tokio::spawn(panicking_future.oneshot(Request::new(()))).await;
+    assert!(joined.unwrap_err().is_panic());
+    assert_eq!(handle.in_flight(), 0);
+
+    #[derive(Clone)]
+    struct PanicsInCall;
+    impl Service<Request<()>> for PanicsInCall {
+        type Response = Response<String>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            panic!("{} in call", common::EXPECTED_PANIC);
+        }
+    }
+    let mut svc = layer.layer(PanicsInCall);
+    let caught =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(Request::new(()))));
+    assert!(caught.is_err());
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.limit(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn low_priority_is_shed_first() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new()
+        .limit(1)
+        .max_queue(3)
+        .low_priority_queue(1)
+        .priority(|req: &Request<()>| {
+            if req.uri().path() == "/batch" {
+                Priority::Low
+            } else {
+                Priority::Normal
+            }
+        });
+    let handle = layer.handle();
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+    let req = |path: &str| Request::get(path).body(()).unwrap();
+
+    let mut futures = Vec::new();
+    for path in ["/", "/batch"] {
+        let mut f = Box::pin(svc.clone().oneshot(req(path)));
+        assert!(poll_now(f.as_mut()).is_pending());
+        futures.push(f);
+    }
+    assert_eq!(handle.queued(), 1);
+    // The low-priority share (1 place) is used up: more batch work is shed ...
+    let batch = svc.clone().oneshot(req("/batch")).await.unwrap();
+    assert_eq!(batch.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // ... while normal requests still queue.
+    let mut normal = Box::pin(svc.clone().oneshot(req("/")));
+    assert!(poll_now(normal.as_mut()).is_pending());
+    assert_eq!(handle.queued(), 2);
+    gate.open(3);
+    for f in futures {
+        assert_eq!(f.await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(normal.await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_follows_the_drain_rate_within_bounds() {
+    // Each request takes 2 s; one runs at a time; three wait.
+    let svc_fn = || {
+        service_fn(|_req: Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok::<_, Infallible>(Response::new(String::new()))
+        })
+    };
+    for (max, expected) in [(Duration::from_secs(60), 8), (Duration::from_secs(5), 5)] {
+        let layer = ShedLayer::new()
+            .limit(1)
+            .max_queue(3)
+            .max_wait(Duration::from_secs(60))
+            .retry_after_jitter(Duration::ZERO)
+            .retry_after_bounds(Duration::from_secs(1), max);
+        let handle = layer.handle();
+        let svc = layer.layer(svc_fn());
+        // Teach it the latency.
+        svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(handle.latency(), Some(Duration::from_secs(2)));
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut f = Box::pin(svc.clone().oneshot(Request::new(())));
+            assert!(poll_now(f.as_mut()).is_pending());
+            held.push(f);
+        }
+        assert_eq!(handle.queued(), 3);
+        // (3 queued + 1) * 2 s / limit 1 = 8 s, capped at `max`.
+        let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after_secs(&res), expected);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_jitter_stays_within_bounds() {
+    let gate = Gate::new();
+    let layer = ShedLayer::new()
+        .limit(1)
+        .max_queue(0)
+        .retry_after_bounds(Duration::from_secs(2), Duration::from_secs(4))
+        .retry_after_jitter(Duration::from_secs(10));
+    let svc = layer.layer(gated(gate.clone(), Arc::default()));
+    let mut holder = pin!(svc.clone().oneshot(Request::new(())));
+    assert!(poll_now(holder.as_mut()).is_pending());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+        let secs = retry_after_secs(&res);
+        assert!((2..=4).contains(&secs), "{secs}");
+        seen.insert(secs);
+    }
+    assert!(seen.len() > 1, "no jitter: {seen:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn raising_the_limit_wakes_waiters() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new().limit(1).max_wait(Duration::from_secs(10));
+    let handle = layer.handle();
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+    let tasks: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Request::new(()))))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 2));
+    handle.set_limit(3);
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (3, 0));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    gate.open(3);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+}
+
+/// Runs `rounds` rounds of `handle.limit()` concurrent requests against `svc`.
+async fn drive<S>(svc: &S, handle: &ShedHandle, rounds: usize)
+where
+    S: Service<
+            Request<()>,
+            Response = Response<tower_5xx::ResponseBody<String>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    for _ in 0..rounds {
+        let tasks: Vec<_> = (0..handle.limit())
+            .map(|_| tokio::spawn(svc.clone().oneshot(Request::new(()))))
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A service whose latency is set from outside (paused time makes it exact).
+fn variable_latency(
+    latency_ms: Arc<AtomicU64>,
+    fail: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<()>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<String>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |_req: Request<()>| {
+        let ms = latency_ms.load(Ordering::SeqCst);
+        let fail = fail.load(Ordering::SeqCst) > 0;
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let mut res = Response::new(String::new());
+            if fail {
+                *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn gradient_limit_falls_when_latency_rises_and_recovers() {
+    let latency = Arc::new(AtomicU64::new(10));
+    let layer = ShedLayer::new()
+        .limit(Gradient::new().initial(20).floor(4).ceiling(60))
+        .max_queue(0);
+    let handle = layer.handle();
+    let svc = layer.layer(variable_latency(latency.clone(), Arc::default()));
+
+    drive(&svc, &handle, 30).await;
+    let steady = handle.limit();
+    assert!(
+        steady > 20,
+        "a fast, fully used service earns a higher limit: {steady}"
+    );
+
+    latency.store(50, Ordering::SeqCst);
+    drive(&svc, &handle, 40).await;
+    let loaded = handle.limit();
+    assert!(
+        loaded < steady / 2,
+        "limit did not fall: {steady} -> {loaded}"
+    );
+    assert!(loaded >= 4, "below the floor: {loaded}");
+
+    latency.store(10, Ordering::SeqCst);
+    drive(&svc, &handle, 30).await;
+    assert!(
+        handle.limit() > loaded,
+        "limit did not recover: {}",
+        handle.limit()
+    );
+    assert!(handle.limit() <= 60, "above the ceiling");
+}
+
+#[tokio::test(start_paused = true)]
+async fn aimd_limit_backs_off_on_slow_or_failed_requests() {
+    let latency = Arc::new(AtomicU64::new(10));
+    let fail = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new()
+        .limit(
+            Aimd::new()
+                .initial(10)
+                .floor(2)
+                .ceiling(30)
+                .latency_threshold(Duration::from_millis(100)),
+        )
+        .max_queue(0);
+    let handle = layer.handle();
+    let svc = layer.layer(variable_latency(latency.clone(), fail.clone()));
+
+    drive(&svc, &handle, 20).await;
+    let grown = handle.limit();
+    assert!(grown > 10, "{grown}");
+
+    latency.store(200, Ordering::SeqCst);
+    drive(&svc, &handle, 3).await;
+    let slow = handle.limit();
+    assert!(slow < grown, "no backoff on latency: {grown} -> {slow}");
+
+    latency.store(10, Ordering::SeqCst);
+    handle.set_limit(20);
+    fail.store(1, Ordering::SeqCst);
+    drive(&svc, &handle, 400).await;
+    assert_eq!(handle.limit(), 2, "failures drive it to the floor");
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ShedLayer>();
+    assert_send_sync::<ShedHandle>();
+    assert_send_sync::<tower_5xx::shed::Shed<axum::routing::Route>>();
+    fn assert_send<T: Send>(_: &T) {}
+    let svc = ShedLayer::new().layer(service_fn(|_req: AxumRequest| async {
+        Ok::<_, Infallible>(axum::response::Response::new(axum::body::Body::empty()))
+    }));
+    assert_send(
+        &svc.clone()
+            .oneshot(AxumRequest::new(axum::body::Body::empty())),
+    );
+}
