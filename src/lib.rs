@@ -5,7 +5,7 @@
 //! | signal | meaning | emitted here by | what a client should do |
 //! |---|---|---|---|
 //! | **500** Internal Server Error | an unexpected failure: a bug, a dependency call nobody planned for | [`catch`]: a service `Err`, a panic | retry idempotent requests with bounded exponential backoff and jitter |
-//! | **503** Service Unavailable | a known, often deliberate state: maintenance, overload, an open circuit breaker | [`catch`] for tower's `Overloaded` and `Elapsed`; later the maintenance, shed and breaker layers, always with `Retry-After` | wait `Retry-After` (capped), otherwise back off |
+//! | **503** Service Unavailable | a known, often deliberate state: maintenance, overload, an open circuit breaker | the [`maintenance`], [`shed`] and [`breaker`] layers, always with `Retry-After`; [`catch`] for tower's `Overloaded` and `Elapsed` | wait `Retry-After` (capped), otherwise back off: [`retry`] does |
 //! | **502** / **504** | an upstream failed / timed out | [`catch`], through a user [classifier](catch::CatchLayer::classify) | retry like 500 |
 //!
 //! Every response this crate generates carries `Cache-Control: no-store` and an
@@ -59,7 +59,8 @@
 //! | `axum` | yes | [`maintenance::admin`] router (with `maintenance`); client-IP rules read axum's `ConnectInfo` |
 //! | `shed` | yes | [`shed::ShedLayer`]: concurrency limit (fixed, AIMD, gradient), bounded queue, 503 + `Retry-After` |
 //! | `breaker` | yes | [`breaker`]: circuit breakers (lock-free state machine, sliding windows), [`breaker::BreakerLayer`] answering 503 + `Retry-After` while open, [`breaker::KeyedBreakers`] |
-//! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency |
+//! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency, client breakers (enables `breaker`) |
+//! | `reqwest-middleware` | no | [`retry`]'s policy as a `reqwest_middleware::Middleware` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
