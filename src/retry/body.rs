@@ -11,6 +11,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::policy::Attempts;
 use crate::BoxError;
 
 pin_project! {
@@ -22,6 +23,9 @@ pin_project! {
     pub struct ReplayBody<B> {
         #[pin]
         kind: Kind<B>,
+        // The retry policy's bookkeeping for the request this body belongs to: carried here
+        // rather than in the request's extensions, which would cost an allocation per request.
+        attempts: Option<Attempts>,
     }
 }
 
@@ -29,8 +33,9 @@ pin_project! {
     #[project = KindProj]
     #[derive(Debug)]
     enum Kind<B> {
-        Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
-        Streaming { prefix: Option<Bytes>, #[pin] rest: B, trailers: Option<HeaderMap> },
+        // Trailers are rare: boxed, so the common body stays small (requests are moved often).
+        Buffered { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
+        Streaming { prefix: Option<Bytes>, #[pin] rest: B, trailers: Option<Box<HeaderMap>> },
     }
 }
 
@@ -42,7 +47,16 @@ impl<B> ReplayBody<B> {
                 data: Some(data),
                 trailers: None,
             },
+            attempts: None,
         }
+    }
+
+    pub(crate) fn attempts(&self) -> Option<Attempts> {
+        self.attempts
+    }
+
+    pub(crate) fn set_attempts(&mut self, attempts: Attempts) {
+        self.attempts = Some(attempts);
     }
 
     /// Whether this body can be sent again.
@@ -58,6 +72,7 @@ impl<B> ReplayBody<B> {
                     data: data.clone(),
                     trailers: trailers.clone(),
                 },
+                attempts: self.attempts,
             }),
             Kind::Streaming { .. } => None,
         }
@@ -81,7 +96,7 @@ where
                 if let Some(data) = data.take().filter(|d| !d.is_empty()) {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             KindProj::Streaming {
                 prefix,
@@ -92,7 +107,7 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(prefix))));
                 }
                 if let Some(t) = trailers.take() {
-                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    return Poll::Ready(Some(Ok(Frame::trailers(*t))));
                 }
                 match ready!(rest.poll_frame(cx)) {
                     None => Poll::Ready(None),
@@ -146,7 +161,7 @@ pin_project! {
     pub(crate) struct Buffering<B> {
         body: Option<B>,
         buf: BytesMut,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
         cap: usize,
     }
 }
@@ -181,6 +196,7 @@ where
                     rest,
                     trailers: None,
                 },
+                attempts: None,
             }));
         }
         loop {
@@ -193,6 +209,7 @@ where
                             data: Some(std::mem::take(this.buf).freeze()),
                             trailers: this.trailers.take(),
                         },
+                        attempts: None,
                     }));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(e.into())),
@@ -212,6 +229,7 @@ where
                                     rest,
                                     trailers: None,
                                 },
+                                attempts: None,
                             }));
                         }
                     }
@@ -219,7 +237,7 @@ where
                         if let Ok(trailers) = frame.into_trailers() {
                             match this.trailers {
                                 Some(existing) => existing.extend(trailers),
-                                None => *this.trailers = Some(trailers),
+                                None => *this.trailers = Some(Box::new(trailers)),
                             }
                         }
                     }

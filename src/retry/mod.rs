@@ -50,7 +50,7 @@ pub use body::ReplayBody;
 pub use budget::RetryBudget;
 pub use layer::{Attempt, AttemptFuture, ResponseFuture, Retry, RetryLayer};
 pub use policy::{
-    AttemptEvent, Attempts, Decision, GiveUpReason, RetryPolicy, RetryPolicyBuilder, RetryReason,
+    AttemptEvent, Decision, GiveUpReason, RetryPolicy, RetryPolicyBuilder, RetryReason,
     IDEMPOTENCY_KEY,
 };
 #[cfg(feature = "reqwest-middleware")]

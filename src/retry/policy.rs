@@ -7,15 +7,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use tokio::time::{Instant, Sleep};
 
 use super::{Backoff, ReplayBody, RetryBudget};
 use crate::{BoxError, RetryAfter};
 
 /// The header that marks a request as safe to repeat (IETF draft
-/// `draft-ietf-httpapi-idempotency-key-header`).
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// `draft-ietf-httpapi-idempotency-key-header`): `idempotency-key`.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Why the policy decided to retry, or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,19 +156,20 @@ impl fmt::Debug for Config {
 ///    past the deadline, returns the response at once instead of sleeping.
 ///
 /// The policy itself holds only shared configuration: what it knows about one request's
-/// attempts travels in that request's extensions (as [`Attempts`]), so one policy serves any
-/// number of concurrent requests, as `tower::retry` expects.
+/// attempts travels with that request (in its [`ReplayBody`]), so one policy serves any number
+/// of concurrent requests, as `tower::retry` expects.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
     config: Arc<Config>,
 }
 
-/// What the policy knows about one request's attempts, kept in the request's extensions.
+/// What the policy knows about one request's attempts, carried by its [`ReplayBody`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempts {
-    /// Attempts sent, or about to be sent, the first included.
-    pub count: u32,
-    pub(crate) started: Instant,
+pub(crate) struct Attempts {
+    /// Attempts sent so far (when deciding), the first included.
+    pub(crate) count: u32,
+    /// When the first attempt started; only read (and so only taken) with a deadline.
+    pub(crate) started: Option<Instant>,
     pub(crate) previous_delay: Duration,
 }
 
@@ -237,12 +238,19 @@ impl RetryPolicy {
         req: &mut Request<ReplayBody<B>>,
         result: &Result<Response<ResB>, BoxError>,
     ) -> Option<Duration> {
-        let Some(mut state) = req.extensions().get::<Attempts>().copied() else {
+        let Some(mut state) = req.body().attempts() else {
             // Not a request this policy cloned: nothing to go on, do not retry.
             return None;
         };
         let outcome = match result {
-            Ok(res) => AttemptOutcome::Response(res.status(), res.headers()),
+            Ok(res) => {
+                // The common case, a final answer, needs nothing more from the request.
+                if !self.status_retryable(res.status()) {
+                    self.notify(state.count, Some(res.status()), Decision::Done);
+                    return None;
+                }
+                AttemptOutcome::Response(res.status(), res.headers())
+            }
             Err(e) => AttemptOutcome::Error(&**e),
         };
         let request = RequestFacts {
@@ -251,7 +259,7 @@ impl RetryPolicy {
             replayable: req.body().is_replayable(),
         };
         let delay = self.decide_parts(&mut state, &request, outcome)?;
-        req.extensions_mut().insert(state);
+        req.body_mut().set_attempts(state);
         Some(delay)
     }
 
@@ -305,7 +313,8 @@ impl RetryPolicy {
         let backoff = self.config.backoff.delay(attempt, state.previous_delay);
         let delay = server_wait.map_or(backoff, |wait| wait.max(backoff));
         if let Some(deadline) = self.config.deadline {
-            if state.started.elapsed().saturating_add(delay) >= deadline {
+            let elapsed = state.started.map_or(Duration::ZERO, |s| s.elapsed());
+            if elapsed.saturating_add(delay) >= deadline {
                 return give_up(self, GiveUpReason::Deadline);
             }
         }
@@ -334,7 +343,7 @@ impl RetryPolicy {
         }
         Attempts {
             count: 1,
-            started: Instant::now(),
+            started: self.config.deadline.map(|_| Instant::now()),
             previous_delay: Duration::ZERO,
         }
     }
@@ -526,19 +535,19 @@ impl<B, ResB> tower::retry::Policy<Request<ReplayBody<B>>, Response<ResB>, BoxEr
     /// Called by `tower::retry` before every attempt, with the request about to be sent; the
     /// clone is kept for the next attempt.
     fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
-        let state = match req.extensions().get::<Attempts>() {
+        let state = match req.body().attempts() {
             // The first attempt of a new request.
             None => self.first_attempt(),
             Some(state) => state.next(),
         };
-        let body = req.body().try_clone()?;
+        let mut body = req.body().try_clone()?;
+        body.set_attempts(state);
         let mut clone = Request::new(body);
         *clone.method_mut() = req.method().clone();
         *clone.uri_mut() = req.uri().clone();
         *clone.version_mut() = req.version();
         *clone.headers_mut() = req.headers().clone();
         *clone.extensions_mut() = req.extensions().clone();
-        clone.extensions_mut().insert(state);
         Some(clone)
     }
 }
