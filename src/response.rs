@@ -334,10 +334,11 @@ impl ErrorResponse {
         }
     }
 
-    /// Sets the `Retry-After` header.
+    /// Sets the `Retry-After` header. A delay under one second is sent as `1`: `Retry-After: 0`
+    /// would invite an immediate retry of a request the server just refused.
     #[must_use]
     pub fn retry_after(mut self, retry_after: RetryAfter) -> Self {
-        self.retry_after = Some(retry_after);
+        self.retry_after = Some(retry_after.at_least_one_second());
         self
     }
 

@@ -134,18 +134,20 @@ impl RetryAfter {
         }
     }
 
-    /// The same wait, plus a uniformly random extra in `0..=max_extra`.
+    /// The same wait, plus a random whole number of seconds in `0..=max_extra` (rounded up).
     ///
     /// Used when emitting `Retry-After`, so that a fleet of clients told to come back does not
-    /// come back in one herd. The result never exceeds the original wait by more than
-    /// `max_extra`; delays saturate at [`RetryAfter::MAX_DELAY`].
+    /// come back in one herd. `Retry-After` carries whole seconds, so the wait is first rounded
+    /// up to a whole second and the extra is drawn in whole seconds: jitter finer than that
+    /// would vanish on the wire. Delays saturate at [`RetryAfter::MAX_DELAY`].
     #[must_use]
     pub fn with_jitter(self, max_extra: Duration) -> Self {
         self.with_jitter_from(max_extra, fastrand::f64())
     }
 
     /// [`RetryAfter::with_jitter`] with the random draw supplied: `unit` in `[0, 1]` picks the
-    /// extra as `unit * max_extra` (values outside the range are clamped into it).
+    /// extra as `floor(unit * (max + 1))` whole seconds, at most `max` (values outside the range
+    /// are clamped into it).
     #[must_use]
     pub fn with_jitter_from(self, max_extra: Duration, unit: f64) -> Self {
         let unit = if unit.is_nan() {
@@ -153,14 +155,73 @@ impl RetryAfter {
         } else {
             unit.clamp(0.0, 1.0)
         };
-        let extra = max_extra.mul_f64(unit).min(max_extra);
+        let max_secs = delay_secs_rounded_up(max_extra);
+        let extra_secs = ((unit * (max_secs as f64 + 1.0)) as u64).min(max_secs);
+        let extra = Duration::from_secs(extra_secs);
         match self {
-            RetryAfter::Delay(d) => RetryAfter::Delay(d.saturating_add(extra).min(
+            RetryAfter::Delay(d) => {
+                let whole = Duration::from_secs(delay_secs_rounded_up(d));
                 // Never let jitter push a delay past the largest one we parse.
-                Self::MAX_DELAY.max(d),
-            )),
-            RetryAfter::Date(t) => RetryAfter::Date(t.checked_add(extra).unwrap_or(t)),
+                RetryAfter::Delay(whole.saturating_add(extra).min(Self::MAX_DELAY.max(whole)))
+            }
+            RetryAfter::Date(t) => {
+                let t = round_up_to_second(t);
+                RetryAfter::Date(t.checked_add(extra).unwrap_or(t))
+            }
         }
+    }
+
+    /// The `Retry-After` a layer emits for a wait of `base`: rounded up to whole seconds,
+    /// clamped into `[min, max]` (and never below 1 s: `Retry-After: 0` would invite an
+    /// immediate retry), then jittered by up to `jitter` whole seconds, which may take it past
+    /// `max` by at most `jitter` so that a fleet spreads out even when the wait is at its cap.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_5xx::RetryAfter;
+    ///
+    /// let s = Duration::from_secs;
+    /// let ra = RetryAfter::for_emission(Duration::from_millis(300), s(1), s(30), Duration::ZERO);
+    /// assert_eq!(ra, RetryAfter::Delay(s(1)));
+    /// for _ in 0..100 {
+    ///     let RetryAfter::Delay(d) = RetryAfter::for_emission(s(90), s(1), s(30), s(5)) else {
+    ///         unreachable!()
+    ///     };
+    ///     assert!(d >= s(30) && d <= s(35));
+    /// }
+    /// ```
+    pub fn for_emission(base: Duration, min: Duration, max: Duration, jitter: Duration) -> Self {
+        let one = Duration::from_secs(1);
+        let min = Duration::from_secs(delay_secs_rounded_up(min)).max(one);
+        let max = Duration::from_secs(delay_secs_rounded_up(max)).max(min);
+        let base = Duration::from_secs(delay_secs_rounded_up(base)).clamp(min, max);
+        let ra = RetryAfter::Delay(base);
+        if jitter.is_zero() {
+            ra
+        } else {
+            ra.with_jitter(jitter)
+        }
+    }
+
+    /// The same value, with a delay of less than one second raised to one second (a date is
+    /// unchanged). `Retry-After: 0` would invite an immediate retry.
+    #[must_use]
+    pub fn at_least_one_second(self) -> Self {
+        match self {
+            RetryAfter::Delay(d) => RetryAfter::Delay(d.max(Duration::from_secs(1))),
+            date => date,
+        }
+    }
+}
+
+/// A date rounded up to the next whole second: HTTP-dates carry whole seconds, and announcing an
+/// end earlier than it is would invite retries before it.
+fn round_up_to_second(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(since) if since.subsec_nanos() > 0 => {
+            UNIX_EPOCH + Duration::from_secs(since.as_secs().saturating_add(1))
+        }
+        _ => t,
     }
 }
 
@@ -176,6 +237,7 @@ fn delay_secs_rounded_up(d: Duration) -> u64 {
 
 /// Clamps a date into the range IMF-fixdate can express, so formatting never panics.
 fn clamp_date(t: SystemTime) -> SystemTime {
+    let t = round_up_to_second(t);
     match t.duration_since(UNIX_EPOCH) {
         Ok(since) if since.as_secs() > MAX_HTTP_DATE_SECS => {
             UNIX_EPOCH + Duration::from_secs(MAX_HTTP_DATE_SECS)
@@ -426,6 +488,24 @@ mod tests {
     }
 
     #[test]
+    fn sub_second_jitter_still_spreads_whole_seconds() {
+        let seen: std::collections::HashSet<_> = (0..200)
+            .map(|_| secs(1).with_jitter(Duration::from_millis(400)).to_string())
+            .collect();
+        assert_eq!(seen, ["1", "2"].iter().map(|s| s.to_string()).collect());
+        let spread: std::collections::HashSet<_> = (0..500)
+            .map(|_| secs(1).with_jitter(Duration::from_secs(3)).to_string())
+            .collect();
+        assert_eq!(spread.len(), 4, "{spread:?}");
+    }
+
+    #[test]
+    fn dates_round_up_to_the_next_second() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_500);
+        assert_eq!(RetryAfter::Date(t).to_string(), "Thu, 01 Jan 1970 00:00:02 GMT");
+    }
+
+    #[test]
     fn jitter_is_bounded() {
         let base = secs(30);
         let max = Duration::from_secs(5);
@@ -468,13 +548,37 @@ mod tests {
         }
 
         #[test]
-        fn jitter_stays_in_bounds(n in 0u64..1_000_000, extra_ms in 0u64..100_000) {
+        fn jitter_stays_in_bounds(ms in 0u64..1_000_000_000, extra_ms in 0u64..100_000) {
             let max = Duration::from_millis(extra_ms);
-            let base = Duration::from_secs(n);
-            match secs(n).with_jitter(max) {
-                RetryAfter::Delay(d) => prop_assert!(d >= base && d <= base + max),
+            let base = Duration::from_millis(ms);
+            let whole = Duration::from_secs(delay_secs_rounded_up(base));
+            let whole_max = Duration::from_secs(delay_secs_rounded_up(max));
+            match RetryAfter::Delay(base).with_jitter(max) {
+                RetryAfter::Delay(d) => {
+                    prop_assert!(d >= whole && d <= whole + whole_max);
+                    prop_assert_eq!(d.subsec_nanos(), 0, "whole seconds, as on the wire");
+                }
                 RetryAfter::Date(_) => prop_assert!(false, "jitter changed the form"),
             }
+        }
+
+        #[test]
+        fn emission_is_at_least_one_second_and_bounded(
+            base_ms in 0u64..10_000_000, min_ms in 0u64..5_000, extra in 0u64..100_000,
+            jitter_ms in 0u64..10_000,
+        ) {
+            let (min, max) = (Duration::from_millis(min_ms), Duration::from_millis(min_ms + extra));
+            let jitter = Duration::from_millis(jitter_ms);
+            let RetryAfter::Delay(d) =
+                RetryAfter::for_emission(Duration::from_millis(base_ms), min, max, jitter)
+            else {
+                unreachable!()
+            };
+            prop_assert!(d >= Duration::from_secs(1));
+            let top = Duration::from_secs(delay_secs_rounded_up(max)).max(Duration::from_secs(1))
+                .max(Duration::from_secs(delay_secs_rounded_up(min)))
+                + Duration::from_secs(delay_secs_rounded_up(jitter));
+            prop_assert!(d <= top, "{d:?} > {top:?}");
         }
 
         #[test]

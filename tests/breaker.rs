@@ -728,14 +728,33 @@ async fn retry_after_is_jittered_and_clamped() {
     );
     assert!(seen.len() >= 2, "{seen:?}");
 
-    let capped = BreakerLayer::new(breaker)
+    let capped = BreakerLayer::new(breaker.clone())
         .max_retry_after(Duration::from_secs(2))
+        .retry_after_jitter(Duration::ZERO)
         .layer(ok);
     let res = capped
         .oneshot(Request::new(axum::body::Body::empty()))
         .await
         .unwrap();
     assert_eq!(res.headers()["retry-after"], "2");
+
+    // At the cap, the default jitter (1 s) still spreads clients: 2 or 3.
+    let capped = BreakerLayer::new(breaker)
+        .max_retry_after(Duration::from_secs(2))
+        .layer(ok);
+    let mut at_cap = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let res = capped
+            .clone()
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        at_cap.insert(res.headers()["retry-after"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        at_cap,
+        ["2", "3"].iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

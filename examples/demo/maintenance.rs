@@ -22,7 +22,7 @@ pub(crate) fn wrap(app: Router) -> Router {
     let layer = MaintenanceLayer::new(switch.clone())
         .bypass_path("/healthz")
         .default_retry_after(Duration::from_secs(60))
-        .jitter(Duration::from_secs(5))
+        .retry_after_jitter(Duration::from_secs(5))
         .message("The tower-5xx demo is down for maintenance.");
     let app = app.layer(layer);
 

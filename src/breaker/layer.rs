@@ -55,13 +55,14 @@ impl<C> BreakerLayer<C> {
         }
     }
 
-    /// The largest `Retry-After` sent. Default 5 minutes.
+    /// The largest `Retry-After` before jitter. Default 5 minutes.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.config.max_retry_after = max;
         self
     }
 
-    /// The largest random extra added to `Retry-After`. Default 1 s; zero turns jitter off.
+    /// The largest random extra added to `Retry-After`, in whole seconds (what the header can
+    /// carry), after the maximum is applied. Default 1 s; zero turns jitter off.
     pub fn retry_after_jitter(mut self, max_extra: Duration) -> Self {
         self.config.jitter = max_extra;
         self

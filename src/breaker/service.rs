@@ -81,15 +81,13 @@ where
 /// The 503 for a refused request: `Retry-After` = remaining open time + jitter, in
 /// `[1 s, max]`.
 fn rejection<B>(open: &CircuitOpen, req: &Request<B>, config: LayerConfig) -> ErrorResponse {
-    let wait = RetryAfter::Delay(open.retry_after())
-        .with_jitter(config.jitter)
-        .delay_from(std::time::SystemTime::UNIX_EPOCH);
-    let wait = wait.max(std::time::Duration::from_secs(1)).min(
-        config
-            .max_retry_after
-            .max(std::time::Duration::from_secs(1)),
+    let retry_after = RetryAfter::for_emission(
+        open.retry_after(),
+        std::time::Duration::from_secs(1),
+        config.max_retry_after,
+        config.jitter,
     );
     ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::CircuitOpen)
-        .retry_after(RetryAfter::Delay(wait))
+        .retry_after(retry_after)
         .negotiate(req.headers(), config.html)
 }

@@ -76,9 +76,10 @@ impl MaintenanceLayer {
         self
     }
 
-    /// Adds a random extra of up to `max_extra` to every `Retry-After`, so that a fleet of
-    /// clients told to come back does not come back in one herd. Default: none.
-    pub fn jitter(mut self, max_extra: Duration) -> Self {
+    /// Adds a random extra of up to `max_extra` (whole seconds, what the header can carry) to
+    /// every `Retry-After`, so that a fleet of clients told to come back does not come back in
+    /// one herd. Default: none.
+    pub fn retry_after_jitter(mut self, max_extra: Duration) -> Self {
         self.cfg().jitter = max_extra;
         self
     }
@@ -270,7 +271,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_in_bounds() {
-        let layer = MaintenanceLayer::new(MaintenanceSwitch::new()).jitter(Duration::from_secs(10));
+        let layer = MaintenanceLayer::new(MaintenanceSwitch::new()).retry_after_jitter(Duration::from_secs(10));
         let now = SystemTime::now();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {

@@ -17,7 +17,7 @@
 //! until then; otherwise the notice's own [`retry_after`](MaintenanceNotice::retry_after), else
 //! the layer's [default](MaintenanceLayer::default_retry_after) (60 s). Delta-seconds by default,
 //! an HTTP-date with [`http_date(true)`](MaintenanceLayer::http_date), optional
-//! [jitter](MaintenanceLayer::jitter) so a fleet's clients do not return in one herd.
+//! [jitter](MaintenanceLayer::retry_after_jitter) so a fleet's clients do not return in one herd.
 //!
 //! **Scheduled windows** ([`MaintenanceSwitch::schedule`]) open and close by themselves. There is
 //! no background task: each request compares the [wall clock](WallClock) with the pending

@@ -112,8 +112,9 @@ impl<P> ShedLayer<P> {
         })
     }
 
-    /// The largest random extra added to `Retry-After` (the result never exceeds the maximum
-    /// bound). Default 1 s.
+    /// The largest random extra added to `Retry-After`, in whole seconds (what the header can
+    /// carry), after the bounds are applied: the result may exceed the maximum bound by at most
+    /// this much, so clients spread out even when the estimate sits at its cap. Default 1 s.
     pub fn retry_after_jitter(self, jitter: Duration) -> Self {
         self.with_config(|c| c.retry_after_jitter = jitter)
     }

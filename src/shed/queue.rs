@@ -253,11 +253,12 @@ impl Shared {
         let backlog = self.queued() as u32 + 1;
         let limit = self.limit().clamp(1, u32::MAX as usize) as u32;
         let drain = latency.saturating_mul(backlog) / limit;
-        let base = drain.clamp(c.min_retry_after, c.max_retry_after);
-        match RetryAfter::delay(base).with_jitter(c.retry_after_jitter) {
-            RetryAfter::Delay(d) => RetryAfter::Delay(d.min(c.max_retry_after.max(base))),
-            date @ RetryAfter::Date(_) => date,
-        }
+        RetryAfter::for_emission(
+            drain,
+            c.min_retry_after,
+            c.max_retry_after,
+            c.retry_after_jitter,
+        )
     }
 
     /// Records a finished request: its latency in the inner service and whether it failed.
