@@ -470,3 +470,23 @@ async fn negotiation_can_be_turned_off() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert!(!String::from_utf8_lossy(&body).contains(SECRET));
 }
+
+#[tokio::test]
+async fn a_panicking_classifier_still_yields_one_500() {
+    quiet_panics();
+    let svc = CatchLayer::new()
+        .classify(|_e: &(dyn Error + 'static)| -> Option<Classification> {
+            panic!("{EXPECTED_PANIC} classifier bug")
+        })
+        .layer(service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Response<Full<Bytes>>, _>(std::io::Error::other(SECRET))
+        }));
+    let res = svc
+        .oneshot(Request::new(Full::default()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains(SECRET));
+}

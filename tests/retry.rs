@@ -487,3 +487,49 @@ async fn client_breaker_opens_for_the_servers_retry_after_and_fails_fast() {
         tower_5xx::breaker::State::Closed
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn client_breaker_reads_a_date_retry_after_against_the_servers_date() {
+    use tower_5xx::{
+        breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow},
+        error::CircuitOpen,
+    };
+    // The server's clock runs 30 s ahead of ours; it says "come back in 5 s" as a date.
+    let server_now = SystemTime::now() + Duration::from_secs(30);
+    let script = Script::new([Canned::Status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        vec![
+            ("date", httpdate::fmt_http_date(server_now)),
+            (
+                "retry-after",
+                httpdate::fmt_http_date(server_now + Duration::from_secs(5)),
+            ),
+        ],
+    )]);
+    let addr = server(script.clone()).await;
+    let breakers = Arc::new(
+        KeyedBreakers::new(
+            CircuitBreaker::builder()
+                .sliding_window(SlidingWindow::Count(2))
+                .minimum_calls(1)
+                .open_duration(Duration::from_secs(1)),
+        )
+        .unwrap(),
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(RetryPolicy::builder().max_attempts(1).build())
+                .circuit_breakers(breakers),
+        )
+        .service(client);
+    assert_eq!(
+        call(&mut svc, get(addr)).await.unwrap().0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let err = call(&mut svc, get(addr)).await.unwrap_err();
+    let open = err.downcast_ref::<CircuitOpen>().expect("open");
+    // 5 s, as the policy reads it; not 35 s against the local clock.
+    assert!(open.retry_after() <= Duration::from_secs(5), "{:?}", open.retry_after());
+    assert!(open.retry_after() >= Duration::from_secs(4), "{:?}", open.retry_after());
+}

@@ -161,7 +161,29 @@ where
             );
         }
         let parts = this.parts.take().expect("polled after completion");
-        Poll::Ready(Ok(respond(failure, &parts, this.classifier, *this.config)))
+        let classifier = &*this.classifier;
+        let config = *this.config;
+        // The classifier and the error's `Display` are user code: a panic there must still end
+        // in exactly one response, not an unwinding connection task.
+        let response = catch_unwind(AssertUnwindSafe(|| {
+            respond(failure, &parts, classifier, config)
+        }))
+        .unwrap_or_else(|panic| {
+            let response = ErrorResponse::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                crate::Reason::Internal,
+            );
+            tracing::error!(
+                error_id = %response.error_id(),
+                method = %parts.method,
+                path = parts.path(),
+                status = 500u16,
+                panic = %panic_message(&*panic),
+                "request failed, and classifying or logging its error panicked"
+            );
+            response.into_response()
+        });
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -16,11 +16,11 @@ use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{body::Buffering, ReplayBody, RetryPolicy};
+use super::{body::Buffering, policy::server_wait, ReplayBody, RetryPolicy};
 use crate::{
     breaker::{status_outcome, KeyedBreakers, Outcome, Permit},
     error::{AttemptTimedOut, CircuitOpen, DeadlineExceeded},
-    BoxError, RetryAfter,
+    BoxError,
 };
 
 /// Layer that retries HTTP requests with a [`RetryPolicy`].
@@ -87,8 +87,10 @@ impl RetryLayer {
     /// An endpoint that keeps failing (errors, 5xx but 501 and 505) opens its breaker; while
     /// it is open, attempts to it fail at once with a [`CircuitOpen`] error that says when to
     /// try again, and the policy does not retry them. When the failure that trips the breaker
-    /// carries a `Retry-After` (a 503 or 429), the breaker stays open that long (capped by the
-    /// breaker's maximum open time), so the client honours the server's word across requests.
+    /// carries a `Retry-After` (a 503's, typically), the breaker stays open that long (capped by
+    /// the breaker's maximum open time), so the client honours the server's word across
+    /// requests. A 429 is about this client's rate, not the endpoint's health: it does not count
+    /// as a failure (its `Retry-After` is still honoured by the policy).
     pub fn circuit_breakers(mut self, breakers: Arc<KeyedBreakers<String>>) -> Self {
         self.breakers = Some(breakers);
         self
@@ -368,7 +370,8 @@ where
 }
 
 /// Reports an attempt's outcome to the endpoint's breaker: errors (`None`) and 5xx (but 501 and
-/// 505) are failures; a `Retry-After` becomes the open time if this failure trips it.
+/// 505) are failures; a failure's `Retry-After` (read exactly as the policy reads it: a date
+/// against the response's `Date`) becomes the open time if this failure trips the breaker.
 pub(crate) fn record_outcome(
     permit: Permit,
     response: Option<(http::StatusCode, &http::HeaderMap)>,
@@ -376,16 +379,10 @@ pub(crate) fn record_outcome(
     match response {
         None => permit.failure(),
         Some((status, headers)) => match status_outcome(status) {
-            Outcome::Failure => {
-                let hint = headers
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| RetryAfter::from_header_value(v).ok())
-                    .map(|ra| ra.delay_from(std::time::SystemTime::now()));
-                match hint {
-                    Some(wait) if !wait.is_zero() => permit.failure_with_retry_after(wait),
-                    _ => permit.failure(),
-                }
-            }
+            Outcome::Failure => match server_wait(headers) {
+                Some(wait) if !wait.is_zero() => permit.failure_with_retry_after(wait),
+                _ => permit.failure(),
+            },
             outcome => permit.record(outcome),
         },
     }

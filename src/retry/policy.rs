@@ -281,7 +281,7 @@ impl RetryPolicy {
                 (
                     RetryReason::Status(status),
                     Some(status),
-                    retry_after(headers),
+                    server_wait(headers),
                 )
             }
             AttemptOutcome::Error(_) => (RetryReason::Error, None, None),
@@ -352,7 +352,7 @@ impl RetryPolicy {
 /// The server's `Retry-After` as a wait, a date read against the response's `Date` when it has
 /// one (to cancel clock skew), else against the local clock. Unparseable values are ignored
 /// (the backoff applies), and every value is bounded by [`RetryAfter::MAX_DELAY`].
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn server_wait(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?;
     let ra = RetryAfter::from_header_value(value).ok()?;
     let now = headers
@@ -588,14 +588,14 @@ mod tests {
             header::RETRY_AFTER,
             "Sun, 06 Nov 1994 08:49:39 GMT".parse().unwrap(),
         );
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        assert_eq!(server_wait(&h), Some(Duration::from_secs(2)));
         h.insert(header::RETRY_AFTER, "garbage".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(server_wait(&h), None);
         h.insert(
             header::RETRY_AFTER,
             "99999999999999999999999".parse().unwrap(),
         );
-        assert_eq!(retry_after(&h), Some(RetryAfter::MAX_DELAY));
+        assert_eq!(server_wait(&h), Some(RetryAfter::MAX_DELAY));
     }
 
     #[test]
