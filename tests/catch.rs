@@ -481,10 +481,7 @@ async fn a_panicking_classifier_still_yields_one_500() {
         .layer(service_fn(|_req: Request<Full<Bytes>>| async {
             Err::<Response<Full<Bytes>>, _>(std::io::Error::other(SECRET))
         }));
-    let res = svc
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap();
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(res.headers()["cache-control"], "no-store");
     let body = res.into_body().collect().await.unwrap().to_bytes();

@@ -530,6 +530,14 @@ async fn client_breaker_reads_a_date_retry_after_against_the_servers_date() {
     let err = call(&mut svc, get(addr)).await.unwrap_err();
     let open = err.downcast_ref::<CircuitOpen>().expect("open");
     // 5 s, as the policy reads it; not 35 s against the local clock.
-    assert!(open.retry_after() <= Duration::from_secs(5), "{:?}", open.retry_after());
-    assert!(open.retry_after() >= Duration::from_secs(4), "{:?}", open.retry_after());
+    assert!(
+        open.retry_after() <= Duration::from_secs(5),
+        "{:?}",
+        open.retry_after()
+    );
+    assert!(
+        open.retry_after() >= Duration::from_secs(4),
+        "{:?}",
+        open.retry_after()
+    );
 }

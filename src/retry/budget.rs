@@ -23,8 +23,10 @@ const UNIT: i64 = 1000;
 ///
 /// - The balance starts at `floor` and is topped up to at least `floor` once per `window`, so a
 ///   client that sends few requests can still retry a little.
-/// - Deposits stop at `floor + ratio * 1000`: a long healthy period does not bank an unbounded
-///   burst of retries for the next outage.
+/// - Tokens are for *recent* requests: at each window's turn the balance is cut to `floor +
+///   ratio * (requests per window since the last turn)`, and deposits stop at
+///   `floor + ratio * 1000` in any case. A long healthy period does not bank a burst of retries
+///   for the next outage.
 ///
 /// Time is tokio's clock (`tokio::time::pause()` works in tests).
 ///
@@ -49,8 +51,10 @@ pub struct RetryBudget {
     max: i64,
     window_ms: u64,
     start: Instant,
-    /// Milliseconds after `start` of the last top-up to `floor`.
+    /// Milliseconds after `start` of the last turn of the window.
     last_refill_ms: AtomicU64,
+    /// Requests deposited since the last turn of the window.
+    window_deposits: AtomicU64,
 }
 
 impl RetryBudget {
@@ -80,6 +84,7 @@ impl RetryBudget {
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
             start: Instant::now(),
             last_refill_ms: AtomicU64::new(0),
+            window_deposits: AtomicU64::new(0),
         })
     }
 
@@ -88,6 +93,7 @@ impl RetryBudget {
         if self.per_request == 0 {
             return;
         }
+        self.window_deposits.fetch_add(1, Ordering::Relaxed);
         let _ = self
             .balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
@@ -110,24 +116,33 @@ impl RetryBudget {
         self.balance.load(Ordering::Acquire) as f64 / UNIT as f64
     }
 
-    /// Tops the balance up to `floor` once per window.
+    /// Turns the window when it is due (checked on withdrawals only, which are rare): cuts the
+    /// balance to what the recent requests earned, then tops it up to `floor`.
     fn refill(&self) {
-        if self.floor == 0 {
-            return;
-        }
         let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = self.last_refill_ms.load(Ordering::Acquire);
-        if now_ms.saturating_sub(last) < self.window_ms {
+        let elapsed = now_ms.saturating_sub(last);
+        if elapsed < self.window_ms {
             return;
         }
-        // One thread wins the window; the others see the balance it left.
+        // One thread wins the turn; the others see the balance it leaves.
         if self
             .last_refill_ms
             .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_err()
         {
-            self.balance.fetch_max(self.floor, Ordering::AcqRel);
+            return;
         }
+        let deposits = self.window_deposits.swap(0, Ordering::AcqRel);
+        // Requests per window since the last turn, however many windows that spanned.
+        let windows = (elapsed / self.window_ms).max(1);
+        let recent = i64::try_from(deposits / windows).unwrap_or(i64::MAX);
+        let earned = self
+            .floor
+            .saturating_add(recent.saturating_mul(self.per_request))
+            .min(self.max);
+        self.balance.fetch_min(earned, Ordering::AcqRel);
+        self.balance.fetch_max(self.floor, Ordering::AcqRel);
     }
 }
 
@@ -148,6 +163,43 @@ mod tests {
         assert!(budget.withdraw());
         assert!(budget.withdraw());
         assert!(!budget.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_deposits_expire() {
+        let budget = RetryBudget::with_window(0.1, 1, Duration::from_secs(10)).unwrap();
+        // A healthy burst long ago: 1,000 requests bank 100 retries (+1 floor).
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        assert_eq!(budget.remaining(), 101.0);
+        // An hour later, with 10 requests in the last window, the outage begins.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        // Recent traffic averages 2 requests per 10 s window over the hour: the bank is cut to
+        // what recent requests earned (floor 1 + 0.1 * 2), not the 100 earned an hour ago.
+        let mut granted = 0;
+        while budget.withdraw() {
+            granted += 1;
+        }
+        assert_eq!(granted, 1, "balance after the cut: {}", budget.remaining());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recent_deposits_survive_the_turn() {
+        let budget = RetryBudget::with_window(0.1, 0, Duration::from_secs(10)).unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let mut granted = 0;
+        while budget.withdraw() {
+            granted += 1;
+        }
+        assert_eq!(granted, 10);
     }
 
     #[tokio::test]
