@@ -19,8 +19,12 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_5xx::retry::{
-    AttemptEvent, Backoff, Decision, Jitter, ReplayBody, RetryBudget, RetryLayer, RetryPolicy,
+use tower_5xx::{
+    breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow},
+    error::CircuitOpen,
+    retry::{
+        AttemptEvent, Backoff, Decision, Jitter, ReplayBody, RetryBudget, RetryLayer, RetryPolicy,
+    },
 };
 
 type Body = Full<Bytes>;
@@ -129,6 +133,40 @@ async fn main() {
                     .unwrap_or_default()
             ),
             Err(e) => println!("  -> error: {e}"),
+        }
+    }
+    println!(
+        "\n4. The client's own breaker for this endpoint: after repeated 5xx it stops calling"
+    );
+    println!("   and fails fast, for as long as the server's last Retry-After said.");
+    let breakers = Arc::new(
+        KeyedBreakers::new(
+            CircuitBreaker::builder()
+                .sliding_window(SlidingWindow::Count(6))
+                .minimum_calls(3)
+                .failure_rate_threshold(0.5),
+        )
+        .expect("valid breaker"),
+    );
+    let guarded = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(RetryPolicy::builder().max_attempts(1).build())
+                .circuit_breakers(breakers),
+        )
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>());
+    for i in 1..=5 {
+        let req = Request::get(url("/flaky?fail=1.0"))
+            .body(Body::default())
+            .expect("valid request");
+        match guarded.clone().oneshot(req).await {
+            Ok(res) => println!("  request {i}: {} (sent)", res.status()),
+            Err(e) => match e.downcast_ref::<CircuitOpen>() {
+                Some(open) => println!(
+                    "  request {i}: not sent: {e}; try again in {:.1} s",
+                    open.retry_after().as_secs_f64()
+                ),
+                None => println!("  request {i}: error: {e}"),
+            },
         }
     }
     println!("\ndone in {:.1} s", start.elapsed().as_secs_f64());
