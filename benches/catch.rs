@@ -81,9 +81,9 @@ fn success_path(c: &mut Criterion) {
     group.bench_function("tower_5xx_catch", |b| {
         b.iter(|| drive(&mut catch, template.request()))
     });
-    let mut catch_plain = CatchLayer::new().negotiate(false).layer(handler);
-    group.bench_function("tower_5xx_catch_no_negotiation", |b| {
-        b.iter(|| drive(&mut catch_plain, template.request()))
+    let mut catch_negotiating = CatchLayer::new().negotiate(true).layer(handler);
+    group.bench_function("tower_5xx_catch_negotiate", |b| {
+        b.iter(|| drive(&mut catch_negotiating, template.request()))
     });
     group.finish();
 }

@@ -147,7 +147,7 @@ impl Service<Request<hyper::body::Incoming>> for PanicsInCall {
 }
 
 async fn hyper_server() -> std::net::SocketAddr {
-    common::serve_hyper(CatchLayer::new().layer(PanicsInCall)).await
+    common::serve_hyper(CatchLayer::new().negotiate(true).layer(PanicsInCall)).await
 }
 
 #[tokio::test]

@@ -35,14 +35,16 @@ impl CatchLayer<DefaultClassifier> {
     ///   and `Elapsed`, tokio's `Elapsed`) recognises them;
     /// - `Retry-After: 1` on the 503 for `Overloaded` (a shed request may retry soon; the
     ///   overload that tower's `LoadShed` reports is a momentary lack of capacity);
-    /// - HTML bodies for clients whose `Accept` prefers `text/html`.
+    /// - plain-text bodies: the request's `Accept` is not captured unless you ask for it with
+    ///   [`negotiate(true)`](CatchLayer::negotiate) (it costs every request, not just failing
+    ///   ones).
     pub fn new() -> Self {
         Self {
             classifier: DefaultClassifier,
             config: Config {
                 overloaded_retry_after_secs: 1,
                 html: true,
-                negotiate: true,
+                negotiate: false,
             },
         }
     }
@@ -73,20 +75,22 @@ impl<C> CatchLayer<C> {
         self
     }
 
-    /// Whether the body of a generated response follows the request's `Accept` (default
-    /// `true`): problem+json for API clients, HTML for browsers, plain text otherwise.
+    /// Whether the body of a generated response follows the request's `Accept`: problem+json
+    /// for API clients, HTML for browsers, plain text otherwise. Default `false`: plain text.
     ///
-    /// Negotiation needs the `Accept` value of every request, captured before the request
-    /// moves into the inner service: a header-map lookup and a reference-count increment per
-    /// request, most of this layer's cost on the success path (see `BENCHMARKS.md`). With
-    /// `false`, nothing of `Accept` is captured and every generated body is plain text.
+    /// Unlike the 503 layers, which build their response while they hold the request, this
+    /// layer answers after the request has moved into the inner service, so negotiation has to
+    /// capture the `Accept` value of *every* request up front: a header-map lookup and a
+    /// reference-count increment and decrement per request, which would more than double this
+    /// layer's cost on the success path (see `BENCHMARKS.md`). Pay for it when your clients
+    /// read 500 bodies (APIs that parse problem+json, browsers that show the HTML page).
     pub fn negotiate(mut self, enabled: bool) -> Self {
         self.config.negotiate = enabled;
         self
     }
 
-    /// Whether clients that prefer `text/html` get an HTML page (default `true`); when `false`
-    /// they get plain text.
+    /// With [`negotiate(true)`](CatchLayer::negotiate): whether clients that prefer `text/html`
+    /// get an HTML page (default `true`); when `false` they get plain text.
     pub fn html(mut self, enabled: bool) -> Self {
         self.config.html = enabled;
         self

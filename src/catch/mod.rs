@@ -14,9 +14,10 @@
 //! | a panic while the response body streams (status already sent) | the body ends with a [`BodyPanicked`](crate::error::BodyPanicked) error, logged; the connection task does not unwind |
 //!
 //! Every generated response is an [`ErrorResponse`](crate::ErrorResponse): `Cache-Control:
-//! no-store`, an `x-error-id` header whose id is also in the body and in the log line, and a body
-//! in plain text, problem+json or HTML as the client's `Accept` asks. **Nothing of the error is
-//! sent**: not its message, not its type, not a backtrace. The log line carries the method and
+//! no-store`, an `x-error-id` header whose id is also in the body and in the log line, and a
+//! plain-text body, or with [`negotiate(true)`](CatchLayer::negotiate) problem+json or HTML as
+//! the client's `Accept` asks. **Nothing of the error is sent**: not its message, not its type,
+//! not a backtrace. The log line carries the method and
 //! the path (never the query string, which often holds tokens).
 //!
 //! Unlike tower-http's `CatchPanicLayer`, the inner response body type is kept (wrapped, not
