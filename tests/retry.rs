@@ -541,3 +541,21 @@ async fn client_breaker_reads_a_date_retry_after_against_the_servers_date() {
         open.retry_after()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_policy_works_with_stock_tower_retry() {
+    let script = Script::new([unavailable("1")]);
+    let addr = server(script.clone()).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
+    let mut svc = ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(RetryPolicy::default()))
+        .map_err(tower_5xx::BoxError::from)
+        .service(client);
+    let req = Request::get(format!("http://{addr}/"))
+        .body(ReplayBody::buffered(Bytes::new()))
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(script.arrivals().len(), 2);
+    assert!(script.gaps()[0] >= Duration::from_secs(1));
+}
