@@ -753,7 +753,10 @@ async fn retry_after_is_jittered_and_clamped() {
     }
     assert_eq!(
         at_cap,
-        ["2", "3"].iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>()
+        ["2", "3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
     );
 }
 
