@@ -23,8 +23,8 @@ use tokio::sync::{Notify, Semaphore};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_5xx::{
     maintenance::{
-        FileState, IpNet, MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch, SentinelFile,
-        WallClock, Window,
+        FileState, ForwardedHeader, IpNet, MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch,
+        SentinelFile, WallClock, Window,
     },
     Reason,
 };
@@ -315,9 +315,10 @@ async fn forwarded_headers_from_an_untrusted_peer_do_not_bypass() {
         status_of(&c, via("x-forwarded-for", "203.0.113.7")).await,
         StatusCode::OK
     );
+    // Only X-Forwarded-For (the default) is read.
     assert_eq!(
         status_of(&c, via("forwarded", "for=203.0.113.7;proto=https")).await,
-        StatusCode::OK
+        StatusCode::SERVICE_UNAVAILABLE
     );
     // The client prepended an allowed address; the proxy appended the real one.
     assert_eq!(
@@ -341,6 +342,100 @@ async fn forwarded_headers_from_an_untrusted_peer_do_not_bypass() {
     .await;
     assert_eq!(
         status_of(&c, request(local, "/", None)).await,
+        StatusCode::OK
+    );
+}
+
+/// Proxies append to the header they write and pass the other one through from the client: a
+/// client behind a trusted proxy must not pick its own address with the header the proxy does
+/// not write.
+#[tokio::test]
+async fn only_the_header_the_proxies_write_is_believed() {
+    let allowed: IpNet = "203.0.113.0/24".parse().unwrap();
+    let switch = MaintenanceSwitch::new();
+    switch.enable();
+    let c = client();
+    let layer = || {
+        MaintenanceLayer::new(switch.clone())
+            .allow_ip(allowed)
+            .trusted_proxy("127.0.0.0/8".parse::<IpNet>().unwrap())
+    };
+
+    // nginx-like proxy (the default): it appended the real client to X-Forwarded-For; the client
+    // sent its own `Forwarded` naming an allowed address.
+    let xff = serve(layer()).await;
+    let spoofed = [
+        ("x-forwarded-for", "198.51.100.1"),
+        ("forwarded", "for=203.0.113.7"),
+    ];
+    let reply = send(&c, get_with(xff, "/", &spoofed)).await.unwrap();
+    assert_maintenance_503(&reply);
+    let honest = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("forwarded", "for=198.51.100.1"),
+    ];
+    assert_eq!(
+        status_of(&c, get_with(xff, "/", &honest)).await,
+        StatusCode::OK
+    );
+
+    // A proxy that writes RFC 7239 `Forwarded`: now X-Forwarded-For is the client's word.
+    let fwd = serve(layer().forwarded_header(ForwardedHeader::Forwarded)).await;
+    assert_eq!(
+        status_of(&c, get_with(fwd, "/", &honest)).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status_of(&c, get_with(fwd, "/", &spoofed)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_of(
+            &c,
+            get_with(fwd, "/", &[("x-forwarded-for", "203.0.113.7")])
+        )
+        .await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+/// An empty secret (an unset environment variable) must not turn into "send the header empty".
+#[tokio::test]
+async fn an_empty_bypass_secret_lets_nobody_through() {
+    let logs = common::logs();
+    let name = HeaderName::from_static("x-maintenance-bypass");
+    let switch = MaintenanceSwitch::new();
+    let addr = serve(
+        MaintenanceLayer::new(switch.clone())
+            .bypass_header(name.clone(), "")
+            .bypass_header(
+                name.clone(),
+                std::env::var("TOWER_5XX_SURELY_UNSET").unwrap_or_default(),
+            )
+            .bypass_header(name.clone(), " \t\n"),
+    )
+    .await;
+    switch.enable();
+    let c = client();
+    for value in ["", " ", "anything"] {
+        let reply = send(&c, get_with(addr, "/", &[("x-maintenance-bypass", value)]))
+            .await
+            .unwrap();
+        assert_maintenance_503(&reply);
+    }
+    assert_maintenance_503(&get_path(&c, addr, "/").await);
+    assert!(!logs
+        .lines_with("maintenance bypass header with an empty secret ignored")
+        .is_empty());
+
+    // A secret read from a file with its newline still works.
+    let addr = serve(MaintenanceLayer::new(switch.clone()).bypass_header(name, "0p3r4t0r\n")).await;
+    assert_eq!(
+        status_of(
+            &c,
+            get_with(addr, "/", &[("x-maintenance-bypass", "0p3r4t0r")])
+        )
+        .await,
         StatusCode::OK
     );
 }
