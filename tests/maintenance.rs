@@ -782,4 +782,94 @@ mod admin {
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(snapshot().notice, Some(MaintenanceNotice::new()));
     }
+
+    /// The token is checked before the body is read: a caller without it cannot make the server
+    /// read (or wait for) a body. The request below announces a megabyte and sends none of it; a
+    /// router that read the body first would never answer.
+    #[tokio::test]
+    async fn the_token_is_checked_before_the_body_is_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let switch = MaintenanceSwitch::new();
+        let app = Router::new().nest(
+            "/admin/maintenance",
+            admin::router(switch.clone(), TOKEN).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+
+        for auth in ["", "Authorization: Bearer wrong\r\n"] {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "PUT /admin/maintenance HTTP/1.1\r\nHost: {addr}\r\n{auth}\
+                 Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{{"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = vec![0; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+                .await
+                .expect("answered without waiting for the body")
+                .unwrap();
+            let answer = String::from_utf8_lossy(&answer[..n]);
+            assert!(answer.starts_with("HTTP/1.1 401"), "{auth:?}: {answer}");
+        }
+        assert!(!switch.is_enabled());
+    }
+
+    #[tokio::test]
+    async fn bodies_are_limited_and_errors_are_problem_json() {
+        let switch = MaintenanceSwitch::new();
+        let app = Router::new().nest(
+            "/admin/maintenance",
+            // A token read from a file, newline and all.
+            admin::router(switch.clone(), format!("  {TOKEN}\n")).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+        let c = client();
+
+        let reply = send(&c, call(addr, Method::GET, Some(TOKEN), ""))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "the trimmed token matches");
+
+        // Valid JSON, but over the 16 KiB limit: 413, nothing changes.
+        let big: &'static str = format!(r#"{{"message": "{}"}}"#, "x".repeat(20 * 1024)).leak();
+        let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), big))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!switch.is_enabled());
+        // Just under it is fine.
+        let fits: &'static str =
+            format!(r#"{{"message": "{}"}}"#, "x".repeat(16 * 1024 - 20)).leak();
+        let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), fits))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(switch.is_enabled());
+
+        // Every error is problem+json, never cached.
+        let unauthorized = send(&c, call(addr, Method::GET, None, "")).await.unwrap();
+        for (reply, status) in [
+            (reply_of(&c, addr, big).await, 413),
+            (unauthorized, 401),
+            (reply_of(&c, addr, "{").await, 400),
+        ] {
+            assert_eq!(reply.status.as_u16(), status);
+            assert_eq!(
+                reply.header("content-type"),
+                Some("application/problem+json")
+            );
+            assert_eq!(reply.header("cache-control"), Some("no-store"));
+            let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(json["status"], status);
+            assert_eq!(json["type"], "about:blank");
+            assert!(json["title"].is_string() && json["detail"].is_string());
+        }
+    }
+
+    async fn reply_of(c: &TestClient, addr: SocketAddr, body: &'static str) -> Reply {
+        send(c, call(addr, Method::PUT, Some(TOKEN), body))
+            .await
+            .unwrap()
+    }
 }

@@ -269,10 +269,8 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let fifo = std::env::temp_dir().join(format!(
-            "tower-5xx-fifo-{}-{nanos}",
-            std::process::id()
-        ));
+        let fifo =
+            std::env::temp_dir().join(format!("tower-5xx-fifo-{}-{nanos}", std::process::id()));
         let made = std::process::Command::new("mkfifo")
             .arg(&fifo)
             .status()
@@ -300,12 +298,14 @@ mod tests {
         let cleanup = Cleanup(fifo.clone());
 
         let switch = MaintenanceSwitch::new();
-        let mut file =
-            SentinelFile::new(&fifo, switch.clone()).interval(Duration::from_millis(20));
+        let mut file = SentinelFile::new(&fifo, switch.clone()).interval(Duration::from_millis(20));
         for _ in 0..5 {
             assert_eq!(file.check().await, FileState::TimedOut);
         }
-        assert_eq!(file.reads_started, 1, "one blocking read, not one per check");
+        assert_eq!(
+            file.reads_started, 1,
+            "one blocking read, not one per check"
+        );
         assert!(!switch.is_enabled());
 
         // Once the stuck read finishes, its result is used: an empty file means "on".
