@@ -17,7 +17,7 @@ use std::{
 use axum::{routing::get, Router};
 use bytes::Bytes;
 use common::{client, get as get_path, h2_client, request, send, Reply, TestClient};
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::sync::{Notify, Semaphore};
 use tower::{service_fn, Layer, ServiceExt};
@@ -634,6 +634,7 @@ async fn sentinel_poller_follows_the_file() {
 #[cfg(feature = "axum")]
 mod admin {
     use super::*;
+    use http::Method;
     use tower_5xx::maintenance::admin;
 
     const TOKEN: &str = "correct-horse-battery-staple";
