@@ -17,14 +17,14 @@ use std::{
 use axum::{routing::get, Router};
 use bytes::Bytes;
 use common::{client, get as get_path, h2_client, request, send, Reply, TestClient};
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::sync::{Notify, Semaphore};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_5xx::{
     maintenance::{
-        FileState, IpNet, MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch, SentinelFile,
-        WallClock, Window,
+        FileState, ForwardedHeader, IpNet, MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch,
+        SentinelFile, WallClock, Window,
     },
     Reason,
 };
@@ -315,9 +315,10 @@ async fn forwarded_headers_from_an_untrusted_peer_do_not_bypass() {
         status_of(&c, via("x-forwarded-for", "203.0.113.7")).await,
         StatusCode::OK
     );
+    // Only X-Forwarded-For (the default) is read.
     assert_eq!(
         status_of(&c, via("forwarded", "for=203.0.113.7;proto=https")).await,
-        StatusCode::OK
+        StatusCode::SERVICE_UNAVAILABLE
     );
     // The client prepended an allowed address; the proxy appended the real one.
     assert_eq!(
@@ -341,6 +342,100 @@ async fn forwarded_headers_from_an_untrusted_peer_do_not_bypass() {
     .await;
     assert_eq!(
         status_of(&c, request(local, "/", None)).await,
+        StatusCode::OK
+    );
+}
+
+/// Proxies append to the header they write and pass the other one through from the client: a
+/// client behind a trusted proxy must not pick its own address with the header the proxy does
+/// not write.
+#[tokio::test]
+async fn only_the_header_the_proxies_write_is_believed() {
+    let allowed: IpNet = "203.0.113.0/24".parse().unwrap();
+    let switch = MaintenanceSwitch::new();
+    switch.enable();
+    let c = client();
+    let layer = || {
+        MaintenanceLayer::new(switch.clone())
+            .allow_ip(allowed)
+            .trusted_proxy("127.0.0.0/8".parse::<IpNet>().unwrap())
+    };
+
+    // nginx-like proxy (the default): it appended the real client to X-Forwarded-For; the client
+    // sent its own `Forwarded` naming an allowed address.
+    let xff = serve(layer()).await;
+    let spoofed = [
+        ("x-forwarded-for", "198.51.100.1"),
+        ("forwarded", "for=203.0.113.7"),
+    ];
+    let reply = send(&c, get_with(xff, "/", &spoofed)).await.unwrap();
+    assert_maintenance_503(&reply);
+    let honest = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("forwarded", "for=198.51.100.1"),
+    ];
+    assert_eq!(
+        status_of(&c, get_with(xff, "/", &honest)).await,
+        StatusCode::OK
+    );
+
+    // A proxy that writes RFC 7239 `Forwarded`: now X-Forwarded-For is the client's word.
+    let fwd = serve(layer().forwarded_header(ForwardedHeader::Forwarded)).await;
+    assert_eq!(
+        status_of(&c, get_with(fwd, "/", &honest)).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status_of(&c, get_with(fwd, "/", &spoofed)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_of(
+            &c,
+            get_with(fwd, "/", &[("x-forwarded-for", "203.0.113.7")])
+        )
+        .await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+/// An empty secret (an unset environment variable) must not turn into "send the header empty".
+#[tokio::test]
+async fn an_empty_bypass_secret_lets_nobody_through() {
+    let logs = common::logs();
+    let name = HeaderName::from_static("x-maintenance-bypass");
+    let switch = MaintenanceSwitch::new();
+    let addr = serve(
+        MaintenanceLayer::new(switch.clone())
+            .bypass_header(name.clone(), "")
+            .bypass_header(
+                name.clone(),
+                std::env::var("TOWER_5XX_SURELY_UNSET").unwrap_or_default(),
+            )
+            .bypass_header(name.clone(), " \t\n"),
+    )
+    .await;
+    switch.enable();
+    let c = client();
+    for value in ["", " ", "anything"] {
+        let reply = send(&c, get_with(addr, "/", &[("x-maintenance-bypass", value)]))
+            .await
+            .unwrap();
+        assert_maintenance_503(&reply);
+    }
+    assert_maintenance_503(&get_path(&c, addr, "/").await);
+    assert!(!logs
+        .lines_with("maintenance bypass header with an empty secret ignored")
+        .is_empty());
+
+    // A secret read from a file with its newline still works.
+    let addr = serve(MaintenanceLayer::new(switch.clone()).bypass_header(name, "0p3r4t0r\n")).await;
+    assert_eq!(
+        status_of(
+            &c,
+            get_with(addr, "/", &[("x-maintenance-bypass", "0p3r4t0r")])
+        )
+        .await,
         StatusCode::OK
     );
 }
@@ -539,6 +634,7 @@ async fn sentinel_poller_follows_the_file() {
 #[cfg(feature = "axum")]
 mod admin {
     use super::*;
+    use http::Method;
     use tower_5xx::maintenance::admin;
 
     const TOKEN: &str = "correct-horse-battery-staple";
@@ -686,5 +782,95 @@ mod admin {
             .unwrap();
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(snapshot().notice, Some(MaintenanceNotice::new()));
+    }
+
+    /// The token is checked before the body is read: a caller without it cannot make the server
+    /// read (or wait for) a body. The request below announces a megabyte and sends none of it; a
+    /// router that read the body first would never answer.
+    #[tokio::test]
+    async fn the_token_is_checked_before_the_body_is_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let switch = MaintenanceSwitch::new();
+        let app = Router::new().nest(
+            "/admin/maintenance",
+            admin::router(switch.clone(), TOKEN).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+
+        for auth in ["", "Authorization: Bearer wrong\r\n"] {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "PUT /admin/maintenance HTTP/1.1\r\nHost: {addr}\r\n{auth}\
+                 Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{{"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = vec![0; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+                .await
+                .expect("answered without waiting for the body")
+                .unwrap();
+            let answer = String::from_utf8_lossy(&answer[..n]);
+            assert!(answer.starts_with("HTTP/1.1 401"), "{auth:?}: {answer}");
+        }
+        assert!(!switch.is_enabled());
+    }
+
+    #[tokio::test]
+    async fn bodies_are_limited_and_errors_are_problem_json() {
+        let switch = MaintenanceSwitch::new();
+        let app = Router::new().nest(
+            "/admin/maintenance",
+            // A token read from a file, newline and all.
+            admin::router(switch.clone(), format!("  {TOKEN}\n")).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+        let c = client();
+
+        let reply = send(&c, call(addr, Method::GET, Some(TOKEN), ""))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "the trimmed token matches");
+
+        // Valid JSON, but over the 16 KiB limit: 413, nothing changes.
+        let big: &'static str = format!(r#"{{"message": "{}"}}"#, "x".repeat(20 * 1024)).leak();
+        let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), big))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!switch.is_enabled());
+        // Just under it is fine.
+        let fits: &'static str =
+            format!(r#"{{"message": "{}"}}"#, "x".repeat(16 * 1024 - 20)).leak();
+        let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), fits))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(switch.is_enabled());
+
+        // Every error is problem+json, never cached.
+        let unauthorized = send(&c, call(addr, Method::GET, None, "")).await.unwrap();
+        for (reply, status) in [
+            (reply_of(&c, addr, big).await, 413),
+            (unauthorized, 401),
+            (reply_of(&c, addr, "{").await, 400),
+        ] {
+            assert_eq!(reply.status.as_u16(), status);
+            assert_eq!(
+                reply.header("content-type"),
+                Some("application/problem+json")
+            );
+            assert_eq!(reply.header("cache-control"), Some("no-store"));
+            let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(json["status"], status);
+            assert_eq!(json["type"], "about:blank");
+            assert!(json["title"].is_string() && json["detail"].is_string());
+        }
+    }
+
+    async fn reply_of(c: &TestClient, addr: SocketAddr, body: &'static str) -> Reply {
+        send(c, call(addr, Method::PUT, Some(TOKEN), body))
+            .await
+            .unwrap()
     }
 }

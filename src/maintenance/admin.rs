@@ -6,9 +6,12 @@
 //! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | maintenance on with that [notice](super::MaintenanceNotice) | `200` with the new status |
 //! | `DELETE /` | maintenance off (scheduled windows are left alone) | `200` with the new status |
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
-//! | a body that is not such JSON | none | `400` with an `application/problem+json` body |
+//! | a body that is not such JSON | none | `400` |
+//! | a body over 16 KiB | none | `413` |
 //!
-//! The token is compared in constant time. Every answer carries `Cache-Control: no-store`.
+//! The token is checked (in constant time) **before** the body is read: a caller without it
+//! cannot make the server read anything. Errors are `application/problem+json` (RFC 9457).
+//! Every answer carries `Cache-Control: no-store`.
 //! Mount the router with [`Router::nest`](axum::Router::nest), and keep it reachable while
 //! maintenance is on: mount it outside the [`MaintenanceLayer`](super::MaintenanceLayer) or list
 //! its path in [`bypass_path`](super::MaintenanceLayer::bypass_path).
@@ -32,11 +35,12 @@ use std::{sync::Arc, time::UNIX_EPOCH};
 
 use axum::{
     body::Bytes,
-    extract::State,
+    extract::{rejection::BytesRejection, DefaultBodyLimit, Request, State},
     http::{
         header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE},
         HeaderMap, HeaderValue, StatusCode,
     },
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
     Router,
@@ -47,21 +51,29 @@ use subtle::ConstantTimeEq;
 pub use super::error::MissingToken;
 use super::{MaintenanceNotice, MaintenanceSwitch, Source};
 
+/// The largest `PUT` body read: the JSON needs a few hundred bytes.
+const BODY_LIMIT: usize = 16 * 1024;
+
 /// The admin router for `switch`, accepting `Authorization: Bearer <token>`.
 ///
-/// Fails with [`MissingToken`] if `token` is empty or only whitespace: the router refuses to be
-/// built without one. See the [module docs](self) for the routes.
+/// Surrounding whitespace is trimmed from `token` (a token read from a file keeps its newline;
+/// a header value cannot carry it). Fails with [`MissingToken`] if nothing is left: the router
+/// refuses to be built without a token. See the [module docs](self) for the routes.
 pub fn router(switch: MaintenanceSwitch, token: impl Into<String>) -> Result<Router, MissingToken> {
     let token = token.into();
-    if token.trim().is_empty() {
+    let token = token.trim();
+    if token.is_empty() {
         return Err(MissingToken);
     }
     let state = Arc::new(Admin {
         switch,
-        token: token.into_bytes().into_boxed_slice(),
+        token: token.as_bytes().into(),
     });
     Ok(Router::new()
         .route("/", get(status).put(enable).delete(disable))
+        // Authenticate before any handler (and so before any body extractor) runs.
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state))
 }
 
@@ -134,17 +146,16 @@ fn json_ok(switch: &MaintenanceSwitch) -> Response {
 }
 
 fn unauthorized() -> Response {
-    no_store(
-        (
-            StatusCode::UNAUTHORIZED,
-            [(WWW_AUTHENTICATE, "Bearer realm=\"maintenance\"")],
-            "401 Unauthorized: a valid bearer token is required\n",
-        )
-            .into_response(),
-    )
+    let mut res = problem(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    res.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"maintenance\""),
+    );
+    res
 }
 
-fn bad_request(detail: &str) -> Response {
+/// An `application/problem+json` (RFC 9457) error answer.
+fn problem(status: StatusCode, detail: &str) -> Response {
     #[derive(Serialize)]
     struct Problem<'a> {
         #[serde(rename = "type")]
@@ -155,19 +166,12 @@ fn bad_request(detail: &str) -> Response {
     }
     let body = serde_json::to_vec(&Problem {
         ty: "about:blank",
-        title: "Bad Request",
-        status: 400,
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
         detail,
     })
     .expect("a problem always serializes");
-    no_store(
-        (
-            StatusCode::BAD_REQUEST,
-            [(CONTENT_TYPE, "application/problem+json")],
-            body,
-        )
-            .into_response(),
-    )
+    no_store((status, [(CONTENT_TYPE, "application/problem+json")], body).into_response())
 }
 
 impl Admin {
@@ -185,17 +189,24 @@ impl Admin {
     }
 }
 
-async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if !admin.authorized(&headers) {
+/// Lets only requests with the token reach the handlers.
+async fn authenticate(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    if !admin.authorized(req.headers()) {
         return unauthorized();
     }
+    next.run(req).await
+}
+
+async fn status(State(admin): State<Arc<Admin>>) -> Response {
     json_ok(&admin.switch)
 }
 
-async fn enable(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !admin.authorized(&headers) {
-        return unauthorized();
-    }
+async fn enable(State(admin): State<Arc<Admin>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        // 413 over the limit; 400 for a body that breaks off.
+        Err(rejection) => return problem(rejection.status(), &rejection.body_text()),
+    };
     let request: EnableRequest = if body.iter().all(u8::is_ascii_whitespace) {
         EnableRequest::default()
     } else {
@@ -226,10 +237,11 @@ async fn enable(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Bytes
     json_ok(&admin.switch)
 }
 
-async fn disable(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if !admin.authorized(&headers) {
-        return unauthorized();
-    }
+fn bad_request(detail: &str) -> Response {
+    problem(StatusCode::BAD_REQUEST, detail)
+}
+
+async fn disable(State(admin): State<Arc<Admin>>) -> Response {
     admin.switch.disable();
     json_ok(&admin.switch)
 }
@@ -246,6 +258,10 @@ mod tests {
         );
         assert_eq!(
             router(MaintenanceSwitch::new(), "  \t").err(),
+            Some(MissingToken)
+        );
+        assert_eq!(
+            router(MaintenanceSwitch::new(), " \n").err(),
             Some(MissingToken)
         );
         assert!(router(MaintenanceSwitch::new(), "s3cret").is_ok());

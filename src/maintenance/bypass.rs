@@ -17,6 +17,27 @@ use subtle::ConstantTimeEq;
 /// `X-Forwarded-For`.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// The header your trusted proxies write the client address into; the only one the layer reads.
+///
+/// Set it with [`MaintenanceLayer::forwarded_header`](super::MaintenanceLayer::forwarded_header).
+/// It matters only for requests from a [trusted proxy](super::MaintenanceLayer::trusted_proxy).
+///
+/// Name the header your proxies **write**, and only that one. Most proxies (nginx's
+/// `$proxy_add_x_forwarded_for`, AWS ALB, Envoy, HAProxy's `option forwardfor`) append to
+/// `X-Forwarded-For` and pass any other header from the client through untouched: were the layer
+/// to read `Forwarded` too, a client could write its own `Forwarded: for=<allowed address>` and
+/// be believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: <client>, <proxy1>, ...` (the default: what most proxies write).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=<client>, for=<proxy1>` (RFC 7239), for proxies configured to write it
+    /// (and to remove or append to what the client sent).
+    Forwarded,
+}
+
 /// How the layer finds the peer (TCP) address of a request in its extensions.
 pub(crate) type PeerFn = fn(&Extensions) -> Option<IpAddr>;
 
@@ -76,7 +97,7 @@ impl<'a> BypassRequest<'a> {
 
     /// The client's IP address as the layer determines it: the peer address, or, when the peer is
     /// a [trusted proxy](super::MaintenanceLayer::trusted_proxy), the address that proxy reports
-    /// in `Forwarded` / `X-Forwarded-For`. `None` if unknown.
+    /// in the [configured header](super::MaintenanceLayer::forwarded_header). `None` if unknown.
     pub fn client_ip(&self) -> Option<IpAddr> {
         self.rules.client_ip(self)
     }
@@ -92,6 +113,7 @@ pub(crate) struct Bypass {
     pub(crate) headers: Vec<(HeaderName, Box<[u8]>)>,
     pub(crate) allow: Vec<IpNet>,
     pub(crate) trusted: Vec<IpNet>,
+    pub(crate) forwarded_header: ForwardedHeader,
     pub(crate) peer: PeerFn,
     pub(crate) predicates: Vec<Predicate>,
 }
@@ -103,6 +125,7 @@ impl Default for Bypass {
             headers: Vec::new(),
             allow: Vec::new(),
             trusted: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             peer: default_peer,
             predicates: Vec::new(),
         }
@@ -120,6 +143,7 @@ impl fmt::Debug for Bypass {
             )
             .field("allow", &self.allow)
             .field("trusted", &self.trusted)
+            .field("forwarded_header", &self.forwarded_header)
             .field("predicates", &self.predicates.len())
             .finish()
     }
@@ -164,7 +188,9 @@ impl Bypass {
             // Headers from an untrusted peer are whatever the client wants them to be.
             return Some(peer);
         }
-        forwarded_client(req.headers, peer, |ip| self.is_trusted(ip))
+        forwarded_client(req.headers, self.forwarded_header, peer, |ip| {
+            self.is_trusted(ip)
+        })
     }
 }
 
@@ -179,18 +205,19 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 
 /// The client address reported by a chain of trusted proxies.
 ///
-/// Reads `Forwarded` (RFC 7239) if present, else `X-Forwarded-For`, and walks the hops right to
-/// left (nearest proxy first), skipping trusted proxies: the first untrusted hop is the client.
-/// Returns `peer` when there is no such header (the proxy itself is the client), `None` when a
-/// hop cannot be read (obfuscated, `unknown`, garbage: the client is unknown), and the leftmost
-/// hop when every hop is trusted.
+/// Reads `which` header only (the other one is whatever the client sent: proxies pass it through)
+/// and walks the hops right to left (nearest proxy first), skipping trusted proxies: the first
+/// untrusted hop is the client. Returns `peer` when there is no such header (the proxy itself is
+/// the client), `None` when a hop cannot be read (obfuscated, `unknown`, garbage: the client is
+/// unknown), and the leftmost hop when every hop is trusted.
 fn forwarded_client(
     headers: &HeaderMap,
+    which: ForwardedHeader,
     peer: IpAddr,
     trusted: impl Fn(IpAddr) -> bool,
 ) -> Option<IpAddr> {
     let mut hops: Vec<&str> = Vec::new();
-    if headers.contains_key(FORWARDED) {
+    if which == ForwardedHeader::Forwarded {
         for value in headers.get_all(FORWARDED) {
             let Ok(value) = value.to_str() else {
                 return None;
@@ -265,6 +292,9 @@ mod tests {
         h
     }
 
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
+    const FWD: ForwardedHeader = ForwardedHeader::Forwarded;
+
     fn trusted_10(ip: IpAddr) -> bool {
         "10.0.0.0/8".parse::<IpNet>().unwrap().contains(&ip)
     }
@@ -296,7 +326,7 @@ mod tests {
     fn xff_right_to_left_skipping_trusted() {
         let h = headers(&[("x-forwarded-for", "203.0.113.9, 198.51.100.2, 10.0.0.5")]);
         assert_eq!(
-            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
             Some(ip("198.51.100.2"))
         );
         // Split over two fields, in order.
@@ -305,26 +335,26 @@ mod tests {
             ("x-forwarded-for", "10.0.0.7, 10.0.0.5"),
         ]);
         assert_eq!(
-            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
             Some(ip("203.0.113.9"))
         );
         // All trusted: the leftmost.
         let h = headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
         assert_eq!(
-            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
             Some(ip("10.0.0.1"))
         );
         // Garbage nearest to us: unknown.
         let h = headers(&[("x-forwarded-for", "203.0.113.9, nonsense")]);
-        assert_eq!(forwarded_client(&h, ip("10.0.0.1"), trusted_10), None);
+        assert_eq!(forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10), None);
         assert_eq!(
-            forwarded_client(&HeaderMap::new(), ip("10.9.9.9"), trusted_10),
+            forwarded_client(&HeaderMap::new(), XFF, ip("10.9.9.9"), trusted_10),
             Some(ip("10.9.9.9"))
         );
     }
 
     #[test]
-    fn forwarded_header_wins_over_xff() {
+    fn only_the_configured_header_is_read() {
         let h = headers(&[
             ("x-forwarded-for", "192.0.2.200"),
             (
@@ -333,12 +363,27 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            forwarded_client(&h, ip("10.0.0.1"), trusted_10),
+            forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10),
             Some(ip("2001:db8:cafe::17"))
         );
+        assert_eq!(
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
+            Some(ip("192.0.2.200"))
+        );
+        // The header that is not configured is ignored even when it is the only one.
+        let h = headers(&[("forwarded", "for=192.0.2.60")]);
+        assert_eq!(
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
+            Some(ip("10.0.0.1"))
+        );
+        let h = headers(&[("x-forwarded-for", "192.0.2.60")]);
+        assert_eq!(
+            forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10),
+            Some(ip("10.0.0.1"))
+        );
         let h = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(forwarded_client(&h, ip("10.0.0.1"), trusted_10), None);
+        assert_eq!(forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10), None);
         let h = headers(&[("forwarded", "proto=https")]);
-        assert_eq!(forwarded_client(&h, ip("10.0.0.1"), trusted_10), None);
+        assert_eq!(forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10), None);
     }
 }

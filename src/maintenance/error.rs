@@ -22,7 +22,7 @@ impl fmt::Display for InvalidWindow {
 
 impl std::error::Error for InvalidWindow {}
 
-/// The admin router was asked for without a token (or with an empty one).
+/// The admin router was asked for without a token (an empty one, or only whitespace).
 ///
 /// Returned by [`admin::router`](super::admin::router): an admin endpoint that anyone could
 /// call would let anyone take the service down.

@@ -29,7 +29,7 @@ const MAX_LEN: u64 = 4096;
 /// | further lines | the message clients see |
 /// | anything else (bad first line, not UTF-8) | **on**, default `Retry-After`; logged at warn level |
 /// | present but unreadable (permissions, a directory) | **on**, default `Retry-After`; logged at warn level |
-/// | a read that hangs (a stuck network volume) for longer than the interval | nothing changes; logged; the next tick tries again |
+/// | a read that hangs (a stuck network volume) for longer than the interval | nothing changes; logged; the next ticks wait for **that** read (no new one is started) and use its result once it finishes |
 ///
 /// The poller acts on **changes** only: when it sees the file appear, disappear or change, it
 /// calls [`MaintenanceSwitch::enable_with`] or [`MaintenanceSwitch::disable`]. Between changes it
@@ -57,6 +57,13 @@ pub struct SentinelFile {
     switch: MaintenanceSwitch,
     interval: Duration,
     last: Option<FileState>,
+    /// A read that outlived its check. A blocking read cannot be cancelled: rather than start
+    /// another one per tick (and pile stuck threads up on tokio's blocking pool), later checks
+    /// wait for this one.
+    in_flight: Option<JoinHandle<io::Result<Vec<u8>>>>,
+    /// Blocking reads started, for the tests.
+    #[cfg(test)]
+    reads_started: usize,
 }
 
 /// What [`SentinelFile::check`] found.
@@ -83,11 +90,15 @@ impl SentinelFile {
             switch,
             interval: Duration::from_secs(5),
             last: None,
+            in_flight: None,
+            #[cfg(test)]
+            reads_started: 0,
         }
     }
 
-    /// How often the file is read (at least 1 ms). Reads that take longer than this are given
-    /// up on for the tick.
+    /// How often the file is read (at least 1 ms). A check waits this long for the read; one that
+    /// takes longer reports [`FileState::TimedOut`], and later checks wait for the same read
+    /// instead of starting another.
     #[must_use]
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval.max(Duration::from_millis(1));
@@ -118,18 +129,38 @@ impl SentinelFile {
 
     /// Reads the file once and, if what it says changed since the last check, updates the
     /// switch. Returns what was found.
+    ///
+    /// If an earlier check's read has not finished yet (a hung file system), no new read is
+    /// started: this check waits up to the interval for that one and reports
+    /// [`FileState::TimedOut`] if it is still stuck.
     pub async fn check(&mut self) -> FileState {
-        let state = match tokio::time::timeout(self.interval, read_limited(&self.path)).await {
-            Err(_) => FileState::TimedOut,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => FileState::Absent,
-            Ok(Err(e)) => FileState::Unreadable(e.kind()),
-            Ok(Ok(bytes)) => parse(&bytes),
+        let mut read = match self.in_flight.take() {
+            Some(read) => read,
+            None => {
+                #[cfg(test)]
+                {
+                    self.reads_started += 1;
+                }
+                spawn_read(self.path.clone())
+            }
+        };
+        let state = match tokio::time::timeout(self.interval, &mut read).await {
+            Err(_) => {
+                self.in_flight = Some(read);
+                FileState::TimedOut
+            }
+            // The read panicked (it does not) or the runtime is shutting down.
+            Ok(Err(_)) => FileState::Unreadable(io::ErrorKind::Other),
+            Ok(Ok(Err(e))) if e.kind() == io::ErrorKind::NotFound => FileState::Absent,
+            Ok(Ok(Err(e))) => FileState::Unreadable(e.kind()),
+            Ok(Ok(Ok(bytes))) => parse(&bytes),
         };
         if state == FileState::TimedOut {
             tracing::warn!(
                 path = %self.path.display(),
                 timeout = ?self.interval,
-                "maintenance sentinel file: read timed out; keeping the current state"
+                "maintenance sentinel file: read timed out (the next checks wait for it); \
+                 keeping the current state"
             );
             return state;
         }
@@ -170,8 +201,8 @@ impl SentinelFile {
     }
 }
 
-async fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
-    let path = path.to_owned();
+/// Reads at most [`MAX_LEN`] bytes of `path` on tokio's blocking pool.
+fn spawn_read(path: PathBuf) -> JoinHandle<io::Result<Vec<u8>>> {
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let mut bytes = Vec::new();
@@ -180,8 +211,6 @@ async fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
             .read_to_end(&mut bytes)?;
         Ok(bytes)
     })
-    .await
-    .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 fn parse(bytes: &[u8]) -> FileState {
@@ -228,5 +257,73 @@ mod tests {
         );
         assert_eq!(parse(b"soon-ish"), FileState::Invalid);
         assert_eq!(parse(b"\xff\xfe"), FileState::Invalid);
+    }
+
+    /// A read that hangs (here: a FIFO nobody writes to) is not restarted on every check: the
+    /// blocking thread it holds cannot be taken back, so a new read per tick would exhaust tokio's
+    /// blocking pool.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_hung_read_is_waited_for_not_restarted() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let fifo =
+            std::env::temp_dir().join(format!("tower-5xx-fifo-{}-{nanos}", std::process::id()));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        /// Removes the FIFO, and first releases a reader blocked in `open` (opening a FIFO
+        /// read-write never blocks on Linux; closing it gives the reader end-of-file).
+        struct Cleanup(PathBuf);
+        impl Cleanup {
+            fn release(&self) {
+                drop(
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&self.0),
+                );
+            }
+        }
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                self.release();
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let cleanup = Cleanup(fifo.clone());
+
+        let switch = MaintenanceSwitch::new();
+        let mut file = SentinelFile::new(&fifo, switch.clone()).interval(Duration::from_millis(20));
+        for _ in 0..5 {
+            assert_eq!(file.check().await, FileState::TimedOut);
+        }
+        assert_eq!(
+            file.reads_started, 1,
+            "one blocking read, not one per check"
+        );
+        assert!(!switch.is_enabled());
+
+        // Once the stuck read finishes, its result is used: an empty file means "on".
+        cleanup.release();
+        let mut state = FileState::TimedOut;
+        for _ in 0..100 {
+            state = file.check().await;
+            if state != FileState::TimedOut {
+                break;
+            }
+        }
+        assert_eq!(state, FileState::Present(MaintenanceNotice::new()));
+        assert!(switch.is_enabled());
+        assert_eq!(file.reads_started, 1);
+        // And the next check reads afresh.
+        drop(cleanup);
+        assert_eq!(file.check().await, FileState::Absent);
+        assert_eq!(file.reads_started, 2);
+        assert!(!switch.is_enabled());
     }
 }

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use tower_layer::Layer;
 
 use super::{
-    bypass::{Bypass, BypassRequest},
+    bypass::{Bypass, BypassRequest, ForwardedHeader},
     Maintenance, MaintenanceNotice, MaintenanceSwitch,
 };
 use crate::{ErrorResponse, Reason, ResponseBody, RetryAfter};
@@ -121,9 +121,21 @@ impl MaintenanceLayer {
     /// Lets requests through that carry header `name` with exactly the value `secret`. The value
     /// is compared in constant time (its length is not treated as secret: use a long random
     /// value). Keep the header away from logs.
+    ///
+    /// Surrounding whitespace is trimmed from `secret` (a header value cannot carry it, so
+    /// `"s3cret\n"` read from a file means `s3cret`). An **empty** secret (an unset environment
+    /// variable, say) adds **no** rule: it would let through anyone who sends the header empty.
+    /// The layer logs a warning (`tracing`, at warn level) and keeps answering 503.
     pub fn bypass_header(mut self, name: HeaderName, secret: impl AsRef<[u8]>) -> Self {
-        let secret: Box<[u8]> = secret.as_ref().into();
-        self.cfg().bypass.headers.push((name, secret));
+        let secret = secret.as_ref().trim_ascii();
+        if secret.is_empty() {
+            tracing::warn!(
+                header = %name,
+                "maintenance bypass header with an empty secret ignored: it would let anyone in"
+            );
+            return self;
+        }
+        self.cfg().bypass.headers.push((name, secret.into()));
         self
     }
 
@@ -142,12 +154,33 @@ impl MaintenanceLayer {
         self
     }
 
-    /// Trusts proxies in `net` to report the client address in `Forwarded` (RFC 7239) or, when
-    /// that is absent, `X-Forwarded-For`. The hops are read right to left, skipping trusted
-    /// proxies; the first untrusted hop is the client. A peer outside every trusted net is the
-    /// client itself, whatever its headers say. Default: no trusted proxies.
+    /// Trusts proxies in `net` to report the client address in the
+    /// [forwarded header](Self::forwarded_header) (`X-Forwarded-For` unless set otherwise). The
+    /// hops are read right to left, skipping trusted proxies; the first untrusted hop is the
+    /// client. A peer outside every trusted net is the client itself, whatever its headers say.
+    /// Default: no trusted proxies.
     pub fn trusted_proxy(mut self, net: impl Into<IpNet>) -> Self {
         self.cfg().bypass.trusted.push(net.into().trunc());
+        self
+    }
+
+    /// Which header the [trusted proxies](Self::trusted_proxy) write the client address into.
+    /// **Only that header is read**; the other is ignored, since proxies pass it from the client
+    /// untouched. Default: [`ForwardedHeader::XForwardedFor`], what nginx, AWS ALB, Envoy and
+    /// HAProxy write. Choose [`ForwardedHeader::Forwarded`] only if every trusted proxy writes
+    /// RFC 7239 `Forwarded`.
+    ///
+    /// ```
+    /// use tower_5xx::maintenance::{ForwardedHeader, IpNet, MaintenanceLayer, MaintenanceSwitch};
+    ///
+    /// let layer = MaintenanceLayer::new(MaintenanceSwitch::new())
+    ///     .allow_ip("203.0.113.0/24".parse::<IpNet>().unwrap())
+    ///     .trusted_proxy("10.0.0.0/8".parse::<IpNet>().unwrap())
+    ///     .forwarded_header(ForwardedHeader::Forwarded);
+    /// # let _ = layer;
+    /// ```
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.cfg().bypass.forwarded_header = header;
         self
     }
 

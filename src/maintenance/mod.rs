@@ -30,12 +30,13 @@
 //!
 //! - [`bypass_path`](MaintenanceLayer::bypass_path): path prefixes, e.g. `/healthz`;
 //! - [`bypass_header`](MaintenanceLayer::bypass_header): a secret header, compared in constant
-//!   time;
+//!   time (an empty secret is refused: it adds no rule);
 //! - [`allow_ip`](MaintenanceLayer::allow_ip): client IPs in CIDR nets. The client IP is the
 //!   **peer address** (axum's `ConnectInfo<SocketAddr>` with the `axum` feature, or a
-//!   `SocketAddr` you insert into the request's extensions with plain hyper). `Forwarded` and
-//!   `X-Forwarded-For` are believed only when that peer is a
-//!   [trusted proxy](MaintenanceLayer::trusted_proxy), so a client cannot spoof its way in;
+//!   `SocketAddr` you insert into the request's extensions with plain hyper). The header the
+//!   proxies write ([`X-Forwarded-For` by default, or `Forwarded`](ForwardedHeader)) is believed
+//!   only when that peer is a [trusted proxy](MaintenanceLayer::trusted_proxy), and only that
+//!   one header is read, so a client cannot spoof its way in;
 //! - [`bypass_if`](MaintenanceLayer::bypass_if): your predicate.
 //!
 //! # Example
@@ -91,7 +92,7 @@ mod layer;
 mod service;
 mod switch;
 
-pub use bypass::BypassRequest;
+pub use bypass::{BypassRequest, ForwardedHeader};
 pub use file::{FileState, SentinelFile};
 pub use future::ResponseFuture;
 pub use ipnet::IpNet;
