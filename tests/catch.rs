@@ -1,4 +1,5 @@
 //! `CatchLayer` over real sockets: hyper and axum servers on 127.0.0.1, hyper clients.
+#![cfg(feature = "catch")]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! Most tests run on tokio's paused clock: waits complete as soon as everything else is idle,
 //! and the server stamps each arrival with the same (virtual) clock, so "no retry before the
 //! `Retry-After` instant" is checked exactly, without real sleeps.
+#![cfg(feature = "retry")]
 
 mod common;
 

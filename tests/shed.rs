@@ -1,5 +1,6 @@
 //! ShedLayer: real servers on 127.0.0.1 for behaviour, `service_fn` with paused time for the
 //! timing-dependent parts.
+#![cfg(feature = "shed")]
 
 mod common;
 
