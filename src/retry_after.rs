@@ -502,7 +502,10 @@ mod tests {
     #[test]
     fn dates_round_up_to_the_next_second() {
         let t = UNIX_EPOCH + Duration::from_millis(1_500);
-        assert_eq!(RetryAfter::Date(t).to_string(), "Thu, 01 Jan 1970 00:00:02 GMT");
+        assert_eq!(
+            RetryAfter::Date(t).to_string(),
+            "Thu, 01 Jan 1970 00:00:02 GMT"
+        );
     }
 
     #[test]

@@ -74,6 +74,17 @@ impl ModelConfig {
         }
     }
 
+    /// The documented effective minimum: a count window lowers it to what it is sure to hold.
+    fn min_calls(&self) -> u64 {
+        match self.count_window {
+            Some(_) => {
+                let (len, n) = self.shape();
+                self.min_calls.min((n - 1) * len + 1)
+            }
+            None => self.min_calls,
+        }
+    }
+
     fn open_for(&self, trips: u32) -> u64 {
         let mut d = self.open_ms;
         for _ in 1..trips {
@@ -264,7 +275,7 @@ impl Model {
                 self.records_since_start += 1;
                 self.outcomes.push((bucket, failure, slow));
                 let c = self.counts();
-                if c.calls >= self.c.min_calls
+                if c.calls >= self.c.min_calls()
                     && (reaches(c.failures, c.calls, self.c.failure_rate)
                         || reaches(c.slow_calls, c.calls, self.c.slow_rate))
                 {
@@ -342,7 +353,7 @@ fn config() -> impl Strategy<Value = ModelConfig> {
             Just(3_000_000_000)
         ],
         2u64..6,
-        1u64..6,
+        1u64..16,
         prop_oneof![Just(0.25), Just(0.5), Just(1.0)],
         prop_oneof![Just(0.5), Just(1.0)],
         prop_oneof![Just(50_000_000u64), Just(500_000_000)],
@@ -509,6 +520,56 @@ fn model_check_can_fail() {
         model.record(m, true, None);
     }
     assert_ne!(breaker.state(), model.public_state());
+}
+
+/// A count window smaller than `minimum_calls` (default 20) used to leave the breaker closed
+/// forever; the window's size is used instead.
+#[test]
+fn count_window_smaller_than_minimum_calls_still_opens() {
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Count(10))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        assert_eq!(breaker.state(), State::Closed, "opened after {i} failures");
+        breaker.try_acquire().unwrap().failure();
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
+/// With 10 calls per bucket, a window of 100 holds only 91 calls right after its oldest bucket
+/// drops out. A minimum of 100 would skip every such moment; it is lowered to 91, so a rate
+/// that reaches the threshold right after a roll-over opens the breaker.
+#[test]
+fn minimum_calls_fits_what_a_count_window_holds_after_a_roll() {
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Count(100))
+        .buckets(10)
+        .minimum_calls(100)
+        .failure_rate_threshold(0.5)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    // Bucket 0: 10 successes. Buckets 1 to 9: 45 failures and 45 successes, interleaved.
+    for _ in 0..10 {
+        breaker.try_acquire().unwrap().success();
+    }
+    for i in 0..90 {
+        let permit = breaker.try_acquire().unwrap();
+        if i % 2 == 0 {
+            permit.failure();
+        } else {
+            permit.success();
+        }
+    }
+    assert_eq!(breaker.window_counts().calls, 100);
+    assert_eq!(breaker.state(), State::Closed, "45 % must not open");
+    // Call 101 starts bucket 10 and drops bucket 0: 46 failures out of 91 calls.
+    breaker.try_acquire().unwrap().failure();
+    let counts = breaker.window_counts();
+    assert_eq!((counts.calls, counts.failures), (91, 46));
+    assert_eq!(breaker.state(), State::Open);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -753,7 +814,10 @@ async fn retry_after_is_jittered_and_clamped() {
     }
     assert_eq!(
         at_cap,
-        ["2", "3"].iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>()
+        ["2", "3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
     );
 }
 

@@ -558,7 +558,10 @@ async fn retry_after_jitter_stays_within_bounds() {
         seen.insert(secs);
     }
     assert!(seen.len() > 5, "no jitter: {seen:?}");
-    assert!(seen.iter().any(|s| *s > 4), "jitter vanished at the cap: {seen:?}");
+    assert!(
+        seen.iter().any(|s| *s > 4),
+        "jitter vanished at the cap: {seen:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

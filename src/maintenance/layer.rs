@@ -271,7 +271,8 @@ mod tests {
 
     #[test]
     fn jitter_stays_in_bounds() {
-        let layer = MaintenanceLayer::new(MaintenanceSwitch::new()).retry_after_jitter(Duration::from_secs(10));
+        let layer = MaintenanceLayer::new(MaintenanceSwitch::new())
+            .retry_after_jitter(Duration::from_secs(10));
         let now = SystemTime::now();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
