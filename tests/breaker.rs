@@ -19,7 +19,7 @@ use proptest::prelude::*;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_5xx::{
     breaker::{
-        BreakerLayer, CircuitBreaker, ManualClock, Outcome, Permit, SlidingWindow, State,
+        BreakerLayer, CircuitBreaker, Clock, ManualClock, Outcome, Permit, SlidingWindow, State,
         WindowCounts,
     },
     error::CircuitOpen,
@@ -570,6 +570,29 @@ fn minimum_calls_fits_what_a_count_window_holds_after_a_roll() {
     let counts = breaker.window_counts();
     assert_eq!((counts.calls, counts.failures), (91, 46));
     assert_eq!(breaker.state(), State::Open);
+}
+
+/// `CircuitOpen::open_until` is on the breaker's clock, not tokio's.
+#[test]
+fn open_until_is_on_the_breakers_clock() {
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_secs(1000));
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(1)
+        .open_duration(Duration::from_secs(5))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    breaker.try_acquire().unwrap().failure();
+    let open: CircuitOpen = breaker.try_acquire().unwrap_err();
+    assert_eq!(open.state(), State::Open);
+    assert_eq!(open.retry_after(), Duration::from_secs(5));
+    assert_eq!(open.open_until(), Duration::from_secs(1005));
+    clock.advance(Duration::from_secs(2));
+    let open = breaker.try_acquire().unwrap_err();
+    assert_eq!(open.retry_after(), Duration::from_secs(3));
+    assert_eq!(open.open_until(), Duration::from_secs(1005));
+    assert_eq!(open.open_until(), clock.now() + open.retry_after());
 }
 
 // ---------------------------------------------------------------------------------------------
