@@ -179,10 +179,24 @@ impl Shared {
     }
 
     /// Takes a permit if one is free.
+    ///
+    /// The loads here are `SeqCst` on purpose. A queued request does `queued += 1` (in
+    /// `try_enqueue`), then reads `in_flight` and `limit` here; a request that finishes does
+    /// `in_flight -= 1`, then reads `queued` (`release`), and `store_limit` writes `limit`, then
+    /// reads `queued`. That is the store-buffering pattern: with a weaker load on either side,
+    /// both sides may read the old value (the waiter sees no free permit, the releaser sees an
+    /// empty queue and wakes nobody), and the waiter sleeps until its deadline next to a free
+    /// permit. With every one of these writes and loads `SeqCst` they fall into one total
+    /// order, so at least one side sees the other: the waiter takes the permit, or the releaser
+    /// wakes it (a `notify_one` before the waiter registered is kept as a permit by `Notify`).
+    /// The failure ordering of the compare-and-swap is `SeqCst` too, since its reload can be
+    /// the load that decides "full". On x86 a `SeqCst` load is a plain load. (A test cannot
+    /// catch this race reliably: it needs a weakly ordered CPU and an exact interleaving, so
+    /// there is none; the argument above is the check.)
     #[inline]
     pub(crate) fn try_acquire(&self) -> bool {
-        let limit = self.limit.load(Ordering::Relaxed);
-        let mut current = self.in_flight.load(Ordering::Relaxed);
+        let limit = self.limit.load(Ordering::SeqCst);
+        let mut current = self.in_flight.load(Ordering::SeqCst);
         loop {
             if current >= limit {
                 return false;
@@ -191,7 +205,7 @@ impl Shared {
                 current,
                 current + 1,
                 Ordering::SeqCst,
-                Ordering::Relaxed,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
@@ -199,6 +213,8 @@ impl Shared {
         }
     }
 
+    /// `SeqCst` write, then `SeqCst` load: the releasing half of the pattern described on
+    /// [`try_acquire`](Self::try_acquire).
     #[inline]
     fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -207,7 +223,9 @@ impl Shared {
         }
     }
 
-    /// Takes a place in the queue if there is room for this priority.
+    /// Takes a place in the queue if there is room for this priority. The successful
+    /// compare-and-swap is `SeqCst`: it is the waiter's write in the pattern described on
+    /// [`try_acquire`](Self::try_acquire).
     pub(crate) fn try_enqueue(&self, priority: Priority) -> bool {
         if self.config.max_wait.is_zero() {
             return false;
