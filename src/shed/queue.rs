@@ -22,7 +22,7 @@ use super::{
 };
 use crate::RetryAfter;
 
-/// Settings that do not change after the layer is built.
+/// Settings that do not change once the layer made its first service.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
     pub(crate) limit: Limit,
@@ -33,6 +33,15 @@ pub(crate) struct Config {
     pub(crate) max_retry_after: Duration,
     pub(crate) retry_after_jitter: Duration,
     pub(crate) html: bool,
+    /// A limit set through a handle before the first service was made.
+    pub(crate) set_limit: Option<usize>,
+}
+
+impl Config {
+    /// The limit the state starts with.
+    pub(crate) fn start_limit(&self) -> usize {
+        self.set_limit.unwrap_or(self.limit.initial()).max(1)
+    }
 }
 
 /// The current window of samples, in atomics so that recording is lock-free.
@@ -90,11 +99,17 @@ impl Shared {
                 window_len,
                 min_samples,
                 drop_latency: config.limit.drop_latency(),
-                estimator: Mutex::new(Estimator::new(config.limit)),
+                estimator: Mutex::new({
+                    let mut estimator = Estimator::new(config.limit);
+                    if let Some(limit) = config.set_limit {
+                        estimator.reset_to(limit.max(1));
+                    }
+                    estimator
+                }),
             });
         Self {
             in_flight: AtomicUsize::new(0),
-            limit: AtomicUsize::new(config.limit.initial().max(1)),
+            limit: AtomicUsize::new(config.start_limit()),
             queued: AtomicUsize::new(0),
             notify: Arc::new(Notify::new()),
             latency_ns: AtomicU64::new(0),
