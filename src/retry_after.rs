@@ -209,7 +209,7 @@ impl RetryAfter {
     pub fn at_least_one_second(self) -> Self {
         match self {
             RetryAfter::Delay(d) => RetryAfter::Delay(d.max(Duration::from_secs(1))),
-            date => date,
+            date @ RetryAfter::Date(_) => date,
         }
     }
 }
