@@ -980,6 +980,42 @@ fn public_types_are_send_and_sync() {
     assert::<tower_5xx::breaker::KeyedBreakers<String>>();
     assert::<BreakerLayer>();
     assert::<
-        tower_5xx::breaker::Breaker<axum::routing::Router, tower_5xx::breaker::DefaultClassifier>,
+        tower_5xx::breaker::Breaker<
+            axum::routing::Router,
+            tower_5xx::breaker::DefaultOutcomeClassifier,
+        >,
     >();
+    // The classifier parameter defaults, as for the other layers.
+    assert::<tower_5xx::breaker::Breaker<axum::routing::Router>>();
+}
+
+/// `Breaker::new` wraps a service like `BreakerLayer::new(..).layer(..)`.
+#[tokio::test]
+async fn breaker_new_matches_the_layer() {
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(1)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let failing = service_fn(|_req: Request| async {
+        let mut res = Response::new(axum::body::Body::empty());
+        *res.status_mut() = StatusCode::BAD_GATEWAY;
+        Ok::<_, Infallible>(res)
+    });
+    let svc: tower_5xx::breaker::Breaker<_> =
+        tower_5xx::breaker::Breaker::new(failing, breaker.clone());
+    let res = svc
+        .clone()
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(breaker.state(), State::Open, "502 counts as a failure");
+    let res = svc
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::CircuitOpen));
+    assert!(res.headers().contains_key("retry-after"));
 }
