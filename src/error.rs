@@ -160,16 +160,21 @@ marker_error!(
 pub struct CircuitOpen {
     state: crate::breaker::State,
     retry_after: std::time::Duration,
-    open_until: tokio::time::Instant,
+    open_until: std::time::Duration,
 }
 
 #[cfg(feature = "breaker")]
 impl CircuitOpen {
-    pub(crate) fn new(state: crate::breaker::State, retry_after: std::time::Duration) -> Self {
+    /// `now` is the breaker's clock reading at which the call was refused.
+    pub(crate) fn new(
+        state: crate::breaker::State,
+        retry_after: std::time::Duration,
+        now: std::time::Duration,
+    ) -> Self {
         Self {
             state,
             retry_after,
-            open_until: tokio::time::Instant::now() + retry_after,
+            open_until: now.saturating_add(retry_after),
         }
     }
 
@@ -180,9 +185,12 @@ impl CircuitOpen {
         self.retry_after
     }
 
-    /// [`retry_after`](Self::retry_after) as an instant of tokio's clock, taken when the call
-    /// was refused.
-    pub fn open_until(&self) -> tokio::time::Instant {
+    /// When the breaker lets probe calls through, as a reading of the breaker's own
+    /// [`Clock`](crate::breaker::Clock) (compare it with [`Clock::now`](crate::breaker::Clock::now)):
+    /// the clock's time when the call was refused plus [`retry_after`](Self::retry_after). It
+    /// is on the breaker's clock, whichever it is ([`TokioClock`](crate::breaker::TokioClock),
+    /// [`ManualClock`](crate::breaker::ManualClock) or your own).
+    pub fn open_until(&self) -> std::time::Duration {
         self.open_until
     }
 

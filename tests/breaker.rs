@@ -19,7 +19,7 @@ use proptest::prelude::*;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_5xx::{
     breaker::{
-        BreakerLayer, CircuitBreaker, ManualClock, Outcome, Permit, SlidingWindow, State,
+        BreakerLayer, CircuitBreaker, Clock, ManualClock, Outcome, Permit, SlidingWindow, State,
         WindowCounts,
     },
     error::CircuitOpen,
@@ -71,6 +71,17 @@ impl ModelConfig {
                 (len, n.div_ceil(len))
             }
             None => (self.window_nanos / self.buckets, self.buckets),
+        }
+    }
+
+    /// The documented effective minimum: a count window lowers it to what it is sure to hold.
+    fn min_calls(&self) -> u64 {
+        match self.count_window {
+            Some(_) => {
+                let (len, n) = self.shape();
+                self.min_calls.min((n - 1) * len + 1)
+            }
+            None => self.min_calls,
         }
     }
 
@@ -264,7 +275,7 @@ impl Model {
                 self.records_since_start += 1;
                 self.outcomes.push((bucket, failure, slow));
                 let c = self.counts();
-                if c.calls >= self.c.min_calls
+                if c.calls >= self.c.min_calls()
                     && (reaches(c.failures, c.calls, self.c.failure_rate)
                         || reaches(c.slow_calls, c.calls, self.c.slow_rate))
                 {
@@ -342,7 +353,7 @@ fn config() -> impl Strategy<Value = ModelConfig> {
             Just(3_000_000_000)
         ],
         2u64..6,
-        1u64..6,
+        1u64..16,
         prop_oneof![Just(0.25), Just(0.5), Just(1.0)],
         prop_oneof![Just(0.5), Just(1.0)],
         prop_oneof![Just(50_000_000u64), Just(500_000_000)],
@@ -509,6 +520,79 @@ fn model_check_can_fail() {
         model.record(m, true, None);
     }
     assert_ne!(breaker.state(), model.public_state());
+}
+
+/// A count window smaller than `minimum_calls` (default 20) used to leave the breaker closed
+/// forever; the window's size is used instead.
+#[test]
+fn count_window_smaller_than_minimum_calls_still_opens() {
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Count(10))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        assert_eq!(breaker.state(), State::Closed, "opened after {i} failures");
+        breaker.try_acquire().unwrap().failure();
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
+/// With 10 calls per bucket, a window of 100 holds only 91 calls right after its oldest bucket
+/// drops out. A minimum of 100 would skip every such moment; it is lowered to 91, so a rate
+/// that reaches the threshold right after a roll-over opens the breaker.
+#[test]
+fn minimum_calls_fits_what_a_count_window_holds_after_a_roll() {
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Count(100))
+        .buckets(10)
+        .minimum_calls(100)
+        .failure_rate_threshold(0.5)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    // Bucket 0: 10 successes. Buckets 1 to 9: 45 failures and 45 successes, interleaved.
+    for _ in 0..10 {
+        breaker.try_acquire().unwrap().success();
+    }
+    for i in 0..90 {
+        let permit = breaker.try_acquire().unwrap();
+        if i % 2 == 0 {
+            permit.failure();
+        } else {
+            permit.success();
+        }
+    }
+    assert_eq!(breaker.window_counts().calls, 100);
+    assert_eq!(breaker.state(), State::Closed, "45 % must not open");
+    // Call 101 starts bucket 10 and drops bucket 0: 46 failures out of 91 calls.
+    breaker.try_acquire().unwrap().failure();
+    let counts = breaker.window_counts();
+    assert_eq!((counts.calls, counts.failures), (91, 46));
+    assert_eq!(breaker.state(), State::Open);
+}
+
+/// `CircuitOpen::open_until` is on the breaker's clock, not tokio's.
+#[test]
+fn open_until_is_on_the_breakers_clock() {
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_secs(1000));
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(1)
+        .open_duration(Duration::from_secs(5))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    breaker.try_acquire().unwrap().failure();
+    let open: CircuitOpen = breaker.try_acquire().unwrap_err();
+    assert_eq!(open.state(), State::Open);
+    assert_eq!(open.retry_after(), Duration::from_secs(5));
+    assert_eq!(open.open_until(), Duration::from_secs(1005));
+    clock.advance(Duration::from_secs(2));
+    let open = breaker.try_acquire().unwrap_err();
+    assert_eq!(open.retry_after(), Duration::from_secs(3));
+    assert_eq!(open.open_until(), Duration::from_secs(1005));
+    assert_eq!(open.open_until(), clock.now() + open.retry_after());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -896,6 +980,42 @@ fn public_types_are_send_and_sync() {
     assert::<tower_5xx::breaker::KeyedBreakers<String>>();
     assert::<BreakerLayer>();
     assert::<
-        tower_5xx::breaker::Breaker<axum::routing::Router, tower_5xx::breaker::DefaultClassifier>,
+        tower_5xx::breaker::Breaker<
+            axum::routing::Router,
+            tower_5xx::breaker::DefaultOutcomeClassifier,
+        >,
     >();
+    // The classifier parameter defaults, as for the other layers.
+    assert::<tower_5xx::breaker::Breaker<axum::routing::Router>>();
+}
+
+/// `Breaker::new` wraps a service like `BreakerLayer::new(..).layer(..)`.
+#[tokio::test]
+async fn breaker_new_matches_the_layer() {
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(1)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let failing = service_fn(|_req: Request| async {
+        let mut res = Response::new(axum::body::Body::empty());
+        *res.status_mut() = StatusCode::BAD_GATEWAY;
+        Ok::<_, Infallible>(res)
+    });
+    let svc: tower_5xx::breaker::Breaker<_> =
+        tower_5xx::breaker::Breaker::new(failing, breaker.clone());
+    let res = svc
+        .clone()
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(breaker.state(), State::Open, "502 counts as a failure");
+    let res = svc
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::CircuitOpen));
+    assert!(res.headers().contains_key("retry-after"));
 }

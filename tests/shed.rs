@@ -357,6 +357,81 @@ async fn full_queue_sheds_at_once() {
     assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
 }
 
+/// A handle taken before the builder methods observes the layer that is finally used: its
+/// configured limit and queue, and the live counts of the services it made.
+#[tokio::test(start_paused = true)]
+async fn a_handle_taken_before_configuring_observes_the_configured_layer() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::new();
+    let handle = layer.handle();
+    let layer = layer.limit(2).max_queue(1);
+    assert_eq!(handle.limit(), 2);
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+
+    let mut a = pin!(svc.clone().oneshot(Request::new(())));
+    let mut b = pin!(svc.clone().oneshot(Request::new(())));
+    let mut c = pin!(svc.clone().oneshot(Request::new(())));
+    assert!(poll_now(a.as_mut()).is_pending());
+    assert!(poll_now(b.as_mut()).is_pending());
+    assert!(poll_now(c.as_mut()).is_pending());
+    assert_eq!((handle.in_flight(), handle.queued()), (2, 1));
+    let mut d = pin!(svc.clone().oneshot(Request::new(())));
+    let Poll::Ready(Ok(res)) = poll_now(d.as_mut()) else {
+        panic!("the configured queue of 1 is full");
+    };
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(handle.shed_count(), 1);
+
+    // A limit set through the early handle reaches the services.
+    handle.set_limit(3);
+    assert_eq!(handle.limit(), 3);
+    assert!(poll_now(c.as_mut()).is_pending());
+    assert_eq!((handle.in_flight(), handle.queued()), (3, 0));
+    gate.open(3);
+    for res in [a.await, b.await, c.await] {
+        assert_eq!(res.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(handle.in_flight(), 0);
+}
+
+/// A limit set through a handle before the layer made a service is the one it starts with.
+#[tokio::test(start_paused = true)]
+async fn a_limit_set_before_the_first_service_is_kept() {
+    let layer = ShedLayer::new().limit(Aimd::new().initial(10));
+    let handle = layer.handle();
+    handle.set_limit(4);
+    let layer = layer.max_queue(0);
+    assert_eq!(handle.limit(), 4);
+    let svc = layer.layer(gated(Gate::new(), Arc::new(AtomicUsize::new(0))));
+    assert_eq!(handle.limit(), 4);
+    assert_eq!(svc.handle().limit(), 4);
+}
+
+/// Clone-then-configure gives independent layers; the original keeps its settings and handle.
+#[tokio::test(start_paused = true)]
+async fn configuring_a_clone_leaves_the_original_alone() {
+    let base = ShedLayer::new().limit(5);
+    let handle = base.handle();
+    let other = base.clone().limit(7);
+    assert_eq!(handle.limit(), 5);
+    assert_eq!(other.handle().limit(), 7);
+    let _svc = base.layer(gated(Gate::new(), Arc::new(AtomicUsize::new(0))));
+    assert_eq!(handle.limit(), 5);
+}
+
+/// Changing a setting after the layer made a service would not reach that service: it panics.
+#[test]
+#[should_panic(expected = "after the layer made a service")]
+fn configuring_after_making_a_service_panics() {
+    let layer = ShedLayer::new();
+    let _svc = layer.layer(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let _ = layer.max_queue(3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn permits_and_places_are_released_on_cancel() {
     let gate = Gate::new();

@@ -24,7 +24,7 @@ use super::Outcome;
 /// let layer = BreakerLayer::new(CircuitBreaker::builder().build().unwrap()).classify(classify);
 /// # let _ = layer;
 /// ```
-pub trait Classify<B, E>: Clone {
+pub trait OutcomeClassifier<B, E>: Clone {
     /// The outcome of one call.
     fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome;
 }
@@ -33,9 +33,9 @@ pub trait Classify<B, E>: Clone {
 /// Implemented` and `505 HTTP Version Not Supported` (they say nothing about the service's
 /// health); everything else, 4xx included, is a success.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DefaultClassifier;
+pub struct DefaultOutcomeClassifier;
 
-impl<B, E> Classify<B, E> for DefaultClassifier {
+impl<B, E> OutcomeClassifier<B, E> for DefaultOutcomeClassifier {
     #[inline]
     fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
         match result {
@@ -58,7 +58,7 @@ pub fn status_outcome(status: StatusCode) -> Outcome {
     }
 }
 
-impl<F, B, E> Classify<B, E> for F
+impl<F, B, E> OutcomeClassifier<B, E> for F
 where
     F: Fn(Result<&Response<B>, &E>) -> Outcome + Clone,
 {
@@ -74,7 +74,7 @@ mod tests {
 
     fn outcome(status: u16) -> Outcome {
         let res = Response::builder().status(status).body(()).unwrap();
-        Classify::<(), ()>::classify(&DefaultClassifier, Ok(&res))
+        OutcomeClassifier::<(), ()>::classify(&DefaultOutcomeClassifier, Ok(&res))
     }
 
     #[test]
@@ -88,7 +88,7 @@ mod tests {
         assert_eq!(outcome(503), Outcome::Failure);
         assert_eq!(outcome(505), Outcome::Success);
         assert_eq!(
-            Classify::<(), ()>::classify(&DefaultClassifier, Err(&())),
+            OutcomeClassifier::<(), ()>::classify(&DefaultOutcomeClassifier, Err(&())),
             Outcome::Failure
         );
     }

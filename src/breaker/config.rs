@@ -143,12 +143,21 @@ impl BreakerBuilder {
     }
 
     /// How many calls the window must hold before its rates are judged. Default 20; at least 1.
+    ///
+    /// With a [count window](SlidingWindow::Count), a minimum larger than the window could
+    /// never be reached, so, as in resilience4j, the window's size is used instead; more
+    /// precisely, the number of calls the window is sure to hold, which is smaller when a
+    /// bucket holds several calls: right after its oldest bucket drops out, the window holds
+    /// only its other buckets' calls plus one (`Count(100)` in 10 buckets of 10 calls: 91).
     pub fn minimum_calls(mut self, calls: u32) -> Self {
         self.minimum_calls = calls;
         self
     }
 
     /// The sliding window. Default: time-based, 30 s.
+    ///
+    /// A count window smaller than [`minimum_calls`](Self::minimum_calls) lowers the minimum
+    /// to the number of calls it is sure to hold (see there), so it still opens.
     pub fn sliding_window(mut self, window: SlidingWindow) -> Self {
         self.window = window;
         self
@@ -224,6 +233,7 @@ impl BreakerBuilder {
         if !(MIN_BUCKETS..=MAX_BUCKETS).contains(&self.buckets) {
             return Err(BreakerConfigError::Buckets);
         }
+        let mut minimum_calls = u64::from(self.minimum_calls);
         let window = match self.window {
             SlidingWindow::Count(size) => {
                 if !(2..=1 << 30).contains(&size) {
@@ -231,9 +241,15 @@ impl BreakerBuilder {
                 }
                 let buckets = self.buckets.min(size);
                 let len = size.div_ceil(buckets);
+                let buckets = size.div_ceil(len);
+                // Right after the oldest bucket dropped out, the window holds the other
+                // buckets and one call: a larger minimum would keep the breaker from opening
+                // (at all, if it exceeds the window).
+                let guaranteed = u64::from(buckets - 1) * u64::from(len) + 1;
+                minimum_calls = minimum_calls.min(guaranteed);
                 WindowKind::Count {
                     bucket_len: u64::from(len),
-                    buckets: size.div_ceil(len),
+                    buckets,
                 }
             }
             SlidingWindow::Time(duration) => {
@@ -263,7 +279,7 @@ impl BreakerBuilder {
             failure_ppm,
             slow_ppm,
             slow_call_nanos: u64::try_from(self.slow_call_duration.as_nanos()).unwrap_or(u64::MAX),
-            minimum_calls: u64::from(self.minimum_calls),
+            minimum_calls,
             window,
             open_duration: self.open_duration,
             growth: self.growth,
@@ -296,6 +312,7 @@ pub(crate) struct Config {
     pub(crate) failure_ppm: u64,
     pub(crate) slow_ppm: u64,
     pub(crate) slow_call_nanos: u64,
+    /// Effective: at most what a count window is sure to hold.
     pub(crate) minimum_calls: u64,
     pub(crate) window: WindowKind,
     pub(crate) open_duration: Duration,

@@ -8,7 +8,7 @@ use std::{
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::{Classify, Permit};
+use super::{OutcomeClassifier, Permit};
 use crate::{ErrorResponse, ResponseBody};
 
 pin_project! {
@@ -69,7 +69,7 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
 impl<F, C, B, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    C: Classify<B, E>,
+    C: OutcomeClassifier<B, E>,
 {
     type Output = Result<Response<ResponseBody<B>>, E>;
 

@@ -94,10 +94,28 @@ impl<K: Hash + Eq + Clone + fmt::Debug> KeyedBreakers<K> {
     }
 
     /// At most this many breakers are kept (rounded up to a multiple of the shard count).
-    /// Default 1024. Resets the registry.
+    /// Default 1024. The breakers already handed out stay in the registry (the least
+    /// recently used are dropped if they no longer fit), so a breaker taken before this call
+    /// is still the one [`get`](Self::get) returns for its key.
     pub fn max_keys(self, max: NonZeroUsize) -> Self {
-        let idle = Duration::from_nanos(self.idle_nanos);
-        Self::from_parts(self.config, max, idle)
+        let now = self.now();
+        let mut next = Self::from_parts(self.config.clone(), max, Duration::ZERO);
+        next.idle_nanos = self.idle_nanos;
+        let mut entries: Vec<(K, Entry)> = Vec::from(self.shards)
+            .into_iter()
+            .flat_map(|shard| shard.into_inner().unwrap_or_else(PoisonError::into_inner))
+            .collect();
+        // Least recently used first, so that if room runs out, those are the ones dropped.
+        entries.sort_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed));
+        for (key, entry) in entries {
+            let map = next.shard(&key);
+            let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
+            if map.len() >= next.max_per_shard {
+                next.make_room(&mut map, now);
+            }
+            map.insert(key, entry);
+        }
+        next
     }
 
     /// A breaker not used for this long may be dropped ([`evict_idle`](Self::evict_idle), and
@@ -273,6 +291,24 @@ mod tests {
         assert!(keyed.existing(&1000).is_some());
         assert!(keyed.remove(&1000));
         assert!(keyed.is_empty());
+    }
+
+    #[test]
+    fn max_keys_keeps_the_breakers_handed_out() {
+        let clock = ManualClock::new();
+        let keyed =
+            KeyedBreakers::<u32>::new(CircuitBreaker::builder().clock(clock.clone())).unwrap();
+        let early = keyed.get(&1);
+        for k in 2..=8 {
+            let _ = keyed.get(&k);
+            clock.advance(Duration::from_millis(10));
+        }
+        let _ = keyed.get(&1); // now the most recently used
+        let keyed = keyed.max_keys(NonZeroUsize::new(2).unwrap());
+        assert!(keyed.len() <= 2, "{} keys kept", keyed.len());
+        // The breaker taken before `max_keys` is still the registry's breaker for its key.
+        early.force_open();
+        assert_eq!(keyed.get(&1).state(), crate::breaker::State::ForcedOpen);
     }
 
     #[test]

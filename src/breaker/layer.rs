@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::{Breaker, CircuitBreaker, DefaultClassifier};
+use super::{Breaker, CircuitBreaker, DefaultOutcomeClassifier};
 
 /// Layer that guards a service with a [`CircuitBreaker`]: while the breaker is open, requests
 /// are answered `503 Service Unavailable` with `Retry-After` without calling the service. See
@@ -11,7 +11,7 @@ use super::{Breaker, CircuitBreaker, DefaultClassifier};
 /// Every service the layer makes shares the one breaker it was given.
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct BreakerLayer<C = DefaultClassifier> {
+pub struct BreakerLayer<C = DefaultOutcomeClassifier> {
     pub(crate) breaker: CircuitBreaker,
     pub(crate) classifier: C,
     pub(crate) config: LayerConfig,
@@ -25,17 +25,17 @@ pub(crate) struct LayerConfig {
     pub(crate) html: bool,
 }
 
-impl BreakerLayer<DefaultClassifier> {
+impl BreakerLayer<DefaultOutcomeClassifier> {
     /// A layer around `breaker` with the defaults:
     ///
-    /// - [`DefaultClassifier`]: `Err` and 5xx (except 501 and 505) are failures;
+    /// - [`DefaultOutcomeClassifier`]: `Err` and 5xx (except 501 and 505) are failures;
     /// - `Retry-After` = the breaker's remaining open time plus a random 0 to 1 s (so clients
     ///   told to come back do not come back in one herd), at least 1 s, at most 5 minutes;
     /// - HTML bodies for clients whose `Accept` prefers `text/html`.
     pub fn new(breaker: CircuitBreaker) -> Self {
         Self {
             breaker,
-            classifier: DefaultClassifier,
+            classifier: DefaultOutcomeClassifier,
             config: LayerConfig {
                 max_retry_after: Duration::from_secs(300),
                 jitter: Duration::from_secs(1),
@@ -46,7 +46,7 @@ impl BreakerLayer<DefaultClassifier> {
 }
 
 impl<C> BreakerLayer<C> {
-    /// Uses `classifier` to tell failures from successes; see [`Classify`](super::Classify).
+    /// Uses `classifier` to tell failures from successes; see [`OutcomeClassifier`](super::OutcomeClassifier).
     pub fn classify<C2>(self, classifier: C2) -> BreakerLayer<C2> {
         BreakerLayer {
             breaker: self.breaker,

@@ -3,7 +3,10 @@ use std::task::{Context, Poll};
 use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
-use super::{future::ResponseFuture, layer::LayerConfig, CircuitBreaker, Classify};
+use super::{
+    future::ResponseFuture, layer::LayerConfig, BreakerLayer, CircuitBreaker,
+    DefaultOutcomeClassifier, OutcomeClassifier,
+};
 use crate::{error::CircuitOpen, ErrorResponse, Reason, ResponseBody, RetryAfter};
 
 /// Middleware that guards its inner service with a circuit breaker. Made by
@@ -13,11 +16,18 @@ use crate::{error::CircuitOpen, ErrorResponse, Reason, ResponseBody, RetryAfter}
 /// route too (axum routes are always ready).
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct Breaker<S, C> {
+pub struct Breaker<S, C = DefaultOutcomeClassifier> {
     pub(crate) inner: S,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) classifier: C,
     pub(crate) config: LayerConfig,
+}
+
+impl<S> Breaker<S, DefaultOutcomeClassifier> {
+    /// Wraps `inner` with `breaker` and the default settings of [`BreakerLayer::new`].
+    pub fn new(inner: S, breaker: CircuitBreaker) -> Self {
+        tower_layer::Layer::layer(&BreakerLayer::new(breaker), inner)
+    }
 }
 
 impl<S, C> Breaker<S, C> {
@@ -45,7 +55,7 @@ impl<S, C> Breaker<S, C> {
 impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for Breaker<S, C>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    C: Classify<ResBody, S::Error>,
+    C: OutcomeClassifier<ResBody, S::Error>,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;

@@ -286,6 +286,7 @@ impl CircuitBreaker {
                     return Err(CircuitOpen::new(
                         State::ForcedOpen,
                         inner.config.open_duration,
+                        Duration::from_nanos(now),
                     ))
                 }
                 OPEN => {
@@ -294,6 +295,7 @@ impl CircuitBreaker {
                         return Err(CircuitOpen::new(
                             State::Open,
                             Duration::from_nanos(until - now),
+                            Duration::from_nanos(now),
                         ));
                     }
                     let next = pack(HALF_OPEN, g + 1, 0);
@@ -317,7 +319,11 @@ impl CircuitBreaker {
                             self.release_probe(g);
                         }
                         ProbeTake::Full => {
-                            return Err(CircuitOpen::new(State::HalfOpen, Duration::ZERO))
+                            return Err(CircuitOpen::new(
+                                State::HalfOpen,
+                                Duration::ZERO,
+                                Duration::from_nanos(now),
+                            ))
                         }
                         ProbeTake::Stale => {}
                     }

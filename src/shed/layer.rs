@@ -1,4 +1,11 @@
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+    },
+    time::Duration,
+};
 
 use tower_layer::Layer;
 
@@ -11,20 +18,118 @@ use super::{
 /// answers the rest with **503 + `Retry-After`**. See the [module docs](super).
 ///
 /// Every service made by one layer (and by its clones) shares one limit, one queue and one set
-/// of statistics: put the layer where all the requests you want to limit pass. Each builder
-/// method returns a layer with fresh state, so configure first, then build services.
+/// of statistics: put the layer where all the requests you want to limit pass.
+///
+/// The builder methods change the layer in place, so a [`handle`](Self::handle) taken before
+/// them observes the configured layer. Two exceptions keep this from surprising anyone:
+///
+/// - on a layer that was cloned, a builder method returns a separate layer with its own state
+///   (the clones and the handles taken so far keep the old one): clone-then-configure gives
+///   independent limiters, as with any builder;
+/// - once the layer (or a clone) has made a service, the settings are fixed: a builder method
+///   **panics**, since the services already made would silently not see the change. Start
+///   from [`ShedLayer::new`] for another limiter.
 #[derive(Clone)]
 #[must_use]
 pub struct ShedLayer<P = AllNormal> {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) cell: LayerRef,
     pub(crate) priority: P,
+}
+
+/// What a layer, its clones and its handles share: the settings until the first service is
+/// made, then the live state made from them.
+pub(crate) struct Cell {
+    config: Mutex<Config>,
+    /// Set once, by the first `layer` call, while `config` is locked.
+    shared: OnceLock<Arc<Shared>>,
+    /// How many `ShedLayer` values point here (handles do not count).
+    layers: AtomicUsize,
+}
+
+impl Cell {
+    fn new(config: Config) -> Self {
+        Self {
+            config: Mutex::new(config),
+            shared: OnceLock::new(),
+            layers: AtomicUsize::new(0),
+        }
+    }
+
+    /// A cell around state that already exists (for handles taken from a service).
+    pub(crate) fn built(shared: Arc<Shared>) -> Self {
+        let cell = Self::new(shared.config);
+        let _ = cell.shared.set(shared);
+        cell
+    }
+
+    pub(crate) fn config(&self) -> MutexGuard<'_, Config> {
+        self.config.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The live state, if a service was made.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&Arc<Shared>> {
+        self.shared.get()
+    }
+
+    /// The live state, made from the settings on first use.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        if let Some(shared) = self.shared.get() {
+            return shared.clone();
+        }
+        // Made under the settings' lock, so a builder method either comes before (and is
+        // used) or sees the state and panics.
+        let config = self.config();
+        self.shared
+            .get_or_init(|| Arc::new(Shared::new(*config)))
+            .clone()
+    }
+}
+
+impl fmt::Debug for Cell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cell")
+            .field("config", &*self.config())
+            .field("built", &self.shared.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A layer's reference to its cell; counts the layers sharing the cell.
+#[derive(Debug)]
+pub(crate) struct LayerRef(pub(crate) Arc<Cell>);
+
+impl LayerRef {
+    fn new(cell: Cell) -> Self {
+        cell.layers.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::new(cell))
+    }
+}
+
+impl Clone for LayerRef {
+    fn clone(&self) -> Self {
+        self.0.layers.fetch_add(1, Ordering::Relaxed);
+        Self(self.0.clone())
+    }
+}
+
+impl Drop for LayerRef {
+    fn drop(&mut self) {
+        self.0.layers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<P> fmt::Debug for ShedLayer<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cell = &self.cell.0;
+        let config = *cell.config();
+        let limit = match cell.get() {
+            Some(shared) => shared.limit(),
+            None => config.start_limit(),
+        };
         f.debug_struct("ShedLayer")
-            .field("config", &self.shared.config)
-            .field("limit", &self.shared.limit())
+            .field("config", &config)
+            .field("limit", &limit)
             .finish_non_exhaustive()
     }
 }
@@ -42,7 +147,7 @@ impl ShedLayer<AllNormal> {
     /// - every request [`Priority::Normal`](super::Priority::Normal).
     pub fn new() -> Self {
         Self {
-            shared: Arc::new(Shared::new(Config {
+            cell: LayerRef::new(Cell::new(Config {
                 limit: Limit::from(100),
                 max_queue: 100,
                 low_priority_queue: 50,
@@ -51,6 +156,7 @@ impl ShedLayer<AllNormal> {
                 max_retry_after: Duration::from_secs(30),
                 retry_after_jitter: Duration::from_secs(1),
                 html: true,
+                set_limit: None,
             })),
             priority: AllNormal,
         }
@@ -65,11 +171,26 @@ impl Default for ShedLayer<AllNormal> {
 
 impl<P> ShedLayer<P> {
     fn with_config(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.shared.config;
-        f(&mut config);
-        config.low_priority_queue = config.low_priority_queue.min(config.max_queue);
-        config.max_retry_after = config.max_retry_after.max(config.min_retry_after);
-        self.shared = Arc::new(Shared::new(config));
+        let cell = self.cell.0.clone();
+        let mut config = cell.config();
+        assert!(
+            cell.get().is_none(),
+            "ShedLayer: a setting was changed after the layer made a service; the services \
+             already made would not see it. Configure the layer before `layer()`, or start \
+             from `ShedLayer::new()` for a separate limiter"
+        );
+        let mut next = *config;
+        f(&mut next);
+        next.low_priority_queue = next.low_priority_queue.min(next.max_queue);
+        next.max_retry_after = next.max_retry_after.max(next.min_retry_after);
+        if cell.layers.load(Ordering::Relaxed) == 1 {
+            // The only layer: change it in place, so its handles follow.
+            *config = next;
+        } else {
+            // Cloned: this one goes its own way; the others keep their settings.
+            drop(config);
+            self.cell = LayerRef::new(Cell::new(next));
+        }
         self
     }
 
@@ -77,7 +198,10 @@ impl<P> ShedLayer<P> {
     /// [`Aimd`](super::Aimd) or a [`Gradient`](super::Gradient). Default: fixed at 100.
     pub fn limit(self, limit: impl Into<Limit>) -> Self {
         let limit = limit.into();
-        self.with_config(|c| c.limit = limit)
+        self.with_config(|c| {
+            c.limit = limit;
+            c.set_limit = None;
+        })
     }
 
     /// How many requests may wait for a permit. Default 100. With 0, a request that finds no
@@ -130,16 +254,17 @@ impl<P> ShedLayer<P> {
     /// [`Prioritize`](super::Prioritize).
     pub fn priority<P2>(self, priority: P2) -> ShedLayer<P2> {
         ShedLayer {
-            shared: self.shared,
+            cell: self.cell,
             priority,
         }
     }
 
     /// A handle on the shared state: the current limit, in-flight and queued counts, and a way
-    /// to set the limit at runtime.
+    /// to set the limit at runtime. It can be taken at any point: builder methods called
+    /// afterwards change the layer it observes (see the [type docs](Self)).
     pub fn handle(&self) -> super::ShedHandle {
         super::ShedHandle {
-            shared: self.shared.clone(),
+            cell: self.cell.0.clone(),
         }
     }
 }
@@ -148,6 +273,6 @@ impl<S, P: Clone> Layer<S> for ShedLayer<P> {
     type Service = Shed<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Shed::from_parts(inner, self.shared.clone(), self.priority.clone())
+        Shed::from_parts(inner, self.cell.0.shared(), self.priority.clone())
     }
 }

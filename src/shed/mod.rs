@@ -94,42 +94,60 @@ pub use service::Shed;
 
 /// A handle on the state a [`ShedLayer`] shares among its services: observe the limit, the
 /// load and the shed count; set the limit at runtime. Cheap to clone.
+///
+/// A handle taken from a layer before its builder methods observes the configured layer.
+/// Until the layer has made its first service, it reports the configured limit and zero load.
 #[derive(Clone)]
 pub struct ShedHandle {
-    shared: Arc<queue::Shared>,
+    cell: Arc<layer::Cell>,
 }
 
 impl ShedHandle {
     /// The current concurrency limit (for an adaptive limit, its latest value).
     pub fn limit(&self) -> usize {
-        self.shared.limit()
+        match self.cell.get() {
+            Some(shared) => shared.limit(),
+            None => self.cell.config().start_limit(),
+        }
     }
 
     /// Sets the concurrency limit (at least 1). Queued requests are woken if it grew; if it
     /// shrank, requests already running finish and new ones wait. An adaptive limit continues
-    /// from this value.
+    /// from this value. Before the layer made its first service, this is the limit it starts
+    /// with (unless a later [`ShedLayer::limit`] replaces it).
     pub fn set_limit(&self, limit: usize) {
-        self.shared.set_limit(limit);
+        if let Some(shared) = self.cell.get() {
+            return shared.set_limit(limit);
+        }
+        let mut config = self.cell.config();
+        match self.cell.get() {
+            // Made in between (it is made under this lock).
+            Some(shared) => {
+                drop(config);
+                shared.set_limit(limit);
+            }
+            None => config.set_limit = Some(limit.max(1)),
+        }
     }
 
     /// How many requests hold a permit now.
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight()
+        self.cell.get().map_or(0, |s| s.in_flight())
     }
 
     /// How many requests wait in the queue now.
     pub fn queued(&self) -> usize {
-        self.shared.queued()
+        self.cell.get().map_or(0, |s| s.queued())
     }
 
     /// How many requests were shed (answered 503) so far.
     pub fn shed_count(&self) -> u64 {
-        self.shared.shed_count()
+        self.cell.get().map_or(0, |s| s.shed_count())
     }
 
     /// The recent latency of the inner service (a moving average), if any request finished.
     pub fn latency(&self) -> Option<Duration> {
-        self.shared.latency()
+        self.cell.get().and_then(|s| s.latency())
     }
 }
 

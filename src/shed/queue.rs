@@ -22,7 +22,7 @@ use super::{
 };
 use crate::RetryAfter;
 
-/// Settings that do not change after the layer is built.
+/// Settings that do not change once the layer made its first service.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
     pub(crate) limit: Limit,
@@ -33,6 +33,15 @@ pub(crate) struct Config {
     pub(crate) max_retry_after: Duration,
     pub(crate) retry_after_jitter: Duration,
     pub(crate) html: bool,
+    /// A limit set through a handle before the first service was made.
+    pub(crate) set_limit: Option<usize>,
+}
+
+impl Config {
+    /// The limit the state starts with.
+    pub(crate) fn start_limit(&self) -> usize {
+        self.set_limit.unwrap_or(self.limit.initial()).max(1)
+    }
 }
 
 /// The current window of samples, in atomics so that recording is lock-free.
@@ -90,11 +99,17 @@ impl Shared {
                 window_len,
                 min_samples,
                 drop_latency: config.limit.drop_latency(),
-                estimator: Mutex::new(Estimator::new(config.limit)),
+                estimator: Mutex::new({
+                    let mut estimator = Estimator::new(config.limit);
+                    if let Some(limit) = config.set_limit {
+                        estimator.reset_to(limit.max(1));
+                    }
+                    estimator
+                }),
             });
         Self {
             in_flight: AtomicUsize::new(0),
-            limit: AtomicUsize::new(config.limit.initial().max(1)),
+            limit: AtomicUsize::new(config.start_limit()),
             queued: AtomicUsize::new(0),
             notify: Arc::new(Notify::new()),
             latency_ns: AtomicU64::new(0),
@@ -179,10 +194,24 @@ impl Shared {
     }
 
     /// Takes a permit if one is free.
+    ///
+    /// The loads here are `SeqCst` on purpose. A queued request does `queued += 1` (in
+    /// `try_enqueue`), then reads `in_flight` and `limit` here; a request that finishes does
+    /// `in_flight -= 1`, then reads `queued` (`release`), and `store_limit` writes `limit`, then
+    /// reads `queued`. That is the store-buffering pattern: with a weaker load on either side,
+    /// both sides may read the old value (the waiter sees no free permit, the releaser sees an
+    /// empty queue and wakes nobody), and the waiter sleeps until its deadline next to a free
+    /// permit. With every one of these writes and loads `SeqCst` they fall into one total
+    /// order, so at least one side sees the other: the waiter takes the permit, or the releaser
+    /// wakes it (a `notify_one` before the waiter registered is kept as a permit by `Notify`).
+    /// The failure ordering of the compare-and-swap is `SeqCst` too, since its reload can be
+    /// the load that decides "full". On x86 a `SeqCst` load is a plain load. (A test cannot
+    /// catch this race reliably: it needs a weakly ordered CPU and an exact interleaving, so
+    /// there is none; the argument above is the check.)
     #[inline]
     pub(crate) fn try_acquire(&self) -> bool {
-        let limit = self.limit.load(Ordering::Relaxed);
-        let mut current = self.in_flight.load(Ordering::Relaxed);
+        let limit = self.limit.load(Ordering::SeqCst);
+        let mut current = self.in_flight.load(Ordering::SeqCst);
         loop {
             if current >= limit {
                 return false;
@@ -191,7 +220,7 @@ impl Shared {
                 current,
                 current + 1,
                 Ordering::SeqCst,
-                Ordering::Relaxed,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
@@ -199,6 +228,8 @@ impl Shared {
         }
     }
 
+    /// `SeqCst` write, then `SeqCst` load: the releasing half of the pattern described on
+    /// [`try_acquire`](Self::try_acquire).
     #[inline]
     fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -207,7 +238,9 @@ impl Shared {
         }
     }
 
-    /// Takes a place in the queue if there is room for this priority.
+    /// Takes a place in the queue if there is room for this priority. The successful
+    /// compare-and-swap is `SeqCst`: it is the waiter's write in the pattern described on
+    /// [`try_acquire`](Self::try_acquire).
     pub(crate) fn try_enqueue(&self, priority: Priority) -> bool {
         if self.config.max_wait.is_zero() {
             return false;

@@ -6,10 +6,12 @@ use std::{
 
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
+use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
     future::ResponseFuture,
+    layer::Cell,
     queue::{Permit, QueueSlot, Shared},
     AllNormal, Prioritize, Priority, ShedHandle, ShedLayer,
 };
@@ -27,8 +29,7 @@ pub struct Shed<S, P = AllNormal> {
 impl<S> Shed<S, AllNormal> {
     /// Wraps `inner` with the default settings of [`ShedLayer::new`] (and state of its own).
     pub fn new(inner: S) -> Self {
-        let layer = ShedLayer::new();
-        Self::from_parts(inner, layer.shared, layer.priority)
+        ShedLayer::new().layer(inner)
     }
 }
 
@@ -44,7 +45,7 @@ impl<S, P> Shed<S, P> {
     /// A handle on the shared limit and queue.
     pub fn handle(&self) -> ShedHandle {
         ShedHandle {
-            shared: self.shared.clone(),
+            cell: Arc::new(Cell::built(self.shared.clone())),
         }
     }
 
