@@ -8,65 +8,23 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     hint::black_box,
-    pin::pin,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{header::ACCEPT, HeaderValue, Request, Response, Uri};
-use http_body::Body;
+use http::{Request, Response};
 use http_body_util::Full;
 use tower::{filter::Filter, service_fn, BoxError, Layer, Service};
 use tower_5xx::maintenance::{MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch};
 
-/// A request like one hyper parsed: URI and header bytes are shared, so clones are cheap.
-struct Template {
-    uri: Uri,
-    accept: HeaderValue,
-}
-
-impl Template {
-    fn new(accept: &str) -> Self {
-        let uri = Uri::from_maybe_shared(Bytes::from(String::from("/users/42?page=3"))).unwrap();
-        let accept = HeaderValue::from_maybe_shared(Bytes::from(accept.to_owned())).unwrap();
-        let _ = (uri.clone(), accept.clone());
-        Self { uri, accept }
-    }
-
-    fn request(&self) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::default());
-        *req.uri_mut() = self.uri.clone();
-        req.headers_mut().insert(ACCEPT, self.accept.clone());
-        req
-    }
-}
-
-fn drive<S, B>(svc: &mut S, req: Request<Full<Bytes>>)
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-    B: Body<Data = Bytes>,
-    B::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(svc.poll_ready(&mut cx).is_ready());
-    let mut fut = pin!(svc.call(req));
-    let Poll::Ready(Ok(res)) = fut.as_mut().poll(&mut cx) else {
-        panic!("the bench service is always ready");
-    };
-    let mut body = pin!(res.into_body());
-    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
-        black_box(frame.unwrap());
-    }
-}
+mod common;
+use common::{drive, Template};
 
 fn handler() -> impl Service<
     Request<Full<Bytes>>,
@@ -84,7 +42,9 @@ fn off_path(c: &mut Criterion) {
     let template = Template::new("*/*");
     let mut group = c.benchmark_group("maintenance_off");
     let mut bare = handler();
-    group.bench_function("bare", |b| b.iter(|| drive(&mut bare, template.request())));
+    group.bench_function("bare", |b| {
+        b.iter(|| drive(&mut bare, template.request(Full::default())))
+    });
 
     let flag = Arc::new(AtomicBool::new(false));
     let mut filter = Filter::new(handler(), move |req: Request<Full<Bytes>>| {
@@ -95,7 +55,7 @@ fn off_path(c: &mut Criterion) {
         }
     });
     group.bench_function("tower_filter_atomic_bool", |b| {
-        b.iter(|| drive(&mut filter, template.request()))
+        b.iter(|| drive(&mut filter, template.request(Full::default())))
     });
 
     let switch = MaintenanceSwitch::new();
@@ -103,7 +63,7 @@ fn off_path(c: &mut Criterion) {
         .bypass_path("/healthz")
         .layer(handler());
     group.bench_function("tower_5xx_maintenance", |b| {
-        b.iter(|| drive(&mut layer, template.request()))
+        b.iter(|| drive(&mut layer, template.request(Full::default())))
     });
     group.finish();
 }
@@ -121,7 +81,7 @@ fn on_path(c: &mut Criterion) {
         let template = Template::new(accept);
         let mut svc = layer.clone().layer(handler());
         group.bench_function(format!("tower_5xx_503_{name}"), |b| {
-            b.iter(|| drive(&mut svc, template.request()))
+            b.iter(|| drive(&mut svc, template.request(Full::default())))
         });
     }
     group.finish();

@@ -23,14 +23,7 @@
 //! `scripts/callgrind-bench.sh retry retry_success bare tower_retry_trivial tower_5xx_policy
 //! tower_5xx_policy_budget tower_5xx_layer`.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    hint::black_box,
-    pin::pin,
-    sync::Arc,
-    task::{Context, Poll, Waker},
-};
+use std::{convert::Infallible, hint::black_box, sync::Arc};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -38,13 +31,15 @@ use http::{
     header::{ACCEPT, USER_AGENT},
     HeaderValue, Request, Response, Uri,
 };
-use http_body::Body;
 use http_body_util::Full;
-use tower::{retry::Policy, service_fn, Layer, Service, ServiceExt};
+use tower::{retry::Policy, service_fn, Layer, ServiceExt};
 use tower_5xx::{
     retry::{ReplayBody, RetryBudget, RetryLayer, RetryPolicy},
     BoxError,
 };
+
+mod common;
+use common::drive;
 
 /// A client request: URI and header bytes are shared, so clones are cheap.
 struct Template {
@@ -68,28 +63,6 @@ impl Template {
         req.headers_mut().insert(ACCEPT, self.accept.clone());
         req.headers_mut().insert(USER_AGENT, self.agent.clone());
         req
-    }
-}
-
-/// One request through `svc`: ready, call, poll once (the bench services always answer at
-/// once), drain the body. Callgrind counts the instructions of this function.
-#[inline(never)]
-fn drive<S, ReqB, ResB>(svc: &mut S, req: Request<ReqB>)
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    S::Error: std::fmt::Debug,
-    ResB: Body<Data = Bytes>,
-    ResB::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(svc.poll_ready(&mut cx).is_ready());
-    let mut fut = pin!(svc.call(req));
-    let Poll::Ready(Ok(res)) = fut.as_mut().poll(&mut cx) else {
-        panic!("the bench service is always ready");
-    };
-    let mut body = pin!(res.into_body());
-    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
-        black_box(frame.unwrap());
     }
 }
 

@@ -5,40 +5,17 @@
 //! future, and drain the response body. Run with `cargo bench --bench shed`. The overload
 //! behaviour is measured by `cargo run --release --example overload`.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    hint::black_box,
-    pin::pin,
-    task::{Context, Poll, Waker},
-};
+use std::{convert::Infallible, hint::black_box};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
-use http_body::Body;
 use http_body_util::Full;
-use tower::{service_fn, Layer, Service, ServiceBuilder};
+use tower::{service_fn, Layer, ServiceBuilder};
 use tower_5xx::shed::{Aimd, Gradient, ShedLayer};
 
-fn drive<S, B>(svc: &mut S, req: Request<Full<Bytes>>)
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-    B: Body<Data = Bytes>,
-    B::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(svc.poll_ready(&mut cx).is_ready());
-    let mut fut = pin!(svc.call(req));
-    let Poll::Ready(Ok(res)) = fut.as_mut().poll(&mut cx) else {
-        panic!("the bench service is always ready and never shed");
-    };
-    let mut body = pin!(res.into_body());
-    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
-        black_box(frame.unwrap());
-    }
-}
+mod common;
+use common::drive;
 
 /// A request like one hyper parsed: the URI's bytes are shared, so a clone is cheap and the
 /// measurement is about the layers, not about building requests.

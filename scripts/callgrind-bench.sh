@@ -16,9 +16,9 @@ for name in "$@"; do
     valgrind --tool=callgrind --callgrind-out-file="$out/$name.out" \
         "$bin" --bench --profile-time 1 "^$group/$name\$" >/dev/null 2>&1
     tree=$(callgrind_annotate --inclusive=yes --tree=caller "$out/$name.out" 2>/dev/null)
-    calls=$(echo "$tree" | grep -B1 -E "\*  \?\?\?:$bench::drive" | head -1 |
+    calls=$(echo "$tree" | grep -B1 -E "\*  \?\?\?:$bench::(common::)?drive" | head -1 |
         sed -E 's/.*\(([0-9,]+)x\).*/\1/' | tr -d ,)
-    incl=$(echo "$tree" | grep -E "\*  \?\?\?:$bench::drive" | head -1 | awk '{gsub(",","",$1); print $1}')
+    incl=$(echo "$tree" | grep -E "\*  \?\?\?:$bench::(common::)?drive" | head -1 | awk '{gsub(",","",$1); print $1}')
     printf '%-40s %8d instructions per iteration\n' "$group/$name" $((incl / calls))
 done
 rm -rf "$out"
