@@ -63,6 +63,29 @@
 //! | `reqwest-middleware` | no | [`retry`]'s policy as a `reqwest_middleware::Middleware` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// `get_ref`, `get_mut` and `into_inner` for a middleware whose inner service is `self.inner`.
+#[allow(unused_macros)]
+macro_rules! inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// The inner service, consuming the middleware.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use inner_service_accessors;
+
 mod body;
 pub mod error;
 mod response;
