@@ -560,3 +560,83 @@ async fn the_policy_works_with_stock_tower_retry() {
     assert_eq!(script.arrivals().len(), 2);
     assert!(script.gaps()[0] >= Duration::from_secs(1));
 }
+
+/// An HTTP/2 server (the h2 crate, no hyper) that resets its first `refuse` streams with
+/// `REFUSED_STREAM` and answers 200 to the rest; counts the streams it saw.
+async fn refusing_h2_server(refuse: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(socket).await.unwrap();
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if counter.fetch_add(1, Ordering::SeqCst) < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        let mut send = respond
+                            .send_response(http::Response::new(()), false)
+                            .unwrap();
+                        send.send_data(Bytes::from_static(b"ok"), true).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_refused_by_http2_is_retried_because_it_was_never_processed() {
+    use std::sync::atomic::Ordering;
+    let (addr, seen) = refusing_h2_server(1).await;
+    let decisions = Arc::new(Mutex::new(Vec::new()));
+    let d = decisions.clone();
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<ReplayBody<Body>>();
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryPolicy::builder()
+                .backoff(fixed_backoff(10))
+                .on_attempt(move |e| d.lock().unwrap().push(e.decision.clone()))
+                .build(),
+        ))
+        .service(client);
+    let post = Request::post(format!("http://{addr}/orders"))
+        .body(Body::new(Bytes::from_static(b"{\"item\":1}")))
+        .unwrap();
+    let (status, body) = call(&mut svc, post).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok");
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    // The policy retried the POST itself, on the strength of the REFUSED_STREAM reset.
+    let decisions = decisions.lock().unwrap();
+    assert!(
+        matches!(
+            decisions[0],
+            Decision::Retry {
+                reason: tower_5xx::retry::RetryReason::Error,
+                ..
+            }
+        ),
+        "{decisions:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_retried_when_non_idempotent_retries_are_enabled() {
+    let script = Script::new([unavailable("1")]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(RetryPolicy::builder().retry_non_idempotent(true).build());
+    let post = Request::post(format!("http://{addr}/"))
+        .body(Body::new(Bytes::from_static(b"x")))
+        .unwrap();
+    assert_eq!(call(&mut svc, post).await.unwrap().0, StatusCode::OK);
+    assert_eq!(script.arrivals().len(), 2);
+}
