@@ -700,6 +700,10 @@ mod admin {
             "{\"retry_afterr\": 5}",
             "{\"until\": \"tomorrow\"}",
             "[]",
+            // Well-formed, but absurd: an end in the past, a 68-year Retry-After.
+            "{\"until\": \"Wed, 01 Jan 2020 00:00:00 GMT\"}",
+            "{\"retry_after\": 18446744073709551615}",
+            "{\"retry_after\": 2592001}",
         ] {
             let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), bad))
                 .await

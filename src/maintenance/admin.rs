@@ -6,8 +6,12 @@
 //! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | maintenance on with that [notice](super::MaintenanceNotice) | `200` with the new status |
 //! | `DELETE /` | maintenance off (scheduled windows are left alone) | `200` with the new status |
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
-//! | a body that is not such JSON | none | `400` |
+//! | a body that is not such JSON, an `until` in the past, a `retry_after` over 30 days | none | `400` |
 //! | a body over 16 KiB | none | `413` |
+//!
+//! `until` announces when the work should end: `Retry-After` counts down to it. It does not
+//! switch maintenance off by itself (an overrunning migration should not suddenly get traffic);
+//! `DELETE` does, or use a scheduled [`Window`](super::Window) for an end that is certain.
 //!
 //! The token is checked (in constant time) **before** the body is read: a caller without it
 //! cannot make the server read anything. Errors are `application/problem+json` (RFC 9457).
@@ -218,6 +222,9 @@ async fn enable(State(admin): State<Arc<Admin>>, body: Result<Bytes, BytesReject
     let mut notice = MaintenanceNotice::new();
     if let Some(until) = &request.until {
         match httpdate::parse_http_date(until) {
+            Ok(t) if t <= admin.switch.clock().now() => {
+                return bad_request("`until` is in the past: give the announced end of the work")
+            }
             Ok(t) => notice = notice.until(t),
             Err(_) => {
                 return bad_request(
@@ -227,7 +234,11 @@ async fn enable(State(admin): State<Arc<Admin>>, body: Result<Bytes, BytesReject
         }
     }
     if let Some(secs) = request.retry_after {
-        let secs = secs.min(crate::RetryAfter::MAX_DELAY.as_secs());
+        if secs > MAX_RETRY_AFTER_SECS {
+            return bad_request(&format!(
+                "`retry_after` must be at most {MAX_RETRY_AFTER_SECS} seconds (30 days)"
+            ));
+        }
         notice = notice.retry_after(std::time::Duration::from_secs(secs));
     }
     if let Some(message) = request.message {
@@ -236,6 +247,10 @@ async fn enable(State(admin): State<Arc<Admin>>, body: Result<Bytes, BytesReject
     admin.switch.enable_with(notice);
     json_ok(&admin.switch)
 }
+
+/// The longest `retry_after` the router accepts: a client told to come back in more than 30
+/// days has effectively been told to go away, which is not what maintenance means.
+const MAX_RETRY_AFTER_SECS: u64 = 30 * 24 * 3600;
 
 fn bad_request(detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, detail)
