@@ -106,6 +106,10 @@ async fn main() {
         std::process::exit(1);
     }
 
+    // An earlier run (or hand testing) may have left the demo's breaker open: wait it out, so
+    // that scenario 1 shows retries rather than an open breaker.
+    wait_for_closed_breaker(addr).await;
+
     println!("\n1. A flaky dependency (50% failures, each a 500): retried with backoff.");
     for i in 1..=3 {
         println!("  request {i}:");
@@ -181,7 +185,10 @@ async fn maintenance<F, Fut>(
     F: FnMut(String) -> Fut,
     Fut: std::future::Future<Output = Result<(StatusCode, Option<String>), tower_5xx::BoxError>>,
 {
-    println!("\n2. Maintenance: switched on with Retry-After 2 s, off again after 3 s.");
+    println!(
+        "\n2. Maintenance: switched on with Retry-After 2 s (the demo adds up to 5 s of jitter),"
+    );
+    println!("   off again after 3 s.");
     let admin = Client::builder(TokioExecutor::new()).build_http::<Body>();
     let admin_call = |method: Method, body: &'static str| {
         Request::builder()
@@ -227,4 +234,42 @@ async fn maintenance<F, Fut>(
         Err(e) => println!("  -> error: {e}"),
     }
     let _ = off.await;
+}
+
+/// Reads the demo's `/flaky/state` and, while its breaker is open, waits out the open time.
+async fn wait_for_closed_breaker(addr: SocketAddr) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    for _ in 0..3 {
+        let uri = format!("http://{addr}/flaky/state");
+        let Ok(res) = client.get(uri.parse().expect("valid uri")).await else {
+            return;
+        };
+        let Ok(body) = res.into_body().collect().await else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        if !text.contains("state=open") {
+            return;
+        }
+        let ms: u64 = text
+            .split("open_for_ms=")
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        println!(
+            "(the demo's breaker is open from an earlier run: waiting {:.1} s for it)",
+            (ms as f64) / 1000.0
+        );
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000) + 100)).await;
+        // Healthy calls let the breaker move to half-open and its probes close it.
+        for _ in 0..5 {
+            let _ = client
+                .get(
+                    format!("http://{addr}/flaky?fail=0.0")
+                        .parse()
+                        .expect("valid uri"),
+                )
+                .await;
+        }
+    }
 }
