@@ -21,12 +21,14 @@ const UNIT: i64 = 1000;
 /// compare-and-swap, so two threads can never both spend the last token (tower's `TpsBudget`
 /// takes a lock per call and can overdraw, tower issue #857).
 ///
-/// - The balance starts at `floor` and is topped up to at least `floor` once per `window`, so a
-///   client that sends few requests can still retry a little.
-/// - Tokens are for *recent* requests: at each window's turn the balance is cut to `floor +
-///   ratio * (requests per window since the last turn)`, and deposits stop at
-///   `floor + ratio * 1000` in any case. A long healthy period does not bank a burst of retries
-///   for the next outage.
+/// - `floor` is a minimum allowance per `window` for clients whose traffic earns less: the
+///   balance starts at `floor`, and at each window's turn, if the window's requests earned less
+///   than `floor`, it is topped up to `floor`. A busy client's ratio already covers it, and the
+///   floor then adds nothing (so a fleet's amplification stays at `1 + ratio`).
+/// - Tokens are for *recent* requests: at each turn the balance is cut to what the last
+///   window's requests earned (or `floor`, if more), and it never holds more than
+///   `floor + ratio * 100`: a long healthy period does not bank a burst of retries for the next
+///   outage; retries stay proportional to the traffic flowing now.
 ///
 /// Time is tokio's clock (`tokio::time::pause()` works in tests).
 ///
@@ -80,7 +82,7 @@ impl RetryBudget {
             balance: AtomicI64::new(floor),
             per_request,
             floor,
-            max: floor + per_request * 1000,
+            max: floor + per_request * 100,
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
             start: Instant::now(),
             last_refill_ms: AtomicU64::new(0),
@@ -117,7 +119,8 @@ impl RetryBudget {
     }
 
     /// Turns the window when it is due (checked on withdrawals only, which are rare): cuts the
-    /// balance to what the recent requests earned, then tops it up to `floor`.
+    /// balance to what the recent requests earned (or `floor`), then, if they earned less than
+    /// `floor`, tops it up to `floor`.
     fn refill(&self) {
         let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = self.last_refill_ms.load(Ordering::Acquire);
@@ -137,12 +140,12 @@ impl RetryBudget {
         // Requests per window since the last turn, however many windows that spanned.
         let windows = (elapsed / self.window_ms).max(1);
         let recent = i64::try_from(deposits / windows).unwrap_or(i64::MAX);
-        let earned = self
-            .floor
-            .saturating_add(recent.saturating_mul(self.per_request))
-            .min(self.max);
-        self.balance.fetch_min(earned, Ordering::AcqRel);
-        self.balance.fetch_max(self.floor, Ordering::AcqRel);
+        let earned = recent.saturating_mul(self.per_request);
+        let allowance = earned.max(self.floor).min(self.max);
+        self.balance.fetch_min(allowance, Ordering::AcqRel);
+        if earned < self.floor {
+            self.balance.fetch_max(self.floor, Ordering::AcqRel);
+        }
     }
 }
 
@@ -168,23 +171,51 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn old_deposits_expire() {
         let budget = RetryBudget::with_window(0.1, 1, Duration::from_secs(10)).unwrap();
-        // A healthy burst long ago: 1,000 requests bank 100 retries (+1 floor).
+        // A healthy burst long ago: 1,000 requests would earn 100 retries, but the bank holds at
+        // most 100 requests' worth (10) plus the floor (1).
         for _ in 0..1000 {
             budget.deposit();
         }
-        assert_eq!(budget.remaining(), 101.0);
+        assert_eq!(budget.remaining(), 11.0);
         // An hour later, with 10 requests in the last window, the outage begins.
         tokio::time::advance(Duration::from_secs(3600)).await;
         for _ in 0..10 {
             budget.deposit();
         }
         // Recent traffic averages 2 requests per 10 s window over the hour: the bank is cut to
-        // what recent requests earned (floor 1 + 0.1 * 2), not the 100 earned an hour ago.
+        // what recent requests earned (0.2, so the floor of 1), not what was banked an hour ago.
         let mut granted = 0;
         while budget.withdraw() {
             granted += 1;
         }
         assert_eq!(granted, 1, "balance after the cut: {}", budget.remaining());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_client_gets_no_floor_on_top_of_its_ratio() {
+        let budget = RetryBudget::with_window(0.1, 5, Duration::from_secs(10)).unwrap();
+        // Spend the initial floor.
+        while budget.withdraw() {}
+        // A busy window: 100 requests earn 10 retries, more than the floor of 5.
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let mut granted = 0;
+        while budget.withdraw() {
+            granted += 1;
+        }
+        assert_eq!(granted, 10, "the ratio covers the floor: nothing is added");
+        // A quiet window: 20 requests earn 2; the floor tops that up to 5.
+        for _ in 0..20 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let mut granted = 0;
+        while budget.withdraw() {
+            granted += 1;
+        }
+        assert_eq!(granted, 5);
     }
 
     #[tokio::test(start_paused = true)]
@@ -208,7 +239,8 @@ mod tests {
         for _ in 0..10_000 {
             budget.deposit();
         }
-        assert_eq!(budget.remaining(), 500.0);
+        // 100 requests' worth at 0.5.
+        assert_eq!(budget.remaining(), 50.0);
     }
 
     #[test]
@@ -230,7 +262,7 @@ mod tests {
         for _ in 0..1000 {
             budget.deposit();
         }
-        // 5 floor + 1000 * 0.1 = 105 retries, no more.
+        // 5 floor + 100 (the most the bank holds) * 0.1 = 15 retries, no more.
         let granted = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -247,6 +279,6 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(granted.load(Ordering::Relaxed), 105);
+        assert_eq!(granted.load(Ordering::Relaxed), 15);
     }
 }
