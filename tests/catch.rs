@@ -304,7 +304,7 @@ async fn stock_load_shed_overloaded_becomes_503_with_retry_after() {
     let entered = Arc::new(tokio::sync::Notify::new());
     let (r, e) = (release.clone(), entered.clone());
     let svc = ServiceBuilder::new()
-        .layer(CatchLayer::new().overloaded_retry_after(Duration::from_secs(3)))
+        .layer(CatchLayer::new().retry_after(Duration::from_secs(3)))
         .load_shed()
         .concurrency_limit(1)
         .service(service_fn(move |_req: Request<hyper::body::Incoming>| {
@@ -347,7 +347,7 @@ async fn stock_timeout_elapsed_becomes_503() {
     let addr = common::serve_hyper(svc).await;
     let reply = get(&client(), addr, "/").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(reply.header("retry-after"), None);
+    assert_eq!(reply.header("retry-after"), Some("1"));
     assert_eq!(reply.header("cache-control"), Some("no-store"));
 }
 

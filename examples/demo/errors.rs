@@ -44,5 +44,7 @@ pub(crate) fn print_help(addr: SocketAddr) {
     println!(
         "  curl -i http://{addr}/panic       # 500: the handler panicked, logged with an error id"
     );
-    println!("  curl -i http://{addr}/timeout     # 503: tower's Timeout fired (Elapsed -> 503)");
+    println!(
+        "  curl -i http://{addr}/timeout     # 503 + Retry-After: tower's Timeout fired (Elapsed)"
+    );
 }

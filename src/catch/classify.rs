@@ -165,16 +165,19 @@ where
 /// The built-in rules: stock tower and tokio errors that mean a known state.
 pub(crate) fn builtin(
     error: &(dyn Error + 'static),
-    overloaded_retry_after: Duration,
+    retry_after_503: Duration,
 ) -> Option<Classification> {
     if error.is::<tower::load_shed::error::Overloaded>() {
         return Some(Classification::service_unavailable(
             Reason::Overloaded,
-            Some(RetryAfter::Delay(overloaded_retry_after)),
+            Some(RetryAfter::Delay(retry_after_503)),
         ));
     }
     if error.is::<tower::timeout::error::Elapsed>() || error.is::<tokio::time::error::Elapsed>() {
-        return Some(Classification::service_unavailable(Reason::Timeout, None));
+        return Some(Classification::service_unavailable(
+            Reason::Timeout,
+            Some(RetryAfter::Delay(retry_after_503)),
+        ));
     }
     None
 }
@@ -184,7 +187,7 @@ pub(crate) fn builtin(
 pub(crate) fn classify_chain<C: Classify>(
     classifier: &C,
     error: &(dyn Error + 'static),
-    overloaded_retry_after: Duration,
+    retry_after_503: Duration,
 ) -> Classification {
     let mut next = Some(error);
     // Bound the walk: a (buggy) cyclic source chain must not hang the request.
@@ -193,7 +196,7 @@ pub(crate) fn classify_chain<C: Classify>(
         if let Some(c) = classifier.classify(e) {
             return c;
         }
-        if let Some(c) = builtin(e, overloaded_retry_after) {
+        if let Some(c) = builtin(e, retry_after_503) {
             return c;
         }
         depth += 1;
@@ -252,7 +255,7 @@ mod tests {
         let c = classify_chain(&DefaultClassifier, &e, ONE_SEC);
         assert_eq!(c.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(c.reason(), Reason::Timeout);
-        assert_eq!(c.retry_after, None);
+        assert_eq!(c.retry_after, Some(RetryAfter::Delay(ONE_SEC)));
     }
 
     #[test]

@@ -199,8 +199,7 @@ fn respond<B, C: Classify>(
     let path = parts.path();
     match failure {
         Failure::Error(error) => {
-            let classification =
-                classify_chain(classifier, &*error, config.overloaded_retry_after());
+            let classification = classify_chain(classifier, &*error, config.retry_after());
             let mut response =
                 ErrorResponse::new(classification.status, classification.reason).format(format);
             if let Some(ra) = classification.retry_after {

@@ -17,14 +17,14 @@ pub struct CatchLayer<C = DefaultClassifier> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
     /// Whole seconds: all `Retry-After` can say (kept small, the future carries a copy).
-    overloaded_retry_after_secs: u32,
+    retry_after_secs: u32,
     pub(crate) html: bool,
     pub(crate) negotiate: bool,
 }
 
 impl Config {
-    pub(crate) fn overloaded_retry_after(self) -> Duration {
-        Duration::from_secs(u64::from(self.overloaded_retry_after_secs))
+    pub(crate) fn retry_after(self) -> Duration {
+        Duration::from_secs(u64::from(self.retry_after_secs))
     }
 }
 
@@ -33,8 +33,9 @@ impl CatchLayer<DefaultClassifier> {
     ///
     /// - no classifier of your own: errors are 500 unless a built-in rule (tower's `Overloaded`
     ///   and `Elapsed`, tokio's `Elapsed`) recognises them;
-    /// - `Retry-After: 1` on the 503 for `Overloaded` (a shed request may retry soon; the
-    ///   overload that tower's `LoadShed` reports is a momentary lack of capacity);
+    /// - `Retry-After: 1` on the 503s for `Overloaded` and `Elapsed` (the overload that tower's
+    ///   `LoadShed` reports is a momentary lack of capacity; a timeout says the server is slow
+    ///   now, and a 503 should tell the client when to come back);
     /// - plain-text bodies: the request's `Accept` is not captured unless you ask for it with
     ///   [`negotiate(true)`](CatchLayer::negotiate) (it costs every request, not just failing
     ///   ones).
@@ -42,7 +43,7 @@ impl CatchLayer<DefaultClassifier> {
         Self {
             classifier: DefaultClassifier,
             config: Config {
-                overloaded_retry_after_secs: 1,
+                retry_after_secs: 1,
                 html: true,
                 negotiate: false,
             },
@@ -67,11 +68,12 @@ impl<C> CatchLayer<C> {
         }
     }
 
-    /// The `Retry-After` of the 503 answered for tower's `Overloaded` error. Default: 1 second.
-    /// Rounded up to whole seconds, as the header is sent; capped at about 136 years.
-    pub fn overloaded_retry_after(mut self, retry_after: Duration) -> Self {
+    /// The `Retry-After` of the 503s answered for the built-in rules (tower's `Overloaded` and
+    /// `Elapsed`, tokio's `Elapsed`). Default: 1 second. Rounded up to whole seconds, as the
+    /// header is sent (and at least 1); capped at about 136 years.
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        self.config.overloaded_retry_after_secs = u32::try_from(secs).unwrap_or(u32::MAX);
+        self.config.retry_after_secs = u32::try_from(secs.max(1)).unwrap_or(u32::MAX);
         self
     }
 

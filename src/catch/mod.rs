@@ -8,8 +8,8 @@
 //! |---|---|
 //! | the service returns `Err(e)` | **500**; `e` and its `source()` chain are logged at error level |
 //! | a panic in `poll_ready`, `call`, or while polling the response future | **500**; the panic message is logged |
-//! | `e` (or an error in its chain) is tower's `load_shed::error::Overloaded` | **503** with `Retry-After` (default 1 s, [`CatchLayer::overloaded_retry_after`]) |
-//! | ... is tower's `timeout::error::Elapsed` or tokio's `time::error::Elapsed` | **503**, as Go's `http.TimeoutHandler` answers |
+//! | `e` (or an error in its chain) is tower's `load_shed::error::Overloaded` | **503** with `Retry-After` (default 1 s, [`CatchLayer::retry_after`]) |
+//! | ... is tower's `timeout::error::Elapsed` or tokio's `time::error::Elapsed` | **503** with `Retry-After`, as Go's `http.TimeoutHandler` answers 503 (Go sends no `Retry-After`; a 503 should) |
 //! | ... is recognised by your [classifier](CatchLayer::classify) | the status you chose, e.g. 502 or 504 |
 //! | a panic while the response body streams (status already sent) | the body ends with a [`BodyPanicked`](crate::error::BodyPanicked) error, logged; the connection task does not unwind |
 //!
