@@ -27,7 +27,7 @@
 //!   fewer than 99 % of the original requests that completed got a 2xx;
 //! - *failed*: original requests whose final answer was not a 2xx.
 //!
-//! Run with `cargo run --release --example retry_simulation` (28 scenarios, about 15 s).
+//! Run with `cargo run --release --example retry_simulation` (32 scenarios, about 20 s).
 
 use std::{
     convert::Infallible,
@@ -107,6 +107,8 @@ enum Budget {
 struct Scenario {
     budget: Budget,
     jitter: Jitter,
+    /// The client's `retry_after_jitter`: spread above the server's `Retry-After`.
+    spread: Duration,
 }
 
 impl Scenario {
@@ -116,7 +118,15 @@ impl Scenario {
             Budget::Shared => "shared budget (0.1, floor 10)",
             Budget::PerClient => "budget per client (0.1, floor 10 each)",
         };
-        format!("{budget}, jitter {:?}", self.jitter)
+        if self.spread.is_zero() {
+            format!("{budget}, jitter {:?}", self.jitter)
+        } else {
+            format!(
+                "{budget}, jitter {:?}, Retry-After spread {} s",
+                self.jitter,
+                self.spread.as_secs()
+            )
+        }
     }
 }
 
@@ -220,11 +230,14 @@ struct Outcome {
     originals: u32,
 }
 
-fn policy(jitter: Jitter, budget: Option<Arc<RetryBudget>>) -> RetryPolicy {
+fn policy(jitter: Jitter, spread: Duration, budget: Option<Arc<RetryBudget>>) -> RetryPolicy {
     let backoff = Backoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(10))
         .expect("valid backoff")
         .jitter(jitter);
-    let builder = RetryPolicy::builder().max_attempts(4).backoff(backoff);
+    let builder = RetryPolicy::builder()
+        .max_attempts(4)
+        .backoff(backoff)
+        .retry_after_jitter(spread);
     match budget {
         Some(budget) => builder.budget(budget).build(),
         None => builder.build(),
@@ -252,7 +265,8 @@ async fn run(outage: Outage, scenario: Scenario) -> Outcome {
             Budget::Shared => Some(shared.clone()),
             Budget::PerClient => Some(new_budget()),
         };
-        let svc = RetryLayer::new(policy(scenario.jitter, budget)).layer(server.clone());
+        let svc =
+            RetryLayer::new(policy(scenario.jitter, scenario.spread, budget)).layer(server.clone());
         let (stats, in_flight) = (stats.clone(), in_flight.clone());
         clients.push(tokio::spawn(async move {
             let mut rng = fastrand::Rng::with_seed(SEED ^ client.wrapping_mul(0x9e37_79b9));
@@ -340,7 +354,19 @@ fn main() {
         (Budget::Shared, Jitter::Decorrelated),
         (Budget::PerClient, Jitter::Full),
     ]
-    .map(|(budget, jitter)| Scenario { budget, jitter });
+    .map(|(budget, jitter)| Scenario {
+        budget,
+        jitter,
+        spread: Duration::ZERO,
+    });
+    // One more: the shared budget with the client spreading its retries over 2 s above the
+    // server's Retry-After.
+    let spread = Scenario {
+        budget: Budget::Shared,
+        jitter: Jitter::Full,
+        spread: Duration::from_secs(2),
+    };
+    let scenarios: Vec<Scenario> = scenarios.into_iter().chain([spread]).collect();
     let outages = [
         Outage::Unavailable {
             retry_after_secs: 2,
@@ -372,7 +398,7 @@ fn main() {
              after the outage (x normal) | time to recover | failed originals |"
         );
         println!("|---|---:|---:|---:|---:|---:|");
-        for scenario in scenarios {
+        for &scenario in &scenarios {
             let o = simulate(outage, scenario);
             println!(
                 "| {} | {:.3}x | {:.3}x | {} ({:.2}x) | {:.1} s | {} of {} ({:.1} %) |",

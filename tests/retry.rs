@@ -640,3 +640,32 @@ async fn post_is_retried_when_non_idempotent_retries_are_enabled() {
     assert_eq!(call(&mut svc, post).await.unwrap().0, StatusCode::OK);
     assert_eq!(script.arrivals().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_jitter_spreads_clients_above_the_servers_instant() {
+    let script = Script::new([]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(
+        RetryPolicy::builder()
+            .retry_after_jitter(Duration::from_secs(3))
+            .build(),
+    );
+    let mut waits = Vec::new();
+    for _ in 0..10 {
+        script.replies.lock().unwrap().push_back(unavailable("2"));
+        let before = script.arrivals().len();
+        assert_eq!(call(&mut svc, get(addr)).await.unwrap().0, StatusCode::OK);
+        let arrivals = script.arrivals();
+        waits.push(arrivals[before + 1].0 - arrivals[before].0);
+    }
+    for w in &waits {
+        // Never before the server's instant, at most the jitter after it.
+        assert!(*w >= Duration::from_secs(2), "{w:?}");
+        assert!(
+            *w <= Duration::from_secs(5) + Duration::from_millis(50),
+            "{w:?}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<_> = waits.iter().map(|w| w.as_millis()).collect();
+    assert!(distinct.len() > 5, "not spread: {waits:?}");
+}

@@ -113,6 +113,7 @@ struct Config {
     backoff: Backoff,
     max_attempts: u32,
     retry_after_cap: Duration,
+    retry_after_jitter: Duration,
     deadline: Option<Duration>,
     /// Bit `n` set: status `400 + n` is retried (covers 400..=599).
     statuses: [u64; 4],
@@ -209,6 +210,7 @@ impl RetryPolicy {
                 backoff: Backoff::default(),
                 max_attempts: 3,
                 retry_after_cap: Duration::from_secs(300),
+                retry_after_jitter: Duration::ZERO,
                 deadline: None,
                 statuses,
                 retry_non_idempotent: false,
@@ -311,7 +313,12 @@ impl RetryPolicy {
             }
         }
         let backoff = self.config.backoff.delay(attempt, state.previous_delay);
-        let delay = server_wait.map_or(backoff, |wait| wait.max(backoff));
+        let delay = match server_wait {
+            None => backoff,
+            Some(wait) if wait < backoff => backoff,
+            // The server named the wait: never earlier, and spread out above it if asked.
+            Some(wait) => wait + self.config.retry_after_jitter.mul_f64(fastrand::f64()),
+        };
         if let Some(deadline) = self.config.deadline {
             let elapsed = state.started.map_or(Duration::ZERO, |s| s.elapsed());
             if elapsed.saturating_add(delay) >= deadline {
@@ -458,6 +465,18 @@ impl RetryPolicyBuilder {
     /// returns the response at once, so the caller can decide.
     pub fn retry_after_cap(mut self, cap: Duration) -> Self {
         self.config.retry_after_cap = cap;
+        self
+    }
+
+    /// A random extra in `[0, jitter]` added above the server's `Retry-After` when it sets the
+    /// wait (default none: the retry goes out at the server's instant).
+    ///
+    /// `Retry-After` is a floor: no retry goes out before it, with or without this. But when a
+    /// server names one instant for everyone (an HTTP-date, or the end of a maintenance window),
+    /// every client of a fleet comes back in the same second; this spreads them over the
+    /// following `jitter`. See the fleet simulation in `BENCHMARKS.md`.
+    pub fn retry_after_jitter(mut self, jitter: Duration) -> Self {
+        self.config.retry_after_jitter = jitter;
         self
     }
 
