@@ -13,33 +13,52 @@
 //! full error, so a user's report can be matched to a log line. A 500 never reveals the error's
 //! text, type or backtrace to the client.
 //!
-//! # Example: an axum app whose errors and panics become clean 500s
+//! # Example: a full axum stack
 //!
 //! ```
-//! # #[cfg(feature = "catch")]
-//! # async fn demo() {
+//! # #[cfg(all(feature = "catch", feature = "maintenance", feature = "shed", feature = "breaker"))]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
 //! use axum::{routing::get, Router};
 //! use tower::{service_fn, Layer};
-//! use tower_5xx::catch::CatchLayer;
+//! use tower_5xx::{
+//!     breaker::{BreakerLayer, CircuitBreaker},
+//!     catch::CatchLayer,
+//!     maintenance::{MaintenanceLayer, MaintenanceSwitch},
+//!     shed::ShedLayer,
+//! };
 //!
-//! // A service that can fail: axum needs `Error = Infallible`, CatchLayer provides it.
-//! let fallible = service_fn(|_req: axum::extract::Request| async {
+//! // A call to a dependency that can fail; its error becomes a clean 500 (CatchLayer), and a
+//! // breaker stops calling it while it keeps failing (503 + Retry-After).
+//! let dependency = CatchLayer::new().layer(service_fn(|_req: axum::extract::Request| async {
 //!     Err::<axum::response::Response, _>(std::io::Error::other("db password rejected"))
-//! });
+//! }));
+//! let breaker = CircuitBreaker::builder().open_duration(Duration::from_secs(5)).build()?;
+//!
+//! // Flip this from an admin endpoint, a signal handler or a sentinel file.
+//! let maintenance = MaintenanceSwitch::new();
 //!
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     .route("/panic", get(|| async { panic!("internal detail"); #[allow(unreachable_code)] "" }))
-//!     // `Err` -> 500, the message goes to the log, not to the client.
-//!     .route_service("/boom", CatchLayer::new().layer(fallible))
-//!     // Panics anywhere in the app -> 500.
-//!     .layer(CatchLayer::new());
-//!
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-//! # let _ = (app, listener);
-//! // axum::serve(listener, app).await.unwrap();
+//!     .route("/report", get(|| async { "expensive" }))
+//!     // The routes above: at most 32 run at once, 16 more may wait 100 ms, the rest get 503.
+//!     .route_layer(ShedLayer::new().limit(32).max_queue(16).max_wait(Duration::from_millis(100)))
+//!     .route_service("/dependency", BreakerLayer::new(breaker).layer(dependency))
+//!     .route("/healthz", get(|| async { "ok" }))
+//!     // 503 + Retry-After for everything but /healthz while the switch is on.
+//!     .layer(MaintenanceLayer::new(maintenance.clone()).bypass_path("/healthz"))
+//!     // Outermost: any panic below becomes a 500 with an error id, the panic only in the log.
+//!     .layer(CatchLayer::new().negotiate(true));
+//! # let _ = app;
+//! // axum::serve(listener, app).await?;
+//! # Ok(())
 //! # }
+//! # #[cfg(not(all(feature = "catch", feature = "maintenance", feature = "shed", feature = "breaker")))]
+//! # fn main() {}
 //! ```
+//!
+//! On the client side, [`retry::RetryLayer`] wraps hyper-util's `Client` and waits what a
+//! server's `Retry-After` says (capped), within a shared retry budget.
 //!
 //! # Shared vocabulary
 //!
