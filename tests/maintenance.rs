@@ -643,7 +643,7 @@ mod admin {
         addr: SocketAddr,
         method: Method,
         token: Option<&str>,
-        body: &'static str,
+        body: &str,
     ) -> Request<Full<Bytes>> {
         let mut req = Request::builder()
             .method(method)
@@ -652,7 +652,7 @@ mod admin {
         if let Some(token) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        req.body(Full::new(Bytes::from_static(body.as_bytes())))
+        req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
             .unwrap()
     }
 
@@ -704,6 +704,7 @@ mod admin {
             "{\"until\": \"Wed, 01 Jan 2020 00:00:00 GMT\"}",
             "{\"retry_after\": 18446744073709551615}",
             "{\"retry_after\": 2592001}",
+            "{\"until\": \"Fri, 01 Jan 2100 00:00:00 GMT\"}",
         ] {
             let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), bad))
                 .await
@@ -767,20 +768,16 @@ mod admin {
         assert_eq!(json["enabled"], false);
         assert_eq!(get_path(&c, addr, "/").await.status, StatusCode::OK);
 
-        // `until` as an HTTP-date; an empty body is `{}`.
-        let reply = send(
-            &c,
-            call(
-                addr,
-                Method::PUT,
-                Some(TOKEN),
-                r#"{"until": "Sun, 06 Nov 2033 08:49:37 GMT"}"#,
-            ),
-        )
-        .await
-        .unwrap();
+        // `until` as an HTTP-date (within 30 days); an empty body is `{}`.
+        let until = httpdate::fmt_http_date(
+            std::time::SystemTime::now() + Duration::from_secs(7 * 24 * 3600),
+        );
+        let body = format!(r#"{{"until": "{until}"}}"#);
+        let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), &body))
+            .await
+            .unwrap();
         let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
-        assert_eq!(json["until"], "Sun, 06 Nov 2033 08:49:37 GMT");
+        assert_eq!(json["until"], until.as_str());
         let reply = send(&c, call(addr, Method::PUT, Some(TOKEN), ""))
             .await
             .unwrap();

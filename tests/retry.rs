@@ -669,3 +669,24 @@ async fn retry_after_jitter_spreads_clients_above_the_servers_instant() {
     let distinct: std::collections::BTreeSet<_> = waits.iter().map(|w| w.as_millis()).collect();
     assert!(distinct.len() > 5, "not spread: {waits:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_jitter_never_pushes_a_retry_past_the_deadline() {
+    // Retry-After 5 s fits in a 10 s deadline; a 30 s spread must shrink to fit, not cancel.
+    for _ in 0..10 {
+        let script = Script::new([unavailable("5")]);
+        let addr = server(script.clone()).await;
+        let mut svc = retrying(
+            RetryPolicy::builder()
+                .deadline(Duration::from_secs(10))
+                .retry_after_jitter(Duration::from_secs(30))
+                .build(),
+        );
+        assert_eq!(call(&mut svc, get(addr)).await.unwrap().0, StatusCode::OK);
+        let gap = script.gaps()[0];
+        assert!(
+            gap >= Duration::from_secs(5) && gap < Duration::from_secs(10),
+            "{gap:?}"
+        );
+    }
+}

@@ -432,6 +432,20 @@ fn configuring_after_making_a_service_panics() {
     let _ = layer.max_queue(3);
 }
 
+#[test]
+fn a_template_layer_can_be_cloned_and_customised_after_it_made_a_service() {
+    let base = ShedLayer::new().limit(4);
+    let svc = || {
+        service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) })
+    };
+    let _api = base.clone().layer(svc());
+    // A clone customised for another route gets its own limiter; nothing panics.
+    let reports = base.clone().max_queue(3).limit(2);
+    assert_eq!(reports.handle().limit(), 2);
+    assert_eq!(base.handle().limit(), 4);
+    let _reports = reports.layer(svc());
+}
+
 #[tokio::test(start_paused = true)]
 async fn permits_and_places_are_released_on_cancel() {
     let gate = Gate::new();

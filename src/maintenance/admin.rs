@@ -6,7 +6,7 @@
 //! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | maintenance on with that [notice](super::MaintenanceNotice) | `200` with the new status |
 //! | `DELETE /` | maintenance off (scheduled windows are left alone) | `200` with the new status |
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
-//! | a body that is not such JSON, an `until` in the past, a `retry_after` over 30 days | none | `400` |
+//! | a body that is not such JSON, an `until` in the past or more than 30 days ahead, a `retry_after` over 30 days | none | `400` |
 //! | a body over 16 KiB | none | `413` |
 //!
 //! `until` announces when the work should end: `Retry-After` counts down to it. It does not
@@ -224,6 +224,14 @@ async fn enable(State(admin): State<Arc<Admin>>, body: Result<Bytes, BytesReject
         match httpdate::parse_http_date(until) {
             Ok(t) if t <= admin.switch.clock().now() => {
                 return bad_request("`until` is in the past: give the announced end of the work")
+            }
+            Ok(t)
+                if t.duration_since(admin.switch.clock().now())
+                    .is_ok_and(|ahead| ahead.as_secs() > MAX_RETRY_AFTER_SECS) =>
+            {
+                return bad_request(&format!(
+                    "`until` must be at most {MAX_RETRY_AFTER_SECS} seconds (30 days) ahead"
+                ));
             }
             Ok(t) => notice = notice.until(t),
             Err(_) => {

@@ -25,10 +25,13 @@ const UNIT: i64 = 1000;
 ///   balance starts at `floor`, and at each window's turn, if the window's requests earned less
 ///   than `floor`, it is topped up to `floor`. A busy client's ratio already covers it, and the
 ///   floor then adds nothing (so a fleet's amplification stays at `1 + ratio`).
-/// - Tokens are for *recent* requests: at each turn the balance is cut to what the last
-///   window's requests earned (or `floor`, if more), and it never holds more than
-///   `floor + ratio * 100`: a long healthy period does not bank a burst of retries for the next
-///   outage; retries stay proportional to the traffic flowing now.
+/// - Tokens are for *recent* requests: it never holds more than `floor + ratio * 100`, and at
+///   each turn (checked when a retry asks, so turns are rare while nothing fails) the balance
+///   is cut to what the requests since the last turn earned per window on average (or
+///   `floor`, if more). A long healthy period does not bank a burst of retries for the next
+///   outage; retries stay proportional to the traffic. The price of not reading the clock on
+///   every request: after a long quiet spell, a busy last window is averaged with the quiet
+///   ones, and the first turn may cut up to `ratio * 100` tokens it could have kept.
 ///
 /// Time is tokio's clock (`tokio::time::pause()` works in tests).
 ///

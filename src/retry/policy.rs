@@ -316,8 +316,18 @@ impl RetryPolicy {
         let delay = match server_wait {
             None => backoff,
             Some(wait) if wait < backoff => backoff,
-            // The server named the wait: never earlier, and spread out above it if asked.
-            Some(wait) => wait + self.config.retry_after_jitter.mul_f64(fastrand::f64()),
+            // The server named the wait: never earlier, and spread out above it if asked, but
+            // never so far that the spread alone would push the retry past the deadline.
+            Some(wait) => {
+                let mut spread = self.config.retry_after_jitter;
+                if let Some(deadline) = self.config.deadline {
+                    let elapsed = state.started.map_or(Duration::ZERO, |s| s.elapsed());
+                    let room = deadline.saturating_sub(elapsed).saturating_sub(wait);
+                    // Keep clear of the deadline itself (the check below is `>=`).
+                    spread = spread.min(room.saturating_sub(Duration::from_millis(1)));
+                }
+                wait.saturating_add(spread.mul_f64(fastrand::f64()))
+            }
         };
         if let Some(deadline) = self.config.deadline {
             let elapsed = state.started.map_or(Duration::ZERO, |s| s.elapsed());

@@ -173,18 +173,19 @@ impl<P> ShedLayer<P> {
     fn with_config(mut self, f: impl FnOnce(&mut Config)) -> Self {
         let cell = self.cell.0.clone();
         let mut config = cell.config();
-        assert!(
-            cell.get().is_none(),
-            "ShedLayer: a setting was changed after the layer made a service; the services \
-             already made would not see it. Configure the layer before `layer()`, or start \
-             from `ShedLayer::new()` for a separate limiter"
-        );
         let mut next = *config;
         f(&mut next);
         next.low_priority_queue = next.low_priority_queue.min(next.max_queue);
         next.max_retry_after = next.max_retry_after.max(next.min_retry_after);
         if cell.layers.load(Ordering::Relaxed) == 1 {
-            // The only layer: change it in place, so its handles follow.
+            // The only layer: change it in place, so its handles follow. Services it already
+            // made would not see the change: refuse it rather than leave them behind.
+            assert!(
+                cell.get().is_none(),
+                "ShedLayer: a setting was changed after the layer made a service; the services \
+                 already made would not see it. Configure the layer before `layer()`, or clone \
+                 it first for a separate limiter"
+            );
             *config = next;
         } else {
             // Cloned: this one goes its own way; the others keep their settings.
