@@ -85,25 +85,29 @@ impl fmt::Display for BodyPanicked {
 impl std::error::Error for BodyPanicked {}
 
 /// A configuration value out of its valid range, from a fallible constructor.
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InvalidConfig {
     message: &'static str,
 }
 
+#[cfg(feature = "retry")]
 impl InvalidConfig {
-    #[allow(dead_code)]
     pub(crate) fn new(message: &'static str) -> Self {
         Self { message }
     }
 }
 
+#[cfg(feature = "retry")]
 impl fmt::Display for InvalidConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid configuration: {}", self.message)
     }
 }
 
+#[cfg(feature = "retry")]
 impl std::error::Error for InvalidConfig {}
 
 macro_rules! marker_error {

@@ -83,7 +83,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `get_ref`, `get_mut` and `into_inner` for a middleware whose inner service is `self.inner`.
-#[allow(unused_macros)]
+/// Defined before the modules, so they see it by textual scope.
+#[cfg(any(
+    feature = "catch",
+    feature = "maintenance",
+    feature = "shed",
+    feature = "breaker"
+))]
 macro_rules! inner_service_accessors {
     () => {
         /// The inner service.
@@ -102,9 +108,6 @@ macro_rules! inner_service_accessors {
         }
     };
 }
-#[allow(unused_imports)]
-pub(crate) use inner_service_accessors;
-
 mod body;
 pub mod error;
 mod response;

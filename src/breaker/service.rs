@@ -36,7 +36,7 @@ impl<S, C> Breaker<S, C> {
         &self.breaker
     }
 
-    crate::inner_service_accessors!();
+    inner_service_accessors!();
 }
 
 impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for Breaker<S, C>

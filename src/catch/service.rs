@@ -46,7 +46,7 @@ impl<S, C> Catch<S, C> {
         }
     }
 
-    crate::inner_service_accessors!();
+    inner_service_accessors!();
 }
 
 // A clone starts without the failure its original may be holding for its next call.

@@ -12,6 +12,7 @@ use crate::ResponseBody;
 
 /// Middleware that answers 503 with `Retry-After` while maintenance is on. Made by
 /// [`MaintenanceLayer`]; see the [module docs](super).
+#[derive(Clone)]
 #[must_use]
 pub struct Maintenance<S> {
     inner: S,
@@ -33,16 +34,7 @@ impl<S> Maintenance<S> {
         &self.config.switch
     }
 
-    crate::inner_service_accessors!();
-}
-
-impl<S: Clone> Clone for Maintenance<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            config: self.config.clone(),
-        }
-    }
+    inner_service_accessors!();
 }
 
 impl<S: fmt::Debug> fmt::Debug for Maintenance<S> {

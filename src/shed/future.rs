@@ -2,6 +2,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
 };
 
@@ -42,7 +43,6 @@ pin_project! {
         slot: Option<QueueSlot>,
         service: Option<S>,
         request: Option<R>,
-        format: Format,
     }
 }
 
@@ -79,7 +79,7 @@ impl<F, S, R> ResponseFuture<F, S, R> {
         }
     }
 
-    pub(crate) fn waiting(slot: QueueSlot, service: S, request: R, format: Format) -> Self {
+    pub(crate) fn waiting(slot: QueueSlot, service: S, request: R) -> Self {
         let shared = slot.shared();
         Self {
             state: State::Waiting {
@@ -90,7 +90,6 @@ impl<F, S, R> ResponseFuture<F, S, R> {
                     slot: Some(slot),
                     service: Some(service),
                     request: Some(request),
-                    format,
                 }),
             },
         }
@@ -155,13 +154,8 @@ where
                         slot,
                         service,
                         request,
-                        format,
                     } = waiter.as_mut().project();
-                    let shared = slot
-                        .as_ref()
-                        .expect("polled after completion")
-                        .shared()
-                        .clone();
+                    let shared = slot.as_ref().expect("polled after completion").shared();
                     if !*armed {
                         // Register before trying, so a permit released in between wakes us.
                         notified.as_mut().enable();
@@ -169,7 +163,7 @@ where
                     }
                     if shared.try_acquire() {
                         let start = shared.sample().then(Instant::now);
-                        let permit = Permit::taken(shared);
+                        let permit = Permit::taken(Arc::clone(shared));
                         drop(slot.take());
                         let mut service = service.take().expect("polled after completion");
                         let request = request.take().expect("polled after completion");
@@ -187,7 +181,10 @@ where
                     } else if deadline.poll(cx).is_ready() {
                         let request = request.take().expect("polled after completion");
                         let slot = slot.take().expect("polled after completion");
-                        let response = shed_response(slot.shared(), *format, &request, "max wait");
+                        // Negotiated only now: most queued requests get a permit and need none.
+                        let format =
+                            Format::negotiate(request.headers(), slot.shared().config.html);
+                        let response = shed_response(slot.shared(), format, &request, "max wait");
                         drop(slot);
                         State::Shed {
                             response: Some(response),

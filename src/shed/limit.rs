@@ -98,6 +98,44 @@ impl Fixed {
 const DEFAULT_WINDOW: Duration = Duration::from_millis(100);
 const DEFAULT_MIN_SAMPLES: u32 = 10;
 
+/// The settings every adaptive limit shares: `initial`, `floor`, `ceiling` and `window`.
+macro_rules! adaptive_limit_settings {
+    () => {
+        /// The limit before the first window closes (kept within floor and ceiling). Default 20.
+        pub fn initial(mut self, initial: usize) -> Self {
+            self.initial = initial;
+            self.normalize()
+        }
+
+        /// The lowest the limit may go (at least 1). Default 1.
+        pub fn floor(mut self, floor: usize) -> Self {
+            self.floor = floor;
+            self.normalize()
+        }
+
+        /// The highest the limit may go (at least the floor). Default 1000.
+        pub fn ceiling(mut self, ceiling: usize) -> Self {
+            self.ceiling = ceiling;
+            self.normalize()
+        }
+
+        /// A window closes after at least `duration` and `min_samples` samples (at least 1).
+        /// Default 100 ms and 10 samples.
+        pub fn window(mut self, duration: Duration, min_samples: u32) -> Self {
+            self.window = duration;
+            self.min_samples = min_samples.max(1);
+            self
+        }
+
+        fn normalize(mut self) -> Self {
+            self.floor = self.floor.max(1);
+            self.ceiling = self.ceiling.max(self.floor);
+            self.initial = self.initial.clamp(self.floor, self.ceiling);
+            self
+        }
+    };
+}
+
 /// Additive-increase / multiplicative-decrease limit, as TCP's congestion window.
 ///
 /// At the end of each window:
@@ -144,23 +182,7 @@ impl Aimd {
         }
     }
 
-    /// The limit before the first window closes (kept within floor and ceiling). Default 20.
-    pub fn initial(mut self, initial: usize) -> Self {
-        self.initial = initial;
-        self.normalize()
-    }
-
-    /// The lowest the limit may go (at least 1). Default 1.
-    pub fn floor(mut self, floor: usize) -> Self {
-        self.floor = floor;
-        self.normalize()
-    }
-
-    /// The highest the limit may go (at least the floor). Default 1000.
-    pub fn ceiling(mut self, ceiling: usize) -> Self {
-        self.ceiling = ceiling;
-        self.normalize()
-    }
+    adaptive_limit_settings!();
 
     /// A request slower than this counts as a drop. Default 1 s.
     pub fn latency_threshold(mut self, threshold: Duration) -> Self {
@@ -175,21 +197,6 @@ impl Aimd {
         } else {
             0.9
         };
-        self
-    }
-
-    /// A window closes after at least `duration` and `min_samples` samples (at least 1).
-    /// Default 100 ms and 10 samples.
-    pub fn window(mut self, duration: Duration, min_samples: u32) -> Self {
-        self.window = duration;
-        self.min_samples = min_samples.max(1);
-        self
-    }
-
-    fn normalize(mut self) -> Self {
-        self.floor = self.floor.max(1);
-        self.ceiling = self.ceiling.max(self.floor);
-        self.initial = self.initial.clamp(self.floor, self.ceiling);
         self
     }
 }
@@ -257,23 +264,7 @@ impl Gradient {
         }
     }
 
-    /// The limit before the first window closes (kept within floor and ceiling). Default 20.
-    pub fn initial(mut self, initial: usize) -> Self {
-        self.initial = initial;
-        self.normalize()
-    }
-
-    /// The lowest the limit may go (at least 1). Default 1.
-    pub fn floor(mut self, floor: usize) -> Self {
-        self.floor = floor;
-        self.normalize()
-    }
-
-    /// The highest the limit may go (at least the floor). Default 1000.
-    pub fn ceiling(mut self, ceiling: usize) -> Self {
-        self.ceiling = ceiling;
-        self.normalize()
-    }
+    adaptive_limit_settings!();
 
     /// How much slower than the baseline a window may be before the limit shrinks (at least
     /// 1.0). Default 1.5, as Gradient2's `rttTolerance`.
@@ -303,21 +294,6 @@ impl Gradient {
         } else {
             1.0
         };
-        self
-    }
-
-    /// A window closes after at least `duration` and `min_samples` samples (at least 1).
-    /// Default 100 ms and 10 samples.
-    pub fn window(mut self, duration: Duration, min_samples: u32) -> Self {
-        self.window = duration;
-        self.min_samples = min_samples.max(1);
-        self
-    }
-
-    fn normalize(mut self) -> Self {
-        self.floor = self.floor.max(1);
-        self.ceiling = self.ceiling.max(self.floor);
-        self.initial = self.initial.clamp(self.floor, self.ceiling);
         self
     }
 }

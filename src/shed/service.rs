@@ -49,7 +49,7 @@ impl<S, P> Shed<S, P> {
         }
     }
 
-    crate::inner_service_accessors!();
+    inner_service_accessors!();
 }
 
 impl<S: Clone, P: Clone> Clone for Shed<S, P> {
@@ -100,16 +100,15 @@ where
             let start = self.shared.sample().then(Instant::now);
             return ResponseFuture::running(self.inner.call(req), Some(permit), start);
         }
-        let config = &self.shared.config;
-        let format = Format::negotiate(req.headers(), config.html);
         if self.shared.try_enqueue(priority) {
             let slot = QueueSlot::taken(self.shared.clone());
             // The ready service goes with the request; a clone takes its place here and is made
             // ready by the next `poll_ready` (as tower's `Buffer` and axum do).
             let clone = self.inner.clone();
             let ready = std::mem::replace(&mut self.inner, clone);
-            return ResponseFuture::waiting(slot, ready, req, format);
+            return ResponseFuture::waiting(slot, ready, req);
         }
+        let format = Format::negotiate(req.headers(), self.shared.config.html);
         ResponseFuture::shed(shed_response(&self.shared, format, &req, "queue full"))
     }
 }
