@@ -8,7 +8,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Response, StatusCode,
 };
 
-use crate::{ResponseBody, RetryAfter};
+use crate::{retry_after::delay_secs_rounded_up, ResponseBody, RetryAfter};
 
 /// The header that carries the [`ErrorId`] of a generated response: `x-error-id`.
 pub const ERROR_ID_HEADER: HeaderName = HeaderName::from_static("x-error-id");
@@ -393,10 +393,9 @@ impl ErrorResponse {
             .detail
             .as_deref()
             .unwrap_or_else(|| self.reason.default_detail());
-        let retry_secs = self.retry_after.map(|ra| {
-            let secs = ra.delay_from(SystemTime::now());
-            secs.as_secs() + u64::from(secs.subsec_nanos() > 0)
-        });
+        let retry_secs = self
+            .retry_after
+            .map(|ra| delay_secs_rounded_up(ra.delay_from(SystemTime::now())));
         let id = self.error_id;
         let code = self.status.as_u16();
         match self.format {
@@ -528,6 +527,17 @@ mod tests {
         assert_eq!(json["error_id"], id.to_string());
         assert_eq!(json["retry_after"], 2);
         assert_eq!(json["type"], "about:blank");
+    }
+
+    #[test]
+    fn the_largest_delay_formats_without_overflow() {
+        for format in [Format::Text, Format::ProblemJson, Format::Html] {
+            let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded)
+                .retry_after(RetryAfter::Delay(Duration::MAX))
+                .format(format)
+                .into_response::<String>();
+            assert_eq!(res.headers()[RETRY_AFTER], u64::MAX.to_string().as_str());
+        }
     }
 
     #[test]

@@ -226,7 +226,7 @@ fn round_up_to_second(t: SystemTime) -> SystemTime {
 }
 
 /// Whole seconds, rounded up, for the wire.
-fn delay_secs_rounded_up(d: Duration) -> u64 {
+pub(crate) fn delay_secs_rounded_up(d: Duration) -> u64 {
     let secs = d.as_secs();
     if d.subsec_nanos() > 0 {
         secs.saturating_add(1)

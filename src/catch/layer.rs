@@ -72,7 +72,7 @@ impl<C> CatchLayer<C> {
     /// `Elapsed`, tokio's `Elapsed`). Default: 1 second. Rounded up to whole seconds, as the
     /// header is sent (and at least 1); capped at about 136 years.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
-        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let secs = crate::retry_after::delay_secs_rounded_up(retry_after);
         self.config.retry_after_secs = u32::try_from(secs.max(1)).unwrap_or(u32::MAX);
         self
     }
