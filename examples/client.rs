@@ -20,8 +20,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_5xx::{
+    breaker::error::CircuitOpen,
     breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow},
-    error::CircuitOpen,
     retry::{
         AttemptEvent, Backoff, Decision, Jitter, ReplayBody, RetryBudget, RetryLayer, RetryPolicy,
     },

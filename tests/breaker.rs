@@ -18,11 +18,11 @@ use http::StatusCode;
 use proptest::prelude::*;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_5xx::{
+    breaker::error::CircuitOpen,
     breaker::{
         BreakerLayer, CircuitBreaker, Clock, ManualClock, Outcome, Permit, SlidingWindow, State,
         WindowCounts,
     },
-    error::CircuitOpen,
     Reason,
 };
 

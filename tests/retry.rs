@@ -27,7 +27,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_5xx::{
-    error::{AttemptTimedOut, DeadlineExceeded},
+    retry::error::{AttemptTimedOut, DeadlineExceeded},
     retry::{
         Backoff, Decision, GiveUpReason, Jitter, ReplayBody, Retry, RetryBudget, RetryLayer,
         RetryPolicy, IDEMPOTENCY_KEY,
@@ -432,8 +432,8 @@ async fn attempt_timeout_is_retried_for_idempotent_requests() {
 #[tokio::test(start_paused = true)]
 async fn client_breaker_opens_for_the_servers_retry_after_and_fails_fast() {
     use tower_5xx::{
+        breaker::error::CircuitOpen,
         breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow},
-        error::CircuitOpen,
     };
 
     let script = Script::new([]);
@@ -492,8 +492,8 @@ async fn client_breaker_opens_for_the_servers_retry_after_and_fails_fast() {
 #[tokio::test(start_paused = true)]
 async fn client_breaker_reads_a_date_retry_after_against_the_servers_date() {
     use tower_5xx::{
+        breaker::error::CircuitOpen,
         breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow},
-        error::CircuitOpen,
     };
     // The server's clock runs 30 s ahead of ours; it says "come back in 5 s" as a date.
     let server_now = SystemTime::now() + Duration::from_secs(30);

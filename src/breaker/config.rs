@@ -2,11 +2,11 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
+use super::error::BreakerConfigError;
 use super::{
     clock::{Clock, TokioClock},
     CircuitBreaker, Transition,
 };
-use crate::error::BreakerConfigError;
 
 /// The largest number of half-open probes (the probe counters are 10-bit fields).
 pub const MAX_HALF_OPEN_PROBES: u32 = 1023;

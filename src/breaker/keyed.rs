@@ -13,8 +13,8 @@ use std::{
     time::Duration,
 };
 
+use super::error::BreakerConfigError;
 use super::{config::Config, BreakerBuilder, CircuitBreaker};
-use crate::error::BreakerConfigError;
 
 const MAX_SHARDS: usize = 16;
 /// `last_used` is refreshed at most this often per key, so hot keys do not bounce its cache

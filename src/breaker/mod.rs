@@ -11,7 +11,7 @@
 //! | state | calls | how it is left |
 //! |---|---|---|
 //! | closed | flow; outcomes go to the sliding window | failure or slow-call rate ≥ threshold, with at least `minimum_calls` in the window → open |
-//! | open | refused: 503 + `Retry-After` (layer) or [`CircuitOpen`](crate::error::CircuitOpen) (permit API) | the open duration passes → half-open |
+//! | open | refused: 503 + `Retry-After` (layer) or [`CircuitOpen`](error::CircuitOpen) (permit API) | the open duration passes → half-open |
 //! | half-open | `half_open_probes` calls flow, the rest are refused | all probes done: rates under thresholds → closed, else → open |
 //! | forced open / disabled | all refused / all flow, nothing recorded | [`CircuitBreaker::reset`] |
 //!
@@ -79,6 +79,7 @@
 mod classify;
 mod clock;
 mod config;
+pub mod error;
 mod future;
 mod keyed;
 mod layer;

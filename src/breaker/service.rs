@@ -3,11 +3,12 @@ use std::task::{Context, Poll};
 use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
+use super::error::CircuitOpen;
 use super::{
     future::ResponseFuture, layer::LayerConfig, BreakerLayer, CircuitBreaker,
     DefaultOutcomeClassifier, OutcomeClassifier,
 };
-use crate::{error::CircuitOpen, ErrorResponse, Reason, ResponseBody, RetryAfter};
+use crate::{ErrorResponse, Reason, ResponseBody, RetryAfter};
 
 /// Middleware that guards its inner service with a circuit breaker. Made by
 /// [`BreakerLayer`](super::BreakerLayer); see the [module docs](super).

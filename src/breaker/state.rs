@@ -19,11 +19,11 @@ use std::{
     time::Duration,
 };
 
+use super::error::CircuitOpen;
 use super::{
     config::{BreakerBuilder, Config},
     window::{Window, WindowCounts},
 };
-use crate::error::CircuitOpen;
 
 const TAG_BITS: u32 = 3;
 const GEN_BITS: u32 = 21;

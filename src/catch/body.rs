@@ -8,8 +8,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::error::BodyPanicked;
 use super::future::panic_message;
-use crate::{error::BodyPanicked, BoxError, ErrorId};
+use crate::{BoxError, ErrorId};
 
 pin_project! {
     /// The inner service's response body, guarded against panics.

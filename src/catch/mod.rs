@@ -11,7 +11,7 @@
 //! | `e` (or an error in its chain) is tower's `load_shed::error::Overloaded` | **503** with `Retry-After` (default 1 s, [`CatchLayer::retry_after`]) |
 //! | ... is tower's `timeout::error::Elapsed` or tokio's `time::error::Elapsed` | **503** with `Retry-After`, as Go's `http.TimeoutHandler` answers 503 (Go sends no `Retry-After`; a 503 should) |
 //! | ... is recognised by your [classifier](CatchLayer::classify) | the status you chose, e.g. 502 or 504 |
-//! | a panic while the response body streams (status already sent) | the body ends with a [`BodyPanicked`](crate::error::BodyPanicked) error, logged; the connection task does not unwind |
+//! | a panic while the response body streams (status already sent) | the body ends with a [`BodyPanicked`](error::BodyPanicked) error, logged; the connection task does not unwind |
 //!
 //! Every generated response is an [`ErrorResponse`](crate::ErrorResponse): `Cache-Control:
 //! no-store`, an `x-error-id` header whose id is also in the body and in the log line, and a
@@ -59,6 +59,7 @@
 
 mod body;
 mod classify;
+pub mod error;
 mod future;
 mod layer;
 mod service;

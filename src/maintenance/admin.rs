@@ -52,7 +52,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-pub use super::error::MissingToken;
+use super::error::MissingToken;
 use super::{MaintenanceNotice, MaintenanceSwitch, Source};
 
 /// The largest `PUT` body read: the JSON needs a few hundred bytes.

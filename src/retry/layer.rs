@@ -16,10 +16,14 @@ use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{body::Buffering, policy::server_wait, ReplayBody, RetryPolicy};
+use super::{
+    body::Buffering,
+    error::{AttemptTimedOut, DeadlineExceeded},
+    policy::server_wait,
+    ReplayBody, RetryPolicy,
+};
 use crate::{
-    breaker::{status_outcome, KeyedBreakers, Outcome, Permit},
-    error::{AttemptTimedOut, CircuitOpen, DeadlineExceeded},
+    breaker::{error::CircuitOpen, status_outcome, KeyedBreakers, Outcome, Permit},
     BoxError,
 };
 

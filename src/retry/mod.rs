@@ -39,6 +39,7 @@
 mod backoff;
 mod body;
 mod budget;
+pub mod error;
 mod layer;
 mod policy;
 #[cfg(feature = "reqwest-middleware")]

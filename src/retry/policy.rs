@@ -293,7 +293,8 @@ impl RetryPolicy {
             None
         };
 
-        if matches!(outcome, AttemptOutcome::Error(e) if e.is::<crate::error::CircuitOpen>()) {
+        if matches!(outcome, AttemptOutcome::Error(e) if e.is::<crate::breaker::error::CircuitOpen>())
+        {
             return give_up(self, GiveUpReason::CircuitOpen);
         }
         let unprocessed = matches!(outcome, AttemptOutcome::Error(e) if never_processed(e));

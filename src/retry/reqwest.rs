@@ -6,12 +6,13 @@ use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 use tokio::time::Instant;
 
+use super::error::DeadlineExceeded;
 use super::{
     layer::record_outcome,
     policy::{AttemptOutcome, RequestFacts},
     RetryPolicy, IDEMPOTENCY_KEY,
 };
-use crate::{breaker::KeyedBreakers, error::DeadlineExceeded};
+use crate::breaker::KeyedBreakers;
 
 /// [`RetryPolicy`] as a [`reqwest_middleware::Middleware`] (feature `reqwest-middleware`).
 ///
