@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, Layer};
-use tower_5xx::catch::CatchLayer;
+use tower_5xx::{catch::CatchLayer, refuse::RefusalPolicy};
 use tower_http::catch_panic::CatchPanicLayer;
 
 mod common;
@@ -33,11 +33,12 @@ fn success_path(c: &mut Criterion) {
     group.bench_function("tower_http_catch_panic", |b| {
         b.iter(|| drive(&mut panic_layer, template.request(Full::default())))
     });
-    let mut catch = CatchLayer::new().layer(handler);
+    let plain = RefusalPolicy::builder().negotiate(false).build().unwrap();
+    let mut catch = CatchLayer::new().refusal(plain).layer(handler);
     group.bench_function("tower_5xx_catch", |b| {
         b.iter(|| drive(&mut catch, template.request(Full::default())))
     });
-    let mut catch_negotiating = CatchLayer::new().negotiate(true).layer(handler);
+    let mut catch_negotiating = CatchLayer::new().layer(handler);
     group.bench_function("tower_5xx_catch_negotiate", |b| {
         b.iter(|| drive(&mut catch_negotiating, template.request(Full::default())))
     });

@@ -47,20 +47,28 @@ fn low_load(c: &mut Criterion) {
         b.iter(|| drive(&mut tower_stack, request()))
     });
 
-    let mut fixed = ShedLayer::new().limit(1000).layer(handler);
+    let mut fixed = ShedLayer::builder()
+        .limit(1000)
+        .build()
+        .unwrap()
+        .layer(handler);
     group.bench_function("tower_5xx_shed_fixed", |b| {
         b.iter(|| drive(&mut fixed, request()))
     });
 
-    let mut gradient = ShedLayer::new()
+    let mut gradient = ShedLayer::builder()
         .limit(Gradient::new().initial(1000).ceiling(1000))
+        .build()
+        .unwrap()
         .layer(handler);
     group.bench_function("tower_5xx_shed_gradient", |b| {
         b.iter(|| drive(&mut gradient, request()))
     });
 
-    let mut aimd = ShedLayer::new()
+    let mut aimd = ShedLayer::builder()
         .limit(Aimd::new().initial(1000).ceiling(1000))
+        .build()
+        .unwrap()
         .layer(handler);
     group.bench_function("tower_5xx_shed_aimd", |b| {
         b.iter(|| drive(&mut aimd, request()))

@@ -257,10 +257,12 @@ async fn main() {
 
     // A short queue with a short wait: enough to keep every worker busy between arrivals,
     // too short to add much latency.
-    let fixed = ShedLayer::new()
+    let fixed = ShedLayer::builder()
         .limit(WORKERS)
         .max_queue(WORKERS / 2)
-        .max_wait(WORK / 4);
+        .max_wait(WORK / 4)
+        .build()
+        .unwrap();
     rows.push(
         open_loop(
             "ShedLayer fixed (limit 8, queue 4, max wait 10 ms)",
@@ -272,7 +274,7 @@ async fn main() {
     );
 
     // Starts 4x too high and must find the workers' count from latency alone.
-    let adaptive = ShedLayer::new()
+    let adaptive = ShedLayer::builder()
         .limit(
             Gradient::new()
                 .initial(32)
@@ -281,7 +283,9 @@ async fn main() {
                 .tolerance(1.1),
         )
         .max_queue(WORKERS / 2)
-        .max_wait(WORK / 4);
+        .max_wait(WORK / 4)
+        .build()
+        .unwrap();
     let handle = adaptive.handle();
     rows.push(
         open_loop(

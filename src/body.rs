@@ -61,13 +61,12 @@ impl<B> ResponseBody<B> {
             Kind::Generated { .. } => None,
         }
     }
+}
 
-    #[cfg(test)]
-    pub(crate) fn into_generated(self) -> Option<Bytes> {
-        match self.kind {
-            Kind::Inner { .. } => None,
-            Kind::Generated { data } => Some(data.unwrap_or_default()),
-        }
+impl<B> From<Bytes> for ResponseBody<B> {
+    /// A generated body holding these bytes.
+    fn from(data: Bytes) -> Self {
+        Self::generated(data)
     }
 }
 

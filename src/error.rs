@@ -58,6 +58,13 @@ pub struct InvalidConfig {
 }
 
 impl InvalidConfig {
+    #[cfg(any(
+        feature = "catch",
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker",
+        feature = "retry"
+    ))]
     pub(crate) fn new(message: &'static str) -> Self {
         Self { message }
     }

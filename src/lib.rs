@@ -42,13 +42,13 @@
 //!     .route("/", get(|| async { "hello" }))
 //!     .route("/report", get(|| async { "expensive" }))
 //!     // The routes above: at most 32 run at once, 16 more may wait 100 ms, the rest get 503.
-//!     .route_layer(ShedLayer::new().limit(32).max_queue(16).max_wait(Duration::from_millis(100)))
+//!     .route_layer(ShedLayer::builder().limit(32).max_queue(16).max_wait(Duration::from_millis(100)).build()?)
 //!     .route_service("/dependency", BreakerLayer::new(breaker).layer(dependency))
 //!     .route("/healthz", get(|| async { "ok" }))
 //!     // 503 + Retry-After for everything but /healthz while the switch is on.
 //!     .layer(MaintenanceLayer::new(maintenance.clone()).bypass_path("/healthz"))
 //!     // Outermost: any panic below becomes a 500 with an error id, the panic only in the log.
-//!     .layer(CatchLayer::new().negotiate(true));
+//!     .layer(CatchLayer::new());
 //! # let _ = app;
 //! // axum::serve(listener, app).await?;
 //! # Ok(())
@@ -110,6 +110,22 @@ macro_rules! inner_service_accessors {
 }
 mod body;
 pub mod error;
+#[cfg(any(
+    feature = "catch",
+    feature = "maintenance",
+    feature = "shed",
+    feature = "breaker"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        feature = "catch",
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker"
+    )))
+)]
+pub mod refuse;
 mod response;
 mod retry_after;
 

@@ -8,7 +8,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Response, StatusCode,
 };
 
-use crate::{retry_after::delay_secs_rounded_up, ResponseBody, RetryAfter};
+use crate::{retry_after::delay_secs_rounded_up, RetryAfter};
 
 /// The header that carries the [`ErrorId`] of a generated response: `x-error-id`.
 pub const ERROR_ID_HEADER: HeaderName = HeaderName::from_static("x-error-id");
@@ -32,10 +32,16 @@ impl ErrorId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+}
 
-    fn to_header_value(self) -> HeaderValue {
-        HeaderValue::from_str(&self.to_string()).expect("hex digits are a valid header value")
+/// The `x-error-id` header value of an id: 16 hex digits, formatted without allocating.
+pub(crate) fn error_id_header_value(id: ErrorId) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((id.0 >> (60 - 4 * i)) & 0xf) as usize];
     }
+    HeaderValue::from_bytes(&digits).expect("hex digits are a valid header value")
 }
 
 impl Default for ErrorId {
@@ -69,11 +75,12 @@ impl fmt::Debug for ErrorId {
 /// without parsing bodies:
 ///
 /// ```
+/// use bytes::Bytes;
 /// use http::StatusCode;
 /// use tower_5xx::{ErrorResponse, Reason};
 ///
 /// let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Maintenance)
-///     .into_response::<String>();
+///     .into_response::<Bytes>();
 /// assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Maintenance));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,15 +176,23 @@ impl Format {
     /// assert_eq!(Format::negotiate(&headers, false), Format::Text);
     /// ```
     pub fn negotiate(headers: &HeaderMap, allow_html: bool) -> Format {
-        Self::negotiate_values(&headers.get_all(http::header::ACCEPT), allow_html)
+        Self::negotiate_values(
+            &headers.get_all(http::header::ACCEPT),
+            allow_html,
+            Format::Text,
+        )
     }
 
-    /// [`Format::negotiate`] over the values of the `Accept` fields.
-    pub(crate) fn negotiate_values<'a, I>(accept: I, allow_html: bool) -> Format
+    /// [`Format::negotiate`] over the values of the `Accept` fields, with `fallback` when none
+    /// of the formats is acceptable (or there is no `Accept`).
+    pub(crate) fn negotiate_values<'a, I>(accept: I, allow_html: bool, fallback: Format) -> Format
     where
         I: IntoIterator<Item = &'a HeaderValue> + Copy,
     {
-        let mut best = (Format::Text, 0.0f32, 0u8, 0u8);
+        if accept.into_iter().next().is_none() {
+            return fallback;
+        }
+        let mut best = (fallback, 0.0f32, 0u8, 0u8);
         let candidates: &[Format] = if allow_html {
             &[Format::Text, Format::ProblemJson, Format::Html]
         } else {
@@ -286,13 +301,14 @@ fn weight<'a>(
 ///
 /// ```
 /// use std::time::Duration;
+/// use bytes::Bytes;
 /// use http::{header, StatusCode};
 /// use tower_5xx::{ErrorResponse, Format, Reason, RetryAfter};
 ///
 /// let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Maintenance)
 ///     .retry_after(RetryAfter::delay(Duration::from_secs(120)))
 ///     .format(Format::ProblemJson)
-///     .into_response::<String>();
+///     .into_response::<Bytes>();
 /// assert_eq!(res.status(), 503);
 /// assert_eq!(res.headers()[header::RETRY_AFTER], "120");
 /// assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
@@ -308,16 +324,38 @@ pub struct ErrorResponse {
     format: Format,
 }
 
+/// An RFC 9457 problem details object: the one `application/problem+json` renderer of the
+/// crate (generated responses and the maintenance admin router's errors).
 #[derive(serde::Serialize)]
-struct Problem<'a> {
+pub(crate) struct Problem<'a> {
     #[serde(rename = "type")]
-    ty: &'static str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    error_id: String,
+    pub(crate) ty: &'static str,
+    pub(crate) title: &'a str,
+    pub(crate) status: u16,
+    pub(crate) detail: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after: Option<u64>,
+    pub(crate) error_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) retry_after: Option<u64>,
+}
+
+impl Problem<'_> {
+    /// A problem for `status` with the status's title and type `about:blank`.
+    pub(crate) fn new(status: StatusCode, detail: &str) -> Problem<'_> {
+        Problem {
+            ty: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            error_id: None,
+            retry_after: None,
+        }
+    }
+
+    /// The JSON bytes.
+    pub(crate) fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("a problem always serializes"))
+    }
 }
 
 impl ErrorResponse {
@@ -386,13 +424,37 @@ impl ErrorResponse {
         self.reason
     }
 
+    #[cfg(any(
+        feature = "catch",
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker"
+    ))]
+    pub(crate) fn retry_after_value(&self) -> Option<RetryAfter> {
+        self.retry_after
+    }
+
+    #[cfg(any(
+        feature = "catch",
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker"
+    ))]
+    pub(crate) fn format_value(&self) -> Format {
+        self.format
+    }
+
+    /// The client-facing text: the configured detail or the reason's default.
+    pub(crate) fn detail_text(&self) -> &str {
+        self.detail
+            .as_deref()
+            .unwrap_or_else(|| self.reason.default_detail())
+    }
+
     /// The body text, as bytes, in the chosen format.
     fn body(&self) -> Bytes {
         let title = self.status.canonical_reason().unwrap_or("Error");
-        let detail = self
-            .detail
-            .as_deref()
-            .unwrap_or_else(|| self.reason.default_detail());
+        let detail = self.detail_text();
         let retry_secs = self
             .retry_after
             .map(|ra| delay_secs_rounded_up(ra.delay_from(SystemTime::now())));
@@ -408,14 +470,11 @@ impl ErrorResponse {
             }
             Format::ProblemJson => {
                 let problem = Problem {
-                    ty: "about:blank",
-                    title,
-                    status: code,
-                    detail,
-                    error_id: id.to_string(),
+                    error_id: Some(id.to_string()),
                     retry_after: retry_secs,
+                    ..Problem::new(self.status, detail)
                 };
-                Bytes::from(serde_json::to_vec(&problem).expect("a problem always serializes"))
+                problem.to_bytes()
             }
             Format::Html => {
                 let (title, detail) = (escape_html(title), escape_html(detail));
@@ -432,15 +491,15 @@ impl ErrorResponse {
         }
     }
 
-    /// Builds the response. Its body is the generated variant of [`ResponseBody`], so it has
-    /// the same type as the inner service's responses wrapped by a layer.
-    pub fn into_response<B>(self) -> Response<ResponseBody<B>> {
-        let mut res = Response::new(ResponseBody::generated(self.body()));
+    /// Builds the response, with any body type that can be made from the generated bytes:
+    /// axum's `Body`, `http_body_util::Full<Bytes>`, [`ResponseBody`], `Bytes` itself.
+    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        let mut res = Response::new(B::from(self.body()));
         *res.status_mut() = self.status;
         let headers = res.headers_mut();
         headers.insert(CONTENT_TYPE, self.format.content_type());
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(ERROR_ID_HEADER, self.error_id.to_header_value());
+        headers.insert(ERROR_ID_HEADER, error_id_header_value(self.error_id));
         if let Some(ra) = self.retry_after {
             headers.insert(RETRY_AFTER, ra.to_header_value());
         }
@@ -516,11 +575,11 @@ mod tests {
         let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded)
             .retry_after(RetryAfter::delay(Duration::from_millis(1500)))
             .format(Format::ProblemJson)
-            .into_response::<String>();
+            .into_response::<Bytes>();
         let id = *res.extensions().get::<ErrorId>().unwrap();
         assert_eq!(res.headers()[RETRY_AFTER], "2");
         assert_eq!(res.headers()[ERROR_ID_HEADER], id.to_string().as_str());
-        let bytes = res.into_body().into_generated().unwrap();
+        let bytes = res.into_body();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["status"], 503);
         assert_eq!(json["title"], "Service Unavailable");
@@ -535,7 +594,7 @@ mod tests {
             let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded)
                 .retry_after(RetryAfter::Delay(Duration::MAX))
                 .format(format)
-                .into_response::<String>();
+                .into_response::<Bytes>();
             assert_eq!(res.headers()[RETRY_AFTER], u64::MAX.to_string().as_str());
         }
     }
@@ -545,8 +604,8 @@ mod tests {
         let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Maintenance)
             .detail("<script>alert('x')</script> & more")
             .format(Format::Html)
-            .into_response::<String>();
-        let body = res.into_body().into_generated().unwrap();
+            .into_response::<Bytes>();
+        let body = res.into_body();
         let body = std::str::from_utf8(&body).unwrap();
         assert!(!body.contains("<script>"));
         assert!(body.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more"));

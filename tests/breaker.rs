@@ -23,6 +23,7 @@ use tower_5xx::{
         BreakerLayer, CircuitBreaker, Clock, ManualClock, Outcome, Permit, SlidingWindow, State,
         WindowCounts,
     },
+    refuse::RefusalPolicy,
     Reason,
 };
 
@@ -793,8 +794,15 @@ async fn retry_after_is_jittered_and_clamped() {
         Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
     });
     let mut seen = std::collections::BTreeSet::new();
+    let policy = |max: u64, jitter: u64| {
+        RefusalPolicy::builder()
+            .max_retry_after(Duration::from_secs(max))
+            .retry_after_jitter(Duration::from_secs(jitter))
+            .build()
+            .unwrap()
+    };
     let svc = BreakerLayer::new(breaker.clone())
-        .retry_after_jitter(Duration::from_secs(2))
+        .refusal(policy(300, 2))
         .layer(ok);
     for _ in 0..200 {
         let res = svc
@@ -813,8 +821,7 @@ async fn retry_after_is_jittered_and_clamped() {
     assert!(seen.len() >= 2, "{seen:?}");
 
     let capped = BreakerLayer::new(breaker.clone())
-        .max_retry_after(Duration::from_secs(2))
-        .retry_after_jitter(Duration::ZERO)
+        .refusal(policy(2, 0))
         .layer(ok);
     let res = capped
         .oneshot(Request::new(axum::body::Body::empty()))
@@ -823,9 +830,7 @@ async fn retry_after_is_jittered_and_clamped() {
     assert_eq!(res.headers()["retry-after"], "2");
 
     // At the cap, the default jitter (1 s) still spreads clients: 2 or 3.
-    let capped = BreakerLayer::new(breaker)
-        .max_retry_after(Duration::from_secs(2))
-        .layer(ok);
+    let capped = BreakerLayer::new(breaker).refusal(policy(2, 1)).layer(ok);
     let mut at_cap = std::collections::BTreeSet::new();
     for _ in 0..100 {
         let res = capped
@@ -877,7 +882,12 @@ async fn server_trips_answers_503_and_recovers() {
     let app = Router::new().route_service(
         "/dep",
         BreakerLayer::new(breaker.clone())
-            .retry_after_jitter(Duration::ZERO)
+            .refusal(
+                RefusalPolicy::builder()
+                    .retry_after_jitter(Duration::ZERO)
+                    .build()
+                    .unwrap(),
+            )
             .layer(dependency),
     );
     let addr = common::serve_axum(app).await;

@@ -25,6 +25,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_5xx::{
     catch::{Catch, CatchLayer, Classification},
+    refuse::RefusalPolicy,
     ErrorId, Reason,
 };
 
@@ -148,7 +149,7 @@ impl Service<Request<hyper::body::Incoming>> for PanicsInCall {
 }
 
 async fn hyper_server() -> std::net::SocketAddr {
-    common::serve_hyper(CatchLayer::new().negotiate(true).layer(PanicsInCall)).await
+    common::serve_hyper(CatchLayer::new().layer(PanicsInCall)).await
 }
 
 #[tokio::test]
@@ -304,7 +305,15 @@ async fn stock_load_shed_overloaded_becomes_503_with_retry_after() {
     let entered = Arc::new(tokio::sync::Notify::new());
     let (r, e) = (release.clone(), entered.clone());
     let svc = ServiceBuilder::new()
-        .layer(CatchLayer::new().retry_after(Duration::from_secs(3)))
+        .layer(
+            CatchLayer::new().refusal(
+                RefusalPolicy::builder()
+                    .min_retry_after(Duration::from_secs(3))
+                    .retry_after_jitter(Duration::ZERO)
+                    .build()
+                    .unwrap(),
+            ),
+        )
         .load_shed()
         .concurrency_limit(1)
         .service(service_fn(move |_req: Request<hyper::body::Incoming>| {
@@ -455,9 +464,10 @@ fn public_types_are_send_and_sync_where_axum_needs_it() {
 
 #[tokio::test]
 async fn negotiation_can_be_turned_off() {
+    let plain = RefusalPolicy::builder().negotiate(false).build().unwrap();
     let svc =
         CatchLayer::new()
-            .negotiate(false)
+            .refusal(plain)
             .layer(service_fn(|_req: Request<Full<Bytes>>| async {
                 Err::<Response<Full<Bytes>>, _>(std::io::Error::other(SECRET))
             }));

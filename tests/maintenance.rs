@@ -26,8 +26,21 @@ use tower_5xx::{
         FileState, ForwardedHeader, IpNet, MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch,
         SentinelFile, WallClock, Window,
     },
+    refuse::RefusalPolicy,
     Reason,
 };
+
+/// The layer with a policy without jitter, so that `Retry-After` values can be asserted exactly.
+fn exact_layer(switch: &MaintenanceSwitch) -> MaintenanceLayer {
+    MaintenanceLayer::new(switch.clone()).refusal(exact())
+}
+
+fn exact() -> RefusalPolicy {
+    RefusalPolicy::builder()
+        .retry_after_jitter(Duration::ZERO)
+        .build()
+        .unwrap()
+}
 
 /// A wall clock the test sets by hand.
 #[derive(Debug, Clone)]
@@ -113,7 +126,7 @@ async fn in_flight_requests_finish_when_maintenance_starts() {
                 }
             }),
         )
-        .layer(MaintenanceLayer::new(switch.clone()));
+        .layer(exact_layer(&switch));
     let addr = common::serve_axum(app).await;
 
     let slow: Vec<_> = (0..4)
@@ -156,7 +169,7 @@ async fn toggling_under_load_gives_only_200_or_503() {
     const CLIENTS: usize = 8;
     const PER_CLIENT: usize = 60;
     let switch = MaintenanceSwitch::new();
-    let addr = serve(MaintenanceLayer::new(switch.clone())).await;
+    let addr = serve(exact_layer(&switch)).await;
     let completed = Arc::new(AtomicUsize::new(0));
 
     let tasks: Vec<_> = (0..CLIENTS)
@@ -216,8 +229,10 @@ async fn retry_after_counts_down_to_the_window_end() {
             .unwrap()
             .message("Planned maintenance."),
     );
-    let delta = serve(MaintenanceLayer::new(switch.clone())).await;
-    let dated = serve(MaintenanceLayer::new(switch.clone()).http_date(true)).await;
+    let delta = serve(exact_layer(&switch)).await;
+    let dated =
+        serve(exact_layer(&switch).refusal(exact().to_builder().http_date(true).build().unwrap()))
+            .await;
     let c = client();
 
     assert_eq!(get_path(&c, delta, "/").await.status, StatusCode::OK);
@@ -252,7 +267,7 @@ async fn retry_after_counts_down_to_the_window_end() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_counts_down_to_a_deadline_on_tokios_clock() {
     let switch = MaintenanceSwitch::new();
-    let svc = MaintenanceLayer::new(switch.clone())
+    let svc = exact_layer(&switch)
         .default_retry_after(Duration::from_secs(7))
         .layer(service_fn(|_req: Request<Full<Bytes>>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
@@ -293,7 +308,7 @@ async fn forwarded_headers_from_an_untrusted_peer_do_not_bypass() {
     let c = client();
 
     // Direct: the peer is 127.0.0.1, not a trusted proxy; its headers are not believed.
-    let direct = serve(MaintenanceLayer::new(switch.clone()).allow_ip(allowed)).await;
+    let direct = serve(exact_layer(&switch).allow_ip(allowed)).await;
     for spoof in [
         ("x-forwarded-for", "203.0.113.7"),
         ("forwarded", "for=203.0.113.7"),
@@ -305,7 +320,7 @@ async fn forwarded_headers_from_an_untrusted_peer_do_not_bypass() {
 
     // Behind a trusted proxy (here: the test client on 127.0.0.1), the header is believed.
     let proxied = serve(
-        MaintenanceLayer::new(switch.clone())
+        exact_layer(&switch)
             .allow_ip(allowed)
             .trusted_proxy("127.0.0.0/8".parse::<IpNet>().unwrap()),
     )
@@ -336,7 +351,7 @@ async fn forwarded_headers_from_an_untrusted_peer_do_not_bypass() {
     );
 
     // The real peer address is found: allow-listing 127.0.0.1 lets the test client in.
-    let local = serve(MaintenanceLayer::new(switch.clone()).allow_ip(IpNet::from(
+    let local = serve(exact_layer(&switch).allow_ip(IpNet::from(
         "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
     )))
     .await;
@@ -356,7 +371,7 @@ async fn only_the_header_the_proxies_write_is_believed() {
     switch.enable();
     let c = client();
     let layer = || {
-        MaintenanceLayer::new(switch.clone())
+        exact_layer(&switch)
             .allow_ip(allowed)
             .trusted_proxy("127.0.0.0/8".parse::<IpNet>().unwrap())
     };
@@ -406,7 +421,7 @@ async fn an_empty_bypass_secret_lets_nobody_through() {
     let name = HeaderName::from_static("x-maintenance-bypass");
     let switch = MaintenanceSwitch::new();
     let addr = serve(
-        MaintenanceLayer::new(switch.clone())
+        exact_layer(&switch)
             .bypass_header(name.clone(), "")
             .bypass_header(
                 name.clone(),
@@ -429,7 +444,7 @@ async fn an_empty_bypass_secret_lets_nobody_through() {
         .is_empty());
 
     // A secret read from a file with its newline still works.
-    let addr = serve(MaintenanceLayer::new(switch.clone()).bypass_header(name, "0p3r4t0r\n")).await;
+    let addr = serve(exact_layer(&switch).bypass_header(name, "0p3r4t0r\n")).await;
     assert_eq!(
         status_of(
             &c,
@@ -444,7 +459,7 @@ async fn an_empty_bypass_secret_lets_nobody_through() {
 async fn bypass_paths_headers_and_predicates() {
     let switch = MaintenanceSwitch::new();
     let addr = serve(
-        MaintenanceLayer::new(switch.clone())
+        exact_layer(&switch)
             .bypass_path("/healthz")
             .bypass_header(HeaderName::from_static("x-maintenance-bypass"), "0p3r4t0r")
             .bypass_if(|req| req.uri().query() == Some("canary=1")),
@@ -477,7 +492,16 @@ async fn bypass_paths_headers_and_predicates() {
 #[tokio::test]
 async fn browsers_get_an_html_page_apis_get_problem_json() {
     let switch = MaintenanceSwitch::new();
-    let addr = serve(MaintenanceLayer::new(switch.clone()).message("Back at <noon>.")).await;
+    let addr = serve(
+        exact_layer(&switch).refusal(
+            exact()
+                .to_builder()
+                .detail("Back at <noon>.")
+                .build()
+                .unwrap(),
+        ),
+    )
+    .await;
     switch.enable_with(MaintenanceNotice::new().retry_after(Duration::from_secs(120)));
     let c = client();
 
@@ -543,9 +567,7 @@ impl Drop for TempPath {
 async fn sentinel_file_switches_on_and_off() {
     let path = TempPath::new("sentinel");
     let switch = MaintenanceSwitch::new();
-    let addr =
-        serve(MaintenanceLayer::new(switch.clone()).default_retry_after(Duration::from_secs(30)))
-            .await;
+    let addr = serve(exact_layer(&switch).default_retry_after(Duration::from_secs(30))).await;
     let mut file = SentinelFile::new(&path.0, switch.clone());
     let c = client();
 
@@ -668,7 +690,7 @@ mod admin {
     #[tokio::test]
     async fn admin_router_guards_and_flips_the_switch() {
         let switch = MaintenanceSwitch::new();
-        let app = hello().layer(MaintenanceLayer::new(switch.clone())).nest(
+        let app = hello().layer(exact_layer(&switch)).nest(
             "/admin/maintenance",
             admin::router(switch.clone(), TOKEN).unwrap(),
         );

@@ -16,11 +16,12 @@ use std::{
     time::Duration,
 };
 
-use axum::{extract::Request as AxumRequest, routing::get, Router};
+use axum::{body::Body, extract::Request as AxumRequest, routing::get, Router};
 use http::{header, Request, Response, StatusCode};
 use tokio::{sync::Semaphore, time::Instant};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_5xx::{
+    refuse::RefusalPolicy,
     shed::{Aimd, ExemptPaths, Gradient, Priority, ShedHandle, ShedLayer},
     Reason,
 };
@@ -56,16 +57,16 @@ fn gated(
     calls: Arc<AtomicUsize>,
 ) -> impl Service<
     Request<()>,
-    Response = Response<String>,
+    Response = Response<Body>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<String>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone {
     service_fn(move |_req: Request<()>| {
         let gate = gate.clone();
         calls.fetch_add(1, Ordering::SeqCst);
         async move {
             gate.pass().await;
-            Ok::<_, Infallible>(Response::new(String::from("ok")))
+            Ok::<_, Infallible>(Response::new(Body::from("ok")))
         }
     })
 }
@@ -86,10 +87,12 @@ fn retry_after_secs<B>(res: &Response<B>) -> u64 {
 async fn two_hundred_clients_against_capacity_ten() {
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(10)
         .max_queue(10)
-        .max_wait(Duration::from_millis(50));
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (r, p) = (running.clone(), peak.clone());
     let app = Router::new()
@@ -164,9 +167,11 @@ async fn two_hundred_clients_against_capacity_ten() {
 #[tokio::test]
 async fn health_checks_are_never_shed() {
     let gate = Gate::new();
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(1)
         .max_queue(0)
+        .build()
+        .unwrap()
         .priority(ExemptPaths::new(["/healthz"]));
     let handle = layer.handle();
     let g = gate.clone();
@@ -219,10 +224,12 @@ async fn health_checks_are_never_shed() {
 async fn client_that_disconnects_while_queued_frees_its_place() {
     let gate = Gate::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(1)
         .max_queue(1)
-        .max_wait(Duration::from_secs(30));
+        .max_wait(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (g, c) = (gate.clone(), calls.clone());
     let app = Router::new()
@@ -282,10 +289,12 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
 async fn queued_request_is_shed_after_max_wait_without_calling_inner() {
     let gate = Gate::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(1)
         .max_queue(5)
-        .max_wait(Duration::from_millis(100));
+        .max_wait(Duration::from_millis(100))
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(gated(gate.clone(), calls.clone()));
 
@@ -316,9 +325,11 @@ async fn queued_request_is_shed_after_max_wait_without_calling_inner() {
 async fn queued_request_runs_when_a_permit_frees_before_the_deadline() {
     let gate = Gate::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(1)
-        .max_wait(Duration::from_millis(100));
+        .max_wait(Duration::from_millis(100))
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(gated(gate.clone(), calls.clone()));
 
@@ -340,7 +351,7 @@ async fn queued_request_runs_when_a_permit_frees_before_the_deadline() {
 async fn full_queue_sheds_at_once() {
     let gate = Gate::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new().limit(1).max_queue(1);
+    let layer = ShedLayer::builder().limit(1).max_queue(1).build().unwrap();
     let handle = layer.handle();
     let svc = layer.layer(gated(gate.clone(), calls.clone()));
 
@@ -357,36 +368,38 @@ async fn full_queue_sheds_at_once() {
     assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
 }
 
-/// A handle taken before the builder methods observes the layer that is finally used: its
-/// configured limit and queue, and the live counts of the services it made.
+/// A layer is a plain value around one limiter: a handle taken from the layer, from a clone of
+/// it or from a service it made observes the same limit, queue and counts.
 #[tokio::test(start_paused = true)]
-async fn a_handle_taken_before_configuring_observes_the_configured_layer() {
+async fn the_layer_its_clones_handles_and_services_share_one_limiter() {
     let gate = Gate::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new();
+    let layer = ShedLayer::builder().limit(2).max_queue(1).build().unwrap();
     let handle = layer.handle();
-    let layer = layer.limit(2).max_queue(1);
+    let clone = layer.clone();
     assert_eq!(handle.limit(), 2);
     assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
     let svc = layer.layer(gated(gate.clone(), calls.clone()));
+    let other = clone.layer(gated(gate.clone(), calls.clone()));
 
     let mut a = pin!(svc.clone().oneshot(Request::new(())));
-    let mut b = pin!(svc.clone().oneshot(Request::new(())));
+    let mut b = pin!(other.clone().oneshot(Request::new(())));
     let mut c = pin!(svc.clone().oneshot(Request::new(())));
     assert!(poll_now(a.as_mut()).is_pending());
     assert!(poll_now(b.as_mut()).is_pending());
     assert!(poll_now(c.as_mut()).is_pending());
     assert_eq!((handle.in_flight(), handle.queued()), (2, 1));
-    let mut d = pin!(svc.clone().oneshot(Request::new(())));
+    assert_eq!(other.handle().in_flight(), 2);
+    let mut d = pin!(other.clone().oneshot(Request::new(())));
     let Poll::Ready(Ok(res)) = poll_now(d.as_mut()) else {
-        panic!("the configured queue of 1 is full");
+        panic!("the queue of 1 is full");
     };
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(handle.shed_count(), 1);
 
-    // A limit set through the early handle reaches the services.
+    // A limit set through the handle reaches the services.
     handle.set_limit(3);
-    assert_eq!(handle.limit(), 3);
+    assert_eq!(svc.handle().limit(), 3);
     assert!(poll_now(c.as_mut()).is_pending());
     assert_eq!((handle.in_flight(), handle.queued()), (3, 0));
     gate.open(3);
@@ -396,61 +409,92 @@ async fn a_handle_taken_before_configuring_observes_the_configured_layer() {
     assert_eq!(handle.in_flight(), 0);
 }
 
-/// A limit set through a handle before the layer made a service is the one it starts with.
+/// Two layers built separately are two limiters.
 #[tokio::test(start_paused = true)]
-async fn a_limit_set_before_the_first_service_is_kept() {
-    let layer = ShedLayer::new().limit(Aimd::new().initial(10));
-    let handle = layer.handle();
-    handle.set_limit(4);
-    let layer = layer.max_queue(0);
-    assert_eq!(handle.limit(), 4);
-    let svc = layer.layer(gated(Gate::new(), Arc::new(AtomicUsize::new(0))));
-    assert_eq!(handle.limit(), 4);
-    assert_eq!(svc.handle().limit(), 4);
+async fn separately_built_layers_are_independent() {
+    let base = ShedLayer::builder().limit(5).build().unwrap();
+    let other = ShedLayer::builder().limit(7).build().unwrap();
+    other.handle().set_limit(8);
+    assert_eq!(base.handle().limit(), 5);
+    assert_eq!(other.handle().limit(), 8);
 }
 
-/// Clone-then-configure gives independent layers; the original keeps its settings and handle.
-#[tokio::test(start_paused = true)]
-async fn configuring_a_clone_leaves_the_original_alone() {
-    let base = ShedLayer::new().limit(5);
-    let handle = base.handle();
-    let other = base.clone().limit(7);
-    assert_eq!(handle.limit(), 5);
-    assert_eq!(other.handle().limit(), 7);
-    let _svc = base.layer(gated(Gate::new(), Arc::new(AtomicUsize::new(0))));
-    assert_eq!(handle.limit(), 5);
-}
-
-/// Changing a setting after the layer made a service would not reach that service: it panics.
+/// Invalid settings are a typed error when the layer is built: no silent clamp.
 #[test]
-#[should_panic(expected = "after the layer made a service")]
-fn configuring_after_making_a_service_panics() {
-    let layer = ShedLayer::new();
-    let _svc = layer.layer(service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(String::new()))
-    }));
-    let _ = layer.max_queue(3);
-}
-
-#[test]
-fn a_template_layer_can_be_cloned_and_customised_after_it_made_a_service() {
-    let base = ShedLayer::new().limit(4);
-    let svc = || {
-        service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) })
-    };
-    let _api = base.clone().layer(svc());
-    // A clone customised for another route gets its own limiter; nothing panics.
-    let reports = base.clone().max_queue(3).limit(2);
-    assert_eq!(reports.handle().limit(), 2);
-    assert_eq!(base.handle().limit(), 4);
-    let _reports = reports.layer(svc());
+fn invalid_settings_are_rejected_at_build() {
+    let invalid = [
+        ShedLayer::builder().limit(0).build().err(),
+        ShedLayer::builder()
+            .max_queue(4)
+            .low_priority_queue(5)
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Aimd::new().floor(0))
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Aimd::new().floor(10).ceiling(5))
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Aimd::new().initial(2000))
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Aimd::new().backoff_ratio(1.0))
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Aimd::new().backoff_ratio(f64::NAN))
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Aimd::new().window(Duration::from_millis(10), 0))
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Gradient::new().tolerance(0.5))
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Gradient::new().smoothing(0.0))
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Gradient::new().headroom(-1.0))
+            .build()
+            .err(),
+        ShedLayer::builder()
+            .limit(Gradient::new().headroom(f64::INFINITY))
+            .build()
+            .err(),
+    ];
+    for (i, error) in invalid.iter().enumerate() {
+        let error = error
+            .as_ref()
+            .unwrap_or_else(|| panic!("setting {i} was accepted"));
+        assert!(
+            error.to_string().starts_with("invalid configuration"),
+            "{error}"
+        );
+    }
+    assert!(ShedLayer::builder()
+        .max_queue(4)
+        .low_priority_queue(4)
+        .build()
+        .is_ok());
+    assert!(ShedLayer::builder()
+        .limit(Gradient::new().initial(5).floor(5).ceiling(5))
+        .build()
+        .is_ok());
 }
 
 #[tokio::test(start_paused = true)]
 async fn permits_and_places_are_released_on_cancel() {
     let gate = Gate::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new().limit(1).max_queue(1);
+    let layer = ShedLayer::builder().limit(1).max_queue(1).build().unwrap();
     let handle = layer.handle();
     let svc = layer.layer(gated(gate.clone(), calls.clone()));
 
@@ -485,10 +529,12 @@ async fn permits_and_places_are_released_on_cancel() {
 async fn a_dropped_waiter_passes_its_wakeup_on() {
     let gate = Gate::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(1)
         .max_queue(2)
-        .max_wait(Duration::from_secs(10));
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(gated(gate.clone(), calls.clone()));
 
@@ -518,14 +564,14 @@ async fn a_dropped_waiter_passes_its_wakeup_on() {
 #[tokio::test(start_paused = true)]
 async fn permit_is_released_when_the_inner_future_or_call_panics() {
     common::quiet_panics();
-    let layer = ShedLayer::new().limit(2);
+    let layer = ShedLayer::builder().limit(2).build().unwrap();
     let handle = layer.handle();
 
     let panicking_future = layer.layer(service_fn(|_req: Request<()>| async {
         if true {
             panic!("{} in the response future", common::EXPECTED_PANIC);
         }
-        Ok::<_, Infallible>(Response::new(String::new()))
+        Ok::<_, Infallible>(Response::new(Body::empty()))
     }));
     let joined = tokio::spawn(panicking_future.oneshot(Request::new(()))).await;
     assert!(joined.unwrap_err().is_panic());
@@ -534,9 +580,9 @@ async fn permit_is_released_when_the_inner_future_or_call_panics() {
     #[derive(Clone)]
     struct PanicsInCall;
     impl Service<Request<()>> for PanicsInCall {
-        type Response = Response<String>;
+        type Response = Response<Body>;
         type Error = Infallible;
-        type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+        type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
             Poll::Ready(Ok(()))
         }
@@ -556,10 +602,12 @@ async fn permit_is_released_when_the_inner_future_or_call_panics() {
 async fn low_priority_is_shed_first() {
     let gate = Gate::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(1)
         .max_queue(3)
         .low_priority_queue(1)
+        .build()
+        .unwrap()
         .priority(|req: &Request<()>| {
             if req.uri().path() == "/batch" {
                 Priority::Low
@@ -598,16 +646,23 @@ async fn retry_after_follows_the_drain_rate_within_bounds() {
     let svc_fn = || {
         service_fn(|_req: Request<()>| async {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            Ok::<_, Infallible>(Response::new(String::new()))
+            Ok::<_, Infallible>(Response::new(Body::empty()))
         })
     };
     for (max, expected) in [(Duration::from_secs(60), 8), (Duration::from_secs(5), 5)] {
-        let layer = ShedLayer::new()
+        let layer = ShedLayer::builder()
             .limit(1)
             .max_queue(3)
             .max_wait(Duration::from_secs(60))
-            .retry_after_jitter(Duration::ZERO)
-            .retry_after_bounds(Duration::from_secs(1), max);
+            .refusal(
+                RefusalPolicy::builder()
+                    .max_retry_after(max)
+                    .retry_after_jitter(Duration::ZERO)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
         let handle = layer.handle();
         let svc = layer.layer(svc_fn());
         // Teach it the latency.
@@ -630,11 +685,19 @@ async fn retry_after_follows_the_drain_rate_within_bounds() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_jitter_stays_within_bounds() {
     let gate = Gate::new();
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(1)
         .max_queue(0)
-        .retry_after_bounds(Duration::from_secs(2), Duration::from_secs(4))
-        .retry_after_jitter(Duration::from_secs(10));
+        .refusal(
+            RefusalPolicy::builder()
+                .min_retry_after(Duration::from_secs(2))
+                .max_retry_after(Duration::from_secs(4))
+                .retry_after_jitter(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
     let svc = layer.layer(gated(gate.clone(), Arc::default()));
     let mut holder = pin!(svc.clone().oneshot(Request::new(())));
     assert!(poll_now(holder.as_mut()).is_pending());
@@ -658,7 +721,11 @@ async fn retry_after_jitter_stays_within_bounds() {
 async fn raising_the_limit_wakes_waiters() {
     let gate = Gate::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new().limit(1).max_wait(Duration::from_secs(10));
+    let layer = ShedLayer::builder()
+        .limit(1)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(gated(gate.clone(), calls.clone()));
     let tasks: Vec<_> = (0..3)
@@ -679,13 +746,7 @@ async fn raising_the_limit_wakes_waiters() {
 /// Runs `rounds` rounds of `handle.limit()` concurrent requests against `svc`.
 async fn drive<S>(svc: &S, handle: &ShedHandle, rounds: usize)
 where
-    S: Service<
-            Request<()>,
-            Response = Response<tower_5xx::ResponseBody<String>>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
+    S: Service<Request<()>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
     for _ in 0..rounds {
@@ -704,16 +765,16 @@ fn variable_latency(
     fail: Arc<AtomicUsize>,
 ) -> impl Service<
     Request<()>,
-    Response = Response<String>,
+    Response = Response<Body>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<String>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone {
     service_fn(move |_req: Request<()>| {
         let ms = latency_ms.load(Ordering::SeqCst);
         let fail = fail.load(Ordering::SeqCst) > 0;
         async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            let mut res = Response::new(String::new());
+            let mut res = Response::new(Body::empty());
             if fail {
                 *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             }
@@ -725,9 +786,11 @@ fn variable_latency(
 #[tokio::test(start_paused = true)]
 async fn gradient_limit_falls_when_latency_rises_and_recovers() {
     let latency = Arc::new(AtomicU64::new(10));
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(Gradient::new().initial(20).floor(4).ceiling(60))
-        .max_queue(0);
+        .max_queue(0)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(variable_latency(latency.clone(), Arc::default()));
 
@@ -761,7 +824,7 @@ async fn gradient_limit_falls_when_latency_rises_and_recovers() {
 async fn aimd_limit_backs_off_on_slow_or_failed_requests() {
     let latency = Arc::new(AtomicU64::new(10));
     let fail = Arc::new(AtomicUsize::new(0));
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(
             Aimd::new()
                 .initial(10)
@@ -769,7 +832,9 @@ async fn aimd_limit_backs_off_on_slow_or_failed_requests() {
                 .ceiling(30)
                 .latency_threshold(Duration::from_millis(100)),
         )
-        .max_queue(0);
+        .max_queue(0)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(variable_latency(latency.clone(), fail.clone()));
 

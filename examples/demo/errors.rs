@@ -9,7 +9,7 @@ use tower_5xx::catch::CatchLayer;
 pub(crate) fn routes() -> Router {
     // An inner service that fails: its error becomes a 500, its message stays in the log.
     let boom = ServiceBuilder::new()
-        .layer(CatchLayer::new().negotiate(true))
+        .layer(CatchLayer::new())
         .service(service_fn(|_req: Request| async {
             Err::<Response, _>(std::io::Error::other(
                 "connection to db-7.internal:5432 refused (this text is logged, never sent)",
@@ -18,7 +18,7 @@ pub(crate) fn routes() -> Router {
 
     // tower's Timeout inside the stack: its `Elapsed` error becomes a 503.
     let timeout = ServiceBuilder::new()
-        .layer(CatchLayer::new().negotiate(true))
+        .layer(CatchLayer::new())
         .timeout(Duration::from_millis(100))
         .service(service_fn(|_req: Request| async {
             tokio::time::sleep(Duration::from_secs(5)).await;

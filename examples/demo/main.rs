@@ -27,7 +27,7 @@ fn app() -> Router {
     // Maintenance mode wraps the app; its admin router sits beside it.
     maintenance::wrap(app)
         // Outermost: a panic anywhere below becomes a 500 with an error id.
-        .layer(CatchLayer::new().negotiate(true))
+        .layer(CatchLayer::new())
 }
 
 #[tokio::main]

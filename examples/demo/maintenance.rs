@@ -5,7 +5,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use axum::Router;
-use tower_5xx::maintenance::{MaintenanceLayer, MaintenanceSwitch, SentinelFile};
+use tower_5xx::{
+    maintenance::{MaintenanceLayer, MaintenanceSwitch, SentinelFile},
+    refuse::RefusalPolicy,
+};
 
 const ADMIN_PATH: &str = "/admin/maintenance";
 
@@ -22,8 +25,13 @@ pub(crate) fn wrap(app: Router) -> Router {
     let layer = MaintenanceLayer::new(switch.clone())
         .bypass_path("/healthz")
         .default_retry_after(Duration::from_secs(60))
-        .retry_after_jitter(Duration::from_secs(5))
-        .message("The tower-5xx demo is down for maintenance.");
+        .refusal(
+            RefusalPolicy::builder()
+                .retry_after_jitter(Duration::from_secs(5))
+                .detail("The tower-5xx demo is down for maintenance.")
+                .build()
+                .expect("valid refusal policy"),
+        );
     let app = app.layer(layer);
 
     if let Ok(path) = std::env::var("DEMO_MAINTENANCE_FILE") {

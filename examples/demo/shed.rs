@@ -17,10 +17,12 @@ struct Slow {
 }
 
 pub(crate) fn routes() -> Router {
-    let layer = ShedLayer::new()
+    let layer = ShedLayer::builder()
         .limit(LIMIT)
         .max_queue(16)
-        .max_wait(Duration::from_millis(200));
+        .max_wait(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let handle = layer.handle();
     Router::new()
         .route("/slow", get(slow))

@@ -9,7 +9,6 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::{OutcomeClassifier, Permit};
-use crate::{ErrorResponse, ResponseBody};
 
 pin_project! {
     /// Response future of [`Breaker`](super::Breaker).
@@ -17,9 +16,9 @@ pin_project! {
     /// When the inner future completes, its result is classified and recorded with the call's
     /// latency. Dropped before that (the client went away), nothing is recorded and a half-open
     /// probe slot is given back.
-    pub struct ResponseFuture<F, C> {
+    pub struct ResponseFuture<F, C, B> {
         #[pin]
-        state: State<F>,
+        state: State<F, B>,
         permit: Option<Permit>,
         classifier: C,
     }
@@ -27,13 +26,14 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, B> {
         Running { #[pin] future: F },
-        Rejected { response: Option<ErrorResponse> },
+        // Boxed: the 503 path is cold, and a small future is cheaper to move on the hot path.
+        Rejected { response: Option<Box<Response<B>>> },
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
+impl<F, C, B> ResponseFuture<F, C, B> {
     pub(crate) fn running(future: F, permit: Permit, classifier: C) -> Self {
         Self {
             state: State::Running { future },
@@ -42,10 +42,10 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
-    pub(crate) fn rejected(response: ErrorResponse, classifier: C) -> Self {
+    pub(crate) fn rejected(response: Response<B>, classifier: C) -> Self {
         Self {
             state: State::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
             permit: None,
             classifier,
@@ -53,7 +53,7 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+impl<F, C, B> fmt::Debug for ResponseFuture<F, C, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Running { .. } => "Running",
@@ -66,12 +66,12 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     }
 }
 
-impl<F, C, B, E> Future for ResponseFuture<F, C>
+impl<F, C, B, E> Future for ResponseFuture<F, C, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
     C: OutcomeClassifier<B, E>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -81,12 +81,11 @@ where
                 if let Some(permit) = this.permit.take() {
                     permit.record(this.classifier.classify(result.as_ref()));
                 }
-                Poll::Ready(result.map(|res| res.map(ResponseBody::new)))
+                Poll::Ready(result)
             }
-            StateProj::Rejected { response } => Poll::Ready(Ok(response
+            StateProj::Rejected { response } => Poll::Ready(Ok(*response
                 .take()
-                .expect("`ResponseFuture` polled after completion")
-                .into_response())),
+                .expect("`ResponseFuture` polled after completion"))),
         }
     }
 }

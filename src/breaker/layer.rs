@@ -1,8 +1,7 @@
-use std::time::Duration;
-
 use tower_layer::Layer;
 
 use super::{Breaker, CircuitBreaker, DefaultOutcomeClassifier};
+use crate::refuse::RefusalPolicy;
 
 /// Layer that guards a service with a [`CircuitBreaker`]: while the breaker is open, requests
 /// are answered `503 Service Unavailable` with `Retry-After` without calling the service. See
@@ -14,33 +13,21 @@ use super::{Breaker, CircuitBreaker, DefaultOutcomeClassifier};
 pub struct BreakerLayer<C = DefaultOutcomeClassifier> {
     pub(crate) breaker: CircuitBreaker,
     pub(crate) classifier: C,
-    pub(crate) config: LayerConfig,
-}
-
-/// Settings of the generated 503.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LayerConfig {
-    pub(crate) max_retry_after: Duration,
-    pub(crate) jitter: Duration,
-    pub(crate) html: bool,
+    pub(crate) refusal: RefusalPolicy,
 }
 
 impl BreakerLayer<DefaultOutcomeClassifier> {
     /// A layer around `breaker` with the defaults:
     ///
     /// - [`DefaultOutcomeClassifier`]: `Err` and 5xx (except 501 and 505) are failures;
-    /// - `Retry-After` = the breaker's remaining open time plus a random 0 to 1 s (so clients
-    ///   told to come back do not come back in one herd), at least 1 s, at most 5 minutes;
-    /// - HTML bodies for clients whose `Accept` prefers `text/html`.
+    /// - the default [`RefusalPolicy`]: `Retry-After` = the breaker's remaining open time
+    ///   (at least 1 s) plus a random 0 to 1 s, so clients told to come back do not come back
+    ///   in one herd; the body by the request's `Accept`.
     pub fn new(breaker: CircuitBreaker) -> Self {
         Self {
             breaker,
             classifier: DefaultOutcomeClassifier,
-            config: LayerConfig {
-                max_retry_after: Duration::from_secs(300),
-                jitter: Duration::from_secs(1),
-                html: true,
-            },
+            refusal: RefusalPolicy::default(),
         }
     }
 }
@@ -51,26 +38,14 @@ impl<C> BreakerLayer<C> {
         BreakerLayer {
             breaker: self.breaker,
             classifier,
-            config: self.config,
+            refusal: self.refusal,
         }
     }
 
-    /// The largest `Retry-After` before jitter. Default 5 minutes.
-    pub fn max_retry_after(mut self, max: Duration) -> Self {
-        self.config.max_retry_after = max;
-        self
-    }
-
-    /// The largest random extra added to `Retry-After`, in whole seconds (what the header can
-    /// carry), after the maximum is applied. Default 1 s; zero turns jitter off.
-    pub fn retry_after_jitter(mut self, max_extra: Duration) -> Self {
-        self.config.jitter = max_extra;
-        self
-    }
-
-    /// Whether clients that prefer `text/html` get an HTML page (default `true`).
-    pub fn html(mut self, enabled: bool) -> Self {
-        self.config.html = enabled;
+    /// How the 503 is made: `Retry-After` bounds, jitter and form, body formats, your own
+    /// renderer. See [`RefusalPolicy`]; the default is [`RefusalPolicy::default`].
+    pub fn refusal(mut self, policy: RefusalPolicy) -> Self {
+        self.refusal = policy;
         self
     }
 
@@ -88,7 +63,7 @@ impl<S, C: Clone> Layer<S> for BreakerLayer<C> {
             inner,
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
-            config: self.config,
+            refusal: self.refusal.clone(),
         }
     }
 }

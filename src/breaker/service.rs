@@ -1,14 +1,17 @@
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
-use super::error::CircuitOpen;
 use super::{
-    future::ResponseFuture, layer::LayerConfig, BreakerLayer, CircuitBreaker,
-    DefaultOutcomeClassifier, OutcomeClassifier,
+    future::ResponseFuture, BreakerLayer, CircuitBreaker, DefaultOutcomeClassifier,
+    OutcomeClassifier,
 };
-use crate::{ErrorResponse, Reason, ResponseBody, RetryAfter};
+use crate::{
+    refuse::{RefusalPolicy, RequestView},
+    Reason, RetryAfter,
+};
 
 /// Middleware that guards its inner service with a circuit breaker. Made by
 /// [`BreakerLayer`](super::BreakerLayer); see the [module docs](super).
@@ -21,7 +24,7 @@ pub struct Breaker<S, C = DefaultOutcomeClassifier> {
     pub(crate) inner: S,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) classifier: C,
-    pub(crate) config: LayerConfig,
+    pub(crate) refusal: RefusalPolicy,
 }
 
 impl<S> Breaker<S, DefaultOutcomeClassifier> {
@@ -44,10 +47,11 @@ impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for Breaker<S, C>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     C: OutcomeClassifier<ResBody, S::Error>,
+    ResBody: From<Bytes>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S::Future, C, ResBody>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -60,10 +64,19 @@ where
                 ResponseFuture::running(self.inner.call(req), permit, self.classifier.clone())
             }
             Err(open) => {
-                let response = rejection(&open, &req, self.config);
+                // The base wait is the breaker's remaining open time; the policy bounds and
+                // jitters it.
+                let response: Response<ResBody> = self.refusal.respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Reason::CircuitOpen,
+                    Some(RetryAfter::Delay(open.retry_after())),
+                    None,
+                    RequestView::of(&req),
+                    std::time::SystemTime::now,
+                );
                 tracing::debug!(
                     breaker = self.breaker.name().unwrap_or(""),
-                    error_id = %response.error_id(),
+                    error_id = ?response.extensions().get::<crate::ErrorId>(),
                     method = %req.method(),
                     path = req.uri().path(),
                     state = %open.state(),
@@ -74,18 +87,4 @@ where
             }
         }
     }
-}
-
-/// The 503 for a refused request: `Retry-After` = remaining open time + jitter, in
-/// `[1 s, max]`.
-fn rejection<B>(open: &CircuitOpen, req: &Request<B>, config: LayerConfig) -> ErrorResponse {
-    let retry_after = RetryAfter::for_emission(
-        open.retry_after(),
-        std::time::Duration::from_secs(1),
-        config.max_retry_after,
-        config.jitter,
-    );
-    ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::CircuitOpen)
-        .retry_after(retry_after)
-        .negotiate(req.headers(), config.html)
 }

@@ -14,10 +14,12 @@ use pin_project_lite::pin_project;
 
 use super::{
     classify::{classify_chain, MAX_CHAIN},
-    layer::Config,
     CatchBody, Classify,
 };
-use crate::{BoxError, ErrorResponse, Format, ResponseBody};
+use crate::{
+    refuse::{RefusalPolicy, RequestView},
+    BoxError, ResponseBody,
+};
 
 /// What the request needs for logging and content negotiation once it has been moved into the
 /// inner service. Cheap to capture: a standard `Method` is a plain enum, and the path and the
@@ -70,7 +72,7 @@ pin_project! {
         state: State<F>,
         parts: Option<RequestParts>,
         classifier: C,
-        config: Config,
+        refusal: RefusalPolicy,
     }
 }
 
@@ -85,12 +87,17 @@ pin_project! {
 
 impl<F, C> ResponseFuture<F, C> {
     #[inline]
-    pub(crate) fn running(future: F, parts: RequestParts, classifier: C, config: Config) -> Self {
+    pub(crate) fn running(
+        future: F,
+        parts: RequestParts,
+        classifier: C,
+        refusal: RefusalPolicy,
+    ) -> Self {
         Self {
             state: State::Running { future },
             parts: Some(parts),
             classifier,
-            config,
+            refusal,
         }
     }
 
@@ -98,7 +105,7 @@ impl<F, C> ResponseFuture<F, C> {
         failure: Failure,
         parts: RequestParts,
         classifier: C,
-        config: Config,
+        refusal: RefusalPolicy,
     ) -> Self {
         Self {
             state: State::Failed {
@@ -106,7 +113,7 @@ impl<F, C> ResponseFuture<F, C> {
             },
             parts: Some(parts),
             classifier,
-            config,
+            refusal,
         }
     }
 }
@@ -162,14 +169,15 @@ where
         }
         let parts = this.parts.take().expect("polled after completion");
         let classifier = &*this.classifier;
-        let config = *this.config;
+        let refusal = &*this.refusal;
         // The classifier and the error's `Display` are user code: a panic there must still end
         // in exactly one response, not an unwinding connection task.
         let response = catch_unwind(AssertUnwindSafe(|| {
-            respond(failure, &parts, classifier, config)
+            respond(failure, &parts, classifier, refusal)
         }))
         .unwrap_or_else(|panic| {
-            let response = ErrorResponse::new(
+            // Not through the policy: its renderer is user code too, and may be what panicked.
+            let response = crate::ErrorResponse::new(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 crate::Reason::Internal,
             );
@@ -192,23 +200,30 @@ fn respond<B, C: Classify>(
     failure: Failure,
     parts: &RequestParts,
     classifier: &C,
-    config: Config,
+    refusal: &RefusalPolicy,
 ) -> Response<ResponseBody<B>> {
-    let format = Format::negotiate_values(parts.accept.as_ref(), config.html);
     let method = &parts.method;
     let path = parts.path();
+    let view = RequestView {
+        method: Some(method),
+        path,
+        headers: None,
+        accept: parts.accept.as_ref(),
+    };
     match failure {
         Failure::Error(error) => {
-            let classification = classify_chain(classifier, &*error, config.retry_after());
-            let mut response =
-                ErrorResponse::new(classification.status, classification.reason).format(format);
-            if let Some(ra) = classification.retry_after {
-                response = response.retry_after(ra);
-            }
-            if let Some(detail) = classification.detail {
-                response = response.detail(detail);
-            }
-            let id = response.error_id();
+            // The built-in 503s get no base wait of their own: the policy raises it to its
+            // minimum `Retry-After`.
+            let classification = classify_chain(classifier, &*error, std::time::Duration::ZERO);
+            let response: Response<ResponseBody<B>> = refusal.respond(
+                classification.status,
+                classification.reason,
+                classification.retry_after,
+                classification.detail,
+                view,
+                std::time::SystemTime::now,
+            );
+            let id = error_id(&response);
             let status = classification.status.as_u16();
             let chain = Chain(&*error);
             if classification.status.is_server_error()
@@ -224,21 +239,33 @@ fn respond<B, C: Classify>(
                     error = %chain, "request refused: service returned a known error"
                 );
             }
-            response.into_response()
+            response
         }
         Failure::Panic(panic) => {
-            let response = ErrorResponse::new(
+            let response: Response<ResponseBody<B>> = refusal.respond(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 crate::Reason::Internal,
-            )
-            .format(format);
+                None,
+                None,
+                view,
+                std::time::SystemTime::now,
+            );
             tracing::error!(
-                error_id = %response.error_id(), %method, path, status = 500u16,
+                error_id = %error_id(&response), %method, path, status = 500u16,
                 panic = %panic, "request failed: service panicked"
             );
-            response.into_response()
+            response
         }
     }
+}
+
+/// The error id a generated response carries in its extensions.
+fn error_id<B>(response: &Response<B>) -> crate::ErrorId {
+    response
+        .extensions()
+        .get::<crate::ErrorId>()
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Displays an error and its `source()` chain: `outer: cause: root cause`.

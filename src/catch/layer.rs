@@ -1,8 +1,7 @@
-use std::time::Duration;
-
 use tower_layer::Layer;
 
 use super::{Catch, Classify, DefaultClassifier};
+use crate::refuse::RefusalPolicy;
 
 /// Layer that turns a service's errors and panics into 500 responses (and known tower errors
 /// into 503). See the [module docs](super) for what maps to what.
@@ -10,22 +9,13 @@ use super::{Catch, Classify, DefaultClassifier};
 #[must_use]
 pub struct CatchLayer<C = DefaultClassifier> {
     pub(crate) classifier: C,
-    pub(crate) config: Config,
+    pub(crate) refusal: RefusalPolicy,
 }
 
-/// Settings copied into each request's future (small and `Copy`).
+/// What the service reads on every request (the policy is read only on failure).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
-    /// Whole seconds: all `Retry-After` can say (kept small, the future carries a copy).
-    retry_after_secs: u32,
-    pub(crate) html: bool,
     pub(crate) negotiate: bool,
-}
-
-impl Config {
-    pub(crate) fn retry_after(self) -> Duration {
-        Duration::from_secs(u64::from(self.retry_after_secs))
-    }
 }
 
 impl CatchLayer<DefaultClassifier> {
@@ -33,20 +23,15 @@ impl CatchLayer<DefaultClassifier> {
     ///
     /// - no classifier of your own: errors are 500 unless a built-in rule (tower's `Overloaded`
     ///   and `Elapsed`, tokio's `Elapsed`) recognises them;
-    /// - `Retry-After: 1` on the 503s for `Overloaded` and `Elapsed` (the overload that tower's
-    ///   `LoadShed` reports is a momentary lack of capacity; a timeout says the server is slow
-    ///   now, and a 503 should tell the client when to come back);
-    /// - plain-text bodies: the request's `Accept` is not captured unless you ask for it with
-    ///   [`negotiate(true)`](CatchLayer::negotiate) (it costs every request, not just failing
-    ///   ones).
+    /// - the default [`RefusalPolicy`]: the 503s for `Overloaded` and `Elapsed` carry the
+    ///   policy's shortest `Retry-After` (1 s, plus up to 1 s of jitter: the overload that
+    ///   tower's `LoadShed` reports is a momentary lack of capacity; a timeout says the server
+    ///   is slow now, and a 503 should tell the client when to come back); the body's format
+    ///   follows the request's `Accept`.
     pub fn new() -> Self {
         Self {
             classifier: DefaultClassifier,
-            config: Config {
-                retry_after_secs: 1,
-                html: true,
-                negotiate: false,
-            },
+            refusal: RefusalPolicy::default(),
         }
     }
 }
@@ -64,37 +49,20 @@ impl<C> CatchLayer<C> {
     pub fn classify<C2: Classify>(self, classifier: C2) -> CatchLayer<C2> {
         CatchLayer {
             classifier,
-            config: self.config,
+            refusal: self.refusal,
         }
     }
 
-    /// The `Retry-After` of the 503s answered for the built-in rules (tower's `Overloaded` and
-    /// `Elapsed`, tokio's `Elapsed`). Default: 1 second. Rounded up to whole seconds, as the
-    /// header is sent (and at least 1); capped at about 136 years.
-    pub fn retry_after(mut self, retry_after: Duration) -> Self {
-        let secs = crate::retry_after::delay_secs_rounded_up(retry_after);
-        self.config.retry_after_secs = u32::try_from(secs.max(1)).unwrap_or(u32::MAX);
-        self
-    }
-
-    /// Whether the body of a generated response follows the request's `Accept`: problem+json
-    /// for API clients, HTML for browsers, plain text otherwise. Default `false`: plain text.
+    /// How the generated responses are made: the `Retry-After` of the 503s, body formats,
+    /// your own renderer. See [`RefusalPolicy`]; the default is [`RefusalPolicy::default`].
     ///
-    /// Unlike the 503 layers, which build their response while they hold the request, this
-    /// layer answers after the request has moved into the inner service, so negotiation has to
-    /// capture the `Accept` value of *every* request up front: a header-map lookup and a
-    /// reference-count increment and decrement per request, which would more than double this
-    /// layer's cost on the success path (see `BENCHMARKS.md`). Pay for it when your clients
-    /// read 500 bodies (APIs that parse problem+json, browsers that show the HTML page).
-    pub fn negotiate(mut self, enabled: bool) -> Self {
-        self.config.negotiate = enabled;
-        self
-    }
-
-    /// With [`negotiate(true)`](CatchLayer::negotiate): whether clients that prefer `text/html`
-    /// get an HTML page (default `true`); when `false` they get plain text.
-    pub fn html(mut self, enabled: bool) -> Self {
-        self.config.html = enabled;
+    /// Negotiating the body's format by `Accept` (the policy's default) costs every request,
+    /// not just failing ones: this layer answers after the request has moved into the inner
+    /// service, so it keeps each request's `Accept` value until the response is known (a
+    /// header lookup and a reference count). A policy with
+    /// [`negotiate(false)`](crate::refuse::RefusalPolicyBuilder::negotiate) saves it.
+    pub fn refusal(mut self, policy: RefusalPolicy) -> Self {
+        self.refusal = policy;
         self
     }
 }
@@ -103,6 +71,6 @@ impl<S, C: Clone> Layer<S> for CatchLayer<C> {
     type Service = Catch<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Catch::from_parts(inner, self.classifier.clone(), self.config)
+        Catch::from_parts(inner, self.classifier.clone(), self.refusal.clone())
     }
 }

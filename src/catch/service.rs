@@ -15,7 +15,7 @@ use super::{
     layer::Config,
     CatchBody, CatchLayer, Classify, DefaultClassifier,
 };
-use crate::{BoxError, ResponseBody};
+use crate::{refuse::RefusalPolicy, BoxError, ResponseBody};
 
 /// Middleware that turns its inner service's errors and panics into responses. Made by
 /// [`CatchLayer`]; see the [module docs](super).
@@ -24,6 +24,7 @@ pub struct Catch<S, C = DefaultClassifier> {
     inner: S,
     classifier: C,
     config: Config,
+    refusal: RefusalPolicy,
     /// An error or panic from `poll_ready`, answered by the next `call`.
     pending: Option<Failure>,
 }
@@ -32,16 +33,19 @@ impl<S> Catch<S, DefaultClassifier> {
     /// Wraps `inner` with the default settings of [`CatchLayer::new`].
     pub fn new(inner: S) -> Self {
         let layer = CatchLayer::new();
-        Self::from_parts(inner, layer.classifier, layer.config)
+        Self::from_parts(inner, layer.classifier, layer.refusal)
     }
 }
 
 impl<S, C> Catch<S, C> {
-    pub(crate) fn from_parts(inner: S, classifier: C, config: Config) -> Self {
+    pub(crate) fn from_parts(inner: S, classifier: C, refusal: RefusalPolicy) -> Self {
         Self {
             inner,
             classifier,
-            config,
+            config: Config {
+                negotiate: refusal.negotiates(),
+            },
+            refusal,
             pending: None,
         }
     }
@@ -52,7 +56,11 @@ impl<S, C> Catch<S, C> {
 // A clone starts without the failure its original may be holding for its next call.
 impl<S: Clone, C: Clone> Clone for Catch<S, C> {
     fn clone(&self) -> Self {
-        Self::from_parts(self.inner.clone(), self.classifier.clone(), self.config)
+        Self::from_parts(
+            self.inner.clone(),
+            self.classifier.clone(),
+            self.refusal.clone(),
+        )
     }
 }
 
@@ -61,7 +69,7 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Catch<S, C> {
         f.debug_struct("Catch")
             .field("inner", &self.inner)
             .field("classifier", &self.classifier)
-            .field("config", &self.config)
+            .field("refusal", &self.refusal)
             .field("pending", &self.pending.is_some())
             .finish()
     }
@@ -104,17 +112,25 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let parts = RequestParts::new(&req, self.config.negotiate);
         if let Some(failure) = self.pending.take() {
-            return ResponseFuture::failed(failure, parts, self.classifier.clone(), self.config);
+            return ResponseFuture::failed(
+                failure,
+                parts,
+                self.classifier.clone(),
+                self.refusal.clone(),
+            );
         }
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(future) => {
-                ResponseFuture::running(future, parts, self.classifier.clone(), self.config)
-            }
+            Ok(future) => ResponseFuture::running(
+                future,
+                parts,
+                self.classifier.clone(),
+                self.refusal.clone(),
+            ),
             Err(panic) => ResponseFuture::failed(
                 Failure::panic(panic),
                 parts,
                 self.classifier.clone(),
-                self.config,
+                self.refusal.clone(),
             ),
         }
     }

@@ -7,8 +7,6 @@ use std::{
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::ResponseBody;
-
 pin_project! {
     /// Response future of [`Maintenance`](super::Maintenance): the inner service's future, or a
     /// ready 503.
@@ -25,7 +23,7 @@ pin_project! {
     enum Kind<F, B> {
         Inner { #[pin] future: F },
         // Boxed: the 503 path is cold, and a small future is cheaper to move on the hot path.
-        Unavailable { response: Option<Box<Response<ResponseBody<B>>>> },
+        Unavailable { response: Option<Box<Response<B>>> },
     }
 }
 
@@ -37,7 +35,7 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
-    pub(crate) fn unavailable(response: Response<ResponseBody<B>>) -> Self {
+    pub(crate) fn unavailable(response: Response<B>) -> Self {
         Self {
             kind: Kind::Unavailable {
                 response: Some(Box::new(response)),
@@ -50,14 +48,12 @@ impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Inner { future } => future
-                .poll(cx)
-                .map(|res| res.map(|res| res.map(ResponseBody::new))),
+            KindProj::Inner { future } => future.poll(cx),
             KindProj::Unavailable { response } => Poll::Ready(Ok(*response
                 .take()
                 .expect("ResponseFuture polled after completion"))),

@@ -1,10 +1,6 @@
-use std::{
-    borrow::Cow,
-    net::IpAddr,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use http::{header::HeaderName, Extensions, Request, Response, StatusCode};
 use ipnet::IpNet;
 use tower_layer::Layer;
@@ -13,7 +9,10 @@ use super::{
     bypass::{Bypass, BypassRequest, ForwardedHeader},
     Maintenance, MaintenanceNotice, MaintenanceSwitch,
 };
-use crate::{ErrorResponse, Reason, ResponseBody, RetryAfter};
+use crate::{
+    refuse::{RefusalPolicy, RequestView},
+    Reason, RetryAfter,
+};
 
 /// Layer that answers **503 Service Unavailable** with `Retry-After` while its
 /// [`MaintenanceSwitch`] is on. See the [module docs](super).
@@ -28,10 +27,7 @@ pub struct MaintenanceLayer {
 pub(crate) struct Config {
     pub(crate) switch: MaintenanceSwitch,
     default_retry_after: Duration,
-    jitter: Duration,
-    http_date: bool,
-    html: bool,
-    message: Option<Cow<'static, str>>,
+    refusal: RefusalPolicy,
     bypass: Bypass,
 }
 
@@ -40,20 +36,17 @@ impl MaintenanceLayer {
     ///
     /// - `Retry-After: 60` when the end of maintenance is unknown
     ///   ([`default_retry_after`](Self::default_retry_after));
-    /// - no jitter; delta-seconds rather than an HTTP-date;
-    /// - an HTML page for clients whose `Accept` prefers `text/html`, problem+json or plain text
-    ///   for the others;
-    /// - the message "The service is down for maintenance.";
+    /// - the default [`RefusalPolicy`]: `Retry-After` between 1 s and 30 days plus up to 1 s of
+    ///   jitter, as delta-seconds; the body by the request's `Accept` (an HTML page for
+    ///   browsers, problem+json for APIs, plain text otherwise); the message "The service is
+    ///   down for maintenance." unless the notice carries one;
     /// - no bypass rules: every request gets the 503.
     pub fn new(switch: MaintenanceSwitch) -> Self {
         Self {
             config: Arc::new(Config {
                 switch,
                 default_retry_after: Duration::from_secs(60),
-                jitter: Duration::ZERO,
-                http_date: false,
-                html: true,
-                message: None,
+                refusal: RefusalPolicy::default(),
                 bypass: Bypass::default(),
             }),
         }
@@ -69,40 +62,18 @@ impl MaintenanceLayer {
     }
 
     /// `Retry-After` when neither the end of maintenance nor the notice's own `retry_after` is
-    /// known. Default: 60 seconds (long enough not to invite a retry storm, short enough that
-    /// clients notice the end of a short maintenance soon).
+    /// known: the base wait that the [refusal policy](Self::refusal) then bounds and jitters.
+    /// Default: 60 seconds (long enough not to invite a retry storm, short enough that clients
+    /// notice the end of a short maintenance soon).
     pub fn default_retry_after(mut self, retry_after: Duration) -> Self {
         self.cfg().default_retry_after = retry_after;
         self
     }
 
-    /// Adds a random extra of up to `max_extra` (whole seconds, what the header can carry) to
-    /// every `Retry-After`, so that a fleet of clients told to come back does not come back in
-    /// one herd. Default: none.
-    pub fn retry_after_jitter(mut self, max_extra: Duration) -> Self {
-        self.cfg().jitter = max_extra;
-        self
-    }
-
-    /// Sends `Retry-After` as an HTTP-date (the known end, or now plus the delay) instead of
-    /// delta-seconds. Default: `false`; delta-seconds are immune to clock skew between server and
-    /// client.
-    pub fn http_date(mut self, enabled: bool) -> Self {
-        self.cfg().http_date = enabled;
-        self
-    }
-
-    /// Whether clients that prefer `text/html` get an HTML page (default `true`); when `false`
-    /// they get plain text.
-    pub fn html(mut self, enabled: bool) -> Self {
-        self.cfg().html = enabled;
-        self
-    }
-
-    /// The client-facing message when the notice carries none. Default: "The service is down for
-    /// maintenance." It is sent to every client: keep internal information out of it.
-    pub fn message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
-        self.cfg().message = Some(message.into());
+    /// How the 503 is made: `Retry-After` bounds, jitter and form, body formats, your own
+    /// renderer. See [`RefusalPolicy`]; the default is [`RefusalPolicy::default`].
+    pub fn refusal(mut self, policy: RefusalPolicy) -> Self {
+        self.cfg().refusal = policy;
         self
     }
 
@@ -212,63 +183,79 @@ impl<S> Layer<S> for MaintenanceLayer {
 
 impl Config {
     /// The 503 for `req`, or `None` if it may pass. Only called when the switch is not idle.
-    pub(crate) fn unavailable<B, ResBody>(
-        &self,
-        req: &Request<B>,
-    ) -> Option<Response<ResponseBody<ResBody>>> {
+    pub(crate) fn unavailable<B, ResBody>(&self, req: &Request<B>) -> Option<Response<ResBody>>
+    where
+        ResBody: From<Bytes>,
+    {
         let notice = self.switch.current()?;
         if self.bypass.matches(req) {
             return None;
         }
-        let retry_after = self.retry_after(&notice, self.switch.clock().now());
-        let detail: Cow<'static, str> = match (&notice.message, &self.message) {
-            (Some(m), _) => Cow::Owned(m.to_string()),
-            (None, Some(m)) => m.clone(),
-            (None, None) => Cow::Borrowed(Reason::Maintenance.default_detail()),
-        };
-        let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Maintenance)
-            .retry_after(retry_after)
-            .detail(detail)
-            .negotiate(req.headers(), self.html);
+        let clock = self.switch.clock();
+        let base = self.base_wait(&notice, clock.now());
+        let detail = notice.message.as_ref().map(|m| m.to_string().into());
+        let res: Response<ResBody> = self.refusal.respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Maintenance,
+            Some(base),
+            detail,
+            RequestView::of(req),
+            || clock.now(),
+        );
         tracing::debug!(
-            error_id = %res.error_id(),
+            error_id = ?res.extensions().get::<crate::ErrorId>(),
             method = %req.method(),
             path = req.uri().path(),
-            retry_after = %retry_after,
+            retry_after = ?res.headers().get(http::header::RETRY_AFTER),
             "maintenance mode: answered 503"
         );
-        Some(res.into_response())
+        Some(res)
     }
 
-    /// The `Retry-After` for `notice` at wall-clock time `now`.
-    pub(crate) fn retry_after(&self, notice: &MaintenanceNotice, now: SystemTime) -> RetryAfter {
-        let remaining = notice.remaining(now);
-        let delay = remaining
-            .or(notice.retry_after)
-            .unwrap_or(self.default_retry_after);
-        let ra = if self.http_date {
-            match (remaining, notice.end) {
-                (Some(_), Some(super::switch::End::At(end))) => RetryAfter::Date(end),
-                _ => RetryAfter::Date(now.checked_add(delay).unwrap_or(now)),
-            }
-        } else {
-            RetryAfter::Delay(delay)
-        };
-        if self.jitter.is_zero() {
-            ra
-        } else {
-            ra.with_jitter(self.jitter)
+    /// The base wait for `notice` at wall-clock time `now`: the announced end (a date, so that
+    /// a policy sending HTTP-dates sends that very date), else the notice's hint, else the
+    /// layer's default. The refusal policy bounds and jitters it.
+    pub(crate) fn base_wait(
+        &self,
+        notice: &MaintenanceNotice,
+        now: std::time::SystemTime,
+    ) -> RetryAfter {
+        match (notice.remaining(now), notice.end) {
+            (Some(_), Some(super::switch::End::At(end))) => RetryAfter::Date(end),
+            (Some(remaining), _) => RetryAfter::Delay(remaining),
+            (None, _) => RetryAfter::Delay(notice.retry_after.unwrap_or(self.default_retry_after)),
         }
+    }
+
+    /// The `Retry-After` for `notice` at wall-clock time `now`, as the policy sends it.
+    #[cfg(test)]
+    pub(crate) fn retry_after(
+        &self,
+        notice: &MaintenanceNotice,
+        now: std::time::SystemTime,
+    ) -> RetryAfter {
+        self.refusal
+            .retry_after(self.base_wait(notice, now), || now)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
+    use crate::refuse::MAX_RETRY_AFTER;
+
+    fn exact() -> RefusalPolicy {
+        RefusalPolicy::builder()
+            .retry_after_jitter(Duration::ZERO)
+            .build()
+            .unwrap()
+    }
 
     #[test]
     fn retry_after_precedence_and_forms() {
-        let layer = MaintenanceLayer::new(MaintenanceSwitch::new());
+        let layer = MaintenanceLayer::new(MaintenanceSwitch::new()).refusal(exact());
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let end = now + Duration::from_secs(90);
         let cfg = &layer.config;
@@ -291,7 +278,8 @@ mod tests {
             cfg.retry_after(&ending, end),
             RetryAfter::Delay(Duration::from_secs(5))
         );
-        let dated = MaintenanceLayer::new(MaintenanceSwitch::new()).http_date(true);
+        let dated = MaintenanceLayer::new(MaintenanceSwitch::new())
+            .refusal(exact().to_builder().http_date(true).build().unwrap());
         assert_eq!(
             dated.config.retry_after(&ending, now),
             RetryAfter::Date(end)
@@ -303,9 +291,37 @@ mod tests {
     }
 
     #[test]
+    fn an_end_far_ahead_is_cut_to_the_maximum() {
+        let layer = MaintenanceLayer::new(MaintenanceSwitch::new()).refusal(exact());
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let year_9999 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        let notice = MaintenanceNotice::new().until(year_9999);
+        assert_eq!(
+            layer.config.retry_after(&notice, now),
+            RetryAfter::Delay(MAX_RETRY_AFTER)
+        );
+        let hinted = MaintenanceNotice::new().retry_after(Duration::from_secs(1 << 40));
+        assert_eq!(
+            layer.config.retry_after(&hinted, now),
+            RetryAfter::Delay(MAX_RETRY_AFTER)
+        );
+        // As a date too: not the year 9999, but 30 days from now.
+        let dated = MaintenanceLayer::new(MaintenanceSwitch::new())
+            .refusal(exact().to_builder().http_date(true).build().unwrap());
+        assert_eq!(
+            dated.config.retry_after(&notice, now),
+            RetryAfter::Date(now + MAX_RETRY_AFTER)
+        );
+    }
+
+    #[test]
     fn jitter_stays_in_bounds() {
-        let layer = MaintenanceLayer::new(MaintenanceSwitch::new())
-            .retry_after_jitter(Duration::from_secs(10));
+        let layer = MaintenanceLayer::new(MaintenanceSwitch::new()).refusal(
+            RefusalPolicy::builder()
+                .retry_after_jitter(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        );
         let now = SystemTime::now();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {

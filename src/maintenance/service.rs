@@ -4,11 +4,11 @@ use std::{
     task::{Context, Poll},
 };
 
+use bytes::Bytes;
 use http::{Request, Response};
 use tower_service::Service;
 
 use super::{layer::Config, MaintenanceLayer, MaintenanceSwitch, ResponseFuture};
-use crate::ResponseBody;
 
 /// Middleware that answers 503 with `Retry-After` while maintenance is on. Made by
 /// [`MaintenanceLayer`]; see the [module docs](super).
@@ -49,8 +49,9 @@ impl<S: fmt::Debug> fmt::Debug for Maintenance<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Maintenance<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody>;
 

@@ -14,11 +14,9 @@ use tokio::{
 };
 use tower_service::Service;
 
-use super::{
-    queue::{Permit, QueueSlot},
-    service::shed_response,
-};
-use crate::{ErrorResponse, Format, ResponseBody};
+use bytes::Bytes;
+
+use super::limiter::{Permit, QueueSlot};
 
 pin_project! {
     /// Response future of [`Shed`](super::Shed).
@@ -26,9 +24,9 @@ pin_project! {
     /// It holds the request's permit (given back when the inner future completes or when this
     /// future is dropped, panics included) or its place in the queue (given back when it gets a
     /// permit, times out, or is dropped because the client went away).
-    pub struct ResponseFuture<F, S, R> {
+    pub struct ResponseFuture<F, S, R, B> {
         #[pin]
-        state: State<F, S, R>,
+        state: State<F, S, R, B>,
     }
 }
 
@@ -48,7 +46,7 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, S, R> {
+    enum State<F, S, R, B> {
         Running {
             #[pin]
             future: F,
@@ -62,13 +60,14 @@ pin_project! {
             // a request on the fast path stays small.
             waiter: Pin<Box<Waiter<S, R>>>,
         },
+        // Boxed: the 503 path is cold, and a small future is cheaper to move on the hot path.
         Shed {
-            response: Option<ErrorResponse>,
+            response: Option<Box<Response<B>>>,
         },
     }
 }
 
-impl<F, S, R> ResponseFuture<F, S, R> {
+impl<F, S, R, B> ResponseFuture<F, S, R, B> {
     pub(crate) fn running(future: F, permit: Option<Permit>, start: Option<Instant>) -> Self {
         Self {
             state: State::Running {
@@ -95,16 +94,16 @@ impl<F, S, R> ResponseFuture<F, S, R> {
         }
     }
 
-    pub(crate) fn shed(response: ErrorResponse) -> Self {
+    pub(crate) fn shed(response: Response<B>) -> Self {
         Self {
             state: State::Shed {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
 }
 
-impl<F, S, R> fmt::Debug for ResponseFuture<F, S, R> {
+impl<F, S, R, B> fmt::Debug for ResponseFuture<F, S, R, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Running { .. } => "Running",
@@ -117,11 +116,12 @@ impl<F, S, R> fmt::Debug for ResponseFuture<F, S, R> {
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S::Future, S, Request<ReqBody>>
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S::Future, S, Request<ReqBody>, ResBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -140,11 +140,11 @@ where
                         };
                         permit.shared().record(start, failed);
                     }
-                    return Poll::Ready(result.map(|res| res.map(ResponseBody::new)));
+                    return Poll::Ready(result);
                 }
                 StateProj::Shed { response } => {
                     let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(response.into_response()));
+                    return Poll::Ready(Ok(*response));
                 }
                 StateProj::Waiting { waiter } => {
                     let WaiterProj {
@@ -181,13 +181,10 @@ where
                     } else if deadline.poll(cx).is_ready() {
                         let request = request.take().expect("polled after completion");
                         let slot = slot.take().expect("polled after completion");
-                        // Negotiated only now: most queued requests get a permit and need none.
-                        let format =
-                            Format::negotiate(request.headers(), slot.shared().config.html);
-                        let response = shed_response(slot.shared(), format, &request, "max wait");
+                        let response = slot.shared().refuse(&request, "max wait");
                         drop(slot);
                         State::Shed {
-                            response: Some(response),
+                            response: Some(Box::new(response)),
                         }
                     } else {
                         return Poll::Pending;

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use crate::error::InvalidConfig;
+
 /// How [`ShedLayer`](super::ShedLayer) decides how many requests may run at once.
 ///
-/// Choose one at build time with [`ShedLayer::limit`](super::ShedLayer::limit); a `usize`, a
+/// Choose one at build time with [`ShedBuilder::limit`](super::ShedBuilder::limit); a `usize`, a
 /// [`Fixed`], an [`Aimd`] or a [`Gradient`] converts into it. The current value is always
 /// observable (and can be overridden) through a [`ShedHandle`](super::ShedHandle).
 ///
@@ -32,6 +34,38 @@ impl Limit {
             Limit::Fixed(f) => f.limit,
             Limit::Aimd(a) => a.initial,
             Limit::Gradient(g) => g.initial,
+        }
+    }
+
+    /// Checks the settings: what [`ShedBuilder::build`](super::ShedBuilder::build) reports.
+    pub(crate) fn validate(&self) -> Result<(), InvalidConfig> {
+        match self {
+            Limit::Fixed(f) if f.limit == 0 => {
+                Err(InvalidConfig::new("a fixed limit must be at least 1"))
+            }
+            Limit::Fixed(_) => Ok(()),
+            Limit::Aimd(a) => {
+                validate_adaptive(a.initial, a.floor, a.ceiling, a.min_samples)?;
+                if !(a.backoff_ratio >= 0.5 && a.backoff_ratio < 1.0) {
+                    return Err(InvalidConfig::new("AIMD backoff_ratio must be in [0.5, 1)"));
+                }
+                Ok(())
+            }
+            Limit::Gradient(g) => {
+                validate_adaptive(g.initial, g.floor, g.ceiling, g.min_samples)?;
+                if !(g.tolerance >= 1.0 && g.tolerance.is_finite()) {
+                    return Err(InvalidConfig::new(
+                        "gradient tolerance must be at least 1.0",
+                    ));
+                }
+                if !(g.smoothing > 0.0 && g.smoothing <= 1.0) {
+                    return Err(InvalidConfig::new("gradient smoothing must be in (0, 1]"));
+                }
+                if !(g.headroom >= 0.0 && g.headroom.is_finite()) {
+                    return Err(InvalidConfig::new("gradient headroom must be at least 0"));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -77,6 +111,36 @@ impl From<Gradient> for Limit {
     }
 }
 
+/// The checks every adaptive limit shares.
+fn validate_adaptive(
+    initial: usize,
+    floor: usize,
+    ceiling: usize,
+    min_samples: u32,
+) -> Result<(), InvalidConfig> {
+    if floor == 0 {
+        return Err(InvalidConfig::new(
+            "an adaptive limit's floor must be at least 1",
+        ));
+    }
+    if ceiling < floor {
+        return Err(InvalidConfig::new(
+            "an adaptive limit's ceiling must be at least its floor",
+        ));
+    }
+    if !(floor..=ceiling).contains(&initial) {
+        return Err(InvalidConfig::new(
+            "an adaptive limit's initial value must be within floor..=ceiling",
+        ));
+    }
+    if min_samples == 0 {
+        return Err(InvalidConfig::new(
+            "an adaptive limit's window needs at least 1 sample",
+        ));
+    }
+    Ok(())
+}
+
 /// A fixed concurrency limit (at least 1).
 ///
 /// It never moves by itself; [`ShedHandle::set_limit`](super::ShedHandle::set_limit) changes it
@@ -87,11 +151,10 @@ pub struct Fixed {
 }
 
 impl Fixed {
-    /// A limit of `limit` concurrent requests (0 is raised to 1).
+    /// A limit of `limit` concurrent requests. 0 is rejected when the layer is
+    /// [built](super::ShedBuilder::build).
     pub fn new(limit: usize) -> Self {
-        Self {
-            limit: limit.max(1),
-        }
+        Self { limit }
     }
 }
 
@@ -101,36 +164,30 @@ const DEFAULT_MIN_SAMPLES: u32 = 10;
 /// The settings every adaptive limit shares: `initial`, `floor`, `ceiling` and `window`.
 macro_rules! adaptive_limit_settings {
     () => {
-        /// The limit before the first window closes (kept within floor and ceiling). Default 20.
+        /// The limit before the first window closes (within floor and ceiling, checked when
+        /// the layer is built). Default 20.
         pub fn initial(mut self, initial: usize) -> Self {
             self.initial = initial;
-            self.normalize()
+            self
         }
 
         /// The lowest the limit may go (at least 1). Default 1.
         pub fn floor(mut self, floor: usize) -> Self {
             self.floor = floor;
-            self.normalize()
+            self
         }
 
         /// The highest the limit may go (at least the floor). Default 1000.
         pub fn ceiling(mut self, ceiling: usize) -> Self {
             self.ceiling = ceiling;
-            self.normalize()
+            self
         }
 
         /// A window closes after at least `duration` and `min_samples` samples (at least 1).
         /// Default 100 ms and 10 samples.
         pub fn window(mut self, duration: Duration, min_samples: u32) -> Self {
             self.window = duration;
-            self.min_samples = min_samples.max(1);
-            self
-        }
-
-        fn normalize(mut self) -> Self {
-            self.floor = self.floor.max(1);
-            self.ceiling = self.ceiling.max(self.floor);
-            self.initial = self.initial.clamp(self.floor, self.ceiling);
+            self.min_samples = min_samples;
             self
         }
     };
@@ -192,11 +249,7 @@ impl Aimd {
 
     /// The factor applied to the limit after a window with a drop, in `[0.5, 1)`. Default 0.9.
     pub fn backoff_ratio(mut self, ratio: f64) -> Self {
-        self.backoff_ratio = if ratio.is_finite() {
-            ratio.clamp(0.5, 0.99)
-        } else {
-            0.9
-        };
+        self.backoff_ratio = ratio;
         self
     }
 }
@@ -269,31 +322,19 @@ impl Gradient {
     /// How much slower than the baseline a window may be before the limit shrinks (at least
     /// 1.0). Default 1.5, as Gradient2's `rttTolerance`.
     pub fn tolerance(mut self, tolerance: f64) -> Self {
-        self.tolerance = if tolerance.is_finite() {
-            tolerance.max(1.0)
-        } else {
-            1.5
-        };
+        self.tolerance = tolerance;
         self
     }
 
     /// How far each window moves the limit toward its target, in `(0, 1]`. Default 0.2.
     pub fn smoothing(mut self, smoothing: f64) -> Self {
-        self.smoothing = if smoothing.is_finite() {
-            smoothing.clamp(0.01, 1.0)
-        } else {
-            0.2
-        };
+        self.smoothing = smoothing;
         self
     }
 
     /// The growth allowance, in multiples of `sqrt(limit)` (at least 0). Default 1.0.
     pub fn headroom(mut self, headroom: f64) -> Self {
-        self.headroom = if headroom.is_finite() {
-            headroom.max(0.0)
-        } else {
-            1.0
-        };
+        self.headroom = headroom;
         self
     }
 }
@@ -454,12 +495,21 @@ mod tests {
     }
 
     #[test]
-    fn builders_normalize() {
+    fn builders_record_and_validate_rejects() {
         let a = Aimd::new().floor(0).ceiling(0).initial(50);
-        assert_eq!((a.floor, a.ceiling, a.initial), (1, 1, 1));
-        let g = Gradient::new().ceiling(5).floor(10);
-        assert_eq!((g.floor, g.ceiling, g.initial), (10, 10, 10));
-        assert_eq!(Fixed::new(0), Fixed::new(1));
+        assert_eq!(
+            (a.floor, a.ceiling, a.initial),
+            (0, 0, 50),
+            "no silent clamp"
+        );
+        assert!(Limit::from(a).validate().is_err());
+        assert!(Limit::from(Gradient::new().ceiling(5).floor(10))
+            .validate()
+            .is_err());
+        assert!(Limit::from(Fixed::new(0)).validate().is_err());
+        assert!(Limit::from(Fixed::new(1)).validate().is_ok());
+        assert!(Limit::from(Aimd::new()).validate().is_ok());
+        assert!(Limit::from(Gradient::new()).validate().is_ok());
         assert_eq!(Limit::from(7).initial(), 7);
     }
 }

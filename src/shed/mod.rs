@@ -9,15 +9,16 @@
 //! | situation | what happens |
 //! |---|---|
 //! | a permit is free and nobody is queued | the request runs (one atomic load and one compare-and-swap; no lock, no allocation) |
-//! | no free permit, room in the queue | the request waits, first come first served, up to [`max_wait`](ShedLayer::max_wait) |
+//! | no free permit, room in the queue | the request waits, first come first served, up to [`max_wait`](ShedBuilder::max_wait) |
 //! | the queue is full, or the wait ran out | **503** with `Retry-After`, `Cache-Control: no-store`, an error id, [`Reason::Overloaded`](crate::Reason::Overloaded) in the extensions |
 //! | the request is [`Priority::Exempt`] (health checks, admin) | runs at once, never shed, not counted |
 //! | the request is [`Priority::Low`] | may only use part of the queue, so it is shed first |
 //!
 //! **`Retry-After`** is derived from the observed drain rate: the time the backlog needs to
-//! clear, `(queued + 1) × recent latency ÷ limit`, kept within configured bounds (1 s to 30 s by
-//! default) with random jitter added (up to 1 s), so the clients it turns away do not come
-//! back all at once.
+//! clear, `(queued + 1) × recent latency ÷ limit`, which the layer's
+//! [`RefusalPolicy`](crate::refuse::RefusalPolicy) keeps within its bounds (by default at least
+//! 1 s) and jitters (by default up to 1 s), so the clients it turns away do not come back all
+//! at once.
 //!
 //! **Limits** ([`Limit`]): a [`Fixed`] number, changeable at runtime through the [`ShedHandle`];
 //! [`Aimd`] (additive increase, multiplicative decrease on slow or failed requests); or
@@ -53,10 +54,12 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let layer = ShedLayer::new()
+//! let layer = ShedLayer::builder()
 //!     .limit(Gradient::new().initial(10).floor(2).ceiling(200))
 //!     .max_queue(20)
 //!     .max_wait(Duration::from_millis(50))
+//!     .build()
+//!     .expect("valid settings")
 //!     .priority(|req: &Request<Full<Bytes>>| match req.uri().path() {
 //!         "/healthz" => Priority::Exempt,
 //!         p if p.starts_with("/batch/") => Priority::Low,
@@ -80,74 +83,57 @@
 mod future;
 mod layer;
 mod limit;
+mod limiter;
 mod priority;
-mod queue;
 mod service;
 
 use std::{fmt, sync::Arc, time::Duration};
 
 pub use future::ResponseFuture;
-pub use layer::ShedLayer;
+pub use layer::{ShedBuilder, ShedLayer};
 pub use limit::{Aimd, Fixed, Gradient, Limit};
 pub use priority::{AllNormal, ExemptPaths, Prioritize, Priority};
 pub use service::Shed;
 
-/// A handle on the state a [`ShedLayer`] shares among its services: observe the limit, the
+/// A handle on the limiter a [`ShedLayer`] shares among its services: observe the limit, the
 /// load and the shed count; set the limit at runtime. Cheap to clone.
-///
-/// A handle taken from a layer before its builder methods observes the configured layer.
-/// Until the layer has made its first service, it reports the configured limit and zero load.
 #[derive(Clone)]
 pub struct ShedHandle {
-    cell: Arc<layer::Cell>,
+    shared: Arc<limiter::Shared>,
 }
 
 impl ShedHandle {
     /// The current concurrency limit (for an adaptive limit, its latest value).
     pub fn limit(&self) -> usize {
-        match self.cell.get() {
-            Some(shared) => shared.limit(),
-            None => self.cell.config().start_limit(),
-        }
+        self.shared.limit()
     }
 
-    /// Sets the concurrency limit (at least 1). Queued requests are woken if it grew; if it
-    /// shrank, requests already running finish and new ones wait. An adaptive limit continues
-    /// from this value. Before the layer made its first service, this is the limit it starts
-    /// with (unless a later [`ShedLayer::limit`] replaces it).
+    /// Sets the concurrency limit; 0 means 1 (a limit of 0 would refuse everything: that is
+    /// maintenance, not shedding). Queued requests are woken if it grew; if it shrank,
+    /// requests already running finish and new ones wait. An adaptive limit continues from
+    /// this value.
     pub fn set_limit(&self, limit: usize) {
-        if let Some(shared) = self.cell.get() {
-            return shared.set_limit(limit);
-        }
-        let mut config = self.cell.config();
-        match self.cell.get() {
-            // Made in between (it is made under this lock).
-            Some(shared) => {
-                drop(config);
-                shared.set_limit(limit);
-            }
-            None => config.set_limit = Some(limit.max(1)),
-        }
+        self.shared.set_limit(limit);
     }
 
     /// How many requests hold a permit now.
     pub fn in_flight(&self) -> usize {
-        self.cell.get().map_or(0, |s| s.in_flight())
+        self.shared.in_flight()
     }
 
     /// How many requests wait in the queue now.
     pub fn queued(&self) -> usize {
-        self.cell.get().map_or(0, |s| s.queued())
+        self.shared.queued()
     }
 
     /// How many requests were shed (answered 503) so far.
     pub fn shed_count(&self) -> u64 {
-        self.cell.get().map_or(0, |s| s.shed_count())
+        self.shared.shed_count()
     }
 
     /// The recent latency of the inner service (a moving average), if any request finished.
     pub fn latency(&self) -> Option<Duration> {
-        self.cell.get().and_then(|s| s.latency())
+        self.shared.latency()
     }
 }
 

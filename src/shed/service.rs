@@ -4,18 +4,17 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{Request, Response, StatusCode};
+use bytes::Bytes;
+use http::{Request, Response};
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
     future::ResponseFuture,
-    layer::Cell,
-    queue::{Permit, QueueSlot, Shared},
+    limiter::{Permit, QueueSlot, Shared},
     AllNormal, Prioritize, Priority, ShedHandle, ShedLayer,
 };
-use crate::{ErrorResponse, Format, Reason, ResponseBody};
 
 /// Middleware that sheds load with 503 + `Retry-After`. Made by [`ShedLayer`]; see the
 /// [module docs](super).
@@ -45,7 +44,7 @@ impl<S, P> Shed<S, P> {
     /// A handle on the shared limit and queue.
     pub fn handle(&self) -> ShedHandle {
         ShedHandle {
-            cell: Arc::new(Cell::built(self.shared.clone())),
+            shared: self.shared.clone(),
         }
     }
 
@@ -77,10 +76,11 @@ impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for Shed<S, P>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     P: Prioritize<ReqBody>,
+    ResBody: From<Bytes>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S, Request<ReqBody>>;
+    type Future = ResponseFuture<S::Future, S, Request<ReqBody>, ResBody>;
 
     /// Waits for the inner service only. The shedding decision is made in `call`, so the layer
     /// works where readiness is not propagated (axum routes are always ready).
@@ -108,32 +108,6 @@ where
             let ready = std::mem::replace(&mut self.inner, clone);
             return ResponseFuture::waiting(slot, ready, req);
         }
-        let format = Format::negotiate(req.headers(), self.shared.config.html);
-        ResponseFuture::shed(shed_response(&self.shared, format, &req, "queue full"))
+        ResponseFuture::shed(self.shared.refuse(&req, "queue full"))
     }
-}
-
-/// Counts, logs and builds the 503 for a shed request.
-pub(crate) fn shed_response<B>(
-    shared: &Shared,
-    format: Format,
-    req: &Request<B>,
-    why: &'static str,
-) -> ErrorResponse {
-    shared.count_shed();
-    let response = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded)
-        .retry_after(shared.retry_after())
-        .format(format);
-    // Debug, not warn: under overload this fires for every shed request.
-    tracing::debug!(
-        error_id = %response.error_id(),
-        method = %req.method(),
-        path = req.uri().path(),
-        why,
-        limit = shared.limit(),
-        in_flight = shared.in_flight(),
-        queued = shared.queued(),
-        "request shed: overloaded"
-    );
-    response
 }

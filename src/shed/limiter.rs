@@ -1,5 +1,6 @@
-//! The shared state: a concurrency limit whose capacity can change at runtime, a bounded wait
-//! queue, the latency statistics, and the adaptive estimator.
+//! The limiter every service of one layer shares: a concurrency limit whose capacity can change
+//! at runtime, a bounded wait queue, the latency statistics, the adaptive estimator, and how a
+//! shed request is answered.
 //!
 //! The hot path (a request under the limit with nobody queued) is one load of the queue length
 //! and one compare-and-swap on the in-flight count; completing it is a few atomic additions.
@@ -14,34 +15,26 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
 use tokio::{sync::Notify, time::Instant};
 
 use super::{
     limit::{Estimator, Limit, WindowStats},
     Priority,
 };
-use crate::RetryAfter;
+use crate::{
+    refuse::{RefusalPolicy, RequestView},
+    Reason, RetryAfter,
+};
 
-/// Settings that do not change once the layer made its first service.
+/// The settings of a built layer (checked by the builder).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
     pub(crate) limit: Limit,
     pub(crate) max_queue: usize,
     pub(crate) low_priority_queue: usize,
     pub(crate) max_wait: Duration,
-    pub(crate) min_retry_after: Duration,
-    pub(crate) max_retry_after: Duration,
-    pub(crate) retry_after_jitter: Duration,
-    pub(crate) html: bool,
-    /// A limit set through a handle before the first service was made.
-    pub(crate) set_limit: Option<usize>,
-}
-
-impl Config {
-    /// The limit the state starts with.
-    pub(crate) fn start_limit(&self) -> usize {
-        self.set_limit.unwrap_or(self.limit.initial()).max(1)
-    }
 }
 
 /// The current window of samples, in atomics so that recording is lock-free.
@@ -66,6 +59,7 @@ pub(crate) struct Shared {
     latency_ns: AtomicU64,
     shed: AtomicU64,
     pub(crate) config: Config,
+    refusal: RefusalPolicy,
     epoch: Instant,
     /// `Some` for adaptive limits.
     adaptive: Option<Adaptive>,
@@ -82,7 +76,7 @@ struct Adaptive {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config) -> Self {
+    pub(crate) fn new(config: Config, refusal: RefusalPolicy) -> Self {
         let epoch = Instant::now();
         let adaptive = config
             .limit
@@ -99,22 +93,17 @@ impl Shared {
                 window_len,
                 min_samples,
                 drop_latency: config.limit.drop_latency(),
-                estimator: Mutex::new({
-                    let mut estimator = Estimator::new(config.limit);
-                    if let Some(limit) = config.set_limit {
-                        estimator.reset_to(limit.max(1));
-                    }
-                    estimator
-                }),
+                estimator: Mutex::new(Estimator::new(config.limit)),
             });
         Self {
             in_flight: AtomicUsize::new(0),
-            limit: AtomicUsize::new(config.start_limit()),
+            limit: AtomicUsize::new(config.limit.initial()),
             queued: AtomicUsize::new(0),
             notify: Arc::new(Notify::new()),
             latency_ns: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             config,
+            refusal,
             epoch,
             adaptive,
         }
@@ -278,20 +267,42 @@ impl Shared {
         self.shed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The `Retry-After` for a shed request: the time the backlog needs to drain at the observed
-    /// rate, `(queued + 1) * latency / limit`, within the configured bounds, plus jitter.
-    pub(crate) fn retry_after(&self) -> RetryAfter {
-        let c = &self.config;
+    /// The base wait for a shed request: the time the backlog needs to drain at the observed
+    /// rate, `(queued + 1) * latency / limit`. The refusal policy bounds and jitters it.
+    pub(crate) fn drain_time(&self) -> Duration {
         let latency = self.latency().unwrap_or(Duration::from_millis(100));
         let backlog = self.queued() as u32 + 1;
         let limit = self.limit().clamp(1, u32::MAX as usize) as u32;
-        let drain = latency.saturating_mul(backlog) / limit;
-        RetryAfter::for_emission(
-            drain,
-            c.min_retry_after,
-            c.max_retry_after,
-            c.retry_after_jitter,
-        )
+        latency.saturating_mul(backlog) / limit
+    }
+
+    /// Counts, logs and answers a shed request: 503 with the drain time as the base wait.
+    pub(crate) fn refuse<B, ResBody: From<Bytes>>(
+        &self,
+        req: &Request<B>,
+        why: &'static str,
+    ) -> Response<ResBody> {
+        self.count_shed();
+        let response: Response<ResBody> = self.refusal.respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Overloaded,
+            Some(RetryAfter::Delay(self.drain_time())),
+            None,
+            RequestView::of(req),
+            std::time::SystemTime::now,
+        );
+        // Debug, not warn: under overload this fires for every shed request.
+        tracing::debug!(
+            error_id = ?response.extensions().get::<crate::ErrorId>(),
+            method = %req.method(),
+            path = req.uri().path(),
+            why,
+            limit = self.limit(),
+            in_flight = self.in_flight(),
+            queued = self.queued(),
+            "request shed: overloaded"
+        );
+        response
     }
 
     /// Records a finished request: its latency in the inner service and whether it failed.
