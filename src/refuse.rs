@@ -433,6 +433,17 @@ impl<'a> RequestView<'a> {
         }
     }
 
+    /// [`RequestView::of`], in tests of any feature set.
+    #[cfg(test)]
+    pub(crate) fn of_any<B>(req: &'a http::Request<B>) -> Self {
+        Self {
+            method: Some(req.method()),
+            path: req.uri().path(),
+            headers: Some(req.headers()),
+            accept: None,
+        }
+    }
+
     fn negotiate(&self, allow_html: bool, fallback: Format) -> Format {
         match (self.headers, self.accept) {
             (Some(headers), _) => {
@@ -551,3 +562,240 @@ where
 /// explicit opt-out: without it, a custom response keeps those guarantees.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OmitDefaultHeaders;
+
+#[cfg(test)]
+mod tests {
+    use http::header::CONTENT_TYPE;
+
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn exact() -> RefusalPolicyBuilder {
+        RefusalPolicy::builder().retry_after_jitter(Duration::ZERO)
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + S(1_000_000)
+    }
+
+    #[test]
+    fn invalid_settings_are_errors_at_build() {
+        let bad = [
+            RefusalPolicy::builder().min_retry_after(Duration::from_millis(500)),
+            RefusalPolicy::builder().max_retry_after(MAX_RETRY_AFTER + S(1)),
+            RefusalPolicy::builder()
+                .min_retry_after(S(10))
+                .max_retry_after(S(5)),
+            RefusalPolicy::builder().retry_after_jitter(MAX_RETRY_AFTER + S(1)),
+        ];
+        for builder in bad {
+            let error = builder.clone().build().unwrap_err();
+            assert!(
+                error.to_string().starts_with("invalid configuration"),
+                "{error}"
+            );
+        }
+        assert!(RefusalPolicy::builder()
+            .min_retry_after(S(5))
+            .max_retry_after(S(5))
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn the_base_wait_is_bounded_and_keeps_its_form() {
+        let policy = exact()
+            .min_retry_after(S(2))
+            .max_retry_after(S(60))
+            .build()
+            .unwrap();
+        let ra = |base| policy.retry_after(base, now);
+        assert_eq!(
+            ra(RetryAfter::Delay(Duration::ZERO)),
+            RetryAfter::Delay(S(2))
+        );
+        assert_eq!(ra(RetryAfter::Delay(S(30))), RetryAfter::Delay(S(30)));
+        assert_eq!(ra(RetryAfter::Delay(S(3600))), RetryAfter::Delay(S(60)));
+        // A date is read as the delay until it when the policy sends delta-seconds.
+        assert_eq!(
+            ra(RetryAfter::Date(now() + S(45))),
+            RetryAfter::Delay(S(45))
+        );
+        assert_eq!(ra(RetryAfter::Date(now() - S(45))), RetryAfter::Delay(S(2)));
+
+        let dated = exact()
+            .max_retry_after(S(60))
+            .http_date(true)
+            .build()
+            .unwrap();
+        let ra = |base| dated.retry_after(base, now);
+        assert_eq!(
+            ra(RetryAfter::Date(now() + S(45))),
+            RetryAfter::Date(now() + S(45))
+        );
+        assert_eq!(
+            ra(RetryAfter::Date(now() + S(90))),
+            RetryAfter::Date(now() + S(60))
+        );
+        assert_eq!(
+            ra(RetryAfter::Delay(S(10))),
+            RetryAfter::Date(now() + S(10))
+        );
+    }
+
+    #[test]
+    fn jitter_spreads_above_the_bounded_wait() {
+        let policy = RefusalPolicy::builder()
+            .max_retry_after(S(10))
+            .retry_after_jitter(S(5))
+            .build()
+            .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let RetryAfter::Delay(d) = policy.retry_after(RetryAfter::Delay(S(100)), now) else {
+                panic!("delta-seconds by default");
+            };
+            assert!((S(10)..=S(15)).contains(&d), "{d:?}");
+            seen.insert(d);
+        }
+        assert!(seen.len() > 3, "{seen:?}");
+    }
+
+    fn request(accept: &'static str) -> http::Request<()> {
+        http::Request::get("/api/x?token=secret")
+            .header(ACCEPT, accept)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_default_response_is_negotiated_and_complete() {
+        let req = request("application/json");
+        let res: Response<Bytes> = exact().build().unwrap().respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Overloaded,
+            Some(RetryAfter::Delay(S(7))),
+            None,
+            RequestView {
+                method: Some(req.method()),
+                path: req.uri().path(),
+                headers: Some(req.headers()),
+                accept: None,
+            },
+            now,
+        );
+        assert_eq!(res.headers()[RETRY_AFTER], "7");
+        assert_eq!(res.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
+        let id = res.extensions().get::<ErrorId>().copied().unwrap();
+        assert_eq!(res.headers()[ERROR_ID_HEADER], id.to_string().as_str());
+        assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Overloaded));
+    }
+
+    #[test]
+    fn a_custom_response_keeps_the_guarantees_unless_it_opts_out() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let policy = exact()
+            .detail("Come back later.")
+            .render(move |r| {
+                log.lock().unwrap().push((
+                    r.status(),
+                    r.reason(),
+                    r.retry_after(),
+                    r.detail().to_owned(),
+                    r.format(),
+                    r.path().to_owned(),
+                    r.accept().count(),
+                ));
+                let mut res = Response::new(Bytes::from(format!("custom {}", r.error_id())));
+                *res.status_mut() = r.status();
+                if r.path() == "/mine" {
+                    res.headers_mut()
+                        .insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+                }
+                if r.path() == "/raw" {
+                    res.extensions_mut().insert(OmitDefaultHeaders);
+                }
+                res
+            })
+            .build()
+            .unwrap();
+        let respond = |path: &'static str| -> Response<Bytes> {
+            let req = http::Request::get(path)
+                .header(ACCEPT, "text/html")
+                .body(())
+                .unwrap();
+            policy.respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::Maintenance,
+                Some(RetryAfter::Delay(S(30))),
+                None,
+                RequestView::of_any(&req),
+                now,
+            )
+        };
+
+        let res = respond("/api");
+        let id = res.extensions().get::<ErrorId>().copied().unwrap();
+        assert_eq!(res.body(), &format!("custom {id}"));
+        assert_eq!(res.headers()[RETRY_AFTER], "30");
+        assert_eq!(res.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(res.headers()[ERROR_ID_HEADER], id.to_string().as_str());
+        assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Maintenance));
+        assert_eq!(
+            seen.lock().unwrap()[0],
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::Maintenance,
+                Some(RetryAfter::Delay(S(30))),
+                "Come back later.".to_owned(),
+                Format::Html,
+                "/api".to_owned(),
+                1
+            )
+        );
+
+        // The hook's own value wins.
+        let res = respond("/mine");
+        assert_eq!(res.headers()[CACHE_CONTROL], "private, no-store");
+        assert_eq!(res.headers()[RETRY_AFTER], "30");
+
+        // The explicit opt-out: nothing added, but the extensions are still set.
+        let res = respond("/raw");
+        assert!(res.headers().get(RETRY_AFTER).is_none());
+        assert!(res.headers().get(CACHE_CONTROL).is_none());
+        assert!(res.headers().get(ERROR_ID_HEADER).is_none());
+        assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Maintenance));
+    }
+
+    #[test]
+    fn the_default_response_is_offered_to_decorate() {
+        let policy = exact()
+            .render(|r| {
+                let mut res = r.default_response();
+                res.headers_mut()
+                    .insert("x-brand", HeaderValue::from_static("acme"));
+                res
+            })
+            .build()
+            .unwrap();
+        let req = request("text/plain");
+        let res: Response<Bytes> = policy.respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Reason::Internal,
+            None,
+            None,
+            RequestView::of_any(&req),
+            now,
+        );
+        assert_eq!(res.headers()["x-brand"], "acme");
+        assert!(res.headers().get(RETRY_AFTER).is_none(), "a 500 has none");
+        let id = res.extensions().get::<ErrorId>().copied().unwrap();
+        assert_eq!(res.headers()[ERROR_ID_HEADER], id.to_string().as_str());
+        assert!(std::str::from_utf8(res.body())
+            .unwrap()
+            .contains(&id.to_string()));
+    }
+}

@@ -158,23 +158,9 @@ fn unauthorized() -> Response {
     res
 }
 
-/// An `application/problem+json` (RFC 9457) error answer.
+/// An `application/problem+json` (RFC 9457) error answer, by the crate's one renderer.
 fn problem(status: StatusCode, detail: &str) -> Response {
-    #[derive(Serialize)]
-    struct Problem<'a> {
-        #[serde(rename = "type")]
-        ty: &'static str,
-        title: &'static str,
-        status: u16,
-        detail: &'a str,
-    }
-    let body = serde_json::to_vec(&Problem {
-        ty: "about:blank",
-        title: status.canonical_reason().unwrap_or("Error"),
-        status: status.as_u16(),
-        detail,
-    })
-    .expect("a problem always serializes");
+    let body = crate::response::Problem::new(status, detail).to_bytes();
     no_store((status, [(CONTENT_TYPE, "application/problem+json")], body).into_response())
 }
 
