@@ -75,7 +75,7 @@
 //! |---|---|---|
 //! | `catch` | yes | [`catch::CatchLayer`]: errors and panics to 500, known tower errors to 503 |
 //! | `maintenance` | yes | [`maintenance::MaintenanceLayer`]: 503 + `Retry-After` while a switch is on, scheduled windows, bypass rules, sentinel file |
-//! | `axum` | yes | [`maintenance::admin`] router (with `maintenance`); client-IP rules read axum's `ConnectInfo` |
+//! | `axum` | no | [`maintenance::admin`] router (with `maintenance`); client-IP rules read axum's `ConnectInfo` |
 //! | `shed` | yes | [`shed::ShedLayer`]: concurrency limit (fixed, AIMD, gradient), bounded queue, 503 + `Retry-After` |
 //! | `breaker` | yes | [`breaker`]: circuit breakers (lock-free state machine, sliding windows), [`breaker::BreakerLayer`] answering 503 + `Retry-After` while open, [`breaker::KeyedBreakers`] |
 //! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency, client breakers (enables `breaker`) |
