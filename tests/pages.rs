@@ -6,7 +6,7 @@
 //! Needs `/usr/bin/chromium` (`apt-get install -y chromium`); without it the test fails.
 //! With `TOWER_5XX_SCREENSHOTS=docs` the screenshots are written to that directory (relative to
 //! the crate root) instead of a temporary one: `scripts/screenshots.sh` does that.
-#![cfg(all(feature = "catch", feature = "maintenance", feature = "breaker"))]
+#![cfg(all(unix, feature = "catch", feature = "maintenance", feature = "breaker"))]
 
 mod common;
 
@@ -483,7 +483,8 @@ async fn pages_render_in_chromium_without_external_requests() {
     assert_eq!(
         proxy.connections(),
         0,
-        "the pages made external requests: {:?}",
+        "the pages made external requests: {:?} (if one is Chromium's own, not caused by the \
+         page, add its host to BROWSER_OWN_HOSTS)",
         proxy.lines()
     );
 
@@ -530,7 +531,8 @@ async fn pages_render_in_chromium_without_external_requests() {
     assert_eq!(
         proxy.connections(),
         0,
-        "the pages made external requests: {:?}",
+        "the pages made external requests: {:?} (if one is Chromium's own, not caused by the \
+         page, add its host to BROWSER_OWN_HOSTS)",
         proxy.lines()
     );
 
