@@ -110,6 +110,7 @@ macro_rules! inner_service_accessors {
 }
 mod body;
 pub mod error;
+mod html;
 #[cfg(any(
     feature = "catch",
     feature = "maintenance",

@@ -477,15 +477,10 @@ impl ErrorResponse {
                 problem.to_bytes()
             }
             Format::Html => {
-                let (title, detail) = (escape_html(title), escape_html(detail));
-                let retry = retry_secs
-                    .map(|s| format!("<p>Please try again in {s} seconds.</p>\n"))
-                    .unwrap_or_default();
-                Bytes::from(format!(
-                    "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
-                     <title>{code} {title}</title></head>\n<body>\n<h1>{title}</h1>\n\
-                     <p>{detail}</p>\n{retry}<p><small>Error id: {id}</small></p>\n\
-                     </body>\n</html>\n"
+                // Only the maintenance page reloads itself, once its Retry-After has passed.
+                let refresh = self.reason == Reason::Maintenance;
+                Bytes::from(crate::html::page(
+                    code, title, detail, retry_secs, id, refresh,
                 ))
             }
         }
@@ -507,24 +502,6 @@ impl ErrorResponse {
         res.extensions_mut().insert(self.error_id);
         res
     }
-}
-
-fn escape_html(s: &str) -> Cow<'_, str> {
-    if !s.contains(['<', '>', '&', '"', '\'']) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
 }
 
 #[cfg(test)]
