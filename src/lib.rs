@@ -63,9 +63,13 @@
 //! # Shared vocabulary
 //!
 //! - [`RetryAfter`]: the `Retry-After` value, parsed from and formatted to both RFC 9110 forms.
+//! - `refuse::RefusalPolicy` (with any server feature): how every layer refuses, one policy for
+//!   `Retry-After` bounds, jitter and form, body formats, and a hook for your own responses.
 //! - [`ErrorResponse`]: the one generated error response every layer uses; its body is plain text,
 //!   RFC 9457 `application/problem+json` or HTML, chosen by the request's `Accept`.
-//! - [`ResponseBody`]: the inner service's body or a generated one, without boxing.
+//! - [`ResponseBody`]: the inner service's body or a generated one, without boxing (the body of
+//!   [`catch`], which must wrap the inner body to catch its panics; the 503 layers keep the
+//!   inner body type and need only `ResBody: From<Bytes>`).
 //! - [`Reason`]: why a response was generated, stored in the response's extensions so outer layers
 //!   (metrics, logging) can tell a maintenance 503 from a shed 503 without parsing bodies.
 //!

@@ -8,15 +8,16 @@
 //! |---|---|
 //! | the service returns `Err(e)` | **500**; `e` and its `source()` chain are logged at error level |
 //! | a panic in `poll_ready`, `call`, or while polling the response future | **500**; the panic message is logged |
-//! | `e` (or an error in its chain) is tower's `load_shed::error::Overloaded` | **503** with `Retry-After` (default 1 s, [`CatchLayer::retry_after`]) |
+//! | `e` (or an error in its chain) is tower's `load_shed::error::Overloaded` | **503** with `Retry-After` (the [refusal policy](CatchLayer::refusal)'s minimum: 1 s, plus jitter, by default) |
 //! | ... is tower's `timeout::error::Elapsed` or tokio's `time::error::Elapsed` | **503** with `Retry-After`, as Go's `http.TimeoutHandler` answers 503 (Go sends no `Retry-After`; a 503 should) |
 //! | ... is recognised by your [classifier](CatchLayer::classify) | the status you chose, e.g. 502 or 504 |
 //! | a panic while the response body streams (status already sent) | the body ends with a [`BodyPanicked`](error::BodyPanicked) error, logged; the connection task does not unwind |
 //!
-//! Every generated response is an [`ErrorResponse`](crate::ErrorResponse): `Cache-Control:
-//! no-store`, an `x-error-id` header whose id is also in the body and in the log line, and a
-//! plain-text body, or with [`negotiate(true)`](CatchLayer::negotiate) problem+json or HTML as
-//! the client's `Accept` asks. **Nothing of the error is sent**: not its message, not its type,
+//! Every generated response is made by the layer's [`RefusalPolicy`](crate::refuse::RefusalPolicy)
+//! (by default an [`ErrorResponse`](crate::ErrorResponse), or your own
+//! [renderer](crate::refuse::RefusalPolicyBuilder::render)): `Cache-Control: no-store`, an
+//! `x-error-id` header whose id is also in the body and in the log line, and problem+json, HTML
+//! or plain text as the client's `Accept` asks. **Nothing of the error is sent**: not its message, not its type,
 //! not a backtrace. The log line carries the method and
 //! the path (never the query string, which often holds tokens).
 //!

@@ -15,9 +15,10 @@
 //! **`Retry-After` tells the truth**: with a known end (a [`MaintenanceNotice::until`] date, a
 //! [`MaintenanceNotice::ends_in`] deadline on tokio's clock, a window's end) it is the time left
 //! until then; otherwise the notice's own [`retry_after`](MaintenanceNotice::retry_after), else
-//! the layer's [default](MaintenanceLayer::default_retry_after) (60 s). Delta-seconds by default,
-//! an HTTP-date with [`http_date(true)`](MaintenanceLayer::http_date), optional
-//! [jitter](MaintenanceLayer::retry_after_jitter) so a fleet's clients do not return in one herd.
+//! the layer's [default](MaintenanceLayer::default_retry_after) (60 s). The layer's
+//! [refusal policy](MaintenanceLayer::refusal) then cuts it to its bounds (at most 30 days),
+//! adds jitter so a fleet's clients do not return in one herd (1 s by default), and sends it as
+//! delta-seconds or, if asked, an HTTP-date.
 //!
 //! **Scheduled windows** ([`MaintenanceSwitch::schedule`]) open and close by themselves. There is
 //! no background task: each request compares the [wall clock](WallClock) with the pending

@@ -14,7 +14,7 @@ pub enum Priority {
     #[default]
     Normal,
     /// Shed first: may only use the low-priority share of the queue
-    /// ([`ShedLayer::low_priority_queue`](super::ShedLayer::low_priority_queue)), so under
+    /// ([`ShedBuilder::low_priority_queue`](super::ShedBuilder::low_priority_queue)), so under
     /// pressure it is refused while normal requests still wait for a permit.
     Low,
 }
