@@ -66,7 +66,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # run TOOL STACK REQUESTS: one server under valgrind TOOL, REQUESTS requests, then SIGTERM.
-# Prints the figure read from the tool's output: instructions or allocations.
+# Sets `figure` to what the tool's output says: instructions or allocations. (Runs in this
+# shell, not in a $(...) subshell, so that the EXIT trap knows the server to stop on an error.)
+figure=
 run() {
     local tool=$1 stack=$2 requests=$3
     local base=$tmp/$stack.$tool.$requests out
@@ -109,16 +111,16 @@ run() {
     memcheck) out=$(sed -nE 's/.*total heap usage: *([0-9,]+) allocs.*/\1/p' "$base.out" | tr -d ,) ;;
     esac
     [[ -n $out ]] || { echo "no figure in $base.out" >&2; exit 1; }
-    echo "$out"
+    figure=$out
 }
 
 declare -A instr allocs
 for stack in "${stacks[@]}"; do
     echo "$stack..." >&2
-    i1=$(run callgrind "$stack" "$n")
-    i2=$(run callgrind "$stack" $((2 * n)))
-    a1=$(run memcheck "$stack" "$n")
-    a2=$(run memcheck "$stack" $((2 * n)))
+    run callgrind "$stack" "$n"; i1=$figure
+    run callgrind "$stack" $((2 * n)); i2=$figure
+    run memcheck "$stack" "$n"; a1=$figure
+    run memcheck "$stack" $((2 * n)); a2=$figure
     instr[$stack]=$(awk -v a="$i1" -v b="$i2" -v n="$n" 'BEGIN { printf "%.1f", (b - a) / n }')
     allocs[$stack]=$(awk -v a="$a1" -v b="$a2" -v n="$n" 'BEGIN { printf "%.2f", (b - a) / n }')
 done
