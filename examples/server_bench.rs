@@ -1,0 +1,181 @@
+//! A real axum server for `scripts/server-bench.sh`: one route (`GET /` answers `hello`) behind
+//! the middleware stack named on the command line, served on a tokio `current_thread` runtime so
+//! that instruction counts under callgrind are repeatable.
+//!
+//! ```sh
+//! cargo run --release --example server_bench -- ours            # any free port
+//! cargo run --release --example server_bench -- ours 127.0.0.1:3000
+//! ```
+//!
+//! The first line on stdout is the bound address. The server stops cleanly (returning from
+//! `main`, so that valgrind tools write their output) on SIGTERM or Ctrl-C.
+//!
+//! Heap allocations are not counted here: the crate forbids `unsafe` code, which rules out a
+//! counting `#[global_allocator]` in the example, and a counting-allocator crate would add its
+//! own instructions to every allocation the callgrind runs measure. The script counts them with
+//! valgrind's memcheck instead, in separate runs.
+
+use std::{
+    net::SocketAddr,
+    process::ExitCode,
+    task::{Context, Poll},
+};
+
+use axum::{error_handling::HandleErrorLayer, http::StatusCode, routing::get, BoxError, Router};
+use tower::{
+    limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer, Layer, Service, ServiceBuilder,
+};
+use tower_5xx::{
+    breaker::{BreakerLayer, CircuitBreaker},
+    catch::CatchLayer,
+    maintenance::{MaintenanceLayer, MaintenanceSwitch},
+    shed::ShedLayer,
+};
+use tower_http::catch_panic::CatchPanicLayer;
+
+const STACKS: &[&str] = &[
+    "bare",
+    "identity",
+    "catch-panic",
+    "stock",
+    "catch",
+    "maintenance",
+    "shed",
+    "breaker",
+    "ours",
+];
+
+/// A layer that does nothing: the cost of one more service in the stack.
+#[derive(Debug, Clone, Copy)]
+struct IdentityLayer;
+
+impl<S> Layer<S> for IdentityLayer {
+    type Service = Identity<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Identity(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Identity<S>(S);
+
+impl<S: Service<R>, R> Service<R> for Identity<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.0.call(req)
+    }
+}
+
+// One function per layer of ours, so that an API change touches one place.
+
+fn catch_layer() -> CatchLayer {
+    CatchLayer::new()
+}
+
+fn maintenance_layer() -> MaintenanceLayer {
+    // The switch stays off: every request goes through.
+    MaintenanceLayer::new(MaintenanceSwitch::new())
+}
+
+fn shed_layer() -> ShedLayer {
+    // Defaults: a limit of 100 concurrent requests; one client never reaches it.
+    ShedLayer::new()
+}
+
+fn breaker_layer() -> BreakerLayer {
+    // Default breaker: stays closed, every request succeeds.
+    BreakerLayer::new(CircuitBreaker::builder().build().expect("default breaker"))
+}
+
+fn app(stack: &str) -> Option<Router> {
+    let router = Router::new().route("/", get(|| async { "hello" }));
+    Some(match stack {
+        "bare" => router,
+        "identity" => router.layer(IdentityLayer),
+        "catch-panic" => router.layer(CatchPanicLayer::new()),
+        "stock" => router.layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::new())
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }))
+                .layer(LoadShedLayer::new())
+                .layer(ConcurrencyLimitLayer::new(1000)),
+        ),
+        "catch" => router.layer(catch_layer()),
+        "maintenance" => router.layer(maintenance_layer()),
+        "shed" => router.layer(shed_layer()),
+        "breaker" => router.layer(breaker_layer()),
+        "ours" => router.layer(
+            ServiceBuilder::new()
+                .layer(catch_layer())
+                .layer(maintenance_layer())
+                .layer(shed_layer())
+                .layer(breaker_layer()),
+        ),
+        _ => return None,
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let stack = args.next().unwrap_or_default();
+    let Some(app) = app(&stack) else {
+        eprintln!(
+            "usage: server_bench STACK [ADDR]\n  STACK: {}\n  ADDR: default 127.0.0.1:0",
+            STACKS.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let addr: SocketAddr = match args.next().as_deref().unwrap_or("127.0.0.1:0").parse() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("not a socket address: {e}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().expect("bound listener's address");
+        // The script reads this line; print it only once the socket accepts connections.
+        println!("{addr}");
+        match axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("server error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
