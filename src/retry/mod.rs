@@ -41,6 +41,7 @@ mod body;
 mod budget;
 pub mod error;
 mod layer;
+mod origin;
 mod policy;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
@@ -49,7 +50,9 @@ mod reqwest;
 pub use backoff::{Backoff, Jitter};
 pub use body::ReplayBody;
 pub use budget::RetryBudget;
-pub use layer::{Attempt, AttemptFuture, ResponseFuture, Retry, RetryLayer};
+pub use error::Failure;
+pub use layer::{Attempt, AttemptFuture, ResponseFuture, Retry, RetryClient, RetryLayer};
+pub use origin::Origin;
 pub use policy::{
     AttemptEvent, Decision, GiveUpReason, RetryPolicy, RetryPolicyBuilder, RetryReason,
     IDEMPOTENCY_KEY,
