@@ -132,7 +132,7 @@ fn success_path(c: &mut Criterion) {
         })
     });
 
-    let with_budget = RetryPolicy::builder().budget(budget()).build();
+    let with_budget = RetryPolicy::builder().budget(budget()).build().unwrap();
     let mut policy_budget = tower::retry::Retry::new(with_budget, boxed);
     group.bench_function("tower_5xx_policy_budget", |b| {
         b.iter(|| {
@@ -143,8 +143,8 @@ fn success_path(c: &mut Criterion) {
         })
     });
 
-    let mut layer =
-        RetryLayer::new(RetryPolicy::builder().budget(budget()).build()).layer(replay_handler);
+    let mut layer = RetryLayer::new(RetryPolicy::builder().budget(budget()).build().unwrap())
+        .layer(replay_handler);
     group.bench_function("tower_5xx_layer", |b| {
         b.iter(|| drive(&mut layer, template.request(Full::default())))
     });

@@ -20,10 +20,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_5xx::{
-    breaker::error::CircuitOpen,
     breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow},
     retry::{
-        AttemptEvent, Backoff, Decision, Jitter, ReplayBody, RetryBudget, RetryLayer, RetryPolicy,
+        AttemptEvent, Backoff, Decision, Failure, Jitter, ReplayBody, RetryBudget, RetryLayer,
+        RetryPolicy,
     },
 };
 
@@ -73,12 +73,15 @@ async fn main() {
                 .jitter(Jitter::Full),
         )
         .retry_after_cap(Duration::from_secs(10))
+        .attempt_timeout(Duration::from_secs(5))
         .budget(Arc::new(RetryBudget::new(0.2, 10).expect("valid budget")))
         .on_attempt(move |event| describe(start, event))
-        .build();
+        .build()
+        .expect("valid policy");
+    // The client under `RetryLayer` takes `ReplayBody` bodies; the layered service takes `Body`.
     let hyper = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
     let client = ServiceBuilder::new()
-        .layer(RetryLayer::new(policy).attempt_timeout(Duration::from_secs(5)))
+        .layer(RetryLayer::new(policy))
         .service(hyper);
 
     let url = |path: &str| format!("http://{addr}{path}");
@@ -154,8 +157,13 @@ async fn main() {
     );
     let guarded = ServiceBuilder::new()
         .layer(
-            RetryLayer::new(RetryPolicy::builder().max_attempts(1).build())
-                .circuit_breakers(breakers),
+            RetryLayer::new(
+                RetryPolicy::builder()
+                    .max_attempts(1)
+                    .build()
+                    .expect("valid policy"),
+            )
+            .circuit_breakers(breakers),
         )
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>());
     for i in 1..=5 {
@@ -164,12 +172,13 @@ async fn main() {
             .expect("valid request");
         match guarded.clone().oneshot(req).await {
             Ok(res) => println!("  request {i}: {} (sent)", res.status()),
-            Err(e) => match e.downcast_ref::<CircuitOpen>() {
-                Some(open) => println!(
-                    "  request {i}: not sent: {e}; try again in {:.1} s",
+            Err(e) => match Failure::from(e) {
+                Failure::CircuitOpen(open) => println!(
+                    "  request {i}: not sent: {open}; try again in {:.1} s",
                     open.retry_after().as_secs_f64()
                 ),
-                None => println!("  request {i}: error: {e}"),
+                Failure::Transport(e) => println!("  request {i}: transport error: {e}"),
+                other => println!("  request {i}: error: {other}"),
             },
         }
     }

@@ -239,9 +239,11 @@ fn policy(jitter: Jitter, spread: Duration, budget: Option<Arc<RetryBudget>>) ->
         .backoff(backoff)
         .retry_after_jitter(spread);
     match budget {
-        Some(budget) => builder.budget(budget).build(),
-        None => builder.build(),
+        Some(budget) => builder.budget(budget),
+        None => builder,
     }
+    .build()
+    .expect("valid policy")
 }
 
 fn new_budget() -> Arc<RetryBudget> {

@@ -50,10 +50,26 @@ impl fmt::Display for InvalidRetryAfter {
 
 impl std::error::Error for InvalidRetryAfter {}
 
-/// A configuration value out of its valid range, from a fallible constructor.
+/// A setting out of its valid range, reported by the fallible constructor or `build()` that
+/// received it (never clamped or ignored in silence).
+///
+/// Returned by [`RetryPolicyBuilder::build`](crate::retry::RetryPolicyBuilder::build),
+/// [`Backoff::new`](crate::retry::Backoff::new) and
+/// [`RetryBudget::new`](crate::retry::RetryBudget::new). [`setting`](Self::setting) names the
+/// setting, as its builder method or argument is named, so a program can tell which one it was;
+/// the `Display` text also says what the valid range is.
+///
+/// ```
+/// use tower_5xx::retry::RetryPolicy;
+///
+/// let err = RetryPolicy::builder().max_attempts(0).build().unwrap_err();
+/// assert_eq!(err.setting(), "max_attempts");
+/// assert_eq!(err.to_string(), "invalid max_attempts: must be at least 1");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InvalidConfig {
+    setting: &'static str,
     message: &'static str,
 }
 
@@ -65,14 +81,20 @@ impl InvalidConfig {
         feature = "breaker",
         feature = "retry"
     ))]
-    pub(crate) fn new(message: &'static str) -> Self {
-        Self { message }
+    pub(crate) fn new(setting: &'static str, message: &'static str) -> Self {
+        Self { setting, message }
+    }
+
+    /// The rejected setting, named as its builder method or constructor argument
+    /// (`"max_attempts"`, `"retry_status"`, `"backoff factor"`, ...).
+    pub fn setting(&self) -> &'static str {
+        self.setting
     }
 }
 
 impl fmt::Display for InvalidConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: {}", self.message)
+        write!(f, "invalid {}: {}", self.setting, self.message)
     }
 }
 

@@ -373,6 +373,16 @@ fn config() -> impl Strategy<Value = ModelConfig> {
                 (open_ms, growth_steps),
                 probes,
             )| {
+                // `build` rejects explicit values a count window cannot honour: draw only valid
+                // ones (the model still computes the documented shape and minimum).
+                let (buckets, min_calls) = match count_window {
+                    Some(n) => {
+                        let b = buckets.min(n);
+                        let len = n.div_ceil(b);
+                        (b, min_calls.min((n.div_ceil(len) - 1) * len + 1))
+                    }
+                    None => (buckets, min_calls),
+                };
                 ModelConfig {
                     count_window,
                     window_nanos,
@@ -540,14 +550,24 @@ fn count_window_smaller_than_minimum_calls_still_opens() {
 }
 
 /// With 10 calls per bucket, a window of 100 holds only 91 calls right after its oldest bucket
-/// drops out. A minimum of 100 would skip every such moment; it is lowered to 91, so a rate
-/// that reaches the threshold right after a roll-over opens the breaker.
+/// drops out. A minimum of 100 would skip every such moment: `build` rejects it, and 91 (what
+/// the window is sure to hold) lets a rate that reaches the threshold right after a roll-over
+/// open the breaker.
 #[test]
 fn minimum_calls_fits_what_a_count_window_holds_after_a_roll() {
-    let breaker = CircuitBreaker::builder()
+    let too_many = CircuitBreaker::builder()
         .sliding_window(SlidingWindow::Count(100))
         .buckets(10)
         .minimum_calls(100)
+        .build();
+    assert_eq!(
+        too_many.unwrap_err(),
+        tower_5xx::breaker::error::BreakerConfigError::MinimumCalls
+    );
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Count(100))
+        .buckets(10)
+        .minimum_calls(91)
         .failure_rate_threshold(0.5)
         .clock(ManualClock::new())
         .build()
@@ -612,7 +632,8 @@ fn concurrent_records_are_not_lost_and_trip_once() {
         let seen = transitions.clone();
         let breaker = CircuitBreaker::builder()
             .sliding_window(window)
-            .minimum_calls(u32::MAX)
+            // At most what the count window is sure to hold (9 buckets of 100,000, plus one).
+            .minimum_calls(900_001)
             .clock(clock.clone())
             .on_transition(move |_| {
                 seen.fetch_add(1, Ordering::SeqCst);

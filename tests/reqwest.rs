@@ -11,7 +11,7 @@ use std::{
 
 use axum::{http::StatusCode, response::IntoResponse, Router};
 use tokio::time::Instant;
-use tower_5xx::retry::{RetryMiddleware, RetryPolicy, IDEMPOTENCY_KEY};
+use tower_5xx::retry::{Failure, RetryMiddleware, RetryPolicy, IDEMPOTENCY_KEY};
 
 /// A server that answers 503 + `Retry-After: 1` to the first `fail` requests, then 200, and
 /// records when each request arrived and what body it carried.
@@ -97,7 +97,8 @@ async fn retry_after_over_the_cap_is_returned_at_once() {
     let res = client(
         RetryPolicy::builder()
             .retry_after_cap(Duration::from_millis(500))
-            .build(),
+            .build()
+            .unwrap(),
     )
     .get(format!("http://{addr}/"))
     .send()
@@ -106,4 +107,116 @@ async fn retry_after_over_the_cap_is_returned_at_once() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert!(start.elapsed() < Duration::from_millis(100));
+}
+
+/// One `KeyedBreakers` shared by the hyper client (`RetryLayer`) and the reqwest client
+/// (`RetryMiddleware`) keeps one breaker per endpoint, however each spells the URL.
+#[tokio::test(start_paused = true)]
+async fn hyper_and_reqwest_share_one_breaker_per_origin() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_5xx::{
+        breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow},
+        retry::{Origin, ReplayBody, RetryLayer},
+    };
+
+    let (addr, seen) = server(usize::MAX).await;
+    let breakers = Arc::new(
+        KeyedBreakers::new(
+            CircuitBreaker::builder()
+                .sliding_window(SlidingWindow::Count(10))
+                .minimum_calls(2),
+        )
+        .unwrap(),
+    );
+    let once = || RetryPolicy::builder().max_attempts(1).build().unwrap();
+    let hyper = ServiceBuilder::new()
+        .layer(RetryLayer::new(once()).circuit_breakers(breakers.clone()))
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    let reqwest = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(RetryMiddleware::new(once()).circuit_breakers(breakers.clone()))
+        .build();
+
+    let port = addr.port();
+    let req = http::Request::get(format!("http://127.0.0.1:{port}/a"))
+        .body(Full::default())
+        .unwrap();
+    let res = hyper.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let res = reqwest
+        .get(format!("HTTP://127.0.0.1:{port}/b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let origin = Origin::from_uri(&format!("http://127.0.0.1:{port}").parse().unwrap()).unwrap();
+    assert_eq!(breakers.len(), 1, "{:?}", breakers.snapshot());
+    assert_eq!(breakers.get(&origin).window_counts().failures, 2);
+
+    // Two failures out of two: open for both clients.
+    let err = reqwest
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::CircuitOpen(_)));
+    let req = http::Request::get(format!("http://127.0.0.1:{port}/"))
+        .body(Full::default())
+        .unwrap();
+    let err = hyper.oneshot(req).await.unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::CircuitOpen(_)));
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+/// The policy's per-attempt timeout applies to reqwest too, and a timed-out POST (which may
+/// have been processed) is not retried.
+#[tokio::test(start_paused = true)]
+async fn attempt_timeout_cuts_a_slow_attempt() {
+    let slow = Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        "late"
+    });
+    let addr = common::serve_axum(slow).await;
+    let c = client(
+        RetryPolicy::builder()
+            .attempt_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    let err = c
+        .post(format!("http://{addr}/"))
+        .body("x")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::AttemptTimedOut(_)));
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+/// reqwest's own errors are `Failure::Transport`.
+#[tokio::test]
+async fn connection_refused_is_a_transport_failure() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let c = client(
+        RetryPolicy::builder()
+            .backoff(
+                tower_5xx::retry::Backoff::new(
+                    Duration::from_millis(1),
+                    1.0,
+                    Duration::from_millis(1),
+                )
+                .unwrap(),
+            )
+            .build()
+            .unwrap(),
+    );
+    let err = c.get(format!("http://{closed}/")).send().await.unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::Transport(_)));
 }

@@ -29,8 +29,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_5xx::{
     retry::error::{AttemptTimedOut, DeadlineExceeded},
     retry::{
-        Backoff, Decision, GiveUpReason, Jitter, ReplayBody, Retry, RetryBudget, RetryLayer,
-        RetryPolicy, IDEMPOTENCY_KEY,
+        Backoff, Decision, Failure, GiveUpReason, Jitter, Origin, ReplayBody, Retry, RetryBudget,
+        RetryLayer, RetryPolicy, IDEMPOTENCY_KEY,
     },
 };
 
@@ -159,7 +159,7 @@ async fn call(
 async fn waits_what_retry_after_says_then_succeeds() {
     let script = Script::new([unavailable("1"), unavailable("1")]);
     let addr = server(script.clone()).await;
-    let mut svc = retrying(RetryPolicy::builder().max_attempts(3).build());
+    let mut svc = retrying(RetryPolicy::builder().max_attempts(3).build().unwrap());
 
     let (status, body) = call(&mut svc, get(addr)).await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -182,7 +182,8 @@ async fn retry_after_above_the_cap_returns_the_503_at_once() {
     let mut svc = retrying(
         RetryPolicy::builder()
             .retry_after_cap(Duration::from_millis(500))
-            .build(),
+            .build()
+            .unwrap(),
     );
     let (status, _) = call(&mut svc, get(addr)).await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -219,7 +220,12 @@ async fn http_date_retry_after_is_read_against_the_date_header() {
 async fn garbage_retry_after_falls_back_to_backoff() {
     let script = Script::new([unavailable("soon"), unavailable("-3")]);
     let addr = server(script.clone()).await;
-    let mut svc = retrying(RetryPolicy::builder().backoff(fixed_backoff(250)).build());
+    let mut svc = retrying(
+        RetryPolicy::builder()
+            .backoff(fixed_backoff(250))
+            .build()
+            .unwrap(),
+    );
     let (status, _) = call(&mut svc, get(addr)).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -317,7 +323,8 @@ async fn budget_bounds_attempts_while_the_server_is_down() {
         .max_attempts(5)
         .backoff(fixed_backoff(10))
         .budget(budget)
-        .build();
+        .build()
+        .unwrap();
     let svc = retrying(policy);
     const N: usize = 100;
     let mut tasks = Vec::new();
@@ -352,7 +359,8 @@ async fn connection_refused_is_retried_even_for_post() {
         .max_attempts(3)
         .backoff(fixed_backoff(10))
         .on_attempt(move |e| d.lock().unwrap().push(e.decision.clone()))
-        .build();
+        .build()
+        .unwrap();
     let mut svc = retrying(policy);
     let req = Request::post(format!("http://{addr}/"))
         .body(Body::new(Bytes::from_static(b"x")))
@@ -378,7 +386,8 @@ async fn deadline_stops_waits_that_would_pass_it() {
         RetryPolicy::builder()
             .max_attempts(5)
             .deadline(Duration::from_secs(10))
-            .build(),
+            .build()
+            .unwrap(),
     );
     let (status, _) = call(&mut svc, get(addr)).await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -396,7 +405,8 @@ async fn deadline_cuts_an_attempt_in_flight() {
     let mut svc = retrying(
         RetryPolicy::builder()
             .deadline(Duration::from_secs(5))
-            .build(),
+            .build()
+            .unwrap(),
     );
     let err = call(&mut svc, get(addr)).await.unwrap_err();
     assert!(err.is::<DeadlineExceeded>(), "{err}");
@@ -408,7 +418,12 @@ async fn attempt_timeout_is_retried_for_idempotent_requests() {
     let addr = server(script.clone()).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
     let mut svc = ServiceBuilder::new()
-        .layer(RetryLayer::new(RetryPolicy::default()).attempt_timeout(Duration::from_secs(1)))
+        .layer(RetryLayer::new(
+            RetryPolicy::builder()
+                .attempt_timeout(Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        ))
         .service(client);
     let (status, body) = call(&mut svc, get(addr)).await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -453,7 +468,7 @@ async fn client_breaker_opens_for_the_servers_retry_after_and_fails_fast() {
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
     let mut svc = ServiceBuilder::new()
         .layer(
-            RetryLayer::new(RetryPolicy::builder().max_attempts(1).build())
+            RetryLayer::new(RetryPolicy::builder().max_attempts(1).build().unwrap())
                 .circuit_breakers(breakers.clone()),
         )
         .service(client);
@@ -482,9 +497,11 @@ async fn client_breaker_opens_for_the_servers_retry_after_and_fails_fast() {
     assert_eq!(call(&mut svc, get(addr)).await.unwrap().0, StatusCode::OK);
     assert_eq!(call(&mut svc, get(addr)).await.unwrap().0, StatusCode::OK);
     assert_eq!(script.arrivals().len(), 5);
-    let endpoint = addr.to_string();
+    let origin = Origin::from_uri(&format!("http://{addr}/").parse().unwrap()).unwrap();
+    assert_eq!(origin.as_str(), format!("http://{addr}"));
+    assert_eq!(breakers.len(), 1);
     assert_eq!(
-        breakers.get(endpoint.as_str()).state(),
+        breakers.get(&origin).state(),
         tower_5xx::breaker::State::Closed
     );
 }
@@ -520,7 +537,7 @@ async fn client_breaker_reads_a_date_retry_after_against_the_servers_date() {
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
     let mut svc = ServiceBuilder::new()
         .layer(
-            RetryLayer::new(RetryPolicy::builder().max_attempts(1).build())
+            RetryLayer::new(RetryPolicy::builder().max_attempts(1).build().unwrap())
                 .circuit_breakers(breakers),
         )
         .service(client);
@@ -605,7 +622,8 @@ async fn post_refused_by_http2_is_retried_because_it_was_never_processed() {
             RetryPolicy::builder()
                 .backoff(fixed_backoff(10))
                 .on_attempt(move |e| d.lock().unwrap().push(e.decision.clone()))
-                .build(),
+                .build()
+                .unwrap(),
         ))
         .service(client);
     let post = Request::post(format!("http://{addr}/orders"))
@@ -633,7 +651,12 @@ async fn post_refused_by_http2_is_retried_because_it_was_never_processed() {
 async fn post_is_retried_when_non_idempotent_retries_are_enabled() {
     let script = Script::new([unavailable("1")]);
     let addr = server(script.clone()).await;
-    let mut svc = retrying(RetryPolicy::builder().retry_non_idempotent(true).build());
+    let mut svc = retrying(
+        RetryPolicy::builder()
+            .retry_non_idempotent(true)
+            .build()
+            .unwrap(),
+    );
     let post = Request::post(format!("http://{addr}/"))
         .body(Body::new(Bytes::from_static(b"x")))
         .unwrap();
@@ -648,7 +671,8 @@ async fn retry_after_jitter_spreads_clients_above_the_servers_instant() {
     let mut svc = retrying(
         RetryPolicy::builder()
             .retry_after_jitter(Duration::from_secs(3))
-            .build(),
+            .build()
+            .unwrap(),
     );
     let mut waits = Vec::new();
     for _ in 0..10 {
@@ -680,7 +704,8 @@ async fn retry_after_jitter_never_pushes_a_retry_past_the_deadline() {
             RetryPolicy::builder()
                 .deadline(Duration::from_secs(10))
                 .retry_after_jitter(Duration::from_secs(30))
-                .build(),
+                .build()
+                .unwrap(),
         );
         assert_eq!(call(&mut svc, get(addr)).await.unwrap().0, StatusCode::OK);
         let gap = script.gaps()[0];
@@ -689,4 +714,67 @@ async fn retry_after_jitter_never_pushes_a_retry_past_the_deadline() {
             "{gap:?}"
         );
     }
+}
+
+/// The three outcomes a caller must tell apart, as `Failure` and the response show them: a
+/// given-up 503 is a response (with the server's `Retry-After`), an open client breaker is
+/// `Failure::CircuitOpen`, and a connection refused is `Failure::Transport`.
+#[tokio::test(start_paused = true)]
+async fn failure_tells_circuit_open_from_transport_errors_and_503_is_a_response() {
+    use tower_5xx::breaker::{CircuitBreaker, KeyedBreakers};
+
+    let script = Script::new([]);
+    *script.always.lock().unwrap() = Some(unavailable("120"));
+    let addr = server(script.clone()).await;
+    let breakers =
+        Arc::new(KeyedBreakers::new(CircuitBreaker::builder().minimum_calls(1)).unwrap());
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(
+                RetryPolicy::builder()
+                    .retry_after_cap(Duration::from_secs(30))
+                    .backoff(fixed_backoff(10))
+                    .build()
+                    .unwrap(),
+            )
+            .circuit_breakers(breakers.clone()),
+        )
+        .service(client);
+
+    // Retry-After 120 s is over the 30 s cap: the 503 comes back at once, as a response.
+    let res = svc.ready().await.unwrap().call(get(addr)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "120");
+    assert_eq!(script.arrivals().len(), 1);
+
+    // That 503 tripped the endpoint's breaker, for the server's 120 s (capped at 60 s).
+    let err = call(&mut svc, get(addr)).await.unwrap_err();
+    match Failure::from(err) {
+        Failure::CircuitOpen(open) => assert_eq!(open.retry_after(), Duration::from_secs(60)),
+        other => panic!("expected CircuitOpen, got {other:?}"),
+    }
+    assert_eq!(script.arrivals().len(), 1);
+
+    // Nothing listens on a port just released: connection refused, retried, then given up.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut plain = retrying(
+        RetryPolicy::builder()
+            .backoff(fixed_backoff(10))
+            .build()
+            .unwrap(),
+    );
+    let err = call(&mut plain, get(closed)).await.unwrap_err();
+    let failure = Failure::from(err);
+    assert!(matches!(failure, Failure::Transport(_)), "{failure:?}");
+    assert_eq!(failure.retry_after(), None);
+
+    // With the breaker, the first refusal opens the endpoint's breaker (minimum 1 call): the
+    // retry is refused by the breaker, and that is the error the caller sees.
+    let err = call(&mut svc, get(closed)).await.unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::CircuitOpen(_)));
+    assert_eq!(breakers.len(), 2);
 }

@@ -474,10 +474,7 @@ fn invalid_settings_are_rejected_at_build() {
         let error = error
             .as_ref()
             .unwrap_or_else(|| panic!("setting {i} was accepted"));
-        assert!(
-            error.to_string().starts_with("invalid configuration"),
-            "{error}"
-        );
+        assert!(error.to_string().starts_with("invalid "), "{error}");
     }
     assert!(ShedLayer::builder()
         .max_queue(4)

@@ -14,6 +14,8 @@ pub const MAX_HALF_OPEN_PROBES: u32 = 1023;
 pub const MAX_BUCKETS: u32 = 64;
 /// The fewest buckets a sliding window may have (one bucket would be a tumbling window).
 pub const MIN_BUCKETS: u32 = 2;
+const DEFAULT_BUCKETS: u32 = 10;
+const DEFAULT_MINIMUM_CALLS: u32 = 20;
 
 /// Which outcomes the failure and slow-call rates are computed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +32,12 @@ pub enum SlidingWindow {
 /// path of the call that caused the transition.
 pub type TransitionCallback = Arc<dyn Fn(&Transition) + Send + Sync>;
 
-/// Builder for a [`CircuitBreaker`]; every setting has a default. `build` validates.
+/// Builder for a [`CircuitBreaker`]; every setting has a default.
+///
+/// The setters only record their value; [`build`](Self::build) checks them all and returns a
+/// [`BreakerConfigError`] naming the first one out of range. Nothing is clamped in silence:
+/// the only values adapted are two *defaults* (the minimum number of calls and the number of
+/// buckets), to fit a small count window, as their setters say.
 ///
 /// ```
 /// use std::time::Duration;
@@ -53,9 +60,11 @@ pub struct BreakerBuilder {
     pub(crate) failure_rate_threshold: f64,
     pub(crate) slow_call_duration: Duration,
     pub(crate) slow_call_rate_threshold: f64,
-    pub(crate) minimum_calls: u32,
+    /// `None`: the default, lowered to fit a count window.
+    pub(crate) minimum_calls: Option<u32>,
     pub(crate) window: SlidingWindow,
-    pub(crate) buckets: u32,
+    /// `None`: the default, lowered to fit a count window.
+    pub(crate) buckets: Option<u32>,
     pub(crate) open_duration: Duration,
     pub(crate) growth: f64,
     pub(crate) max_open_duration: Duration,
@@ -98,8 +107,8 @@ impl BreakerBuilder {
     /// |---|---|
     /// | failure rate threshold | 50 % |
     /// | slow call duration / slow call rate threshold | 10 s / 100 % |
-    /// | minimum calls | 20 |
-    /// | sliding window | time-based, 30 s, in 10 buckets |
+    /// | minimum calls | 20 (lowered to what a small count window is sure to hold) |
+    /// | sliding window | time-based, 30 s, in 10 buckets (a count window of `n < 10` calls: `n`) |
     /// | open duration | 5 s, fixed (growth factor 1) capped at 60 s |
     /// | half-open probes | 3 |
     /// | clock | [`TokioClock`] |
@@ -108,9 +117,9 @@ impl BreakerBuilder {
             failure_rate_threshold: 0.5,
             slow_call_duration: Duration::from_secs(10),
             slow_call_rate_threshold: 1.0,
-            minimum_calls: 20,
+            minimum_calls: None,
             window: SlidingWindow::Time(Duration::from_secs(30)),
-            buckets: 10,
+            buckets: None,
             open_duration: Duration::from_secs(5),
             growth: 1.0,
             max_open_duration: Duration::from_secs(60),
@@ -128,7 +137,8 @@ impl BreakerBuilder {
         self
     }
 
-    /// A call that takes at least this long is slow. Default 10 s.
+    /// A call that takes at least this long is slow. Default 10 s. [`build`](Self::build)
+    /// rejects zero (every call would be slow); `Duration::MAX` turns slow calls off.
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
         self.slow_call_duration = duration;
         self
@@ -142,32 +152,37 @@ impl BreakerBuilder {
         self
     }
 
-    /// How many calls the window must hold before its rates are judged. Default 20; at least 1.
+    /// How many calls the window must hold before its rates are judged. Default 20.
     ///
-    /// With a [count window](SlidingWindow::Count), a minimum larger than the window could
-    /// never be reached, so, as in resilience4j, the window's size is used instead; more
-    /// precisely, the number of calls the window is sure to hold, which is smaller when a
-    /// bucket holds several calls: right after its oldest bucket drops out, the window holds
-    /// only its other buckets' calls plus one (`Count(100)` in 10 buckets of 10 calls: 91).
+    /// A [count window](SlidingWindow::Count) cannot always hold its full size: right after
+    /// its oldest bucket drops out, it holds only its other buckets' calls plus one
+    /// (`Count(100)` in 10 buckets of 10 calls: 91). A minimum above that would skip those
+    /// moments, or never be reached at all, so [`build`](Self::build) rejects 0 and, with a
+    /// count window, an explicit minimum above what the window is sure to hold. The *default*
+    /// minimum is lowered to that number instead, as in resilience4j (a `Count(10)` window
+    /// with the defaults opens after 10 calls).
     pub fn minimum_calls(mut self, calls: u32) -> Self {
-        self.minimum_calls = calls;
+        self.minimum_calls = Some(calls);
         self
     }
 
-    /// The sliding window. Default: time-based, 30 s.
-    ///
-    /// A count window smaller than [`minimum_calls`](Self::minimum_calls) lowers the minimum
-    /// to the number of calls it is sure to hold (see there), so it still opens.
+    /// The sliding window. Default: time-based, 30 s. [`build`](Self::build) rejects a count
+    /// window below 2 or above 2^30 calls, and a time window over a year or shorter than one
+    /// nanosecond per bucket.
     pub fn sliding_window(mut self, window: SlidingWindow) -> Self {
         self.window = window;
         self
     }
 
     /// How many buckets the window is kept in, from 2 to 64. Default 10: old outcomes drop out
-    /// a tenth of the window at a time. A count window of `n` calls uses at most `n` buckets
-    /// (one call each: exact).
+    /// a tenth of the window at a time.
+    ///
+    /// A count window of `n` calls has buckets of `ceil(n / buckets)` calls, so it may use
+    /// fewer buckets than asked (`Count(25)` in 10 buckets: 9 buckets of 3 calls). With a count
+    /// window, [`build`](Self::build) rejects more buckets than calls; the *default* of 10 is
+    /// lowered to `n` instead (one call per bucket: exact).
     pub fn buckets(mut self, buckets: u32) -> Self {
-        self.buckets = buckets;
+        self.buckets = Some(buckets);
         self
     }
 
@@ -215,6 +230,11 @@ impl BreakerBuilder {
     }
 
     /// Validates the settings and builds the breaker.
+    ///
+    /// # Errors
+    ///
+    /// A [`BreakerConfigError`] naming the first setting out of range; each setter says what
+    /// it rejects.
     pub fn build(self) -> Result<CircuitBreaker, BreakerConfigError> {
         Ok(CircuitBreaker::from_config(Arc::new(self.validate()?)))
     }
@@ -227,39 +247,51 @@ impl BreakerBuilder {
             ppm(self.failure_rate_threshold).ok_or(BreakerConfigError::FailureRateThreshold)?;
         let slow_ppm =
             ppm(self.slow_call_rate_threshold).ok_or(BreakerConfigError::SlowCallRateThreshold)?;
-        if self.minimum_calls == 0 {
+        if self.slow_call_duration.is_zero() {
+            return Err(BreakerConfigError::SlowCallDuration);
+        }
+        if self.minimum_calls == Some(0) {
             return Err(BreakerConfigError::MinimumCalls);
         }
-        if !(MIN_BUCKETS..=MAX_BUCKETS).contains(&self.buckets) {
+        let asked_buckets = self.buckets.unwrap_or(DEFAULT_BUCKETS);
+        if !(MIN_BUCKETS..=MAX_BUCKETS).contains(&asked_buckets) {
             return Err(BreakerConfigError::Buckets);
         }
-        let mut minimum_calls = u64::from(self.minimum_calls);
+        let mut minimum_calls = u64::from(self.minimum_calls.unwrap_or(DEFAULT_MINIMUM_CALLS));
         let window = match self.window {
             SlidingWindow::Count(size) => {
                 if !(2..=1 << 30).contains(&size) {
                     return Err(BreakerConfigError::WindowSize);
                 }
-                let buckets = self.buckets.min(size);
+                if asked_buckets > size && self.buckets.is_some() {
+                    return Err(BreakerConfigError::Buckets);
+                }
+                let buckets = asked_buckets.min(size);
                 let len = size.div_ceil(buckets);
                 let buckets = size.div_ceil(len);
                 // Right after the oldest bucket dropped out, the window holds the other
                 // buckets and one call: a larger minimum would keep the breaker from opening
                 // (at all, if it exceeds the window).
                 let guaranteed = u64::from(buckets - 1) * u64::from(len) + 1;
-                minimum_calls = minimum_calls.min(guaranteed);
+                if minimum_calls > guaranteed {
+                    if self.minimum_calls.is_some() {
+                        return Err(BreakerConfigError::MinimumCalls);
+                    }
+                    minimum_calls = guaranteed;
+                }
                 WindowKind::Count {
                     bucket_len: u64::from(len),
                     buckets,
                 }
             }
             SlidingWindow::Time(duration) => {
-                let bucket = duration.as_nanos() / u128::from(self.buckets);
+                let bucket = duration.as_nanos() / u128::from(asked_buckets);
                 if bucket == 0 || duration > Duration::from_secs(365 * 24 * 3600) {
                     return Err(BreakerConfigError::WindowSize);
                 }
                 WindowKind::Time {
                     bucket_nanos: bucket as u64,
-                    buckets: self.buckets,
+                    buckets: asked_buckets,
                 }
             }
         };
@@ -358,5 +390,120 @@ impl Config {
     #[inline]
     pub(crate) fn reaches(bad: u64, calls: u64, ppm: u64) -> bool {
         calls > 0 && bad * 1_000_000 >= ppm * calls
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::ManualClock;
+
+    fn builder() -> BreakerBuilder {
+        CircuitBreaker::builder().clock(ManualClock::new())
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert!(BreakerBuilder::new().build().is_ok());
+        let breaker = CircuitBreaker::default();
+        assert_eq!(breaker.state(), crate::breaker::State::Closed);
+    }
+
+    #[test]
+    fn every_invalid_setting_is_an_error() {
+        use BreakerConfigError as E;
+        let cases: Vec<(BreakerBuilder, E)> = vec![
+            (
+                builder().failure_rate_threshold(0.0),
+                E::FailureRateThreshold,
+            ),
+            (
+                builder().failure_rate_threshold(1.5),
+                E::FailureRateThreshold,
+            ),
+            (
+                builder().failure_rate_threshold(f64::NAN),
+                E::FailureRateThreshold,
+            ),
+            (
+                builder().slow_call_rate_threshold(0.0),
+                E::SlowCallRateThreshold,
+            ),
+            (
+                builder().slow_call_duration(Duration::ZERO),
+                E::SlowCallDuration,
+            ),
+            (builder().minimum_calls(0), E::MinimumCalls),
+            (builder().buckets(1), E::Buckets),
+            (builder().buckets(65), E::Buckets),
+            (
+                builder().sliding_window(SlidingWindow::Count(1)),
+                E::WindowSize,
+            ),
+            (
+                builder().sliding_window(SlidingWindow::Count((1 << 30) + 1)),
+                E::WindowSize,
+            ),
+            (
+                builder().sliding_window(SlidingWindow::Time(Duration::from_nanos(5))),
+                E::WindowSize,
+            ),
+            (
+                builder().sliding_window(SlidingWindow::Time(Duration::from_secs(366 * 24 * 3600))),
+                E::WindowSize,
+            ),
+            (builder().half_open_probes(0), E::HalfOpenProbes),
+            (
+                builder().half_open_probes(MAX_HALF_OPEN_PROBES + 1),
+                E::HalfOpenProbes,
+            ),
+            (builder().open_duration(Duration::ZERO), E::OpenDuration),
+            (
+                builder().open_duration_growth(2.0, Duration::from_millis(1)),
+                E::OpenDuration,
+            ),
+            (
+                builder().open_duration_growth(0.5, Duration::from_secs(60)),
+                E::GrowthFactor,
+            ),
+            (
+                builder().open_duration_growth(f64::INFINITY, Duration::from_secs(60)),
+                E::GrowthFactor,
+            ),
+        ];
+        for (builder, expected) in cases {
+            let debug = format!("{builder:?}");
+            assert_eq!(builder.build().unwrap_err(), expected, "{debug}");
+        }
+    }
+
+    /// An explicit minimum or bucket count that a count window cannot honour is an error; the
+    /// defaults are lowered to fit instead.
+    #[test]
+    fn count_windows_reject_explicit_values_they_cannot_honour() {
+        let count = |n| builder().sliding_window(SlidingWindow::Count(n));
+        // 100 calls in 10 buckets of 10: sure to hold 91.
+        assert_eq!(
+            count(100).minimum_calls(92).build().unwrap_err(),
+            BreakerConfigError::MinimumCalls
+        );
+        let config = count(100).minimum_calls(91).validate().unwrap();
+        assert_eq!(config.minimum_calls, 91);
+        // The default minimum (20) fits a window of 100; a window of 10 lowers it to 10.
+        assert_eq!(count(100).validate().unwrap().minimum_calls, 20);
+        assert_eq!(count(10).validate().unwrap().minimum_calls, 10);
+        assert_eq!(
+            count(10).minimum_calls(20).build().unwrap_err(),
+            BreakerConfigError::MinimumCalls
+        );
+        // More buckets than calls: an error when asked for, the default is lowered.
+        assert_eq!(
+            count(5).buckets(6).build().unwrap_err(),
+            BreakerConfigError::Buckets
+        );
+        assert_eq!(count(5).validate().unwrap().window.buckets(), 5);
+        assert_eq!(count(5).buckets(5).validate().unwrap().window.buckets(), 5);
+        // A time window takes any minimum.
+        assert!(builder().minimum_calls(u32::MAX).build().is_ok());
     }
 }

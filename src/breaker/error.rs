@@ -76,12 +76,12 @@ pub enum BreakerConfigError {
     FailureRateThreshold,
     /// The slow-call rate threshold is not in `(0, 1]`.
     SlowCallRateThreshold,
-    /// The minimum number of calls is zero.
+    /// The minimum number of calls is zero, or above what a count window is sure to hold.
     MinimumCalls,
     /// A count window is smaller than 2 calls or larger than 2^30, or a time window is shorter
     /// than one nanosecond per bucket or longer than a year.
     WindowSize,
-    /// The number of buckets is not between 2 and 64.
+    /// The number of buckets is not between 2 and 64, or above a count window's size.
     Buckets,
     /// The number of half-open probes is not between 1 and 1023.
     HalfOpenProbes,
@@ -89,6 +89,8 @@ pub enum BreakerConfigError {
     OpenDuration,
     /// The open-duration growth factor is below 1 or not finite.
     GrowthFactor,
+    /// The slow-call duration is zero.
+    SlowCallDuration,
 }
 
 impl fmt::Display for BreakerConfigError {
@@ -98,14 +100,19 @@ impl fmt::Display for BreakerConfigError {
             BreakerConfigError::SlowCallRateThreshold => {
                 "slow-call rate threshold must be in (0, 1]"
             }
-            BreakerConfigError::MinimumCalls => "minimum calls must be at least 1",
+            BreakerConfigError::MinimumCalls => {
+                "minimum calls must be at least 1, and at most what a count window is sure to hold"
+            }
             BreakerConfigError::WindowSize => "sliding window size out of range",
-            BreakerConfigError::Buckets => "window buckets must be between 2 and 64",
+            BreakerConfigError::Buckets => {
+                "window buckets must be between 2 and 64, and at most a count window's size"
+            }
             BreakerConfigError::HalfOpenProbes => "half-open probes must be between 1 and 1023",
             BreakerConfigError::OpenDuration => {
                 "open duration must be non-zero and at most its maximum (at most a year)"
             }
             BreakerConfigError::GrowthFactor => "open duration growth factor must be at least 1",
+            BreakerConfigError::SlowCallDuration => "slow call duration must be longer than zero",
         })
     }
 }

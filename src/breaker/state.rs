@@ -218,6 +218,15 @@ impl fmt::Debug for CircuitBreaker {
     }
 }
 
+impl Default for CircuitBreaker {
+    /// A breaker with the defaults listed on [`BreakerBuilder::new`].
+    fn default() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default breaker settings are valid")
+    }
+}
+
 impl CircuitBreaker {
     /// A builder with the defaults listed on [`BreakerBuilder::new`].
     pub fn builder() -> BreakerBuilder {

@@ -65,16 +65,23 @@ impl Default for Backoff {
 
 impl Backoff {
     /// A backoff starting at `base`, growing by `factor` per attempt, capped at `max`, with full
-    /// jitter. Fails if `factor` is not a finite number `>= 1`, or `base > max`.
+    /// jitter. A zero `base` (and `max`) is allowed: retries then go out at once.
+    ///
+    /// # Errors
+    ///
+    /// An [`InvalidConfig`] if `factor` is not a finite number `>= 1` (setting
+    /// `"backoff factor"`), or `base > max` (setting `"backoff base"`).
     pub fn new(base: Duration, factor: f64, max: Duration) -> Result<Self, InvalidConfig> {
         if !factor.is_finite() || factor < 1.0 {
             return Err(InvalidConfig::new(
-                "backoff factor must be a finite number >= 1",
+                "backoff factor",
+                "must be a finite number >= 1",
             ));
         }
         if base > max {
             return Err(InvalidConfig::new(
-                "backoff base must not exceed its maximum",
+                "backoff base",
+                "must not exceed the backoff's maximum",
             ));
         }
         Ok(Self {
@@ -114,8 +121,8 @@ impl Backoff {
         self.delay_with(retry, previous, fastrand::f64())
     }
 
-    /// [`Backoff::delay`] with the random draw supplied (`unit` in `[0, 1]`), for tests and
-    /// simulations.
+    /// [`Backoff::delay`] with the random draw supplied (`unit` in `[0, 1]`; a value outside is
+    /// taken as the nearer end, NaN as 0), for tests and simulations.
     pub fn delay_with(&self, retry: u32, previous: Duration, unit: f64) -> Duration {
         let unit = if unit.is_nan() {
             0.0
@@ -150,11 +157,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_config() {
-        assert!(Backoff::new(MS, 0.5, MS * 10).is_err());
-        assert!(Backoff::new(MS, f64::NAN, MS * 10).is_err());
-        assert!(Backoff::new(MS, f64::INFINITY, MS * 10).is_err());
-        assert!(Backoff::new(MS * 20, 2.0, MS * 10).is_err());
+        for factor in [0.5, 0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err = Backoff::new(MS, factor, MS * 10).unwrap_err();
+            assert_eq!(err.setting(), "backoff factor", "{factor}");
+        }
+        let err = Backoff::new(MS * 20, 2.0, MS * 10).unwrap_err();
+        assert_eq!(err.setting(), "backoff base");
         assert!(Backoff::new(MS, 1.0, MS).is_ok());
+        assert!(Backoff::new(Duration::ZERO, 2.0, Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn the_default_is_what_new_builds() {
+        let built = Backoff::new(MS * 100, 2.0, Duration::from_secs(10)).unwrap();
+        assert_eq!(Backoff::default(), built);
     }
 
     #[test]

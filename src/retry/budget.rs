@@ -62,31 +62,60 @@ pub struct RetryBudget {
     window_deposits: AtomicU64,
 }
 
+impl Default for RetryBudget {
+    /// 20 % of the requests (Finagle's default retry budget) plus 10 retries per 10-second
+    /// window.
+    fn default() -> Self {
+        Self::new(0.2, 10).expect("the default retry budget is valid")
+    }
+}
+
 impl RetryBudget {
     /// A budget allowing `ratio` retries per request (for example `0.1` for 10 %) plus `floor`
-    /// retries per 10-second window. Fails unless `0 <= ratio <= 1000` and finite.
+    /// retries per 10-second window. The ratio is kept in thousandths (`0.1234` counts as
+    /// `0.123`).
+    ///
+    /// # Errors
+    ///
+    /// An [`InvalidConfig`] (setting `"retry budget ratio"`) unless `ratio` is `0`, or a finite
+    /// number from `0.001` (the smallest step kept) to `1000`.
     pub fn new(ratio: f64, floor: u32) -> Result<Self, InvalidConfig> {
         Self::with_window(ratio, floor, Duration::from_secs(10))
     }
 
     /// [`RetryBudget::new`] with the window after which the balance is topped up to `floor`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RetryBudget::new`], and an [`InvalidConfig`] (setting `"retry budget window"`)
+    /// for a window shorter than 1 ms (the budget keeps time in milliseconds).
     pub fn with_window(ratio: f64, floor: u32, window: Duration) -> Result<Self, InvalidConfig> {
         if !ratio.is_finite() || !(0.0..=1000.0).contains(&ratio) {
             return Err(InvalidConfig::new(
-                "retry budget ratio must be within 0..=1000",
+                "retry budget ratio",
+                "must be within 0..=1000",
             ));
         }
-        if window.is_zero() {
-            return Err(InvalidConfig::new("retry budget window must be positive"));
+        if ratio != 0.0 && ratio < 0.001 {
+            return Err(InvalidConfig::new(
+                "retry budget ratio",
+                "must be 0 or at least 0.001",
+            ));
         }
         let per_request = (ratio * UNIT as f64).round() as i64;
+        if window < Duration::from_millis(1) {
+            return Err(InvalidConfig::new(
+                "retry budget window",
+                "must be at least 1 ms",
+            ));
+        }
         let floor = i64::from(floor) * UNIT;
         Ok(Self {
             balance: AtomicI64::new(floor),
             per_request,
             floor,
             max: floor + per_request * 100,
-            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             start: Instant::now(),
             last_refill_ms: AtomicU64::new(0),
             window_deposits: AtomicU64::new(0),
@@ -253,9 +282,28 @@ mod tests {
             .build()
             .unwrap();
         let _g = rt.enter();
-        assert!(RetryBudget::new(-0.1, 0).is_err());
-        assert!(RetryBudget::new(f64::NAN, 0).is_err());
-        assert!(RetryBudget::with_window(0.1, 0, Duration::ZERO).is_err());
+        for ratio in [-0.1, f64::NAN, f64::INFINITY, 1000.5, 0.0004, 0.0009] {
+            let err = RetryBudget::new(ratio, 0).unwrap_err();
+            assert_eq!(err.setting(), "retry budget ratio", "{ratio}");
+        }
+        for window in [Duration::ZERO, Duration::from_micros(999)] {
+            let err = RetryBudget::with_window(0.1, 0, window).unwrap_err();
+            assert_eq!(err.setting(), "retry budget window", "{window:?}");
+        }
+        assert!(RetryBudget::new(0.0, 0).is_ok());
+        assert!(RetryBudget::new(0.001, 0).is_ok());
+        assert!(RetryBudget::new(1000.0, 0).is_ok());
+        assert!(RetryBudget::with_window(0.1, 0, Duration::from_millis(1)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_default_allows_a_fifth_plus_ten() {
+        let budget = RetryBudget::default();
+        assert_eq!(budget.remaining(), 10.0);
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        assert_eq!(budget.remaining(), 12.0);
     }
 
     /// Many threads withdrawing at once never get more than the balance held.

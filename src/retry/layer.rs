@@ -20,7 +20,7 @@ use super::{
     body::Buffering,
     error::{AttemptTimedOut, DeadlineExceeded},
     policy::server_wait,
-    ReplayBody, RetryPolicy,
+    Origin, ReplayBody, RetryPolicy,
 };
 use crate::{
     breaker::{error::CircuitOpen, status_outcome, KeyedBreakers, Outcome, Permit},
@@ -35,12 +35,17 @@ use crate::{
 ///    bytes (default 64 KiB), so that every attempt sends it byte for byte; a larger body is
 ///    streamed through once, never retried and never lost;
 /// 2. `tower::retry::Retry` sends attempts as the policy decides;
-/// 3. each attempt is cut after the [per-attempt timeout](RetryLayer::attempt_timeout), if set
-///    (an [`AttemptTimedOut`] error, which the policy may retry), and the whole exchange after
-///    the policy's [deadline](super::RetryPolicyBuilder::deadline) (a [`DeadlineExceeded`]
-///    error).
+/// 3. each attempt is cut after the policy's
+///    [per-attempt timeout](super::RetryPolicyBuilder::attempt_timeout), if set (an
+///    [`AttemptTimedOut`] error, which the policy may retry), and the whole exchange after the
+///    policy's [deadline](super::RetryPolicyBuilder::deadline) (a [`DeadlineExceeded`] error).
 ///
-/// The service's error type is [`BoxError`].
+/// The service's error type is [`BoxError`]; [`Failure::from`](super::Failure) tells its kinds
+/// apart.
+///
+/// The inner service must take `Request<ReplayBody<B>>` (see [`RetryClient`]): a hyper-util
+/// client is built as `Client::builder(..).build_http::<ReplayBody<Full<Bytes>>>()`, and is
+/// then called with `Request<Full<Bytes>>`.
 ///
 /// ```
 /// use std::{sync::Arc, time::Duration};
@@ -53,14 +58,16 @@ use crate::{
 ///     .max_attempts(4)
 ///     .retry_after_cap(Duration::from_secs(60))
 ///     .deadline(Duration::from_secs(30))
+///     .attempt_timeout(Duration::from_secs(5))
 ///     .budget(budget)
-///     .build();
+///     .build()
+///     .unwrap();
 /// let client = hyper_util::client::legacy::Client::builder(
 ///     hyper_util::rt::TokioExecutor::new(),
 /// )
 /// .build_http::<tower_5xx::retry::ReplayBody<http_body_util::Full<bytes::Bytes>>>();
 /// let svc = ServiceBuilder::new()
-///     .layer(RetryLayer::new(policy).attempt_timeout(Duration::from_secs(5)))
+///     .layer(RetryLayer::new(policy))
 ///     .service(client);
 /// # let _ = svc;
 /// # }
@@ -70,23 +77,23 @@ use crate::{
 pub struct RetryLayer {
     policy: RetryPolicy,
     max_replay_body: usize,
-    attempt_timeout: Option<Duration>,
-    breakers: Option<Arc<KeyedBreakers<String>>>,
+    breakers: Option<Arc<KeyedBreakers<Origin>>>,
 }
 
 impl RetryLayer {
-    /// A layer with this policy, a 64 KiB replay buffer and no per-attempt timeout.
+    /// A layer with this policy and a 64 KiB replay buffer.
     pub fn new(policy: RetryPolicy) -> Self {
         Self {
             policy,
             max_replay_body: 64 * 1024,
-            attempt_timeout: None,
             breakers: None,
         }
     }
 
-    /// Guards every attempt with a circuit breaker per endpoint (the request's authority,
-    /// `host:port`), taken from `breakers` (default none).
+    /// Guards every attempt with a circuit breaker per endpoint (the request's [`Origin`]:
+    /// scheme, host and port, the same key [`RetryMiddleware`](super::RetryMiddleware) uses),
+    /// taken from `breakers` (default none). A request without a scheme and host, which
+    /// hyper-util's client refuses anyway, is not guarded.
     ///
     /// An endpoint that keeps failing (errors, 5xx but 501 and 505) opens its breaker; while
     /// it is open, attempts to it fail at once with a [`CircuitOpen`] error that says when to
@@ -95,21 +102,15 @@ impl RetryLayer {
     /// the breaker's maximum open time), so the client honours the server's word across
     /// requests. A 429 is about this client's rate, not the endpoint's health: it does not count
     /// as a failure (its `Retry-After` is still honoured by the policy).
-    pub fn circuit_breakers(mut self, breakers: Arc<KeyedBreakers<String>>) -> Self {
+    pub fn circuit_breakers(mut self, breakers: Arc<KeyedBreakers<Origin>>) -> Self {
         self.breakers = Some(breakers);
         self
     }
 
     /// The largest request body buffered for replay (default 64 KiB). A larger body is sent
-    /// once, streamed, and not retried.
+    /// once, streamed, and not retried; 0 buffers only empty bodies.
     pub fn max_replay_body(mut self, bytes: usize) -> Self {
         self.max_replay_body = bytes;
-        self
-    }
-
-    /// Cuts each attempt after `timeout` (default none).
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt_timeout = Some(timeout);
         self
     }
 }
@@ -123,7 +124,7 @@ impl<S> Layer<S> for RetryLayer {
                 self.policy.clone(),
                 Attempt {
                     inner,
-                    timeout: self.attempt_timeout,
+                    timeout: self.policy.attempt_timeout(),
                     breakers: self.breakers.clone(),
                 },
             ),
@@ -144,14 +145,101 @@ pub struct Retry<S> {
 
 type Inner<S> = tower::retry::Retry<RetryPolicy, Attempt<S>>;
 
-impl<S, B, ResB> Service<Request<B>> for Retry<S>
+/// The clients [`RetryLayer`] can wrap, for requests of body `B`: a `Clone` service of
+/// `Request<ReplayBody<B>>` that answers `http::Response<_>` and whose error converts into
+/// [`BoxError`]. Every such service implements it; nothing else can.
+///
+/// [`Retry`] buffers each request body `B` into a [`ReplayBody<B>`](ReplayBody), so that every
+/// attempt can send it again: the client under it must take that body type. The natural first
+/// client, a hyper-util `Client<_, Full<Bytes>>`, takes `Request<Full<Bytes>>` instead; where
+/// the request type is known (`Service::call(&mut svc, request)`, a function or router that
+/// takes a `Service<Request<Full<Bytes>>>`), the compiler says so through this trait:
+///
+/// ```text
+/// error[E0277]: the client under `RetryLayer` must take `Request<ReplayBody<Full<Bytes>>>`:
+///               `Client<HttpConnector, Full<Bytes>>` does not
+///    = help: the trait `RetryClient<Full<Bytes>>` is not implemented for
+///            `Client<HttpConnector, Full<Bytes>>`
+///    = note: `RetryLayer` buffers each request body into a `ReplayBody`, so that every attempt
+///            can send it again
+///    = note: build the hyper-util client as `Client::builder(TokioExecutor::new())
+///            .build_http::<ReplayBody<Full<Bytes>>>()`, and call the layered service with
+///            `Request<Full<Bytes>>`
+/// ```
+///
+/// A method call (`svc.oneshot(request)`, `svc.ready()`) is resolved before the request's type
+/// is known, so rustc reports only that `Retry<Client<HttpConnector, Full<Bytes>>>` is not a
+/// `Service<_>` (E0599): the cause is the same.
+///
+/// The fix, a client of `ReplayBody` bodies, called with plain ones:
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+/// use tower::ServiceBuilder;
+/// use tower_5xx::retry::{ReplayBody, RetryLayer, RetryPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+/// let svc = ServiceBuilder::new()
+///     .layer(RetryLayer::new(RetryPolicy::default()))
+///     .service(client);
+/// // `svc` takes `http::Request<Full<Bytes>>`.
+/// fn takes<S: tower::Service<http::Request<Full<Bytes>>>>(_: &S) {}
+/// takes(&svc);
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # use bytes::Bytes;
+/// # use http_body_util::Full;
+/// # use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+/// # use tower::ServiceBuilder;
+/// # use tower_5xx::retry::{RetryLayer, RetryPolicy};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // A client of `Full<Bytes>` bodies cannot be retried: it does not take `ReplayBody`.
+/// let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+/// let svc = ServiceBuilder::new()
+///     .layer(RetryLayer::new(RetryPolicy::default()))
+///     .service(client);
+/// fn takes<S: tower::Service<http::Request<Full<Bytes>>>>(_: &S) {}
+/// takes(&svc);
+/// # }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "the client under `RetryLayer` must take `Request<ReplayBody<{B}>>`: `{Self}` does not",
+    label = "a client of `ReplayBody<{B}>` request bodies is needed here",
+    note = "`RetryLayer` buffers each request body into a `ReplayBody`, so that every attempt can send it again",
+    note = "build the hyper-util client as `Client::builder(TokioExecutor::new()).build_http::<ReplayBody<{B}>>()`, and call the layered service with `Request<{B}>`",
+    note = "the client must also be `Clone`, answer `http::Response<_>`, and have an error that converts into `BoxError`"
+)]
+pub trait RetryClient<B>:
+    Service<Request<ReplayBody<B>>, Response = Response<Self::ResponseBody>, Error: Into<BoxError>>
+    + Clone
+{
+    /// The body of the client's responses.
+    type ResponseBody;
+}
+
+// `do_not_recommend`: an error names `RetryClient` (and its message above), not this impl's
+// bounds.
+#[diagnostic::do_not_recommend]
+impl<S, B, ResB> RetryClient<B> for S
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
+{
+    type ResponseBody = ResB;
+}
+
+impl<S, B> Service<Request<B>> for Retry<S>
+where
+    S: RetryClient<B>,
     B: Body + Unpin,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<ResB>;
+    type Response = Response<S::ResponseBody>;
     type Error = BoxError;
     type Future = ResponseFuture<Inner<S>, B>;
 
@@ -265,7 +353,7 @@ where
 pub struct Attempt<S> {
     inner: S,
     timeout: Option<Duration>,
-    breakers: Option<Arc<KeyedBreakers<String>>>,
+    breakers: Option<Arc<KeyedBreakers<Origin>>>,
 }
 
 impl<S, B, ResB> Service<Request<B>> for Attempt<S>
@@ -282,23 +370,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let permit = match &self.breakers {
+        let origin = self
+            .breakers
+            .as_ref()
+            .and_then(|breakers| Some((breakers, Origin::from_uri(req.uri())?)));
+        let permit = match origin {
             None => None,
-            Some(breakers) => {
-                // host:port, without any userinfo: credentials are not a key.
-                let authority = req.uri().authority().map_or("", |a| a.as_str());
-                let endpoint = authority
-                    .rsplit_once('@')
-                    .map_or(authority, |(_, host)| host);
-                match breakers.get(endpoint).try_acquire() {
-                    Ok(permit) => Some(permit),
-                    Err(open) => {
-                        return AttemptFuture {
-                            kind: AttemptKind::Rejected { open: Some(open) },
-                        }
+            Some((breakers, origin)) => match breakers.get(&origin).try_acquire() {
+                Ok(permit) => Some(permit),
+                Err(open) => {
+                    return AttemptFuture {
+                        kind: AttemptKind::Rejected { open: Some(open) },
                     }
                 }
-            }
+            },
         };
         AttemptFuture {
             kind: AttemptKind::Running {

@@ -12,6 +12,13 @@
 //! | safety | only idempotent methods, or `Idempotency-Key`, or an explicit opt-in, or an error proving the server never saw the request |
 //! | bodies | buffered up to a cap and re-sent byte for byte; a larger body is sent once, streamed, not lost |
 //! | time | a per-attempt timeout and an overall deadline |
+//! | endpoints | optionally a client circuit breaker per [`Origin`] (scheme, host, port), opened for the server's `Retry-After`, failing fast with [`CircuitOpen`](crate::breaker::error::CircuitOpen) |
+//!
+//! Every setting is checked when the policy is built: [`RetryPolicyBuilder::build`],
+//! [`Backoff::new`] and [`RetryBudget::new`] return an
+//! [`InvalidConfig`](crate::error::InvalidConfig) that names the invalid setting, instead of
+//! clamping or ignoring it. [`RetryPolicy::default`], [`Backoff::default`] and
+//! [`RetryBudget::default`] are the infallible defaults.
 //!
 //! # Example
 //!
@@ -24,14 +31,61 @@
 //!     .max_attempts(4)
 //!     .backoff(Backoff::new(Duration::from_millis(50), 2.0, Duration::from_secs(2))?.jitter(Jitter::Full))
 //!     .retry_after_cap(Duration::from_secs(30))
+//!     .attempt_timeout(Duration::from_secs(2))
 //!     .budget(Arc::new(RetryBudget::new(0.1, 10)?))
 //!     .on_attempt(|event| println!("attempt {}: {:?}", event.attempt, event.decision))
-//!     .build();
-//! let layer = RetryLayer::new(policy).attempt_timeout(Duration::from_secs(2));
+//!     .build()?;
+//! let layer = RetryLayer::new(policy);
 //! # let _ = layer;
+//!
+//! // An invalid setting is an error, not a clamp.
+//! let err = RetryPolicy::builder().max_attempts(0).build().unwrap_err();
+//! assert_eq!(err.setting(), "max_attempts");
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The client under the layer takes [`ReplayBody`] request bodies (hyper-util:
+//! `build_http::<ReplayBody<Full<Bytes>>>()`), and the layered service takes the plain ones; a
+//! client built for another body type is reported by the compiler through [`RetryClient`].
+//!
+//! # What came back
+//!
+//! A response is the server's answer: one still 503 after the retries (or with a `Retry-After`
+//! over the cap) comes back as `Ok(response)`, its `Retry-After` included. An error reads as a
+//! [`Failure`], so the three cases a caller must tell apart need no guesswork:
+//!
+//! ```
+//! use http::{header::RETRY_AFTER, Response, StatusCode};
+//! use tower_5xx::{retry::Failure, BoxError};
+//!
+//! fn explain<B>(result: Result<Response<B>, BoxError>) -> String {
+//!     match result {
+//!         Ok(res) if res.status() == StatusCode::SERVICE_UNAVAILABLE => {
+//!             let retry_after = res.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok());
+//!             format!("still unavailable; Retry-After: {}", retry_after.unwrap_or("none"))
+//!         }
+//!         Ok(res) => format!("answered {}", res.status()),
+//!         Err(error) => match Failure::from(error) {
+//!             Failure::CircuitOpen(open) => {
+//!                 format!("not sent: breaker open for {:?}", open.retry_after())
+//!             }
+//!             Failure::Transport(e) => format!("transport error: {e}"),
+//!             other => format!("gave up: {other}"), // deadline, attempt timeout
+//!         },
+//!     }
+//! }
+//!
+//! let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+//! let result: Result<Response<()>, BoxError> = Err(Box::new(refused));
+//! assert_eq!(explain(result), "transport error: connection refused");
+//! let mut res = Response::new(());
+//! *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+//! res.headers_mut().insert(RETRY_AFTER, "120".parse().unwrap());
+//! assert_eq!(explain(Ok(res)), "still unavailable; Retry-After: 120");
+//! ```
+//!
+//! The crate's README has the whole client: built, sent to a server, each outcome shown.
 //!
 //! The policy also works alone with `tower::retry::RetryLayer`, on a service whose requests are
 //! `Request<ReplayBody<B>>` and whose error type is [`BoxError`](crate::BoxError).
@@ -41,6 +95,7 @@ mod body;
 mod budget;
 pub mod error;
 mod layer;
+mod origin;
 mod policy;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
@@ -49,7 +104,9 @@ mod reqwest;
 pub use backoff::{Backoff, Jitter};
 pub use body::ReplayBody;
 pub use budget::RetryBudget;
-pub use layer::{Attempt, AttemptFuture, ResponseFuture, Retry, RetryLayer};
+pub use error::Failure;
+pub use layer::{Attempt, AttemptFuture, ResponseFuture, Retry, RetryClient, RetryLayer};
+pub use origin::Origin;
 pub use policy::{
     AttemptEvent, Decision, GiveUpReason, RetryPolicy, RetryPolicyBuilder, RetryReason,
     IDEMPOTENCY_KEY,

@@ -11,7 +11,7 @@ use http::{header, HeaderMap, HeaderName, Method, Request, Response, StatusCode}
 use tokio::time::{Instant, Sleep};
 
 use super::{Backoff, ReplayBody, RetryBudget};
-use crate::{BoxError, RetryAfter};
+use crate::{error::InvalidConfig, BoxError, RetryAfter};
 
 /// The header that marks a request as safe to repeat (IETF draft
 /// `draft-ietf-httpapi-idempotency-key-header`): `idempotency-key`.
@@ -115,6 +115,7 @@ struct Config {
     retry_after_cap: Duration,
     retry_after_jitter: Duration,
     deadline: Option<Duration>,
+    attempt_timeout: Option<Duration>,
     /// Bit `n` set: status `400 + n` is retried (covers 400..=599).
     statuses: [u64; 4],
     retry_non_idempotent: bool,
@@ -129,6 +130,7 @@ impl fmt::Debug for Config {
             .field("max_attempts", &self.max_attempts)
             .field("retry_after_cap", &self.retry_after_cap)
             .field("deadline", &self.deadline)
+            .field("attempt_timeout", &self.attempt_timeout)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("budget", &self.budget)
             .finish_non_exhaustive()
@@ -184,22 +186,31 @@ impl Attempts {
 }
 
 impl Default for RetryPolicy {
+    /// The policy with every default of [`RetryPolicy::builder`].
     fn default() -> Self {
-        Self::builder().build()
+        Self::builder()
+            .build()
+            .expect("the default retry settings are valid")
     }
 }
 
 /// Builder for [`RetryPolicy`]; every setting has a documented default.
+///
+/// The setters only record their value; [`build`](Self::build) checks them all and names the
+/// first invalid one in an [`InvalidConfig`]. Nothing is clamped or dropped in silence.
 #[derive(Debug)]
 #[must_use]
 pub struct RetryPolicyBuilder {
     config: Config,
+    /// The first status given to `retry_status` that can never be retried.
+    unretryable_status: Option<StatusCode>,
 }
 
 impl RetryPolicy {
     /// A builder with the defaults: 3 attempts in all, [`Backoff::default`] (100 ms doubling to
-    /// at most 10 s, full jitter), `Retry-After` capped at 5 minutes, no deadline, statuses 500,
-    /// 502, 503, 504 and 429, idempotent requests only, no budget.
+    /// at most 10 s, full jitter), `Retry-After` capped at 5 minutes, no deadline, no
+    /// per-attempt timeout, statuses 500, 502, 503, 504 and 429, idempotent requests only, no
+    /// budget.
     pub fn builder() -> RetryPolicyBuilder {
         let mut statuses = [0u64; 4];
         for s in [500u16, 502, 503, 504, 429] {
@@ -212,11 +223,13 @@ impl RetryPolicy {
                 retry_after_cap: Duration::from_secs(300),
                 retry_after_jitter: Duration::ZERO,
                 deadline: None,
+                attempt_timeout: None,
                 statuses,
                 retry_non_idempotent: false,
                 budget: None,
                 on_attempt: None,
             },
+            unretryable_status: None,
         }
     }
 
@@ -452,6 +465,12 @@ fn set_status(set: &mut [u64; 4], status: u16, on: bool) {
     }
 }
 
+/// The statuses `retry_status` accepts: 408, 429, and 5xx but 501 and 505. Any other says the
+/// request itself is wrong (4xx), or is not a failure at all.
+fn can_retry_status(status: u16) -> bool {
+    matches!(status, 408 | 429) || ((500..=599).contains(&status) && status != 501 && status != 505)
+}
+
 fn status_set(set: &[u64; 4], status: u16) -> bool {
     status
         .checked_sub(400)
@@ -460,9 +479,11 @@ fn status_set(set: &[u64; 4], status: u16) -> bool {
 }
 
 impl RetryPolicyBuilder {
-    /// The total number of attempts, the first included (default 3). At least 1.
+    /// The total number of attempts, the first included (default 3; 1 turns retries off).
+    ///
+    /// [`build`](Self::build) rejects 0.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.config.max_attempts = attempts.max(1);
+        self.config.max_attempts = attempts;
         self
     }
 
@@ -492,25 +513,43 @@ impl RetryPolicyBuilder {
     }
 
     /// An overall deadline across attempts and waits (default none). No wait is started that
-    /// would end past it; [`RetryLayer`](super::RetryLayer) also cuts an attempt in flight at
-    /// the deadline.
+    /// would end past it; [`RetryLayer`](super::RetryLayer) and
+    /// [`RetryMiddleware`](super::RetryMiddleware) also cut an attempt in flight at the
+    /// deadline, with a [`DeadlineExceeded`](super::error::DeadlineExceeded) error.
+    ///
+    /// [`build`](Self::build) rejects a zero deadline (every request would fail unsent).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.config.deadline = Some(deadline);
         self
     }
 
-    /// Also retry this status. Statuses below 500 other than 408 and 429, and 501 and 505, are
-    /// refused: they say the request itself is wrong, and sending it again cannot help.
+    /// Cuts each attempt after `timeout` (default none) with an
+    /// [`AttemptTimedOut`](super::error::AttemptTimedOut) error, which is retried like any
+    /// error before a response (so only for requests safe to repeat). Applied by
+    /// [`RetryLayer`](super::RetryLayer) and [`RetryMiddleware`](super::RetryMiddleware); with
+    /// `tower::retry` alone, put a `tower::timeout` layer under the retry instead.
+    ///
+    /// [`build`](Self::build) rejects a zero timeout.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.config.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Also retry this status: 408, 429, or a 5xx other than 501 and 505.
+    ///
+    /// [`build`](Self::build) rejects any other status (404, 501, 200, ...): a 4xx or a 501
+    /// says the request itself is wrong, and sending it again cannot help.
     pub fn retry_status(mut self, status: StatusCode) -> Self {
         let s = status.as_u16();
-        let allowed = matches!(s, 408 | 429) || (s >= 500 && s != 501 && s != 505);
-        if allowed {
+        if can_retry_status(s) {
             set_status(&mut self.config.statuses, s, true);
+        } else if self.unretryable_status.is_none() {
+            self.unretryable_status = Some(status);
         }
         self
     }
 
-    /// Do not retry this status.
+    /// Do not retry this status. Any status is accepted: one that is never retried stays so.
     pub fn no_retry_status(mut self, status: StatusCode) -> Self {
         set_status(&mut self.config.statuses, status.as_u16(), false);
         self
@@ -538,17 +577,46 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// Builds the policy.
-    pub fn build(self) -> RetryPolicy {
-        RetryPolicy {
-            config: Arc::new(self.config),
+    /// Checks the settings and builds the policy.
+    ///
+    /// # Errors
+    ///
+    /// An [`InvalidConfig`] naming the first invalid setting: `max_attempts` of 0,
+    /// `retry_status` with a status that cannot be retried, a zero `deadline` or
+    /// `attempt_timeout`. ([`Backoff::new`] and [`RetryBudget::new`] check their own values.)
+    pub fn build(self) -> Result<RetryPolicy, InvalidConfig> {
+        let config = self.config;
+        if config.max_attempts == 0 {
+            return Err(InvalidConfig::new("max_attempts", "must be at least 1"));
         }
+        if self.unretryable_status.is_some() {
+            return Err(InvalidConfig::new(
+                "retry_status",
+                "only 408, 429 and 5xx other than 501 and 505 can be retried",
+            ));
+        }
+        if config.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(InvalidConfig::new("deadline", "must be longer than zero"));
+        }
+        if config.attempt_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(InvalidConfig::new(
+                "attempt_timeout",
+                "must be longer than zero",
+            ));
+        }
+        Ok(RetryPolicy {
+            config: Arc::new(config),
+        })
     }
 }
 
 impl RetryPolicy {
     pub(crate) fn deadline(&self) -> Option<Duration> {
         self.config.deadline
+    }
+
+    pub(crate) fn attempt_timeout(&self) -> Option<Duration> {
+        self.config.attempt_timeout
     }
 }
 
@@ -600,15 +668,80 @@ mod tests {
             assert!(!p.status_retryable(StatusCode::from_u16(s).unwrap()), "{s}");
         }
         let p = RetryPolicy::builder()
-            .retry_status(StatusCode::NOT_IMPLEMENTED)
+            .retry_status(StatusCode::REQUEST_TIMEOUT)
+            .retry_status(StatusCode::from_u16(599).unwrap())
+            .no_retry_status(StatusCode::INTERNAL_SERVER_ERROR)
+            .no_retry_status(StatusCode::NOT_FOUND)
+            .build()
+            .unwrap();
+        assert!(p.status_retryable(StatusCode::REQUEST_TIMEOUT));
+        assert!(p.status_retryable(StatusCode::from_u16(599).unwrap()));
+        assert!(!p.status_retryable(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(!p.status_retryable(StatusCode::NOT_FOUND));
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.config.max_attempts, 3);
+        assert_eq!(p.deadline(), None);
+        assert_eq!(p.attempt_timeout(), None);
+    }
+
+    #[test]
+    fn max_attempts_zero_is_rejected() {
+        let err = RetryPolicy::builder().max_attempts(0).build().unwrap_err();
+        assert_eq!(err.setting(), "max_attempts");
+        assert_eq!(err.to_string(), "invalid max_attempts: must be at least 1");
+        let p = RetryPolicy::builder().max_attempts(1).build().unwrap();
+        assert_eq!(p.config.max_attempts, 1);
+    }
+
+    #[test]
+    fn statuses_that_cannot_be_retried_are_rejected() {
+        for s in [404, 400, 200, 301, 501, 505, 600, 999] {
+            let status = StatusCode::from_u16(s).unwrap();
+            let err = RetryPolicy::builder()
+                .retry_status(status)
+                .build()
+                .unwrap_err();
+            assert_eq!(err.setting(), "retry_status", "{s}");
+        }
+        // A later valid status does not hide an earlier invalid one.
+        let err = RetryPolicy::builder()
             .retry_status(StatusCode::NOT_FOUND)
             .retry_status(StatusCode::REQUEST_TIMEOUT)
-            .no_retry_status(StatusCode::INTERNAL_SERVER_ERROR)
-            .build();
-        assert!(!p.status_retryable(StatusCode::NOT_IMPLEMENTED));
-        assert!(!p.status_retryable(StatusCode::NOT_FOUND));
-        assert!(p.status_retryable(StatusCode::REQUEST_TIMEOUT));
-        assert!(!p.status_retryable(StatusCode::INTERNAL_SERVER_ERROR));
+            .build()
+            .unwrap_err();
+        assert_eq!(err.setting(), "retry_status");
+        for s in [408, 429, 500, 502, 503, 504, 507, 599] {
+            let status = StatusCode::from_u16(s).unwrap();
+            assert!(
+                RetryPolicy::builder().retry_status(status).build().is_ok(),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_durations_are_rejected() {
+        let err = RetryPolicy::builder()
+            .deadline(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.setting(), "deadline");
+        let err = RetryPolicy::builder()
+            .attempt_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.setting(), "attempt_timeout");
+        let p = RetryPolicy::builder()
+            .deadline(Duration::from_nanos(1))
+            .attempt_timeout(Duration::from_nanos(1))
+            .retry_after_cap(Duration::ZERO)
+            .build()
+            .unwrap();
+        assert_eq!(p.attempt_timeout(), Some(Duration::from_nanos(1)));
     }
 
     #[test]

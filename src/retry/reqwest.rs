@@ -6,21 +6,26 @@ use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 use tokio::time::Instant;
 
-use super::error::DeadlineExceeded;
+use super::error::{AttemptTimedOut, DeadlineExceeded};
 use super::{
     layer::record_outcome,
     policy::{AttemptOutcome, RequestFacts},
-    RetryPolicy, IDEMPOTENCY_KEY,
+    Origin, RetryPolicy, IDEMPOTENCY_KEY,
 };
 use crate::breaker::KeyedBreakers;
 
 /// [`RetryPolicy`] as a [`reqwest_middleware::Middleware`] (feature `reqwest-middleware`).
 ///
 /// The decisions are the policy's, exactly as with [`RetryLayer`](super::RetryLayer):
-/// statuses, idempotency, `Retry-After` floor and cap, budget, deadline, and optionally a
-/// circuit breaker per endpoint. reqwest buffers request bodies itself: a body it can clone is
-/// re-sent byte for byte; a streaming body is sent once and not retried. For a per-attempt
-/// timeout use reqwest's own `ClientBuilder::timeout`.
+/// statuses, idempotency, `Retry-After` floor and cap, budget, deadline and per-attempt
+/// timeout, and optionally a circuit breaker per endpoint. reqwest buffers request bodies
+/// itself: a body it can clone is re-sent byte for byte; a streaming body is sent once and not
+/// retried.
+///
+/// This crate's errors ([`CircuitOpen`](crate::breaker::error::CircuitOpen),
+/// [`DeadlineExceeded`], [`AttemptTimedOut`]) come back as
+/// `reqwest_middleware::Error::Middleware`; [`Failure::from`](super::Failure) tells them apart
+/// from reqwest's own errors.
 ///
 /// ```
 /// use tower_5xx::retry::{RetryMiddleware, RetryPolicy};
@@ -33,7 +38,7 @@ use crate::breaker::KeyedBreakers;
 #[derive(Debug, Clone)]
 pub struct RetryMiddleware {
     policy: RetryPolicy,
-    breakers: Option<Arc<KeyedBreakers<String>>>,
+    breakers: Option<Arc<KeyedBreakers<Origin>>>,
 }
 
 impl RetryMiddleware {
@@ -45,10 +50,11 @@ impl RetryMiddleware {
         }
     }
 
-    /// Guards every attempt with a circuit breaker per endpoint, as
-    /// [`RetryLayer::circuit_breakers`](super::RetryLayer::circuit_breakers) does.
+    /// Guards every attempt with a circuit breaker per endpoint (the URL's [`Origin`]), as
+    /// [`RetryLayer::circuit_breakers`](super::RetryLayer::circuit_breakers) does: one
+    /// registry shared by both clients keeps one breaker per endpoint.
     #[must_use]
-    pub fn circuit_breakers(mut self, breakers: Arc<KeyedBreakers<String>>) -> Self {
+    pub fn circuit_breakers(mut self, breakers: Arc<KeyedBreakers<Origin>>) -> Self {
         self.breakers = Some(breakers);
         self
     }
@@ -63,35 +69,49 @@ impl Middleware for RetryMiddleware {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let mut state = self.policy.first_attempt();
-        let deadline = self.policy.deadline().map(|d| Instant::now() + d);
+        // A deadline too far to represent is no deadline.
+        let deadline = self
+            .policy
+            .deadline()
+            .and_then(|d| Instant::now().checked_add(d));
         let method = req.method().clone();
         let idempotency_key = req.headers().contains_key(IDEMPOTENCY_KEY);
-        // host:port, without any userinfo: credentials are not a key.
-        let endpoint = match (req.url().host_str(), req.url().port_or_known_default()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
-            _ => String::new(),
+        let origin = match &self.breakers {
+            Some(breakers) => Origin::from_url(req.url()).map(|origin| (breakers, origin)),
+            None => None,
         };
         let mut req = req;
         loop {
             let next_copy = req.try_clone();
-            let permit = match &self.breakers {
+            let permit = match &origin {
                 None => None,
-                Some(breakers) => match breakers.get(endpoint.as_str()).try_acquire() {
+                Some((breakers, origin)) => match breakers.get(origin).try_acquire() {
                     Ok(permit) => Some(permit),
                     Err(open) => return Err(reqwest_middleware::Error::middleware(open)),
                 },
             };
+            let attempt_end = self
+                .policy
+                .attempt_timeout()
+                .and_then(|t| Instant::now().checked_add(t));
+            // Whichever comes first cuts the attempt; the deadline wins a tie.
+            let cut = match (deadline, attempt_end) {
+                (Some(d), Some(a)) if a < d => Some((a, false)),
+                (Some(d), _) => Some((d, true)),
+                (None, Some(a)) => Some((a, false)),
+                (None, None) => None,
+            };
             let attempt = next.clone().run(req, extensions);
-            let result = match deadline {
+            let result = match cut {
                 None => attempt.await,
-                Some(at) => match tokio::time::timeout_at(at, attempt).await {
+                Some((at, is_deadline)) => match tokio::time::timeout_at(at, attempt).await {
                     Ok(result) => result,
-                    Err(_) => {
+                    Err(_) if is_deadline => {
                         return Err(reqwest_middleware::Error::middleware(
                             DeadlineExceeded::new(),
                         ))
                     }
+                    Err(_) => Err(reqwest_middleware::Error::middleware(AttemptTimedOut::new())),
                 },
             };
             if let Some(permit) = permit {

@@ -164,7 +164,8 @@ impl ShedBuilder {
             None => config.max_queue / 2,
             Some(places) if places > config.max_queue => {
                 return Err(InvalidConfig::new(
-                    "low_priority_queue must not be larger than max_queue",
+                    "low_priority_queue",
+                    "must not be larger than max_queue",
                 ))
             }
             Some(places) => places,

@@ -40,29 +40,31 @@ impl Limit {
     /// Checks the settings: what [`ShedBuilder::build`](super::ShedBuilder::build) reports.
     pub(crate) fn validate(&self) -> Result<(), InvalidConfig> {
         match self {
-            Limit::Fixed(f) if f.limit == 0 => {
-                Err(InvalidConfig::new("a fixed limit must be at least 1"))
-            }
+            Limit::Fixed(f) if f.limit == 0 => Err(InvalidConfig::new(
+                "limit",
+                "a fixed limit must be at least 1",
+            )),
             Limit::Fixed(_) => Ok(()),
             Limit::Aimd(a) => {
                 validate_adaptive(a.initial, a.floor, a.ceiling, a.min_samples)?;
                 if !(a.backoff_ratio >= 0.5 && a.backoff_ratio < 1.0) {
-                    return Err(InvalidConfig::new("AIMD backoff_ratio must be in [0.5, 1)"));
+                    return Err(InvalidConfig::new("backoff_ratio", "must be in [0.5, 1)"));
                 }
                 Ok(())
             }
             Limit::Gradient(g) => {
                 validate_adaptive(g.initial, g.floor, g.ceiling, g.min_samples)?;
                 if !(g.tolerance >= 1.0 && g.tolerance.is_finite()) {
-                    return Err(InvalidConfig::new(
-                        "gradient tolerance must be at least 1.0",
-                    ));
+                    return Err(InvalidConfig::new("tolerance", "must be at least 1.0"));
                 }
                 if !(g.smoothing > 0.0 && g.smoothing <= 1.0) {
-                    return Err(InvalidConfig::new("gradient smoothing must be in (0, 1]"));
+                    return Err(InvalidConfig::new("smoothing", "must be in (0, 1]"));
                 }
                 if !(g.headroom >= 0.0 && g.headroom.is_finite()) {
-                    return Err(InvalidConfig::new("gradient headroom must be at least 0"));
+                    return Err(InvalidConfig::new(
+                        "headroom",
+                        "must be at least 0 and finite",
+                    ));
                 }
                 Ok(())
             }
@@ -119,24 +121,19 @@ fn validate_adaptive(
     min_samples: u32,
 ) -> Result<(), InvalidConfig> {
     if floor == 0 {
-        return Err(InvalidConfig::new(
-            "an adaptive limit's floor must be at least 1",
-        ));
+        return Err(InvalidConfig::new("floor", "must be at least 1"));
     }
     if ceiling < floor {
-        return Err(InvalidConfig::new(
-            "an adaptive limit's ceiling must be at least its floor",
-        ));
+        return Err(InvalidConfig::new("ceiling", "must be at least the floor"));
     }
     if !(floor..=ceiling).contains(&initial) {
         return Err(InvalidConfig::new(
-            "an adaptive limit's initial value must be within floor..=ceiling",
+            "initial",
+            "must be within floor..=ceiling",
         ));
     }
     if min_samples == 0 {
-        return Err(InvalidConfig::new(
-            "an adaptive limit's window needs at least 1 sample",
-        ));
+        return Err(InvalidConfig::new("window", "needs at least 1 sample"));
     }
     Ok(())
 }
