@@ -1050,3 +1050,52 @@ async fn breaker_new_matches_the_layer() {
     assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::CircuitOpen));
     assert!(res.headers().contains_key("retry-after"));
 }
+
+/// A plain success does not sum the window (the fast path), yet trips the breaker wherever
+/// summing on every call would: when it brings the window to `minimum_calls` with the failure
+/// rate already over the threshold...
+#[test]
+fn a_success_reaching_the_minimum_calls_trips_an_armed_breaker() {
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(10)
+        .failure_rate_threshold(0.5)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for _ in 0..9 {
+        breaker.try_acquire().unwrap().failure();
+    }
+    assert_eq!(breaker.state(), State::Closed, "9 calls: under the minimum");
+    breaker.try_acquire().unwrap().success();
+    assert_eq!(breaker.state(), State::Open, "10 calls, 90% failures");
+}
+
+/// ... and when old successes drop out of the window, raising the failure rate.
+#[test]
+fn a_success_after_old_successes_drop_out_trips_the_breaker() {
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(20)
+        .failure_rate_threshold(0.5)
+        .sliding_window(SlidingWindow::Time(Duration::from_secs(10)))
+        .buckets(10)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        breaker.try_acquire().unwrap().success();
+    }
+    clock.advance(Duration::from_secs(5));
+    for _ in 0..8 {
+        breaker.try_acquire().unwrap().success();
+    }
+    for _ in 0..12 {
+        breaker.try_acquire().unwrap().failure();
+    }
+    assert_eq!(breaker.state(), State::Closed, "12 of 30 failed");
+    clock.advance(Duration::from_millis(5_500));
+    assert_eq!(breaker.state(), State::Closed);
+    breaker.try_acquire().unwrap().success();
+    assert_eq!(breaker.state(), State::Open, "12 of 21 failed");
+}

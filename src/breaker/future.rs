@@ -34,6 +34,7 @@ pin_project! {
 }
 
 impl<F, C, B> ResponseFuture<F, C, B> {
+    #[inline]
     pub(crate) fn running(future: F, permit: Permit, classifier: C) -> Self {
         Self {
             state: State::Running { future },

@@ -58,6 +58,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         match self.breaker.try_acquire() {
             Ok(permit) => {

@@ -93,33 +93,41 @@ impl Window {
         }
     }
 
-    /// Records one outcome and returns the window's counts right after it.
-    pub(crate) fn record(&self, now_nanos: u64, failure: bool, slow: bool) -> WindowCounts {
+    /// Records one outcome and returns the window's counts right after it, or `None` when the
+    /// caller said it does not need them (`need_counts` false) and no bucket dropped out of the
+    /// window on the way (summing the buckets is most of a record's cost).
+    pub(crate) fn record(
+        &self,
+        now_nanos: u64,
+        failure: bool,
+        slow: bool,
+        need_counts: bool,
+    ) -> Option<WindowCounts> {
         let epoch = match self.kind {
             WindowKind::Time { .. } => self.epoch_at(now_nanos),
             WindowKind::Count { bucket_len, .. } => {
                 self.seq.0.fetch_add(1, Ordering::AcqRel) / bucket_len
             }
         };
-        self.advance_head(epoch);
+        let advanced = self.advance_head(epoch);
         let bucket = self.bucket(epoch);
         add(&bucket.calls, epoch, 1 | (u64::from(failure) << COUNT_BITS));
         if slow {
             add(&bucket.slow, epoch, 1);
         }
-        self.counts_at(epoch)
+        (need_counts || advanced).then(|| self.counts_at(epoch))
     }
 
     /// Moves the newest epoch forward; resets the buckets of the epochs skipped on the way, so
-    /// that no bucket keeps a tag far behind the newest epoch.
-    fn advance_head(&self, epoch: u64) {
+    /// that no bucket keeps a tag far behind the newest epoch. Whether it moved.
+    fn advance_head(&self, epoch: u64) -> bool {
         let head = &self.head.0;
         if head.load(Ordering::Acquire) >= epoch {
-            return;
+            return false;
         }
         let prev = head.fetch_max(epoch, Ordering::AcqRel);
         if prev >= epoch {
-            return;
+            return false;
         }
         let n = self.len();
         if epoch - prev >= TAG_MASK + 1 - n {
@@ -130,7 +138,7 @@ impl Window {
                 bucket.calls.store(out_of_window, Ordering::Release);
                 bucket.slow.store(out_of_window, Ordering::Release);
             }
-            return;
+            return true;
         }
         let from = (prev + 1).max(epoch.saturating_sub(n - 1));
         for skipped in from..epoch {
@@ -138,6 +146,7 @@ impl Window {
             clear_if_older(&bucket.calls, skipped);
             clear_if_older(&bucket.slow, skipped);
         }
+        true
     }
 
     /// The counts of the window as of now.
@@ -261,16 +270,16 @@ mod tests {
             bucket_nanos: SEC,
             buckets: 10,
         });
-        w.record(0, true, false);
-        w.record(SEC / 2, false, true);
-        let c = w.record(5 * SEC, false, false);
+        w.record(0, true, false, true).unwrap();
+        w.record(SEC / 2, false, true, true).unwrap();
+        let c = w.record(5 * SEC, false, false, true).unwrap();
         assert_eq!((c.calls, c.failures, c.slow_calls), (3, 1, 1));
         // At 10 s the first bucket (0..1 s) is out.
         assert_eq!(w.counts(10 * SEC).calls, 1);
         assert_eq!(w.counts(15 * SEC).calls, 0);
         // Far in the future, with tags that wrapped around: still empty.
         assert_eq!(w.counts((65_536 + 5) * SEC).calls, 0);
-        let c = w.record((65_536 + 5) * SEC, true, false);
+        let c = w.record((65_536 + 5) * SEC, true, false, true).unwrap();
         assert_eq!((c.calls, c.failures), (1, 1));
     }
 
@@ -281,11 +290,11 @@ mod tests {
             buckets: 3,
         });
         for _ in 0..6 {
-            w.record(0, true, false);
+            w.record(0, true, false, true).unwrap();
         }
         assert_eq!(w.counts(0).calls, 6);
         // The 7th call starts bucket 3; bucket 0 (calls 0 and 1) drops out.
-        let c = w.record(0, false, false);
+        let c = w.record(0, false, false, true).unwrap();
         assert_eq!((c.calls, c.failures), (5, 4));
     }
 
@@ -295,10 +304,10 @@ mod tests {
             bucket_nanos: SEC,
             buckets: 4,
         });
-        w.record(SEC, true, true);
+        w.record(SEC, true, true, true).unwrap();
         w.reset(SEC + 1);
         assert_eq!(w.counts(SEC + 1), WindowCounts::default());
-        let c = w.record(SEC + 2, false, false);
+        let c = w.record(SEC + 2, false, false, true).unwrap();
         assert_eq!((c.calls, c.failures, c.slow_calls), (1, 0, 0));
     }
 }

@@ -68,6 +68,7 @@ pin_project! {
 }
 
 impl<F, S, R, B> ResponseFuture<F, S, R, B> {
+    #[inline]
     pub(crate) fn running(future: F, permit: Option<Permit>, start: Option<Instant>) -> Self {
         Self {
             state: State::Running {

@@ -381,6 +381,7 @@ pub(crate) struct Permit {
 
 impl Permit {
     /// Wraps a permit already taken with `try_acquire`.
+    #[inline]
     pub(crate) fn taken(shared: Arc<Shared>) -> Self {
         Self { shared }
     }

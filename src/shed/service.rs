@@ -89,6 +89,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let priority = self.priority.priority(&req);
         if priority == Priority::Exempt {
