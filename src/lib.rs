@@ -110,6 +110,8 @@ macro_rules! inner_service_accessors {
 }
 mod body;
 pub mod error;
+#[cfg(any(feature = "catch", feature = "retry"))]
+mod error_chain;
 mod response;
 mod retry_after;
 

@@ -4,7 +4,7 @@ use std::{borrow::Cow, error::Error, time::Duration};
 
 use http::StatusCode;
 
-use crate::{Reason, RetryAfter};
+use crate::{error_chain, Reason, RetryAfter};
 
 /// What a failed request turns into: a status, a [`Reason`], and optionally a `Retry-After` and
 /// a client-facing detail text.
@@ -189,27 +189,14 @@ pub(crate) fn classify_chain<C: Classify>(
     error: &(dyn Error + 'static),
     retry_after_503: Duration,
 ) -> Classification {
-    let mut next = Some(error);
-    // Bound the walk: a (buggy) cyclic source chain must not hang the request.
-    let mut depth = 0;
-    while let Some(e) = next {
-        if let Some(c) = classifier.classify(e) {
-            return c;
-        }
-        if let Some(c) = builtin(e, retry_after_503) {
-            return c;
-        }
-        depth += 1;
-        if depth >= MAX_CHAIN {
-            break;
-        }
-        next = e.source();
-    }
-    Classification::internal()
+    error_chain::sources(error)
+        .find_map(|e| {
+            classifier
+                .classify(e)
+                .or_else(|| builtin(e, retry_after_503))
+        })
+        .unwrap_or_else(Classification::internal)
 }
-
-/// How many errors of a `source()` chain are looked at (and logged).
-pub(crate) const MAX_CHAIN: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -230,6 +217,25 @@ mod tests {
     }
 
     const ONE_SEC: Duration = Duration::from_secs(1);
+
+    #[derive(Debug)]
+    struct Cyclic;
+    impl fmt::Display for Cyclic {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cyclic")
+        }
+    }
+    impl Error for Cyclic {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&Cyclic)
+        }
+    }
+
+    #[test]
+    fn a_cyclic_chain_is_500_not_a_hang() {
+        let c = classify_chain(&DefaultClassifier, &Cyclic, ONE_SEC);
+        assert_eq!(c, Classification::internal());
+    }
 
     #[test]
     fn unknown_errors_are_500() {
