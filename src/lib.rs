@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | **500** Internal Server Error | an unexpected failure: a bug, a dependency call nobody planned for | [`catch`]: a service `Err`, a panic | retry idempotent requests with bounded exponential backoff and jitter |
 //! | **503** Service Unavailable | a known, often deliberate state: maintenance, overload, an open circuit breaker | the [`maintenance`], [`shed`] and [`breaker`] layers, always with `Retry-After`; [`catch`] for tower's `Overloaded` and `Elapsed` | wait `Retry-After` (capped), otherwise back off: [`retry`] does |
-//! | **502** / **504** | an upstream failed / timed out | [`catch`], through a user [classifier](catch::CatchLayer::classify) | retry like 500 |
+//! | **502** / **504** | an upstream failed / timed out | [`catch`], through your [`on_error`](catch::CatchLayer::on_error) rules | retry like 500 |
 //!
 //! Every response this crate generates carries `Cache-Control: no-store` and an
 //! [error id](ErrorId) (header [`x-error-id`](ERROR_ID_HEADER) and body) that is logged with the

@@ -10,7 +10,7 @@
 //! | a panic in `poll_ready`, `call`, or while polling the response future | **500**; the panic message is logged |
 //! | `e` (or an error in its chain) is tower's `load_shed::error::Overloaded` | **503** with `Retry-After` (default 1 s, [`CatchLayer::retry_after`]) |
 //! | ... is tower's `timeout::error::Elapsed` or tokio's `time::error::Elapsed` | **503** with `Retry-After`, as Go's `http.TimeoutHandler` answers 503 (Go sends no `Retry-After`; a 503 should) |
-//! | ... is recognised by your [classifier](CatchLayer::classify) | the status you chose, e.g. 502 or 504 |
+//! | ... is matched by one of your [`on_error`](CatchLayer::on_error) rules (or your [classifier](CatchLayer::classify)) | the status you chose, e.g. 502 or 504 |
 //! | a panic while the response body streams (status already sent) | the body ends with a [`BodyPanicked`](error::BodyPanicked) error, logged; the connection task does not unwind |
 //!
 //! Every generated response is an [`ErrorResponse`](crate::ErrorResponse): `Cache-Control:
@@ -65,7 +65,7 @@ mod layer;
 mod service;
 
 pub use body::CatchBody;
-pub use classify::{Classification, Classify, DefaultClassifier};
+pub use classify::{Classification, Classify, DefaultClassifier, OnError};
 pub use future::ResponseFuture;
 pub use layer::CatchLayer;
 pub use service::Catch;
