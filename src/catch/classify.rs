@@ -230,7 +230,8 @@ where
     }
 }
 
-/// The built-in rules: stock tower and tokio errors that mean a known state.
+/// The built-in rules: stock tower and tokio errors that mean a known state, then the HTTP
+/// clients' errors of the enabled features (502 / 504).
 pub(crate) fn builtin(
     error: &(dyn Error + 'static),
     retry_after_503: Duration,
@@ -247,7 +248,7 @@ pub(crate) fn builtin(
             Some(RetryAfter::Delay(retry_after_503)),
         ));
     }
-    None
+    super::upstream::classify(error)
 }
 
 /// Walks the `source()` chain: the user's classifier, then the built-in rules, for each error,
