@@ -16,7 +16,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tower::{service_fn, BoxError, Layer};
-use tower_5xx::catch::{CatchLayer, Classification, Classify};
+use tower_5xx::catch::{CatchLayer, Classify};
 
 /// How long a proxy waits for an upstream that does not answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(300);
@@ -160,6 +160,7 @@ mod hyper_util_client {
         client::legacy::{connect::HttpConnector, Client},
         rt::TokioExecutor,
     };
+    use tower_5xx::catch::Classification;
 
     fn upstream_client(connect_timeout: Option<Duration>) -> Client<HttpConnector, Empty<Bytes>> {
         let mut connector = HttpConnector::new();
@@ -231,7 +232,7 @@ mod hyper_util_client {
         };
         let catch = CatchLayer::new()
             .on_error::<tokio::time::error::Elapsed>(|_| Classification::gateway_timeout());
-        let reply = ask_proxy(behind(catch, handler.clone())).await;
+        let reply = ask_proxy(behind(catch, handler)).await;
         assert_generated(&reply, StatusCode::GATEWAY_TIMEOUT);
 
         let reply = ask_proxy(behind(CatchLayer::new(), handler)).await;
