@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | **500** Internal Server Error | an unexpected failure: a bug, a dependency call nobody planned for | [`catch`]: a service `Err`, a panic | retry idempotent requests with bounded exponential backoff and jitter |
 //! | **503** Service Unavailable | a known, often deliberate state: maintenance, overload, an open circuit breaker | the [`maintenance`], [`shed`] and [`breaker`] layers, always with `Retry-After`; [`catch`] for tower's `Overloaded` and `Elapsed` | wait `Retry-After` (capped), otherwise back off: [`retry`] does |
-//! | **502** / **504** | an upstream failed / timed out | [`catch`], through a user [classifier](catch::CatchLayer::classify) | retry like 500 |
+//! | **502** / **504** | an upstream failed / timed out | [`catch`]: hyper-util's and reqwest's errors (features `hyper-util`, `reqwest`), your [`on_error`](catch::CatchLayer::on_error) rules | retry like 500 |
 //!
 //! Every response this crate generates carries `Cache-Control: no-store` and an
 //! [error id](ErrorId) (header [`x-error-id`](ERROR_ID_HEADER) and body) that is logged with the
@@ -83,7 +83,9 @@
 //! | `shed` | yes | [`shed::ShedLayer`]: concurrency limit (fixed, AIMD, gradient), bounded queue, 503 + `Retry-After` |
 //! | `breaker` | yes | [`breaker`]: circuit breakers (lock-free state machine, sliding windows), [`breaker::BreakerLayer`] answering 503 + `Retry-After` while open, [`breaker::KeyedBreakers`] |
 //! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency, client breakers (enables `breaker`) |
-//! | `reqwest-middleware` | no | [`retry`]'s policy as a `reqwest_middleware::Middleware` |
+//! | `reqwest-middleware` | no | [`retry`]'s policy as a `reqwest_middleware::Middleware` (enables `reqwest`) |
+//! | `hyper-util` | no | with `catch`: hyper-util's legacy client errors become 502 / 504 ([upstream errors](catch#upstream-errors-502-and-504)) |
+//! | `reqwest` | no | with `catch`: reqwest's errors become 502 / 504 ([upstream errors](catch#upstream-errors-502-and-504)) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `get_ref`, `get_mut` and `into_inner` for a middleware whose inner service is `self.inner`.
@@ -114,6 +116,8 @@ macro_rules! inner_service_accessors {
 }
 mod body;
 pub mod error;
+#[cfg(any(feature = "catch", feature = "retry"))]
+mod error_chain;
 mod html;
 #[cfg(any(
     feature = "catch",

@@ -372,16 +372,11 @@ impl fmt::Display for UpstreamTimedOut {
 impl Error for UpstreamTimedOut {}
 
 #[tokio::test]
-async fn user_classifier_maps_own_errors() {
+async fn on_error_rules_map_own_errors() {
     let svc = CatchLayer::new()
-        .classify(|e: &(dyn Error + 'static)| {
-            if e.is::<UpstreamTimedOut>() {
-                Some(Classification::gateway_timeout())
-            } else if e.is::<std::io::Error>() {
-                Some(Classification::bad_gateway().with_detail("The billing service failed."))
-            } else {
-                None
-            }
+        .on_error::<UpstreamTimedOut>(|_| Classification::gateway_timeout())
+        .on_error::<std::io::Error>(|_| {
+            Classification::bad_gateway().with_detail("The billing service failed.")
         })
         .layer(service_fn(
             |req: Request<hyper::body::Incoming>| async move {

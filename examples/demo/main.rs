@@ -1,7 +1,7 @@
 //! The tower-5xx demo: one axum app showing every capability of the crate.
 //!
 //! ```sh
-//! cargo run --example demo                 # serves on 127.0.0.1:3000
+//! cargo run --example demo   # serves on 127.0.0.1:3000
 //! DEMO_ADDR=127.0.0.1:8080 cargo run --example demo
 //! ```
 //!
@@ -11,6 +11,7 @@
 mod errors;
 mod flaky;
 mod maintenance;
+mod proxy;
 mod shed;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ fn app() -> Router {
     let app = Router::new()
         .merge(errors::routes())
         .merge(flaky::routes())
+        .merge(proxy::routes())
         .merge(shed::routes());
     // Maintenance mode wraps the app; its admin router sits beside it.
     maintenance::wrap(app)
@@ -57,6 +59,7 @@ async fn main() {
     println!("tower-5xx demo listening on http://{addr} (HTTP/1.1 and h2c)");
     println!();
     errors::print_help(addr);
+    proxy::print_help(addr);
     println!();
     shed::print_help(addr);
     println!();

@@ -1,5 +1,7 @@
 //! What counts as a failure.
 
+use std::fmt;
+
 use http::{Response, StatusCode};
 
 use super::Outcome;
@@ -8,16 +10,21 @@ use super::Outcome;
 /// inner service's result. Slowness is judged separately, from the latency (see
 /// [`slow_call_duration`](super::BreakerBuilder::slow_call_duration)).
 ///
-/// Implemented for closures `Fn(Result<&Response<B>, &E>) -> Outcome + Clone`:
+/// To count failures by status, [`BreakerLayer::failure_if`](super::BreakerLayer::failure_if)
+/// takes a closure of the status alone. Implement this trait, or pass a closure
+/// `Fn(Result<&Response<B>, &E>) -> Outcome + Clone` to
+/// [`BreakerLayer::classify`](super::BreakerLayer::classify), to look at the response's
+/// headers or at the error:
 ///
 /// ```
 /// use std::convert::Infallible;
 /// use http::Response;
 /// use tower_5xx::breaker::{BreakerLayer, CircuitBreaker, Outcome};
 ///
-/// // Only 502, 503 and 504 from the dependency count as failures.
+/// // A 503 counts as a failure unless the dependency says it is in maintenance.
 /// let classify = |res: Result<&Response<String>, &Infallible>| match res {
-///     Ok(res) if matches!(res.status().as_u16(), 502..=504) => Outcome::Failure,
+///     Ok(res) if res.headers().contains_key("x-maintenance") => Outcome::Success,
+///     Ok(res) if res.status().is_server_error() => Outcome::Failure,
 ///     Ok(_) => Outcome::Success,
 ///     Err(never) => match *never {},
 /// };
@@ -58,6 +65,38 @@ pub fn status_outcome(status: StatusCode) -> Outcome {
     }
 }
 
+/// The classifier made by [`BreakerLayer::failure_if`](super::BreakerLayer::failure_if): a
+/// response is a failure when `F` says so of its status; an `Err` is always a failure.
+#[derive(Clone, Copy)]
+pub struct FailureIf<F> {
+    is_failure: F,
+}
+
+impl<F> FailureIf<F> {
+    pub(crate) fn new(is_failure: F) -> Self {
+        Self { is_failure }
+    }
+}
+
+impl<F> fmt::Debug for FailureIf<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureIf").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> OutcomeClassifier<B, E> for FailureIf<F>
+where
+    F: Fn(StatusCode) -> bool + Clone,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
+        match result {
+            Ok(res) if !(self.is_failure)(res.status()) => Outcome::Success,
+            _ => Outcome::Failure,
+        }
+    }
+}
+
 impl<F, B, E> OutcomeClassifier<B, E> for F
 where
     F: Fn(Result<&Response<B>, &E>) -> Outcome + Clone,
@@ -89,6 +128,23 @@ mod tests {
         assert_eq!(outcome(505), Outcome::Success);
         assert_eq!(
             OutcomeClassifier::<(), ()>::classify(&DefaultOutcomeClassifier, Err(&())),
+            Outcome::Failure
+        );
+    }
+
+    #[test]
+    fn failure_if_judges_the_status_and_counts_errors() {
+        let gateway = FailureIf::new(|status: StatusCode| matches!(status.as_u16(), 502..=504));
+        let outcome = |status: u16| {
+            let res = Response::builder().status(status).body(()).unwrap();
+            OutcomeClassifier::<(), ()>::classify(&gateway, Ok(&res))
+        };
+        assert_eq!(outcome(200), Outcome::Success);
+        assert_eq!(outcome(500), Outcome::Success);
+        assert_eq!(outcome(502), Outcome::Failure);
+        assert_eq!(outcome(504), Outcome::Failure);
+        assert_eq!(
+            OutcomeClassifier::<(), ()>::classify(&gateway, Err(&())),
             Outcome::Failure
         );
     }

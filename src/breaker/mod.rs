@@ -87,7 +87,7 @@ mod service;
 mod state;
 mod window;
 
-pub use classify::{status_outcome, DefaultOutcomeClassifier, OutcomeClassifier};
+pub use classify::{status_outcome, DefaultOutcomeClassifier, FailureIf, OutcomeClassifier};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use config::{
     BreakerBuilder, SlidingWindow, TransitionCallback, MAX_BUCKETS, MAX_HALF_OPEN_PROBES,

@@ -1,10 +1,10 @@
 //! Mapping errors to statuses.
 
-use std::{borrow::Cow, error::Error, time::Duration};
+use std::{borrow::Cow, error::Error, fmt, marker::PhantomData, time::Duration};
 
 use http::StatusCode;
 
-use crate::{Reason, RetryAfter};
+use crate::{error_chain, Reason, RetryAfter};
 
 /// What a failed request turns into: a status, a [`Reason`], and optionally a `Retry-After` and
 /// a client-facing detail text.
@@ -112,13 +112,17 @@ impl Classification {
 /// Maps an error to a [`Classification`], or `None` for "not mine".
 ///
 /// [`CatchLayer`](super::CatchLayer) calls it for each error of the `source()` chain, outermost
-/// first, before its built-in rules; the first `Some` decides. Implemented for closures
-/// `Fn(&(dyn Error + 'static)) -> Option<Classification> + Clone`, so a classifier is usually a
-/// closure that tries `downcast_ref`:
+/// first, before its built-in rules; the first `Some` decides.
+///
+/// Most classifiers need no implementation of their own: [`CatchLayer::on_error`] adds a rule
+/// for one error type, as a closure. Implement this trait for a classifier you want to name (a
+/// field of your own type) or share between layers. It is also implemented for closures
+/// `Fn(&(dyn Error + 'static)) -> Option<Classification> + Clone`, whose argument type has to be
+/// written out (a closure passed to a generic parameter cannot have it inferred):
 ///
 /// ```
 /// use std::error::Error;
-/// use tower_5xx::catch::{CatchLayer, Classification};
+/// use tower_5xx::catch::{CatchLayer, Classification, Classify};
 ///
 /// #[derive(Debug)]
 /// struct UpstreamDown;
@@ -129,19 +133,34 @@ impl Classification {
 /// }
 /// impl Error for UpstreamDown {}
 ///
+/// /// Our services' classifier: one type, shared by every router.
+/// #[derive(Debug, Clone)]
+/// struct Upstreams;
+///
+/// impl Classify for Upstreams {
+///     fn classify(&self, e: &(dyn Error + 'static)) -> Option<Classification> {
+///         e.is::<UpstreamDown>().then(Classification::bad_gateway)
+///     }
+/// }
+///
+/// let layer: CatchLayer<Upstreams> = CatchLayer::new().classify(Upstreams);
+///
+/// // The same as a closure: the argument's type is spelled out.
 /// let layer = CatchLayer::new().classify(|e: &(dyn Error + 'static)| {
 ///     e.is::<UpstreamDown>().then(Classification::bad_gateway)
 /// });
 /// # let _ = layer;
 /// ```
+///
+/// [`CatchLayer::on_error`]: super::CatchLayer::on_error
 pub trait Classify: Clone {
     /// Classifies one error of the chain.
     fn classify(&self, error: &(dyn Error + 'static)) -> Option<Classification>;
 }
 
 /// The classifier of [`CatchLayer::new`](super::CatchLayer::new): recognises nothing itself,
-/// leaving the built-in rules (tower's `Overloaded` and `Elapsed`, tokio's `Elapsed`) and the
-/// 500 fallback.
+/// leaving the built-in rules (tower's `Overloaded` and `Elapsed`, tokio's `Elapsed`, and with
+/// their features the hyper-util and reqwest client errors) and the 500 fallback.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier;
 
@@ -162,7 +181,57 @@ where
     }
 }
 
-/// The built-in rules: stock tower and tokio errors that mean a known state.
+/// The classifier made by [`CatchLayer::on_error`]: asks the classifier it was added to first,
+/// then maps an error of type `E` with `rule`.
+///
+/// [`CatchLayer::on_error`]: super::CatchLayer::on_error
+pub struct OnError<C, E, F> {
+    first: C,
+    rule: F,
+    _error: PhantomData<fn(&E)>,
+}
+
+impl<C, E, F> OnError<C, E, F> {
+    pub(crate) fn new(first: C, rule: F) -> Self {
+        Self {
+            first,
+            rule,
+            _error: PhantomData,
+        }
+    }
+}
+
+impl<C: Clone, E, F: Clone> Clone for OnError<C, E, F> {
+    fn clone(&self) -> Self {
+        Self::new(self.first.clone(), self.rule.clone())
+    }
+}
+
+impl<C: fmt::Debug, E, F> fmt::Debug for OnError<C, E, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnError")
+            .field("first", &self.first)
+            .field("error", &std::any::type_name::<E>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, E, F> Classify for OnError<C, E, F>
+where
+    C: Classify,
+    E: Error + 'static,
+    F: Fn(&E) -> Classification + Clone,
+{
+    #[inline]
+    fn classify(&self, error: &(dyn Error + 'static)) -> Option<Classification> {
+        self.first
+            .classify(error)
+            .or_else(|| error.downcast_ref::<E>().map(&self.rule))
+    }
+}
+
+/// The built-in rules: stock tower and tokio errors that mean a known state, then the HTTP
+/// clients' errors of the enabled features (502 / 504).
 pub(crate) fn builtin(
     error: &(dyn Error + 'static),
     retry_after_503: Duration,
@@ -179,7 +248,7 @@ pub(crate) fn builtin(
             Some(RetryAfter::Delay(retry_after_503)),
         ));
     }
-    None
+    super::upstream::classify(error)
 }
 
 /// Walks the `source()` chain: the user's classifier, then the built-in rules, for each error,
@@ -189,32 +258,18 @@ pub(crate) fn classify_chain<C: Classify>(
     error: &(dyn Error + 'static),
     retry_after_503: Duration,
 ) -> Classification {
-    let mut next = Some(error);
-    // Bound the walk: a (buggy) cyclic source chain must not hang the request.
-    let mut depth = 0;
-    while let Some(e) = next {
-        if let Some(c) = classifier.classify(e) {
-            return c;
-        }
-        if let Some(c) = builtin(e, retry_after_503) {
-            return c;
-        }
-        depth += 1;
-        if depth >= MAX_CHAIN {
-            break;
-        }
-        next = e.source();
-    }
-    Classification::internal()
+    error_chain::sources(error)
+        .find_map(|e| {
+            classifier
+                .classify(e)
+                .or_else(|| builtin(e, retry_after_503))
+        })
+        .unwrap_or_else(Classification::internal)
 }
-
-/// How many errors of a `source()` chain are looked at (and logged).
-pub(crate) const MAX_CHAIN: usize = 32;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fmt;
 
     #[derive(Debug)]
     struct Wrapper(Box<dyn Error + Send + Sync>);
@@ -230,6 +285,25 @@ mod tests {
     }
 
     const ONE_SEC: Duration = Duration::from_secs(1);
+
+    #[derive(Debug)]
+    struct Cyclic;
+    impl fmt::Display for Cyclic {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cyclic")
+        }
+    }
+    impl Error for Cyclic {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&Cyclic)
+        }
+    }
+
+    #[test]
+    fn a_cyclic_chain_is_500_not_a_hang() {
+        let c = classify_chain(&DefaultClassifier, &Cyclic, ONE_SEC);
+        assert_eq!(c, Classification::internal());
+    }
 
     #[test]
     fn unknown_errors_are_500() {
@@ -275,5 +349,96 @@ mod tests {
             classify_chain(&overriding, &e, ONE_SEC).status(),
             StatusCode::GATEWAY_TIMEOUT
         );
+    }
+
+    #[derive(Debug)]
+    struct UpstreamDown;
+    impl fmt::Display for UpstreamDown {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("upstream down")
+        }
+    }
+    impl Error for UpstreamDown {}
+
+    #[test]
+    fn on_error_rules_match_their_type_anywhere_in_the_chain() {
+        let layer = crate::catch::CatchLayer::new()
+            .on_error::<UpstreamDown>(|_| Classification::bad_gateway())
+            .on_error::<std::io::Error>(|e| {
+                Classification::bad_gateway().with_detail(format!("io {}", e.kind()))
+            });
+        let rules = &layer.classifier;
+        let deep = Wrapper(Box::new(Wrapper(Box::new(UpstreamDown))));
+        assert_eq!(
+            classify_chain(rules, &deep, ONE_SEC),
+            Classification::bad_gateway()
+        );
+        let io = Wrapper(Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut)));
+        assert_eq!(
+            classify_chain(rules, &io, ONE_SEC).detail.as_deref(),
+            Some("io timed out")
+        );
+        // No rule for this type, no built-in rule: 500.
+        assert_eq!(
+            classify_chain(rules, &Cyclic, ONE_SEC),
+            Classification::internal()
+        );
+    }
+
+    #[test]
+    fn on_error_rules_outermost_error_first_then_in_order_added() {
+        let layer = crate::catch::CatchLayer::new()
+            .on_error::<Wrapper>(|_| Classification::gateway_timeout())
+            .on_error::<Wrapper>(|_| Classification::bad_gateway())
+            .on_error::<UpstreamDown>(|_| Classification::internal());
+        let e = Wrapper(Box::new(UpstreamDown));
+        // The outer `Wrapper` is looked at before its source, and its first rule wins.
+        assert_eq!(
+            classify_chain(&layer.classifier, &e, ONE_SEC),
+            Classification::gateway_timeout()
+        );
+    }
+
+    #[test]
+    fn on_error_overrides_a_builtin_rule() {
+        let layer = crate::catch::CatchLayer::new()
+            .on_error::<tower::timeout::error::Elapsed>(|_| Classification::gateway_timeout());
+        let e = Wrapper(Box::new(tower::timeout::error::Elapsed::new()));
+        assert_eq!(
+            classify_chain(&layer.classifier, &e, ONE_SEC),
+            Classification::gateway_timeout()
+        );
+        // Other built-in rules still apply.
+        let e = tower::load_shed::error::Overloaded::new();
+        assert_eq!(
+            classify_chain(&layer.classifier, &e, ONE_SEC).reason(),
+            Reason::Overloaded
+        );
+    }
+
+    #[test]
+    fn on_error_after_classify_keeps_the_classifier_first() {
+        #[derive(Debug, Clone)]
+        struct IoIsGatewayTimeout;
+        impl Classify for IoIsGatewayTimeout {
+            fn classify(&self, e: &(dyn Error + 'static)) -> Option<Classification> {
+                e.is::<std::io::Error>()
+                    .then(Classification::gateway_timeout)
+            }
+        }
+        let layer = crate::catch::CatchLayer::new()
+            .classify(IoIsGatewayTimeout)
+            .on_error::<std::io::Error>(|_| Classification::bad_gateway())
+            .on_error::<UpstreamDown>(|_| Classification::bad_gateway());
+        let io = std::io::Error::other("x");
+        assert_eq!(
+            classify_chain(&layer.classifier, &io, ONE_SEC),
+            Classification::gateway_timeout()
+        );
+        assert_eq!(
+            classify_chain(&layer.classifier, &UpstreamDown, ONE_SEC),
+            Classification::bad_gateway()
+        );
+        assert!(format!("{:?}", layer.classifier).contains("UpstreamDown"));
     }
 }

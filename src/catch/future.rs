@@ -12,11 +12,9 @@ use std::{
 use http::{header::ACCEPT, uri::PathAndQuery, HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
 
-use super::{
-    classify::{classify_chain, MAX_CHAIN},
-    CatchBody, Classify,
-};
+use super::{classify::classify_chain, CatchBody, Classify};
 use crate::{
+    error_chain,
     refuse::{RefusalPolicy, RequestView},
     BoxError, ResponseBody,
 };
@@ -273,16 +271,17 @@ pub(crate) struct Chain<'a>(pub(crate) &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut next = self.0.source();
-        let mut depth = 1;
-        while let Some(e) = next {
-            if depth >= MAX_CHAIN {
-                return f.write_str(": ...");
+        let mut last = self.0;
+        for (i, e) in error_chain::sources(self.0).enumerate() {
+            if i > 0 {
+                f.write_str(": ")?;
             }
-            write!(f, ": {e}")?;
-            next = e.source();
-            depth += 1;
+            write!(f, "{e}")?;
+            last = e;
+        }
+        if last.source().is_some() {
+            // The walk stopped at its bound: say that the chain goes on.
+            f.write_str(": ...")?;
         }
         Ok(())
     }
@@ -296,5 +295,34 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
         s
     } else {
         "<non-string panic payload>"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Cyclic;
+
+    impl fmt::Display for Cyclic {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("loop")
+        }
+    }
+
+    impl Error for Cyclic {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&Cyclic)
+        }
+    }
+
+    #[test]
+    fn chain_shows_every_cause_and_marks_a_cut() {
+        let e = std::io::Error::other("root");
+        assert_eq!(Chain(&e).to_string(), "root");
+        let logged = Chain(&Cyclic).to_string();
+        assert_eq!(logged.matches("loop").count(), error_chain::MAX_DEPTH);
+        assert!(logged.ends_with("loop: ..."), "{logged}");
     }
 }

@@ -1,6 +1,8 @@
+use std::error::Error;
+
 use tower_layer::Layer;
 
-use super::{Catch, Classify, DefaultClassifier};
+use super::{Catch, Classification, Classify, DefaultClassifier, OnError};
 use crate::refuse::RefusalPolicy;
 
 /// Layer that turns a service's errors and panics into 500 responses (and known tower errors
@@ -43,9 +45,63 @@ impl Default for CatchLayer<DefaultClassifier> {
 }
 
 impl<C> CatchLayer<C> {
-    /// Uses `classifier` to map your own error types (for example an upstream failure to 502, an
-    /// upstream timeout to 504). It is asked about each error of the `source()` chain, outermost
-    /// first, before the built-in rules; see [`Classify`].
+    /// Maps errors of type `E` with `rule`: for example your upstream failure to 502, your
+    /// upstream timeout to 504.
+    ///
+    /// Every error of the `source()` chain is looked at, outermost first; for each one, the
+    /// rules are tried in the order they were added, then the built-in rules, and the first
+    /// match decides. So a rule for `E` also matches an `E` wrapped in other errors, and a rule
+    /// can override a built-in one (say, tower's `Elapsed` as 504 on a route that only waits for
+    /// an upstream).
+    ///
+    /// ```
+    /// use std::fmt;
+    /// use http::{Request, Response, StatusCode};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tower_5xx::catch::{CatchLayer, Classification};
+    ///
+    /// #[derive(Debug)]
+    /// struct UpstreamDown;
+    /// impl fmt::Display for UpstreamDown {
+    ///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    ///         f.write_str("upstream down")
+    ///     }
+    /// }
+    /// impl std::error::Error for UpstreamDown {}
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CatchLayer::new()
+    ///     .on_error::<UpstreamDown>(|_| Classification::bad_gateway())
+    ///     .on_error::<tower::timeout::error::Elapsed>(|_| Classification::gateway_timeout());
+    ///
+    /// let svc = layer.layer(service_fn(|_req: Request<String>| async {
+    ///     Err::<Response<String>, _>(UpstreamDown)
+    /// }));
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    /// # }
+    /// ```
+    ///
+    /// A rule maps every error of its type. To decide by the error's content, or by something
+    /// other than a type, use [`classify`](CatchLayer::classify).
+    pub fn on_error<E>(
+        self,
+        rule: impl Fn(&E) -> Classification + Clone,
+    ) -> CatchLayer<OnError<C, E, impl Fn(&E) -> Classification + Clone>>
+    where
+        E: Error + 'static,
+    {
+        CatchLayer {
+            classifier: OnError::new(self.classifier, rule),
+            refusal: self.refusal,
+        }
+    }
+
+    /// Replaces the classifier (and the rules [`on_error`](CatchLayer::on_error) added before
+    /// this call) with `classifier`: a type of your own that implements [`Classify`], or a
+    /// closure `|e: &(dyn Error + 'static)| -> Option<Classification>`. It is asked about each
+    /// error of the `source()` chain, outermost first, before the built-in rules.
     pub fn classify<C2: Classify>(self, classifier: C2) -> CatchLayer<C2> {
         CatchLayer {
             classifier,

@@ -432,9 +432,7 @@ fn is_idempotent<B>(req: &Request<B>) -> bool {
 /// Requests that a `GOAWAY` excluded before they were written are re-sent by hyper-util's client
 /// itself (`retry_canceled_requests`, on by default).
 pub(crate) fn never_processed(error: &(dyn Error + 'static)) -> bool {
-    let mut next = Some(error);
-    let mut depth = 0;
-    while let Some(e) = next {
+    crate::error_chain::sources(error).any(|e| {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::ConnectionRefused {
                 return true;
@@ -445,13 +443,8 @@ pub(crate) fn never_processed(error: &(dyn Error + 'static)) -> bool {
                 return true;
             }
         }
-        depth += 1;
-        if depth > 32 {
-            break;
-        }
-        next = e.source();
-    }
-    false
+        false
+    })
 }
 
 fn set_status(set: &mut [u64; 4], status: u16, on: bool) {
