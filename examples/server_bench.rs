@@ -29,6 +29,7 @@ use tower_5xx::{
     breaker::{BreakerLayer, CircuitBreaker},
     catch::CatchLayer,
     maintenance::{MaintenanceLayer, MaintenanceSwitch},
+    refuse::RefusalPolicy,
     shed::ShedLayer,
 };
 use tower_http::catch_panic::CatchPanicLayer;
@@ -39,6 +40,7 @@ const STACKS: &[&str] = &[
     "catch-panic",
     "stock",
     "catch",
+    "catch-plain",
     "maintenance",
     "shed",
     "breaker",
@@ -80,6 +82,17 @@ fn catch_layer() -> CatchLayer {
     CatchLayer::new()
 }
 
+/// `CatchLayer` whose policy does not negotiate the body's format: nothing of the request is
+/// kept but its method and path.
+fn catch_plain_layer() -> CatchLayer {
+    CatchLayer::new().refusal(
+        RefusalPolicy::builder()
+            .negotiate(false)
+            .build()
+            .expect("valid policy"),
+    )
+}
+
 fn maintenance_layer() -> MaintenanceLayer {
     // The switch stays off: every request goes through.
     MaintenanceLayer::new(MaintenanceSwitch::new())
@@ -111,6 +124,7 @@ fn app(stack: &str) -> Option<Router> {
                 .layer(ConcurrencyLimitLayer::new(1000)),
         ),
         "catch" => router.layer(catch_layer()),
+        "catch-plain" => router.layer(catch_plain_layer()),
         "maintenance" => router.layer(maintenance_layer()),
         "shed" => router.layer(shed_layer()),
         "breaker" => router.layer(breaker_layer()),

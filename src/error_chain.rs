@@ -16,27 +16,30 @@ pub(crate) fn sources<'a>(
     std::iter::successors(Some(error), |&e| e.source()).take(MAX_DEPTH)
 }
 
+/// An error whose source is itself: the cycle a buggy `source()` can build (for tests).
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Cyclic;
+
+#[cfg(test)]
+impl std::fmt::Display for Cyclic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cyclic")
+    }
+}
+
+#[cfg(test)]
+impl Error for Cyclic {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&Cyclic)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::fmt;
 
     use super::*;
-
-    /// An error whose source is itself: the cycle a buggy `source()` can build.
-    #[derive(Debug)]
-    struct Cyclic;
-
-    impl fmt::Display for Cyclic {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("cyclic")
-        }
-    }
-
-    impl Error for Cyclic {
-        fn source(&self) -> Option<&(dyn Error + 'static)> {
-            Some(&Cyclic)
-        }
-    }
 
     #[derive(Debug)]
     struct Wrap(std::io::Error);

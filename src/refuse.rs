@@ -238,6 +238,8 @@ impl RefusalPolicy {
             Some(render) => {
                 let refusal = Refusal {
                     error: &error,
+                    retry_after,
+                    format,
                     request,
                 };
                 let response = render.render(&refusal);
@@ -469,6 +471,8 @@ impl<'a> RequestView<'a> {
 /// Everything a [`RenderRefusal`] hook is told about one refusal.
 pub struct Refusal<'a> {
     error: &'a ErrorResponse,
+    retry_after: Option<RetryAfter>,
+    format: Format,
     request: RequestView<'a>,
 }
 
@@ -498,7 +502,7 @@ impl Refusal<'_> {
 
     /// The `Retry-After` the response will carry (bounded and jittered), if any.
     pub fn retry_after(&self) -> Option<RetryAfter> {
-        self.error.retry_after_value()
+        self.retry_after
     }
 
     /// The error id the response will carry (it is in the log line too).
@@ -513,7 +517,7 @@ impl Refusal<'_> {
 
     /// The format the policy negotiated from the request's `Accept` (or its fixed format).
     pub fn format(&self) -> Format {
-        self.error.format_value()
+        self.format
     }
 
     /// The request's method (`None` where the layer no longer has it).

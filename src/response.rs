@@ -424,26 +424,6 @@ impl ErrorResponse {
         self.reason
     }
 
-    #[cfg(any(
-        feature = "catch",
-        feature = "maintenance",
-        feature = "shed",
-        feature = "breaker"
-    ))]
-    pub(crate) fn retry_after_value(&self) -> Option<RetryAfter> {
-        self.retry_after
-    }
-
-    #[cfg(any(
-        feature = "catch",
-        feature = "maintenance",
-        feature = "shed",
-        feature = "breaker"
-    ))]
-    pub(crate) fn format_value(&self) -> Format {
-        self.format
-    }
-
     /// The client-facing text: the configured detail or the reason's default.
     pub(crate) fn detail_text(&self) -> &str {
         self.detail

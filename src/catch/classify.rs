@@ -286,18 +286,7 @@ mod tests {
 
     const ONE_SEC: Duration = Duration::from_secs(1);
 
-    #[derive(Debug)]
-    struct Cyclic;
-    impl fmt::Display for Cyclic {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("cyclic")
-        }
-    }
-    impl Error for Cyclic {
-        fn source(&self) -> Option<&(dyn Error + 'static)> {
-            Some(&Cyclic)
-        }
-    }
+    use crate::error_chain::Cyclic;
 
     #[test]
     fn a_cyclic_chain_is_500_not_a_hang() {
