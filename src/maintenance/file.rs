@@ -27,6 +27,7 @@ const MAX_LEN: u64 = 4096;
 /// | first line `120` (delta-seconds) | on, `Retry-After: 120` while the end is unknown |
 /// | first line an HTTP-date, e.g. `Sun, 06 Nov 2033 08:49:37 GMT` | on until then: `Retry-After` counts down to it |
 /// | further lines | the message clients see |
+/// | more than 4 KiB | only the first 4 KiB count (a character cut there is dropped) |
 /// | anything else (bad first line, not UTF-8) | **on**, default `Retry-After`; logged at warn level |
 /// | present but unreadable (permissions, a directory) | **on**, default `Retry-After`; logged at warn level |
 /// | a read that hangs (a stuck network volume) for longer than the interval | nothing changes; logged; the next ticks wait for **that** read (no new one is started) and use its result once it finishes |
@@ -214,8 +215,14 @@ fn spawn_read(path: PathBuf) -> JoinHandle<io::Result<Vec<u8>>> {
 }
 
 fn parse(bytes: &[u8]) -> FileState {
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return FileState::Invalid;
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        // Only the first `MAX_LEN` bytes are read: the cut may fall inside a multi-byte
+        // character. Drop that partial character, not the whole file.
+        Err(e) if e.error_len().is_none() && bytes.len() as u64 == MAX_LEN => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return FileState::Invalid,
     };
     let text = text.trim();
     if text.is_empty() {
@@ -257,6 +264,31 @@ mod tests {
         );
         assert_eq!(parse(b"soon-ish"), FileState::Invalid);
         assert_eq!(parse(b"\xff\xfe"), FileState::Invalid);
+    }
+
+    /// Only the first 4 KiB are read: a cut through a multi-byte character drops that character
+    /// and keeps the rest, instead of judging the whole file invalid.
+    #[test]
+    fn a_cut_through_a_character_keeps_the_rest() {
+        // "60\n" is 3 bytes and 'é' is 2: the cut at 4096 falls inside an 'é'.
+        let mut content = b"60\n".to_vec();
+        content.extend("é".repeat(3000).as_bytes());
+        let cut = &content[..MAX_LEN as usize];
+        assert!(std::str::from_utf8(cut).is_err(), "the cut splits a character");
+        assert_eq!(
+            parse(cut),
+            FileState::Present(
+                MaintenanceNotice::new()
+                    .retry_after(Duration::from_secs(60))
+                    .message("é".repeat(2046))
+            )
+        );
+        // Invalid UTF-8 that is not at a cut is still invalid.
+        assert_eq!(parse(b"60\n\xc3"), FileState::Invalid);
+        let mut bad = content[..MAX_LEN as usize - 1].to_vec();
+        bad[10] = 0xff;
+        bad.push(b'x');
+        assert_eq!(parse(&bad), FileState::Invalid);
     }
 
     /// A read that hangs (here: a FIFO nobody writes to) is not restarted on every check: the
