@@ -617,40 +617,113 @@ async fn sentinel_file_switches_on_and_off() {
     assert!(!switch.is_enabled());
 }
 
-#[tokio::test(start_paused = true)]
+/// Waits (in real time, at most 5 s) until `cond` holds: the sentinel file is read on a thread of
+/// its own, outside tokio's clock.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
 async fn sentinel_poller_follows_the_file() {
     let path = TempPath::new("poller");
     let switch = MaintenanceSwitch::new();
-    let interval = Duration::from_secs(2);
     let poller = SentinelFile::new(&path.0, switch.clone())
-        .interval(interval)
+        .interval(Duration::from_millis(20))
         .spawn();
 
-    // Bounded waits on tokio's paused clock: the poller reads on the blocking pool, which holds
-    // the clock still until the read is done.
-    async fn wait_for(switch: &MaintenanceSwitch, on: bool, interval: Duration) {
-        for _ in 0..5 {
-            tokio::time::sleep(interval).await;
-            if switch.is_enabled() == on {
-                return;
-            }
-        }
-        panic!(
-            "the poller did not switch maintenance {}",
-            if on { "on" } else { "off" }
-        );
-    }
-
     std::fs::write(&path.0, "Sun, 06 Nov 2033 08:49:37 GMT\n").unwrap();
-    wait_for(&switch, true, interval).await;
+    eventually("the poller switches maintenance on", || switch.is_enabled()).await;
     assert_eq!(
         switch.status().ends_at,
         Some(date("Sun, 06 Nov 2033 08:49:37 GMT"))
     );
     std::fs::remove_file(&path.0).unwrap();
-    wait_for(&switch, false, interval).await;
+    eventually("the poller switches maintenance off", || {
+        !switch.is_enabled()
+    })
+    .await;
     assert!(!poller.is_finished());
     poller.abort();
+}
+
+/// A read that never returns (a FIFO nobody writes to, like a hung network volume) does not stop
+/// the poller: its checks time out and keep the state, no second read is started, and once the
+/// hung read returns its content is used.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_hung_sentinel_read_times_out_and_polling_goes_on() {
+    let logs = common::logs();
+    let fifo = common::Fifo::new("hung");
+    let switch = MaintenanceSwitch::new();
+    let poller = SentinelFile::new(&fifo.0, switch.clone())
+        .interval(Duration::from_millis(20))
+        .spawn();
+    let timeouts = || {
+        logs.lines_with(&fifo.0.display().to_string())
+            .iter()
+            .filter(|l| l.contains("read timed out"))
+            .count()
+    };
+    eventually("three checks time out", || timeouts() >= 3).await;
+    assert!(!switch.is_enabled(), "a hung read changes nothing");
+    assert!(!poller.is_finished());
+
+    // The hung read gets its content: the poller uses it.
+    fifo.write("120\nFrom the pipe.\n");
+    eventually("the poller uses the late read", || switch.is_enabled()).await;
+    let notice = switch.status().notice.unwrap();
+    assert_eq!(notice.get_retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(notice.get_message(), Some("From the pipe."));
+
+    // And reads afresh after it.
+    drop(fifo);
+    eventually("the poller sees the FIFO gone", || !switch.is_enabled()).await;
+    poller.abort();
+}
+
+/// The poller of a FIFO nobody writes to must not keep the runtime (and so the process) from
+/// shutting down: dropping the runtime, as `#[tokio::main]` does when `main` returns (on SIGINT,
+/// say), returns at once.
+#[cfg(unix)]
+#[test]
+fn a_hung_sentinel_read_does_not_hold_up_shutdown() {
+    let fifo = common::Fifo::new("shutdown");
+    let switch = MaintenanceSwitch::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _poller = SentinelFile::new(&fifo.0, switch.clone())
+            .interval(Duration::from_millis(20))
+            .spawn();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    assert!(!switch.is_enabled());
+
+    let started = std::time::Instant::now();
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(rt);
+        let _ = done.send(());
+    });
+    dropped
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the runtime shuts down while the read hangs");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Dropping the FIFO lets the hung reader go.
 }
 
 #[cfg(feature = "axum")]
