@@ -617,6 +617,46 @@ async fn sentinel_file_switches_on_and_off() {
     assert!(!switch.is_enabled());
 }
 
+/// However far ahead the file announces the end (the year 9999, a huge delay), clients are told
+/// to come back within the refusal policy's maximum (30 days), plus its jitter.
+#[tokio::test]
+async fn a_sentinel_file_cannot_push_retry_after_beyond_30_days() {
+    use tower_5xx::refuse::MAX_RETRY_AFTER;
+    let path = TempPath::new("far");
+    let switch = MaintenanceSwitch::new();
+    // The default policy: up to 1 s of jitter.
+    let delta = serve(MaintenanceLayer::new(switch.clone())).await;
+    let dated = serve(
+        MaintenanceLayer::new(switch.clone())
+            .refusal(RefusalPolicy::builder().http_date(true).build().unwrap()),
+    )
+    .await;
+    let mut file = SentinelFile::new(&path.0, switch.clone());
+    let c = client();
+    let max = MAX_RETRY_AFTER.as_secs();
+
+    for content in [
+        "Fri, 31 Dec 9999 23:59:59 GMT\nBack one day.\n",
+        "99999999999999\n",
+    ] {
+        std::fs::write(&path.0, content).unwrap();
+        assert!(
+            matches!(file.check().await, FileState::Present(_)),
+            "{content:?}"
+        );
+        for _ in 0..20 {
+            let reply = get_path(&c, delta, "/").await;
+            assert_maintenance_503(&reply);
+            let secs: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+            assert!((max..=max + 1).contains(&secs), "{content:?}: {secs}");
+        }
+        let reply = get_path(&c, dated, "/").await;
+        let at = date(reply.header("retry-after").unwrap());
+        let latest = SystemTime::now() + MAX_RETRY_AFTER + Duration::from_secs(2);
+        assert!(at <= latest, "{content:?}: {reply:?}");
+    }
+}
+
 /// Waits (in real time, at most 5 s) until `cond` holds: the sentinel file is read on a thread of
 /// its own, outside tokio's clock.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
