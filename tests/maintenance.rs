@@ -920,6 +920,72 @@ mod admin {
         assert_eq!(snapshot().notice, Some(MaintenanceNotice::new()));
     }
 
+    /// The admin router and a sentinel file are two sources: maintenance is on while either says
+    /// so, each with its own notice, and turning one off leaves the other on.
+    #[tokio::test]
+    async fn admin_router_and_sentinel_file_are_separate_sources() {
+        let path = TempPath::new("sources");
+        let switch = MaintenanceSwitch::new();
+        let app = hello().layer(exact_layer(&switch)).nest(
+            "/admin/maintenance",
+            admin::router(switch.clone(), TOKEN).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+        let mut file = SentinelFile::new(&path.0, switch.clone());
+        let c = client();
+        let admin = |method: Method, body: &str| {
+            let req = call(addr, method, Some(TOKEN), body);
+            let c = c.clone();
+            async move {
+                let reply = send(&c, req).await.unwrap();
+                assert_eq!(reply.status, StatusCode::OK);
+                serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()
+            }
+        };
+        let app_reply = || get_path(&c, addr, "/");
+
+        // File on, admin off: still on, with the file's notice.
+        std::fs::write(&path.0, "300\nFrom the file.\n").unwrap();
+        assert!(matches!(file.check().await, FileState::Present(_)));
+        let json = admin(Method::DELETE, "").await;
+        assert_eq!(json["enabled"], true, "{json}");
+        assert_eq!(json["sources"], serde_json::json!(["file"]));
+        assert_eq!(json["source"], "file");
+        let reply = app_reply().await;
+        assert_maintenance_503(&reply);
+        assert_eq!(reply.header("retry-after"), Some("300"));
+        assert!(reply.text().contains("From the file."));
+
+        // Admin on too, with a longer wait: its notice is in force.
+        let json = admin(
+            Method::PUT,
+            r#"{"retry_after": 900, "message": "From the admin."}"#,
+        )
+        .await;
+        assert_eq!(json["sources"], serde_json::json!(["manual", "file"]));
+        assert_eq!(json["source"], "manual");
+        assert_eq!(json["retry_after"], 900);
+        let reply = app_reply().await;
+        assert_eq!(reply.header("retry-after"), Some("900"));
+        assert!(reply.text().contains("From the admin."));
+
+        // File removed: the admin's maintenance goes on.
+        std::fs::remove_file(&path.0).unwrap();
+        assert_eq!(file.check().await, FileState::Absent);
+        assert!(switch.is_enabled());
+        let json = admin(Method::GET, "").await;
+        assert_eq!(json["enabled"], true);
+        assert_eq!(json["sources"], serde_json::json!(["manual"]));
+        assert_maintenance_503(&app_reply().await);
+
+        // Both off: off.
+        let json = admin(Method::DELETE, "").await;
+        assert_eq!(json["enabled"], false);
+        assert_eq!(json["sources"], serde_json::json!([]));
+        assert_eq!(json["source"], serde_json::Value::Null);
+        assert_eq!(app_reply().await.status, StatusCode::OK);
+    }
+
     /// The token is checked before the body is read: a caller without it cannot make the server
     /// read (or wait for) a body. The request below announces a megabyte and sends none of it; a
     /// router that read the body first would never answer.

@@ -3,8 +3,8 @@
 //! | request | effect | answer |
 //! |---|---|---|
 //! | `GET /` | none | `200` with the [status](StatusBody) as JSON |
-//! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | maintenance on with that [notice](super::MaintenanceNotice) | `200` with the new status |
-//! | `DELETE /` | maintenance off (scheduled windows are left alone) | `200` with the new status |
+//! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | the [manual source](super::Source::Manual) on with that [notice](super::MaintenanceNotice) | `200` with the new status |
+//! | `DELETE /` | the manual source off; a [sentinel file](super::SentinelFile) that exists or an open [window](super::Window) keeps maintenance on | `200` with the new status (`"enabled": true` while another source is on) |
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
 //! | a body that is not such JSON, an `until` in the past or more than 30 days ahead, a `retry_after` over 30 days | none | `400` |
 //! | a body over 16 KiB | none | `413` |
@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::error::MissingToken;
-use super::{MaintenanceNotice, MaintenanceSwitch, Source};
+use super::{MaintenanceNotice, MaintenanceSwitch};
 
 /// The largest `PUT` body read: the JSON needs a few hundred bytes.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -92,7 +92,10 @@ struct Admin {
 pub struct StatusBody {
     /// Whether new requests get 503 now.
     pub enabled: bool,
-    /// `"manual"` or `"scheduled"` while on, else `null`.
+    /// Every [source](super::Source) that is on: `"manual"` (code, this router), `"file"` (a
+    /// sentinel file), `"scheduled"` (an open window). Empty when off.
+    pub sources: Vec<String>,
+    /// The source whose notice is in force (the [precedence rule](super#sources)), else `null`.
     pub source: Option<String>,
     /// The expected end as an HTTP-date, when known.
     pub until: Option<String>,
@@ -110,13 +113,12 @@ impl StatusBody {
         let notice = status.notice.as_ref();
         Self {
             enabled: status.enabled,
-            source: status.source.map(|s| {
-                match s {
-                    Source::Manual => "manual",
-                    Source::Scheduled => "scheduled",
-                }
-                .to_owned()
-            }),
+            sources: status
+                .sources
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
+            source: status.source.map(|s| s.as_str().to_owned()),
             until: status
                 .ends_at
                 .map(|t| httpdate::fmt_http_date(t.max(UNIX_EPOCH))),

@@ -8,7 +8,7 @@ use std::{
 
 use tokio::{sync::oneshot, task::JoinHandle, time::MissedTickBehavior};
 
-use super::{MaintenanceNotice, MaintenanceSwitch};
+use super::{MaintenanceNotice, MaintenanceSwitch, Source};
 use crate::RetryAfter;
 
 /// The most of the file that is read: the format needs a line or two.
@@ -32,10 +32,13 @@ const MAX_LEN: u64 = 4096;
 /// | present but unreadable (permissions, a directory) | **on**, default `Retry-After`; logged at warn level |
 /// | a read that hangs (a FIFO, a stuck network volume) for longer than the interval | nothing changes; logged; the next checks wait for **that** read (no new one is started) and use its result once it finishes |
 ///
-/// The poller acts on **changes** only: when it sees the file appear, disappear or change, it
-/// calls [`MaintenanceSwitch::enable_with`] or [`MaintenanceSwitch::disable`]. Between changes it
-/// leaves the switch alone, so a switch flipped by hand (or by the admin router) stays as it was
-/// until the file changes. No outcome of a read panics or stops the poller.
+/// The file is a [source](Source::File) of its own: it turns **its** part of the switch on and
+/// off, with its own notice, and leaves the others alone. Removing the file does not end
+/// maintenance switched on by code or by the admin router, and
+/// [`MaintenanceSwitch::disable`] (an admin `DELETE`) does not end maintenance while the file
+/// exists: see the [precedence rule](super#sources). Use one sentinel file per switch. The poller
+/// logs and applies **changes** only (the file appearing, disappearing or changing). No outcome
+/// of a read panics or stops the poller.
 ///
 /// The file is read on a thread of its own, never more than 4 KiB of it, and at most one read is
 /// under way at a time. A read that hangs cannot be cancelled (an `open` blocked in the kernel
@@ -189,11 +192,11 @@ impl SentinelFile {
         match &state {
             FileState::Absent => {
                 tracing::info!(path = %path, "maintenance sentinel file absent");
-                self.switch.disable();
+                self.switch.set(Source::File, None);
             }
             FileState::Present(notice) => {
                 tracing::info!(path = %path, "maintenance sentinel file present");
-                self.switch.enable_with(notice.clone());
+                self.switch.set(Source::File, Some(notice.clone()));
             }
             FileState::Invalid => {
                 tracing::warn!(
@@ -201,7 +204,8 @@ impl SentinelFile {
                     "maintenance sentinel file: first line is neither delta-seconds nor an \
                      HTTP-date; maintenance on with the default Retry-After"
                 );
-                self.switch.enable();
+                self.switch
+                    .set(Source::File, Some(MaintenanceNotice::new()));
             }
             FileState::Unreadable(kind) => {
                 tracing::warn!(
@@ -210,7 +214,8 @@ impl SentinelFile {
                     "maintenance sentinel file exists but cannot be read; maintenance on with \
                      the default Retry-After"
                 );
-                self.switch.enable();
+                self.switch
+                    .set(Source::File, Some(MaintenanceNotice::new()));
             }
             FileState::TimedOut => unreachable!("handled above"),
         }

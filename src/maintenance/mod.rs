@@ -20,6 +20,23 @@
 //! adds jitter so a fleet's clients do not return in one herd (1 s by default), and sends it as
 //! delta-seconds or, if asked, an HTTP-date.
 //!
+//! # Sources
+//!
+//! Maintenance is **on while any source says on**. Each [`Source`] is switched on and off by
+//! itself and owns its notice; switching one off never switches another off:
+//!
+//! | [`Source`] | on | off |
+//! |---|---|---|
+//! | [`Manual`](Source::Manual) | [`enable`](MaintenanceSwitch::enable) / [`enable_with`](MaintenanceSwitch::enable_with) in code, the [admin router](admin)'s `PUT` | [`disable`](MaintenanceSwitch::disable), the admin router's `DELETE` |
+//! | [`File`](Source::File) | the [`SentinelFile`] exists | the poller sees it gone |
+//! | [`Scheduled`](Source::Scheduled) | a [`Window`] opens | it ends, or [`clear_schedule`](MaintenanceSwitch::clear_schedule) |
+//! | **several on** | the 503 uses **one** notice, whole (its `Retry-After` and its message): the one with the **longest wait**, where a notice's wait is the time left until its known end (`until`, `ends_in`, a window's end), else its `retry_after`; a notice that states no wait yields to one that does; ties go to the first in this table's order | only when the last one goes off |
+//!
+//! So removing the sentinel file does not end maintenance that the admin router started, an
+//! admin `DELETE` does not end maintenance while the file exists, and clients are not told to
+//! come back before the longest announced end. [`MaintenanceSwitch::status`] (and the admin
+//! router's `GET`) lists the sources that are on and the one whose notice is in force.
+//!
 //! **Scheduled windows** ([`MaintenanceSwitch::schedule`]) open and close by themselves. There is
 //! no background task: each request compares the [wall clock](WallClock) with the pending
 //! windows (while any is pending, the hot path is the atomic load, a clock read and a shared
