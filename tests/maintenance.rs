@@ -489,6 +489,74 @@ async fn bypass_paths_headers_and_predicates() {
     );
 }
 
+/// Sends `GET <target> HTTP/1.1` as raw bytes (hyper's client would normalise the target) and
+/// returns the status code of the answer.
+async fn raw_get_status(addr: SocketAddr, target: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .unwrap_or_else(|| panic!("{target}: {answer}"));
+    status.parse().unwrap()
+}
+
+/// Bypass prefixes match the path the application will see, dot-segments removed: a request
+/// cannot climb out of `/healthz` with `..` (plain, percent-encoded, in absolute form), and a
+/// path whose meaning servers disagree on (an encoded slash) never bypasses.
+#[tokio::test]
+async fn dot_segments_do_not_bypass() {
+    let switch = MaintenanceSwitch::new();
+    // The fallback stands for an application (or a proxy, a file server) that normalises paths
+    // itself: whatever gets past the layer reaches it.
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { "reached the app" })
+        .layer(
+            exact_layer(&switch)
+                .bypass_path("/healthz")
+                .bypass_path("/static/"),
+        );
+    let addr = common::serve_axum(app).await;
+    switch.enable();
+
+    for legit in [
+        "/healthz",
+        "/healthz/live",
+        "/healthz?x=1",
+        "/static/app.js",
+    ] {
+        assert_eq!(raw_get_status(addr, legit).await, 200, "{legit}");
+    }
+    for attack in [
+        "/healthz/..",
+        "/healthz/../admin",
+        "/healthz/%2e%2e/admin",
+        "/healthz/%2E./admin",
+        "/healthz/..%2fadmin",
+        "/healthz%2f..%2fadmin",
+        "/healthz/..;/admin",
+        "/static/../../admin/maintenance",
+        "/static/./../admin",
+        "http://example.com/healthz/../admin",
+    ] {
+        assert_eq!(raw_get_status(addr, attack).await, 503, "{attack}");
+    }
+    // Backslashes: refused by the server or by the layer, never let through.
+    for attack in ["/healthz/..\\admin", "/healthz/..%5cadmin"] {
+        let status = raw_get_status(addr, attack).await;
+        assert!(status == 503 || status == 400, "{attack}: {status}");
+    }
+}
+
 #[tokio::test]
 async fn browsers_get_an_html_page_apis_get_problem_json() {
     let switch = MaintenanceSwitch::new();

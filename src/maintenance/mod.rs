@@ -46,7 +46,9 @@
 //!
 //! Checked only while maintenance is on, cheapest first; any match lets the request through:
 //!
-//! - [`bypass_path`](MaintenanceLayer::bypass_path): path prefixes, e.g. `/healthz`;
+//! - [`bypass_path`](MaintenanceLayer::bypass_path): path prefixes, e.g. `/healthz`, matched
+//!   against the path with its dot-segments removed (`/healthz/../admin` is `/admin`); a path
+//!   that servers read in different ways (`/healthz/..%2fadmin`) passes by no prefix;
 //! - [`bypass_header`](MaintenanceLayer::bypass_header): a secret header, compared in constant
 //!   time (an empty secret is refused: it adds no rule);
 //! - [`allow_ip`](MaintenanceLayer::allow_ip): client IPs in CIDR nets. The client IP is the
