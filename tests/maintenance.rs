@@ -1138,6 +1138,59 @@ mod admin {
         }
     }
 
+    /// Every answer of the admin router is `no-store`, the router's own 404 and 405 included,
+    /// and every error is problem+json.
+    #[tokio::test]
+    async fn every_admin_answer_is_no_store() {
+        let switch = MaintenanceSwitch::new();
+        let app = hello().nest(
+            "/admin/maintenance",
+            admin::router(switch.clone(), TOKEN).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+        let c = client();
+        let at = |method: Method, path: &str, token: Option<&str>| {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}/admin/maintenance{path}"));
+            if let Some(token) = token {
+                req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            req.body(Full::default()).unwrap()
+        };
+
+        for (req, status) in [
+            (at(Method::GET, "", Some(TOKEN)), 200),
+            (at(Method::GET, "", None), 401),
+            (at(Method::POST, "", Some(TOKEN)), 405),
+            (at(Method::PATCH, "", Some(TOKEN)), 405),
+            (at(Method::GET, "/nope", Some(TOKEN)), 404),
+            (at(Method::DELETE, "/x/y", None), 404),
+        ] {
+            let what = format!("{} {}", req.method(), req.uri());
+            let reply = send(&c, req).await.unwrap();
+            assert_eq!(reply.status.as_u16(), status, "{what}");
+            assert_eq!(reply.header("cache-control"), Some("no-store"), "{what}");
+            if status != 200 {
+                assert_eq!(
+                    reply.header("content-type"),
+                    Some("application/problem+json"),
+                    "{what}"
+                );
+                let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+                assert_eq!(json["status"], status, "{what}");
+            }
+            if status == 405 {
+                assert_eq!(reply.header("allow"), Some("GET,HEAD,PUT,DELETE"), "{what}");
+            }
+        }
+        // The application's own 404 outside the router is left alone.
+        let reply = get_path(&c, addr, "/elsewhere").await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        assert_eq!(reply.header("cache-control"), None);
+        assert!(!switch.is_enabled());
+    }
+
     async fn reply_of(c: &TestClient, addr: SocketAddr, body: &'static str) -> Reply {
         send(c, call(addr, Method::PUT, Some(TOKEN), body))
             .await

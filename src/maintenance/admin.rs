@@ -8,6 +8,8 @@
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
 //! | a body that is not such JSON, an `until` in the past or more than 30 days ahead, a `retry_after` over 30 days | none | `400` |
 //! | a body over 16 KiB | none | `413` |
+//! | another method, e.g. `POST /` | none | `405` with `Allow` |
+//! | another path below the router | none | `404` |
 //!
 //! `until` announces when the work should end: `Retry-After` counts down to it. It does not
 //! switch maintenance off by itself (an overrunning migration should not suddenly get traffic);
@@ -77,7 +79,12 @@ pub fn router(switch: MaintenanceSwitch, token: impl Into<String>) -> Result<Rou
         .route("/", get(status).put(enable).delete(disable))
         // Authenticate before any handler (and so before any body extractor) runs.
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // The router's own answers are problem+json too (axum adds `Allow` to the 405).
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Every answer, whoever made it, is never cached.
+        .layer(middleware::map_response(no_store))
         .with_state(state))
 }
 
@@ -140,7 +147,9 @@ struct EnableRequest {
     message: Option<String>,
 }
 
-fn no_store(mut res: Response) -> Response {
+/// Sets `Cache-Control: no-store` on every answer of the router: status and errors alike are
+/// about a moment and must not be replayed by a cache.
+async fn no_store(mut res: Response) -> Response {
     res.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
@@ -148,7 +157,21 @@ fn no_store(mut res: Response) -> Response {
 
 fn json_ok(switch: &MaintenanceSwitch) -> Response {
     let body = serde_json::to_vec(&StatusBody::of(switch)).expect("a status always serializes");
-    no_store(([(CONTENT_TYPE, "application/json")], body).into_response())
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn not_found() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "no such route: the admin router answers at its root",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "use GET (status), PUT (on) or DELETE (off)",
+    )
 }
 
 fn unauthorized() -> Response {
@@ -163,7 +186,7 @@ fn unauthorized() -> Response {
 /// An `application/problem+json` (RFC 9457) error answer, by the crate's one renderer.
 fn problem(status: StatusCode, detail: &str) -> Response {
     let body = crate::response::Problem::new(status, detail).to_bytes();
-    no_store((status, [(CONTENT_TYPE, "application/problem+json")], body).into_response())
+    (status, [(CONTENT_TYPE, "application/problem+json")], body).into_response()
 }
 
 impl Admin {
