@@ -1086,6 +1086,81 @@ mod admin {
         assert!(!switch.is_enabled());
     }
 
+    /// With the token, a body announced over the limit is refused before it is read, and a body
+    /// that takes too long (silent, or trickling in) is given up after 5 s.
+    #[tokio::test]
+    async fn huge_or_slow_bodies_are_refused_without_waiting_for_them() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let switch = MaintenanceSwitch::new();
+        let app = Router::new().nest(
+            "/admin/maintenance",
+            admin::router(switch.clone(), TOKEN).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+        let head = |length: &str| {
+            format!(
+                "PUT /admin/maintenance HTTP/1.1\r\nHost: {addr}\r\n\
+                 Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n{length}\r\n"
+            )
+        };
+        /// Reads the first answer's head, for at most `within`.
+        async fn answer(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+            let mut buf = vec![0; 1024];
+            let n = tokio::time::timeout(within, stream.read(&mut buf))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+
+        // 100 MB announced, one byte sent: 413 at once.
+        let huge = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = head("Content-Length: 100000000\r\n") + "{";
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let answer = answer(&mut stream, Duration::from_secs(2)).await;
+            assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+            assert!(answer.contains("application/problem+json"), "{answer}");
+            assert!(answer.contains("no-store"), "{answer}");
+        };
+        // 100 bytes announced, one sent, then silence: 408 after 5 s.
+        let silent = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let started = std::time::Instant::now();
+            let req = head("Content-Length: 100\r\n") + "{";
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let answer = answer(&mut stream, Duration::from_secs(8)).await;
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(started.elapsed() >= Duration::from_millis(4500));
+        };
+        // A chunked body trickling in, a byte every 200 ms: given up after 5 s in all, though
+        // it never stays silent for long.
+        let trickle = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = head("Transfer-Encoding: chunked\r\n");
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let started = std::time::Instant::now();
+            let mut buf = vec![0; 1024];
+            loop {
+                tokio::select! {
+                    read = stream.read(&mut buf) => {
+                        let answer = String::from_utf8_lossy(&buf[..read.unwrap()]).into_owned();
+                        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+                        break;
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {
+                        assert!(started.elapsed() < Duration::from_secs(8), "no answer");
+                        // Ignore a failed write: the server may close once it has answered.
+                        let _ = stream.write_all(b"1\r\n \r\n").await;
+                    }
+                }
+            }
+        };
+        tokio::join!(huge, silent, trickle);
+        assert!(!switch.is_enabled());
+    }
+
     #[tokio::test]
     async fn bodies_are_limited_and_errors_are_problem_json() {
         let switch = MaintenanceSwitch::new();

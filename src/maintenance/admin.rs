@@ -7,7 +7,8 @@
 //! | `DELETE /` | the manual source off; a [sentinel file](super::SentinelFile) that exists or an open [window](super::Window) keeps maintenance on | `200` with the new status (`"enabled": true` while another source is on) |
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
 //! | a body that is not such JSON, an `until` in the past or more than 30 days ahead, a `retry_after` over 30 days | none | `400` |
-//! | a body over 16 KiB | none | `413` |
+//! | a body over 16 KiB (refused before it is read when `Content-Length` announces it) | none | `413` |
+//! | a body that takes more than 5 s to arrive | none | `408` |
 //! | another method, e.g. `POST /` | none | `405` with `Allow` |
 //! | another path below the router | none | `404` |
 //!
@@ -16,7 +17,8 @@
 //! `DELETE` does, or use a scheduled [`Window`](super::Window) for an end that is certain.
 //!
 //! The token is checked (in constant time) **before** the body is read: a caller without it
-//! cannot make the server read anything. Errors are `application/problem+json` (RFC 9457).
+//! cannot make the server read anything. With it, a body announced over 16 KiB is refused
+//! unread, and no body is waited for longer than 5 seconds. Errors are `application/problem+json` (RFC 9457).
 //! Every answer carries `Cache-Control: no-store`.
 //! Mount the router with [`Router::nest`](axum::Router::nest), and keep it reachable while
 //! maintenance is on: mount it outside the [`MaintenanceLayer`](super::MaintenanceLayer) or list
@@ -37,13 +39,16 @@
 //! //      http://127.0.0.1:3000/admin/maintenance
 //! ```
 
-use std::{sync::Arc, time::UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use axum::{
     body::Bytes,
-    extract::{rejection::BytesRejection, DefaultBodyLimit, Request, State},
+    extract::{DefaultBodyLimit, FromRequest, Request, State},
     http::{
-        header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE},
+        header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE},
         HeaderMap, HeaderValue, StatusCode,
     },
     middleware::{self, Next},
@@ -59,6 +64,10 @@ use super::{MaintenanceNotice, MaintenanceSwitch};
 
 /// The largest `PUT` body read: the JSON needs a few hundred bytes.
 const BODY_LIMIT: usize = 16 * 1024;
+
+/// The longest a `PUT` body may take to arrive, in all: 16 KiB take milliseconds; a client that
+/// sends slower holds a connection and a task for nothing.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The admin router for `switch`, accepting `Authorization: Bearer <token>`.
 ///
@@ -216,11 +225,31 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
     json_ok(&admin.switch)
 }
 
-async fn enable(State(admin): State<Arc<Admin>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        // 413 over the limit; 400 for a body that breaks off.
-        Err(rejection) => return problem(rejection.status(), &rejection.body_text()),
+async fn enable(State(admin): State<Arc<Admin>>, req: Request) -> Response {
+    // A body announced over the limit is refused before any of it is read.
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body may be at most {BODY_LIMIT} bytes"),
+        );
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, &())).await {
+        Ok(Ok(body)) => body,
+        // 413 over the limit (a body without a length); 400 for a body that breaks off.
+        Ok(Err(rejection)) => return problem(rejection.status(), &rejection.body_text()),
+        Err(_) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body did not arrive within {} seconds",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        }
     };
     let request: EnableRequest = if body.iter().all(u8::is_ascii_whitespace) {
         EnableRequest::default()
@@ -258,7 +287,7 @@ async fn enable(State(admin): State<Arc<Admin>>, body: Result<Bytes, BytesReject
                 "`retry_after` must be at most {MAX_RETRY_AFTER_SECS} seconds (30 days)"
             ));
         }
-        notice = notice.retry_after(std::time::Duration::from_secs(secs));
+        notice = notice.retry_after(Duration::from_secs(secs));
     }
     if let Some(message) = request.message {
         notice = notice.message(message);
