@@ -8,7 +8,7 @@
 //! | situation | what a new request gets |
 //! |---|---|
 //! | switch off, no [`Window`] open | the inner service's response; the check is **one atomic load** |
-//! | switch on ([`enable`](MaintenanceSwitch::enable)), or a scheduled [`Window`] open | **503**, `Retry-After`, `Cache-Control: no-store`, an HTML page / problem+json / text body as `Accept` asks, [`Reason::Maintenance`](crate::Reason) in the extensions |
+//! | any [source](#sources) on: [`enable`](MaintenanceSwitch::enable) (code, the admin router), a [`SentinelFile`] that exists, an open [`Window`] | **503**, `Retry-After`, `Cache-Control: no-store`, an HTML page / problem+json / text body as `Accept` asks, [`Reason::Maintenance`](crate::Reason) in the extensions |
 //! | ... and a [bypass rule](#bypass-rules) matches | the inner service's response |
 //! | already in flight when the switch flipped | finishes normally: the decision is made once, in `call` |
 //!
