@@ -489,6 +489,74 @@ async fn bypass_paths_headers_and_predicates() {
     );
 }
 
+/// Sends `GET <target> HTTP/1.1` as raw bytes (hyper's client would normalise the target) and
+/// returns the status code of the answer.
+async fn raw_get_status(addr: SocketAddr, target: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .unwrap_or_else(|| panic!("{target}: {answer}"));
+    status.parse().unwrap()
+}
+
+/// Bypass prefixes match the path the application will see, dot-segments removed: a request
+/// cannot climb out of `/healthz` with `..` (plain, percent-encoded, in absolute form), and a
+/// path whose meaning servers disagree on (an encoded slash) never bypasses.
+#[tokio::test]
+async fn dot_segments_do_not_bypass() {
+    let switch = MaintenanceSwitch::new();
+    // The fallback stands for an application (or a proxy, a file server) that normalises paths
+    // itself: whatever gets past the layer reaches it.
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { "reached the app" })
+        .layer(
+            exact_layer(&switch)
+                .bypass_path("/healthz")
+                .bypass_path("/static/"),
+        );
+    let addr = common::serve_axum(app).await;
+    switch.enable();
+
+    for legit in [
+        "/healthz",
+        "/healthz/live",
+        "/healthz?x=1",
+        "/static/app.js",
+    ] {
+        assert_eq!(raw_get_status(addr, legit).await, 200, "{legit}");
+    }
+    for attack in [
+        "/healthz/..",
+        "/healthz/../admin",
+        "/healthz/%2e%2e/admin",
+        "/healthz/%2E./admin",
+        "/healthz/..%2fadmin",
+        "/healthz%2f..%2fadmin",
+        "/healthz/..;/admin",
+        "/static/../../admin/maintenance",
+        "/static/./../admin",
+        "http://example.com/healthz/../admin",
+    ] {
+        assert_eq!(raw_get_status(addr, attack).await, 503, "{attack}");
+    }
+    // Backslashes: refused by the server or by the layer, never let through.
+    for attack in ["/healthz/..\\admin", "/healthz/..%5cadmin"] {
+        let status = raw_get_status(addr, attack).await;
+        assert!(status == 503 || status == 400, "{attack}: {status}");
+    }
+}
+
 #[tokio::test]
 async fn browsers_get_an_html_page_apis_get_problem_json() {
     let switch = MaintenanceSwitch::new();
@@ -617,40 +685,153 @@ async fn sentinel_file_switches_on_and_off() {
     assert!(!switch.is_enabled());
 }
 
-#[tokio::test(start_paused = true)]
+/// However far ahead the file announces the end (the year 9999, a huge delay), clients are told
+/// to come back within the refusal policy's maximum (30 days), plus its jitter.
+#[tokio::test]
+async fn a_sentinel_file_cannot_push_retry_after_beyond_30_days() {
+    use tower_5xx::refuse::MAX_RETRY_AFTER;
+    let path = TempPath::new("far");
+    let switch = MaintenanceSwitch::new();
+    // The default policy: up to 1 s of jitter.
+    let delta = serve(MaintenanceLayer::new(switch.clone())).await;
+    let dated = serve(
+        MaintenanceLayer::new(switch.clone())
+            .refusal(RefusalPolicy::builder().http_date(true).build().unwrap()),
+    )
+    .await;
+    let mut file = SentinelFile::new(&path.0, switch.clone());
+    let c = client();
+    let max = MAX_RETRY_AFTER.as_secs();
+
+    for content in [
+        "Fri, 31 Dec 9999 23:59:59 GMT\nBack one day.\n",
+        "99999999999999\n",
+    ] {
+        std::fs::write(&path.0, content).unwrap();
+        assert!(
+            matches!(file.check().await, FileState::Present(_)),
+            "{content:?}"
+        );
+        for _ in 0..20 {
+            let reply = get_path(&c, delta, "/").await;
+            assert_maintenance_503(&reply);
+            let secs: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+            assert!((max..=max + 1).contains(&secs), "{content:?}: {secs}");
+        }
+        let reply = get_path(&c, dated, "/").await;
+        let at = date(reply.header("retry-after").unwrap());
+        let latest = SystemTime::now() + MAX_RETRY_AFTER + Duration::from_secs(2);
+        assert!(at <= latest, "{content:?}: {reply:?}");
+    }
+}
+
+/// Waits (in real time, at most 5 s) until `cond` holds: the sentinel file is read on a thread of
+/// its own, outside tokio's clock.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
 async fn sentinel_poller_follows_the_file() {
     let path = TempPath::new("poller");
     let switch = MaintenanceSwitch::new();
-    let interval = Duration::from_secs(2);
     let poller = SentinelFile::new(&path.0, switch.clone())
-        .interval(interval)
+        .interval(Duration::from_millis(20))
         .spawn();
 
-    // Bounded waits on tokio's paused clock: the poller reads on the blocking pool, which holds
-    // the clock still until the read is done.
-    async fn wait_for(switch: &MaintenanceSwitch, on: bool, interval: Duration) {
-        for _ in 0..5 {
-            tokio::time::sleep(interval).await;
-            if switch.is_enabled() == on {
-                return;
-            }
-        }
-        panic!(
-            "the poller did not switch maintenance {}",
-            if on { "on" } else { "off" }
-        );
-    }
-
     std::fs::write(&path.0, "Sun, 06 Nov 2033 08:49:37 GMT\n").unwrap();
-    wait_for(&switch, true, interval).await;
+    eventually("the poller switches maintenance on", || switch.is_enabled()).await;
     assert_eq!(
         switch.status().ends_at,
         Some(date("Sun, 06 Nov 2033 08:49:37 GMT"))
     );
     std::fs::remove_file(&path.0).unwrap();
-    wait_for(&switch, false, interval).await;
+    eventually("the poller switches maintenance off", || {
+        !switch.is_enabled()
+    })
+    .await;
     assert!(!poller.is_finished());
     poller.abort();
+}
+
+/// A read that never returns (a FIFO nobody writes to, like a hung network volume) does not stop
+/// the poller: its checks time out and keep the state, no second read is started, and once the
+/// hung read returns its content is used.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_hung_sentinel_read_times_out_and_polling_goes_on() {
+    let logs = common::logs();
+    let fifo = common::Fifo::new("hung");
+    let switch = MaintenanceSwitch::new();
+    let poller = SentinelFile::new(&fifo.0, switch.clone())
+        .interval(Duration::from_millis(20))
+        .spawn();
+    let timeouts = || {
+        logs.lines_with(&fifo.0.display().to_string())
+            .iter()
+            .filter(|l| l.contains("read timed out"))
+            .count()
+    };
+    eventually("three checks time out", || timeouts() >= 3).await;
+    assert!(!switch.is_enabled(), "a hung read changes nothing");
+    assert!(!poller.is_finished());
+
+    // The hung read gets its content: the poller uses it.
+    fifo.write("120\nFrom the pipe.\n");
+    eventually("the poller uses the late read", || switch.is_enabled()).await;
+    let notice = switch.status().notice.unwrap();
+    assert_eq!(notice.get_retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(notice.get_message(), Some("From the pipe."));
+
+    // And reads afresh after it.
+    drop(fifo);
+    eventually("the poller sees the FIFO gone", || !switch.is_enabled()).await;
+    poller.abort();
+}
+
+/// The poller of a FIFO nobody writes to must not keep the runtime (and so the process) from
+/// shutting down: dropping the runtime, as `#[tokio::main]` does when `main` returns (on SIGINT,
+/// say), returns at once.
+#[cfg(unix)]
+#[test]
+fn a_hung_sentinel_read_does_not_hold_up_shutdown() {
+    let fifo = common::Fifo::new("shutdown");
+    let switch = MaintenanceSwitch::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _poller = SentinelFile::new(&fifo.0, switch.clone())
+            .interval(Duration::from_millis(20))
+            .spawn();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    assert!(!switch.is_enabled());
+
+    let started = std::time::Instant::now();
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(rt);
+        let _ = done.send(());
+    });
+    dropped
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the runtime shuts down while the read hangs");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Dropping the FIFO lets the hung reader go.
 }
 
 #[cfg(feature = "axum")]
@@ -807,6 +988,72 @@ mod admin {
         assert_eq!(snapshot().notice, Some(MaintenanceNotice::new()));
     }
 
+    /// The admin router and a sentinel file are two sources: maintenance is on while either says
+    /// so, each with its own notice, and turning one off leaves the other on.
+    #[tokio::test]
+    async fn admin_router_and_sentinel_file_are_separate_sources() {
+        let path = TempPath::new("sources");
+        let switch = MaintenanceSwitch::new();
+        let app = hello().layer(exact_layer(&switch)).nest(
+            "/admin/maintenance",
+            admin::router(switch.clone(), TOKEN).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+        let mut file = SentinelFile::new(&path.0, switch.clone());
+        let c = client();
+        let admin = |method: Method, body: &str| {
+            let req = call(addr, method, Some(TOKEN), body);
+            let c = c.clone();
+            async move {
+                let reply = send(&c, req).await.unwrap();
+                assert_eq!(reply.status, StatusCode::OK);
+                serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()
+            }
+        };
+        let app_reply = || get_path(&c, addr, "/");
+
+        // File on, admin off: still on, with the file's notice.
+        std::fs::write(&path.0, "300\nFrom the file.\n").unwrap();
+        assert!(matches!(file.check().await, FileState::Present(_)));
+        let json = admin(Method::DELETE, "").await;
+        assert_eq!(json["enabled"], true, "{json}");
+        assert_eq!(json["sources"], serde_json::json!(["file"]));
+        assert_eq!(json["source"], "file");
+        let reply = app_reply().await;
+        assert_maintenance_503(&reply);
+        assert_eq!(reply.header("retry-after"), Some("300"));
+        assert!(reply.text().contains("From the file."));
+
+        // Admin on too, with a longer wait: its notice is in force.
+        let json = admin(
+            Method::PUT,
+            r#"{"retry_after": 900, "message": "From the admin."}"#,
+        )
+        .await;
+        assert_eq!(json["sources"], serde_json::json!(["manual", "file"]));
+        assert_eq!(json["source"], "manual");
+        assert_eq!(json["retry_after"], 900);
+        let reply = app_reply().await;
+        assert_eq!(reply.header("retry-after"), Some("900"));
+        assert!(reply.text().contains("From the admin."));
+
+        // File removed: the admin's maintenance goes on.
+        std::fs::remove_file(&path.0).unwrap();
+        assert_eq!(file.check().await, FileState::Absent);
+        assert!(switch.is_enabled());
+        let json = admin(Method::GET, "").await;
+        assert_eq!(json["enabled"], true);
+        assert_eq!(json["sources"], serde_json::json!(["manual"]));
+        assert_maintenance_503(&app_reply().await);
+
+        // Both off: off.
+        let json = admin(Method::DELETE, "").await;
+        assert_eq!(json["enabled"], false);
+        assert_eq!(json["sources"], serde_json::json!([]));
+        assert_eq!(json["source"], serde_json::Value::Null);
+        assert_eq!(app_reply().await.status, StatusCode::OK);
+    }
+
     /// The token is checked before the body is read: a caller without it cannot make the server
     /// read (or wait for) a body. The request below announces a megabyte and sends none of it; a
     /// router that read the body first would never answer.
@@ -836,6 +1083,81 @@ mod admin {
             let answer = String::from_utf8_lossy(&answer[..n]);
             assert!(answer.starts_with("HTTP/1.1 401"), "{auth:?}: {answer}");
         }
+        assert!(!switch.is_enabled());
+    }
+
+    /// With the token, a body announced over the limit is refused before it is read, and a body
+    /// that takes too long (silent, or trickling in) is given up after 5 s.
+    #[tokio::test]
+    async fn huge_or_slow_bodies_are_refused_without_waiting_for_them() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let switch = MaintenanceSwitch::new();
+        let app = Router::new().nest(
+            "/admin/maintenance",
+            admin::router(switch.clone(), TOKEN).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+        let head = |length: &str| {
+            format!(
+                "PUT /admin/maintenance HTTP/1.1\r\nHost: {addr}\r\n\
+                 Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n{length}\r\n"
+            )
+        };
+        /// Reads the first answer's head, for at most `within`.
+        async fn answer(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+            let mut buf = vec![0; 1024];
+            let n = tokio::time::timeout(within, stream.read(&mut buf))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+
+        // 100 MB announced, one byte sent: 413 at once.
+        let huge = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = head("Content-Length: 100000000\r\n") + "{";
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let answer = answer(&mut stream, Duration::from_secs(2)).await;
+            assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+            assert!(answer.contains("application/problem+json"), "{answer}");
+            assert!(answer.contains("no-store"), "{answer}");
+        };
+        // 100 bytes announced, one sent, then silence: 408 after 5 s.
+        let silent = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let started = std::time::Instant::now();
+            let req = head("Content-Length: 100\r\n") + "{";
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let answer = answer(&mut stream, Duration::from_secs(8)).await;
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(started.elapsed() >= Duration::from_millis(4500));
+        };
+        // A chunked body trickling in, a byte every 200 ms: given up after 5 s in all, though
+        // it never stays silent for long.
+        let trickle = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = head("Transfer-Encoding: chunked\r\n");
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let started = std::time::Instant::now();
+            let mut buf = vec![0; 1024];
+            loop {
+                tokio::select! {
+                    read = stream.read(&mut buf) => {
+                        let answer = String::from_utf8_lossy(&buf[..read.unwrap()]).into_owned();
+                        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+                        break;
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {
+                        assert!(started.elapsed() < Duration::from_secs(8), "no answer");
+                        // Ignore a failed write: the server may close once it has answered.
+                        let _ = stream.write_all(b"1\r\n \r\n").await;
+                    }
+                }
+            }
+        };
+        tokio::join!(huge, silent, trickle);
         assert!(!switch.is_enabled());
     }
 
@@ -889,6 +1211,59 @@ mod admin {
             assert_eq!(json["type"], "about:blank");
             assert!(json["title"].is_string() && json["detail"].is_string());
         }
+    }
+
+    /// Every answer of the admin router is `no-store`, the router's own 404 and 405 included,
+    /// and every error is problem+json.
+    #[tokio::test]
+    async fn every_admin_answer_is_no_store() {
+        let switch = MaintenanceSwitch::new();
+        let app = hello().nest(
+            "/admin/maintenance",
+            admin::router(switch.clone(), TOKEN).unwrap(),
+        );
+        let addr = common::serve_axum(app).await;
+        let c = client();
+        let at = |method: Method, path: &str, token: Option<&str>| {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}/admin/maintenance{path}"));
+            if let Some(token) = token {
+                req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            req.body(Full::default()).unwrap()
+        };
+
+        for (req, status) in [
+            (at(Method::GET, "", Some(TOKEN)), 200),
+            (at(Method::GET, "", None), 401),
+            (at(Method::POST, "", Some(TOKEN)), 405),
+            (at(Method::PATCH, "", Some(TOKEN)), 405),
+            (at(Method::GET, "/nope", Some(TOKEN)), 404),
+            (at(Method::DELETE, "/x/y", None), 404),
+        ] {
+            let what = format!("{} {}", req.method(), req.uri());
+            let reply = send(&c, req).await.unwrap();
+            assert_eq!(reply.status.as_u16(), status, "{what}");
+            assert_eq!(reply.header("cache-control"), Some("no-store"), "{what}");
+            if status != 200 {
+                assert_eq!(
+                    reply.header("content-type"),
+                    Some("application/problem+json"),
+                    "{what}"
+                );
+                let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+                assert_eq!(json["status"], status, "{what}");
+            }
+            if status == 405 {
+                assert_eq!(reply.header("allow"), Some("GET,HEAD,PUT,DELETE"), "{what}");
+            }
+        }
+        // The application's own 404 outside the router is left alone.
+        let reply = get_path(&c, addr, "/elsewhere").await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        assert_eq!(reply.header("cache-control"), None);
+        assert!(!switch.is_enabled());
     }
 
     async fn reply_of(c: &TestClient, addr: SocketAddr, body: &'static str) -> Reply {

@@ -78,7 +78,7 @@ pub(crate) fn print_help(addr: SocketAddr) {
     match std::env::var("DEMO_MAINTENANCE_FILE") {
         Ok(path) => {
             println!("  touch {path}    # on (within 1 s); `echo 300 > {path}` sets Retry-After: 300");
-            println!("  rm {path}       # off");
+            println!("  rm {path}       # off, unless the admin router turned it on too");
         }
         Err(_) => println!(
             "  set DEMO_MAINTENANCE_FILE=/tmp/maintenance to switch maintenance with a sentinel file"

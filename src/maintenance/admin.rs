@@ -3,18 +3,22 @@
 //! | request | effect | answer |
 //! |---|---|---|
 //! | `GET /` | none | `200` with the [status](StatusBody) as JSON |
-//! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | maintenance on with that [notice](super::MaintenanceNotice) | `200` with the new status |
-//! | `DELETE /` | maintenance off (scheduled windows are left alone) | `200` with the new status |
+//! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | the [manual source](super::Source::Manual) on with that [notice](super::MaintenanceNotice) | `200` with the new status |
+//! | `DELETE /` | the manual source off; a [sentinel file](super::SentinelFile) that exists or an open [window](super::Window) keeps maintenance on | `200` with the new status (`"enabled": true` while another source is on) |
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
 //! | a body that is not such JSON, an `until` in the past or more than 30 days ahead, a `retry_after` over 30 days | none | `400` |
-//! | a body over 16 KiB | none | `413` |
+//! | a body over 16 KiB (refused before it is read when `Content-Length` announces it) | none | `413` |
+//! | a body that takes more than 5 s to arrive | none | `408` |
+//! | another method, e.g. `POST /` | none | `405` with `Allow` |
+//! | another path below the router | none | `404` |
 //!
 //! `until` announces when the work should end: `Retry-After` counts down to it. It does not
 //! switch maintenance off by itself (an overrunning migration should not suddenly get traffic);
 //! `DELETE` does, or use a scheduled [`Window`](super::Window) for an end that is certain.
 //!
 //! The token is checked (in constant time) **before** the body is read: a caller without it
-//! cannot make the server read anything. Errors are `application/problem+json` (RFC 9457).
+//! cannot make the server read anything. With it, a body announced over 16 KiB is refused
+//! unread, and no body is waited for longer than 5 seconds. Errors are `application/problem+json` (RFC 9457).
 //! Every answer carries `Cache-Control: no-store`.
 //! Mount the router with [`Router::nest`](axum::Router::nest), and keep it reachable while
 //! maintenance is on: mount it outside the [`MaintenanceLayer`](super::MaintenanceLayer) or list
@@ -35,13 +39,16 @@
 //! //      http://127.0.0.1:3000/admin/maintenance
 //! ```
 
-use std::{sync::Arc, time::UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use axum::{
     body::Bytes,
-    extract::{rejection::BytesRejection, DefaultBodyLimit, Request, State},
+    extract::{DefaultBodyLimit, FromRequest, Request, State},
     http::{
-        header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE},
+        header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE},
         HeaderMap, HeaderValue, StatusCode,
     },
     middleware::{self, Next},
@@ -53,10 +60,14 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::error::MissingToken;
-use super::{MaintenanceNotice, MaintenanceSwitch, Source};
+use super::{MaintenanceNotice, MaintenanceSwitch};
 
 /// The largest `PUT` body read: the JSON needs a few hundred bytes.
 const BODY_LIMIT: usize = 16 * 1024;
+
+/// The longest a `PUT` body may take to arrive, in all: 16 KiB take milliseconds; a client that
+/// sends slower holds a connection and a task for nothing.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The admin router for `switch`, accepting `Authorization: Bearer <token>`.
 ///
@@ -77,7 +88,12 @@ pub fn router(switch: MaintenanceSwitch, token: impl Into<String>) -> Result<Rou
         .route("/", get(status).put(enable).delete(disable))
         // Authenticate before any handler (and so before any body extractor) runs.
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // The router's own answers are problem+json too (axum adds `Allow` to the 405).
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Every answer, whoever made it, is never cached.
+        .layer(middleware::map_response(no_store))
         .with_state(state))
 }
 
@@ -92,7 +108,10 @@ struct Admin {
 pub struct StatusBody {
     /// Whether new requests get 503 now.
     pub enabled: bool,
-    /// `"manual"` or `"scheduled"` while on, else `null`.
+    /// Every [source](super::Source) that is on: `"manual"` (code, this router), `"file"` (a
+    /// sentinel file), `"scheduled"` (an open window). Empty when off.
+    pub sources: Vec<String>,
+    /// The source whose notice is in force (the [precedence rule](super#sources)), else `null`.
     pub source: Option<String>,
     /// The expected end as an HTTP-date, when known.
     pub until: Option<String>,
@@ -110,13 +129,12 @@ impl StatusBody {
         let notice = status.notice.as_ref();
         Self {
             enabled: status.enabled,
-            source: status.source.map(|s| {
-                match s {
-                    Source::Manual => "manual",
-                    Source::Scheduled => "scheduled",
-                }
-                .to_owned()
-            }),
+            sources: status
+                .sources
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
+            source: status.source.map(|s| s.as_str().to_owned()),
             until: status
                 .ends_at
                 .map(|t| httpdate::fmt_http_date(t.max(UNIX_EPOCH))),
@@ -138,7 +156,9 @@ struct EnableRequest {
     message: Option<String>,
 }
 
-fn no_store(mut res: Response) -> Response {
+/// Sets `Cache-Control: no-store` on every answer of the router: status and errors alike are
+/// about a moment and must not be replayed by a cache.
+async fn no_store(mut res: Response) -> Response {
     res.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
@@ -146,7 +166,21 @@ fn no_store(mut res: Response) -> Response {
 
 fn json_ok(switch: &MaintenanceSwitch) -> Response {
     let body = serde_json::to_vec(&StatusBody::of(switch)).expect("a status always serializes");
-    no_store(([(CONTENT_TYPE, "application/json")], body).into_response())
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn not_found() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "no such route: the admin router answers at its root",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "use GET (status), PUT (on) or DELETE (off)",
+    )
 }
 
 fn unauthorized() -> Response {
@@ -161,7 +195,7 @@ fn unauthorized() -> Response {
 /// An `application/problem+json` (RFC 9457) error answer, by the crate's one renderer.
 fn problem(status: StatusCode, detail: &str) -> Response {
     let body = crate::response::Problem::new(status, detail).to_bytes();
-    no_store((status, [(CONTENT_TYPE, "application/problem+json")], body).into_response())
+    (status, [(CONTENT_TYPE, "application/problem+json")], body).into_response()
 }
 
 impl Admin {
@@ -191,11 +225,31 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
     json_ok(&admin.switch)
 }
 
-async fn enable(State(admin): State<Arc<Admin>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        // 413 over the limit; 400 for a body that breaks off.
-        Err(rejection) => return problem(rejection.status(), &rejection.body_text()),
+async fn enable(State(admin): State<Arc<Admin>>, req: Request) -> Response {
+    // A body announced over the limit is refused before any of it is read.
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body may be at most {BODY_LIMIT} bytes"),
+        );
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, &())).await {
+        Ok(Ok(body)) => body,
+        // 413 over the limit (a body without a length); 400 for a body that breaks off.
+        Ok(Err(rejection)) => return problem(rejection.status(), &rejection.body_text()),
+        Err(_) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body did not arrive within {} seconds",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        }
     };
     let request: EnableRequest = if body.iter().all(u8::is_ascii_whitespace) {
         EnableRequest::default()
@@ -233,7 +287,7 @@ async fn enable(State(admin): State<Arc<Admin>>, body: Result<Bytes, BytesReject
                 "`retry_after` must be at most {MAX_RETRY_AFTER_SECS} seconds (30 days)"
             ));
         }
-        notice = notice.retry_after(std::time::Duration::from_secs(secs));
+        notice = notice.retry_after(Duration::from_secs(secs));
     }
     if let Some(message) = request.message {
         notice = notice.message(message);

@@ -2,6 +2,7 @@
 //! trusted proxies), and a user predicate.
 
 use std::{
+    borrow::Cow,
     fmt,
     net::{IpAddr, SocketAddr},
     sync::Arc,
@@ -150,11 +151,25 @@ impl fmt::Debug for Bypass {
 }
 
 impl Bypass {
+    /// Adds a path prefix, normalised as request paths are (a prefix that cannot be normalised
+    /// is kept as given: no normalised path contains what made it ambiguous).
+    pub(crate) fn add_path(&mut self, prefix: &str) {
+        let prefix = match normalize_path(prefix) {
+            Some(normal) => normal.into_owned(),
+            None => prefix.to_owned(),
+        };
+        self.paths.push(prefix.into_boxed_str());
+    }
+
     /// Whether the request may pass while maintenance is on.
     pub(crate) fn matches<B>(&self, req: &Request<B>) -> bool {
-        let path = req.uri().path();
-        if self.paths.iter().any(|p| path_has_prefix(path, p)) {
-            return true;
+        if !self.paths.is_empty() {
+            // An ambiguous path passes by no prefix.
+            if let Some(path) = normalize_path(req.uri().path()) {
+                if self.paths.iter().any(|p| path_has_prefix(&path, p)) {
+                    return true;
+                }
+            }
         }
         if self.headers.iter().any(|(name, secret)| {
             req.headers()
@@ -192,6 +207,89 @@ impl Bypass {
             self.is_trusted(ip)
         })
     }
+}
+
+/// The path as the application will understand it, for matching bypass prefixes: escapes of
+/// unreserved characters decoded (`%2e` is `.`, RFC 3986 §2.3), other escapes kept with
+/// uppercase hex (§6.2.2.1), dot-segments removed (§5.2.4), so that `/healthz/../admin` is
+/// `/admin`.
+///
+/// `None` for a path that servers and frameworks read in different ways, which must not pass
+/// by any prefix: an encoded `/` or `\` (`..%2fadmin` is one segment to some, two to others), a
+/// raw `\` (a separator to some), a bad escape, a dot-segment with parameters (`..;`, which
+/// some servers read as `..`).
+fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+    let bytes = path.as_bytes();
+    if !bytes.contains(&b'%') && !bytes.contains(&b'\\') && !path.contains("/.") {
+        // Nothing to decode, no dot-segment: the common case, without allocating.
+        return Some(Cow::Borrowed(path));
+    }
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return None,
+            b'%' => {
+                let (hi, lo) = match bytes.get(i + 1..i + 3)? {
+                    &[hi, lo] if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => (hi, lo),
+                    _ => return None,
+                };
+                let value = |digit: u8| (digit as char).to_digit(16).unwrap_or(0) as u8;
+                match value(hi) << 4 | value(lo) {
+                    b'/' | b'\\' => return None,
+                    b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                        decoded.push(char::from(b));
+                    }
+                    _ => {
+                        decoded.push('%');
+                        decoded.push(char::from(hi.to_ascii_uppercase()));
+                        decoded.push(char::from(lo.to_ascii_uppercase()));
+                    }
+                }
+                i += 3;
+            }
+            _ => {
+                // Copy the run up to the next byte of interest (keeps UTF-8 whole).
+                let end = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'%' || b == b'\\')
+                    .map_or(bytes.len(), |n| i + n);
+                decoded.push_str(&path[i..end]);
+                i = end;
+            }
+        }
+    }
+    let Some(rest) = decoded.strip_prefix('/') else {
+        // Not an absolute path (`*`, empty): no prefix matches it anyway.
+        return Some(Cow::Owned(decoded));
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let mut ends_in_dots = false;
+    for segment in rest.split('/') {
+        ends_in_dots = false;
+        match segment {
+            "." => ends_in_dots = true,
+            ".." => {
+                out.pop();
+                ends_in_dots = true;
+            }
+            s if s.starts_with(".;") || s.starts_with("..;") => return None,
+            s => out.push(s),
+        }
+    }
+    if ends_in_dots {
+        // `/a/b/..` is `/a/`, `/a/.` is `/a/`.
+        out.push("");
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for segment in out {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    Some(Cow::Owned(normal))
 }
 
 /// `path` is `prefix` or below it, on a segment boundary (`/healthz` matches `/healthz` and
@@ -307,6 +405,90 @@ mod tests {
         assert!(!path_has_prefix("/", "/healthz"));
         assert!(path_has_prefix("/static/app.js", "/static/"));
         assert!(path_has_prefix("/anything", "/"));
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        let n = |p: &str| normalize_path(p).map(Cow::into_owned);
+        let some = |p: &str| Some(p.to_owned());
+        // Untouched (and not copied).
+        assert!(matches!(
+            normalize_path("/healthz/live"),
+            Some(Cow::Borrowed(_))
+        ));
+        assert_eq!(n("/"), some("/"));
+        // Dot-segments (RFC 3986 §5.2.4 examples, made absolute).
+        assert_eq!(n("/a/b/c/./../../g"), some("/a/g"));
+        assert_eq!(n("/mid/content=5/../6"), some("/mid/6"));
+        assert_eq!(n("/healthz/.."), some("/"));
+        assert_eq!(n("/healthz/../admin"), some("/admin"));
+        assert_eq!(n("/a/b/.."), some("/a/"));
+        assert_eq!(n("/a/."), some("/a/"));
+        assert_eq!(n("/.."), some("/"));
+        assert_eq!(n("/../../x"), some("/x"));
+        assert_eq!(
+            n("/static/../../admin/maintenance"),
+            some("/admin/maintenance")
+        );
+        assert_eq!(n("/.well-known/x"), some("/.well-known/x"));
+        assert_eq!(n("/a/...b/..c"), some("/a/...b/..c"));
+        // Escapes of unreserved characters are decoded, then dot-segments removed.
+        assert_eq!(n("/healthz/%2e%2e/admin"), some("/admin"));
+        assert_eq!(n("/healthz/%2E./admin"), some("/admin"));
+        assert_eq!(n("/%68ealth%7A"), some("/healthz"));
+        // Other escapes stay, in uppercase.
+        assert_eq!(n("/a%20b/%c3%a9"), some("/a%20b/%C3%A9"));
+        // Ambiguous: never normalised, never bypassed.
+        for ambiguous in [
+            "/healthz/..%2fadmin",
+            "/healthz%2F..%2Fadmin",
+            "/healthz/..%5cadmin",
+            "/healthz/..\\admin",
+            "/healthz/..;/admin",
+            "/healthz/.;x/admin",
+            "/healthz/%2e%2e;/admin",
+            "/healthz/%zz",
+            "/healthz/%2",
+            "/healthz/%+1",
+        ] {
+            assert_eq!(n(ambiguous), None, "{ambiguous}");
+        }
+    }
+
+    fn bypasses(uri: &str) -> bool {
+        let mut rules = Bypass::default();
+        rules.add_path("/healthz");
+        rules.add_path("/static/");
+        rules.matches(&Request::get(uri).body(()).unwrap())
+    }
+
+    #[test]
+    fn bypass_paths_match_the_normalised_path() {
+        for legit in [
+            "/healthz",
+            "/healthz/live",
+            "/healthz?x=1",
+            "/healthz/./live",
+            "/static/app.js",
+            "/static/css/../app.js",
+            "http://host/healthz",
+        ] {
+            assert!(bypasses(legit), "{legit}");
+        }
+        for attack in [
+            "/healthz/..",
+            "/healthz/../admin",
+            "/healthz/%2e%2e/admin",
+            "/healthz/..%2fadmin",
+            "/healthz/..;/admin",
+            "/static/../../admin/maintenance",
+            "/static/..",
+            "http://host/healthz/../admin",
+            "/healthzz",
+            "/",
+        ] {
+            assert!(!bypasses(attack), "{attack}");
+        }
     }
 
     #[test]

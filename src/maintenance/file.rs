@@ -6,9 +6,9 @@ use std::{
     time::Duration,
 };
 
-use tokio::{task::JoinHandle, time::MissedTickBehavior};
+use tokio::{sync::oneshot, task::JoinHandle, time::MissedTickBehavior};
 
-use super::{MaintenanceNotice, MaintenanceSwitch};
+use super::{MaintenanceNotice, MaintenanceSwitch, Source};
 use crate::RetryAfter;
 
 /// The most of the file that is read: the format needs a line or two.
@@ -27,15 +27,25 @@ const MAX_LEN: u64 = 4096;
 /// | first line `120` (delta-seconds) | on, `Retry-After: 120` while the end is unknown |
 /// | first line an HTTP-date, e.g. `Sun, 06 Nov 2033 08:49:37 GMT` | on until then: `Retry-After` counts down to it |
 /// | further lines | the message clients see |
+/// | more than 4 KiB | only the first 4 KiB count (a character cut there is dropped) |
 /// | anything else (bad first line, not UTF-8) | **on**, default `Retry-After`; logged at warn level |
 /// | present but unreadable (permissions, a directory) | **on**, default `Retry-After`; logged at warn level |
-/// | a read that hangs (a stuck network volume) for longer than the interval | nothing changes; logged; the next ticks wait for **that** read (no new one is started) and use its result once it finishes |
+/// | a read that hangs (a FIFO, a stuck network volume) for longer than the interval | nothing changes; logged; the next checks wait for **that** read (no new one is started) and use its result once it finishes |
 ///
-/// The poller acts on **changes** only: when it sees the file appear, disappear or change, it
-/// calls [`MaintenanceSwitch::enable_with`] or [`MaintenanceSwitch::disable`]. Between changes it
-/// leaves the switch alone, so a switch flipped by hand (or by the admin router) stays as it was
-/// until the file changes. The file is read on tokio's blocking pool and never
-/// more than 4 KiB of it; no outcome of a read panics or stops the poller.
+/// The file is a [source](Source::File) of its own: it turns **its** part of the switch on and
+/// off, with its own notice, and leaves the others alone. Removing the file does not end
+/// maintenance switched on by code or by the admin router, and
+/// [`MaintenanceSwitch::disable`] (an admin `DELETE`) does not end maintenance while the file
+/// exists: see the [precedence rule](super#sources). Use one sentinel file per switch. The poller
+/// logs and applies **changes** only (the file appearing, disappearing or changing). No outcome
+/// of a read panics or stops the poller.
+///
+/// The file is read on a thread of its own, never more than 4 KiB of it, and at most one read is
+/// under way at a time. A read that hangs cannot be cancelled (an `open` blocked in the kernel
+/// does not return): its thread is left behind, detached, and never delays the shutdown of the
+/// runtime or of the process (a read on tokio's blocking pool would: dropping a runtime waits for
+/// its blocking tasks). As the read runs outside tokio, a check under `tokio::time::pause()` may
+/// time out before a read that takes real time finishes.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -58,9 +68,8 @@ pub struct SentinelFile {
     interval: Duration,
     last: Option<FileState>,
     /// A read that outlived its check. A blocking read cannot be cancelled: rather than start
-    /// another one per tick (and pile stuck threads up on tokio's blocking pool), later checks
-    /// wait for this one.
-    in_flight: Option<JoinHandle<io::Result<Vec<u8>>>>,
+    /// another one per tick (and pile stuck threads up), later checks wait for this one.
+    in_flight: Option<oneshot::Receiver<io::Result<Vec<u8>>>>,
     /// Blocking reads started, for the tests.
     #[cfg(test)]
     reads_started: usize,
@@ -78,7 +87,8 @@ pub enum FileState {
     Invalid,
     /// A file that exists but cannot be read: maintenance on, default `Retry-After`.
     Unreadable(io::ErrorKind),
-    /// The read did not finish within the interval: nothing changed.
+    /// The read did not finish within the interval (or its thread could not be started): nothing
+    /// changed.
     TimedOut,
 }
 
@@ -136,20 +146,31 @@ impl SentinelFile {
     pub async fn check(&mut self) -> FileState {
         let mut read = match self.in_flight.take() {
             Some(read) => read,
-            None => {
-                #[cfg(test)]
-                {
-                    self.reads_started += 1;
+            None => match start_read(self.path.clone()) {
+                Ok(read) => {
+                    #[cfg(test)]
+                    {
+                        self.reads_started += 1;
+                    }
+                    read
                 }
-                spawn_read(self.path.clone())
-            }
+                Err(e) => {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "maintenance sentinel file: cannot start a thread to read it; keeping \
+                         the current state"
+                    );
+                    return FileState::TimedOut;
+                }
+            },
         };
         let state = match tokio::time::timeout(self.interval, &mut read).await {
             Err(_) => {
                 self.in_flight = Some(read);
                 FileState::TimedOut
             }
-            // The read panicked (it does not) or the runtime is shutting down.
+            // The reading thread ended without an answer (it does not: it cannot panic).
             Ok(Err(_)) => FileState::Unreadable(io::ErrorKind::Other),
             Ok(Ok(Err(e))) if e.kind() == io::ErrorKind::NotFound => FileState::Absent,
             Ok(Ok(Err(e))) => FileState::Unreadable(e.kind()),
@@ -171,11 +192,11 @@ impl SentinelFile {
         match &state {
             FileState::Absent => {
                 tracing::info!(path = %path, "maintenance sentinel file absent");
-                self.switch.disable();
+                self.switch.set(Source::File, None);
             }
             FileState::Present(notice) => {
                 tracing::info!(path = %path, "maintenance sentinel file present");
-                self.switch.enable_with(notice.clone());
+                self.switch.set(Source::File, Some(notice.clone()));
             }
             FileState::Invalid => {
                 tracing::warn!(
@@ -183,7 +204,8 @@ impl SentinelFile {
                     "maintenance sentinel file: first line is neither delta-seconds nor an \
                      HTTP-date; maintenance on with the default Retry-After"
                 );
-                self.switch.enable();
+                self.switch
+                    .set(Source::File, Some(MaintenanceNotice::new()));
             }
             FileState::Unreadable(kind) => {
                 tracing::warn!(
@@ -192,7 +214,8 @@ impl SentinelFile {
                     "maintenance sentinel file exists but cannot be read; maintenance on with \
                      the default Retry-After"
                 );
-                self.switch.enable();
+                self.switch
+                    .set(Source::File, Some(MaintenanceNotice::new()));
             }
             FileState::TimedOut => unreachable!("handled above"),
         }
@@ -201,21 +224,42 @@ impl SentinelFile {
     }
 }
 
-/// Reads at most [`MAX_LEN`] bytes of `path` on tokio's blocking pool.
-fn spawn_read(path: PathBuf) -> JoinHandle<io::Result<Vec<u8>>> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)?
-            .take(MAX_LEN)
-            .read_to_end(&mut bytes)?;
-        Ok(bytes)
-    })
+/// Starts reading at most [`MAX_LEN`] bytes of `path` on a detached thread of its own; the
+/// result arrives on the returned channel.
+///
+/// Not tokio's blocking pool: a read that never returns (a FIFO without a writer, a hung network
+/// volume) would hold a thread of that pool, and dropping the runtime waits for those, so the
+/// process could not shut down. A detached thread holds nothing up.
+fn start_read(path: PathBuf) -> io::Result<oneshot::Receiver<io::Result<Vec<u8>>>> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("sentinel-read".to_owned())
+        .spawn(move || {
+            // The receiver is gone if the check gave up and the poller was dropped: fine.
+            let _ = tx.send(read_head(&path));
+        })?;
+    Ok(rx)
+}
+
+/// The first [`MAX_LEN`] bytes of `path`.
+fn read_head(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_LEN)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn parse(bytes: &[u8]) -> FileState {
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return FileState::Invalid;
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        // Only the first `MAX_LEN` bytes are read: the cut may fall inside a multi-byte
+        // character. Drop that partial character, not the whole file.
+        Err(e) if e.error_len().is_none() && bytes.len() as u64 == MAX_LEN => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return FileState::Invalid,
     };
     let text = text.trim();
     if text.is_empty() {
@@ -259,11 +303,52 @@ mod tests {
         assert_eq!(parse(b"\xff\xfe"), FileState::Invalid);
     }
 
+    /// Only the first 4 KiB are read: a cut through a multi-byte character drops that character
+    /// and keeps the rest, instead of judging the whole file invalid.
+    #[test]
+    fn a_cut_through_a_character_keeps_the_rest() {
+        // "60\n" is 3 bytes and 'é' is 2: the cut at 4096 falls inside an 'é'.
+        let mut content = b"60\n".to_vec();
+        content.extend("é".repeat(3000).as_bytes());
+        let cut = &content[..MAX_LEN as usize];
+        assert!(
+            std::str::from_utf8(cut).is_err(),
+            "the cut splits a character"
+        );
+        assert_eq!(
+            parse(cut),
+            FileState::Present(
+                MaintenanceNotice::new()
+                    .retry_after(Duration::from_secs(60))
+                    .message("é".repeat(2046))
+            )
+        );
+        // Invalid UTF-8 that is not at a cut is still invalid.
+        assert_eq!(parse(b"60\n\xc3"), FileState::Invalid);
+        let mut bad = content[..MAX_LEN as usize - 1].to_vec();
+        bad[10] = 0xff;
+        bad.push(b'x');
+        assert_eq!(parse(&bad), FileState::Invalid);
+    }
+
+    /// Checks until the read in flight has finished, for at most 5 s of real time (the read runs
+    /// on a thread of its own, in real time, whatever tokio's clock does).
+    async fn check_until_read(file: &mut SentinelFile) -> FileState {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = file.check().await;
+            if state != FileState::TimedOut || std::time::Instant::now() > deadline {
+                return state;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// A read that hangs (here: a FIFO nobody writes to) is not restarted on every check: the
-    /// blocking thread it holds cannot be taken back, so a new read per tick would exhaust tokio's
-    /// blocking pool.
+    /// thread it holds cannot be taken back, so a new read per tick would pile threads up. The
+    /// check times out on tokio's clock (paused here): the hung thread does not hold it still.
     #[cfg(unix)]
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_hung_read_is_waited_for_not_restarted() {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -280,25 +365,30 @@ mod tests {
         /// read-write never blocks on Linux; closing it gives the reader end-of-file).
         struct Cleanup(PathBuf);
         impl Cleanup {
+            /// Opens the FIFO for writing and closes it, on a thread: the open waits for the
+            /// reader to open its end (whenever it gets there), which then reads end-of-file.
             fn release(&self) {
+                let path = self.0.clone();
+                std::thread::spawn(move || {
+                    drop(std::fs::OpenOptions::new().write(true).open(path))
+                });
+            }
+        }
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
                 drop(
                     std::fs::OpenOptions::new()
                         .read(true)
                         .write(true)
                         .open(&self.0),
                 );
-            }
-        }
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                self.release();
                 let _ = std::fs::remove_file(&self.0);
             }
         }
         let cleanup = Cleanup(fifo.clone());
 
         let switch = MaintenanceSwitch::new();
-        let mut file = SentinelFile::new(&fifo, switch.clone()).interval(Duration::from_millis(20));
+        let mut file = SentinelFile::new(&fifo, switch.clone()).interval(Duration::from_secs(5));
         for _ in 0..5 {
             assert_eq!(file.check().await, FileState::TimedOut);
         }
@@ -310,19 +400,15 @@ mod tests {
 
         // Once the stuck read finishes, its result is used: an empty file means "on".
         cleanup.release();
-        let mut state = FileState::TimedOut;
-        for _ in 0..100 {
-            state = file.check().await;
-            if state != FileState::TimedOut {
-                break;
-            }
-        }
-        assert_eq!(state, FileState::Present(MaintenanceNotice::new()));
+        assert_eq!(
+            check_until_read(&mut file).await,
+            FileState::Present(MaintenanceNotice::new())
+        );
         assert!(switch.is_enabled());
         assert_eq!(file.reads_started, 1);
         // And the next check reads afresh.
         drop(cleanup);
-        assert_eq!(file.check().await, FileState::Absent);
+        assert_eq!(check_until_read(&mut file).await, FileState::Absent);
         assert_eq!(file.reads_started, 2);
         assert!(!switch.is_enabled());
     }

@@ -80,12 +80,19 @@ impl MaintenanceLayer {
     /// Lets requests whose path is `prefix` or below it through (on a segment boundary:
     /// `/healthz` passes `/healthz` and `/healthz/live`, not `/healthzz`). Use it for health
     /// checks and for the admin endpoint.
+    ///
+    /// The prefix is matched against the path as the application will understand it:
+    /// escapes of unreserved characters decoded (`%2e` is `.`) and dot-segments removed
+    /// (RFC 3986 §5.2.4), so `/healthz/../admin` is `/admin` and does not pass. A path that
+    /// servers read in different ways passes by no prefix: an encoded `/` or `\`
+    /// (`/healthz/..%2fadmin`), a `\`, a bad escape, a `..;` segment. The query is not part
+    /// of the path. ([`bypass_if`](Self::bypass_if) predicates see the URI as received.)
     pub fn bypass_path(mut self, prefix: impl Into<String>) -> Self {
         let mut prefix = prefix.into();
         if !prefix.starts_with('/') {
             prefix.insert(0, '/');
         }
-        self.cfg().bypass.paths.push(prefix.into_boxed_str());
+        self.cfg().bypass.add_path(&prefix);
         self
     }
 

@@ -8,7 +8,7 @@
 //! | situation | what a new request gets |
 //! |---|---|
 //! | switch off, no [`Window`] open | the inner service's response; the check is **one atomic load** |
-//! | switch on ([`enable`](MaintenanceSwitch::enable)), or a scheduled [`Window`] open | **503**, `Retry-After`, `Cache-Control: no-store`, an HTML page / problem+json / text body as `Accept` asks, [`Reason::Maintenance`](crate::Reason) in the extensions |
+//! | any [source](#sources) on: [`enable`](MaintenanceSwitch::enable) (code, the admin router), a [`SentinelFile`] that exists, an open [`Window`] | **503**, `Retry-After`, `Cache-Control: no-store`, an HTML page / problem+json / text body as `Accept` asks, [`Reason::Maintenance`](crate::Reason) in the extensions |
 //! | ... and a [bypass rule](#bypass-rules) matches | the inner service's response |
 //! | already in flight when the switch flipped | finishes normally: the decision is made once, in `call` |
 //!
@@ -20,6 +20,23 @@
 //! adds jitter so a fleet's clients do not return in one herd (1 s by default), and sends it as
 //! delta-seconds or, if asked, an HTTP-date.
 //!
+//! # Sources
+//!
+//! Maintenance is **on while any source says on**. Each [`Source`] is switched on and off by
+//! itself and owns its notice; switching one off never switches another off:
+//!
+//! | [`Source`] | on | off |
+//! |---|---|---|
+//! | [`Manual`](Source::Manual) | [`enable`](MaintenanceSwitch::enable) / [`enable_with`](MaintenanceSwitch::enable_with) in code, the [admin router](admin)'s `PUT` | [`disable`](MaintenanceSwitch::disable), the admin router's `DELETE` |
+//! | [`File`](Source::File) | the [`SentinelFile`] exists | the poller sees it gone |
+//! | [`Scheduled`](Source::Scheduled) | a [`Window`] opens | it ends, or [`clear_schedule`](MaintenanceSwitch::clear_schedule) |
+//! | **several on** | the 503 uses **one** notice, whole (its `Retry-After` and its message): the one with the **longest wait**, where a notice's wait is the time left until its known end (`until`, `ends_in`, a window's end), else its `retry_after`; a notice that states no wait yields to one that does; ties go to the first in this table's order | only when the last one goes off |
+//!
+//! So removing the sentinel file does not end maintenance that the admin router started, an
+//! admin `DELETE` does not end maintenance while the file exists, and clients are not told to
+//! come back before the longest announced end. [`MaintenanceSwitch::status`] (and the admin
+//! router's `GET`) lists the sources that are on and the one whose notice is in force.
+//!
 //! **Scheduled windows** ([`MaintenanceSwitch::schedule`]) open and close by themselves. There is
 //! no background task: each request compares the [wall clock](WallClock) with the pending
 //! windows (while any is pending, the hot path is the atomic load, a clock read and a shared
@@ -29,7 +46,9 @@
 //!
 //! Checked only while maintenance is on, cheapest first; any match lets the request through:
 //!
-//! - [`bypass_path`](MaintenanceLayer::bypass_path): path prefixes, e.g. `/healthz`;
+//! - [`bypass_path`](MaintenanceLayer::bypass_path): path prefixes, e.g. `/healthz`, matched
+//!   against the path with its dot-segments removed (`/healthz/../admin` is `/admin`); a path
+//!   that servers read in different ways (`/healthz/..%2fadmin`) passes by no prefix;
 //! - [`bypass_header`](MaintenanceLayer::bypass_header): a secret header, compared in constant
 //!   time (an empty secret is refused: it adds no rule);
 //! - [`allow_ip`](MaintenanceLayer::allow_ip): client IPs in CIDR nets. The client IP is the

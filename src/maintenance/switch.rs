@@ -132,6 +132,12 @@ impl MaintenanceNotice {
         }
     }
 
+    /// How long this notice tells clients to wait, when it says: the time left until its known
+    /// end, else its `retry_after`. What ranks notices when several sources are on.
+    fn stated_wait(&self, now: SystemTime) -> Option<Duration> {
+        self.remaining(now).or(self.retry_after)
+    }
+
     /// Time left until the known end, if there is one and it has not passed.
     pub(crate) fn remaining(&self, now: SystemTime) -> Option<Duration> {
         let left = match self.end? {
@@ -206,14 +212,59 @@ impl Window {
     }
 }
 
-/// Why maintenance is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where maintenance was switched on: each source is on or off by itself, with its own notice.
+/// Maintenance is on while **any** source is; see the [precedence rule](super#sources).
+///
+/// Listed in the order that breaks ties between notices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Source {
-    /// [`MaintenanceSwitch::enable`] (from code, an admin endpoint or a sentinel file).
+    /// [`MaintenanceSwitch::enable`] and [`disable`](MaintenanceSwitch::disable): your code, a
+    /// signal handler, the [admin router](super::admin)'s `PUT` and `DELETE`.
     Manual,
-    /// A scheduled [`Window`] is open.
+    /// A [`SentinelFile`](super::SentinelFile) that exists.
+    File,
+    /// An open scheduled [`Window`].
     Scheduled,
+}
+
+impl Source {
+    /// Every source, in tie-breaking order.
+    const ALL: [Source; 3] = [Source::Manual, Source::File, Source::Scheduled];
+
+    /// The source's name in lowercase, as the admin router shows it: `"manual"`, `"file"`,
+    /// `"scheduled"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Manual => "manual",
+            Source::File => "file",
+            Source::Scheduled => "scheduled",
+        }
+    }
+
+    /// The bit of the state word saying this source is on (scheduled: a window is pending).
+    fn bit(self) -> u8 {
+        match self {
+            Source::Manual => 1,
+            Source::File => 4,
+            Source::Scheduled => 2,
+        }
+    }
+
+    /// The slot of [`Inner::held`] holding this source's notice; windows have none.
+    fn slot(self) -> Option<usize> {
+        match self {
+            Source::Manual => Some(0),
+            Source::File => Some(1),
+            Source::Scheduled => None,
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A snapshot of the switch, from [`MaintenanceSwitch::status`].
@@ -222,7 +273,10 @@ pub enum Source {
 pub struct MaintenanceStatus {
     /// Whether new requests get 503 right now (bypass rules aside).
     pub enabled: bool,
-    /// Why it is on, when it is.
+    /// Every source that is on right now, in [`Source`] order.
+    pub sources: Vec<Source>,
+    /// The source whose notice is in force, when on (see the
+    /// [precedence rule](super#sources)).
     pub source: Option<Source>,
     /// The notice in force, when on.
     pub notice: Option<MaintenanceNotice>,
@@ -232,14 +286,9 @@ pub struct MaintenanceStatus {
     pub pending_windows: usize,
 }
 
-/// Bit of the state word: switched on by hand.
-const MANUAL: u8 = 1;
-/// Bit of the state word: at least one scheduled window has not ended yet.
-const SCHEDULED: u8 = 2;
-
 struct Shared {
-    /// `MANUAL | SCHEDULED`. Zero means "off, nothing scheduled": the layer's whole hot path is
-    /// one load of this word.
+    /// One [bit](Source::bit) per source that is on (for windows: that has a window pending).
+    /// Zero means "off, nothing scheduled": the layer's whole hot path is one load of this word.
     state: AtomicU8,
     inner: RwLock<Inner>,
     clock: Arc<dyn WallClock>,
@@ -247,8 +296,62 @@ struct Shared {
 
 #[derive(Default)]
 struct Inner {
-    manual: Option<MaintenanceNotice>,
+    /// The notice of each source that is switched on and off ([`Source::slot`]), while on.
+    held: [Option<MaintenanceNotice>; 2],
     windows: Vec<Window>,
+}
+
+/// A notice in the running: a held source's, or an open window's.
+#[derive(Clone, Copy)]
+enum Candidate<'a> {
+    Held(&'a MaintenanceNotice),
+    Window(&'a Window),
+}
+
+impl Candidate<'_> {
+    fn stated_wait(self, now: SystemTime) -> Option<Duration> {
+        match self {
+            Candidate::Held(notice) => notice.stated_wait(now),
+            Candidate::Window(window) => window.end.duration_since(now).ok(),
+        }
+    }
+
+    fn notice(self) -> MaintenanceNotice {
+        match self {
+            Candidate::Held(notice) => notice.clone(),
+            Candidate::Window(window) => window.notice(),
+        }
+    }
+}
+
+impl Inner {
+    /// Every source that is on at `now`, with its notice, in [`Source`] order (several open
+    /// windows are all there).
+    fn candidates(&self, now: SystemTime) -> impl Iterator<Item = (Source, Candidate<'_>)> {
+        let held = Source::ALL.into_iter().filter_map(move |source| {
+            let notice = self.held[source.slot()?].as_ref()?;
+            Some((source, Candidate::Held(notice)))
+        });
+        let windows = self
+            .windows
+            .iter()
+            .filter(move |w| w.is_open(now))
+            .map(|w| (Source::Scheduled, Candidate::Window(w)));
+        held.chain(windows)
+    }
+
+    /// The notice in force at `now` and its source: the longest stated wait; a notice that states
+    /// none yields to one that does; ties go to the first in [`Source`] order.
+    fn winner(&self, now: SystemTime) -> Option<(Source, Candidate<'_>)> {
+        let mut best: Option<(Source, Candidate<'_>, Option<Duration>)> = None;
+        for (source, candidate) in self.candidates(now) {
+            let wait = candidate.stated_wait(now);
+            if best.as_ref().is_none_or(|(_, _, w)| wait > *w) {
+                best = Some((source, candidate, wait));
+            }
+        }
+        best.map(|(source, candidate, _)| (source, candidate))
+    }
 }
 
 /// The handle that turns maintenance mode on and off: cheap to clone (one `Arc`), `Send + Sync`.
@@ -258,6 +361,12 @@ struct Inner {
 /// [`SentinelFile`](super::SentinelFile) poller, or your own code; every
 /// [`MaintenanceLayer`](super::MaintenanceLayer) built with it sees the change on its next
 /// request. Requests already in flight are not affected.
+///
+/// Each [`Source`] is switched on and off by itself: [`enable`](Self::enable) and
+/// [`disable`](Self::disable) (your code, the admin router) drive the manual source, a
+/// sentinel file its own, [`schedule`](Self::schedule) the windows. Maintenance is on while
+/// any of them is; [`disable`](Self::disable) does not switch off a sentinel file or a window.
+/// See the [precedence rule](super#sources).
 ///
 /// While off with nothing scheduled, a layer checks the switch with a single atomic load. The
 /// notice and the windows sit behind a `RwLock` that is read only while maintenance is on or a
@@ -335,37 +444,51 @@ impl MaintenanceSwitch {
     /// Updates the state word from `inner`; called with the write lock held.
     fn publish(&self, inner: &Inner) {
         let mut state = 0;
-        if inner.manual.is_some() {
-            state |= MANUAL;
-        }
-        if !inner.windows.is_empty() {
-            state |= SCHEDULED;
+        for source in Source::ALL {
+            let on = match source.slot() {
+                Some(slot) => inner.held[slot].is_some(),
+                None => !inner.windows.is_empty(),
+            };
+            if on {
+                state |= source.bit();
+            }
         }
         self.shared.state.store(state, Ordering::Release);
     }
 
-    /// Turns maintenance on with an empty notice (the layer's default `Retry-After` and message).
+    /// Turns the manual source on with an empty notice (the layer's default `Retry-After` and
+    /// message).
     pub fn enable(&self) {
         self.enable_with(MaintenanceNotice::new());
     }
 
-    /// Turns maintenance on (or replaces the notice while on).
+    /// Turns the manual source on (or replaces its notice while on).
     pub fn enable_with(&self, notice: MaintenanceNotice) {
-        let mut inner = self.write();
-        inner.manual = Some(notice);
-        self.publish(&inner);
-        drop(inner);
-        tracing::info!("maintenance mode enabled");
+        self.set(Source::Manual, Some(notice));
     }
 
-    /// Turns manual maintenance off. Scheduled windows still open and close by themselves.
+    /// Turns the manual source off. Maintenance stays on while another source is on: a
+    /// [`SentinelFile`](super::SentinelFile) that exists, an open window.
     pub fn disable(&self) {
+        self.set(Source::Manual, None);
+    }
+
+    /// Switches `source` on with `notice`, or off with `None`, leaving the other sources alone.
+    /// Windows come and go with [`schedule`](Self::schedule), not here.
+    pub(crate) fn set(&self, source: Source, notice: Option<MaintenanceNotice>) {
+        let Some(slot) = source.slot() else {
+            debug_assert!(false, "{source} is not switched by hand");
+            return;
+        };
+        let on = notice.is_some();
         let mut inner = self.write();
-        let was_on = inner.manual.take().is_some();
+        let was_on = std::mem::replace(&mut inner.held[slot], notice).is_some();
         self.publish(&inner);
         drop(inner);
-        if was_on {
-            tracing::info!("maintenance mode disabled");
+        match (was_on, on) {
+            (false, true) => tracing::info!(%source, "maintenance source on"),
+            (true, false) => tracing::info!(%source, "maintenance source off"),
+            _ => {}
         }
     }
 
@@ -386,20 +509,26 @@ impl MaintenanceSwitch {
         self.publish(&inner);
     }
 
-    /// Whether new requests get 503 right now (bypass rules aside).
+    /// Whether new requests get 503 right now (bypass rules aside): whether any source is on.
     pub fn is_enabled(&self) -> bool {
         self.current().is_some()
     }
 
-    /// A snapshot: on or off, why, the notice and the expected end.
+    /// A snapshot: on or off, which sources are on, the notice in force and its expected end.
     pub fn status(&self) -> MaintenanceStatus {
         let active = self.active();
-        let pending_windows = self.read().windows.len();
+        let now = self.shared.clock.now();
+        let inner = self.read();
+        let mut sources: Vec<Source> = inner.candidates(now).map(|(s, _)| s).collect();
+        sources.dedup();
+        let pending_windows = inner.windows.len();
+        drop(inner);
         let ends_at = active
             .as_ref()
             .and_then(|(notice, _)| notice.ends_at(&*self.shared.clock));
         MaintenanceStatus {
             enabled: active.is_some(),
+            sources,
             source: active.as_ref().map(|(_, s)| *s),
             notice: active.map(|(n, _)| n),
             ends_at,
@@ -421,18 +550,13 @@ impl MaintenanceSwitch {
         self.active().map(|(notice, _)| notice)
     }
 
+    /// The notice in force and its source, by the precedence rule.
     fn active(&self) -> Option<(MaintenanceNotice, Source)> {
-        let inner = self.read();
-        if let Some(notice) = &inner.manual {
-            return Some((notice.clone(), Source::Manual));
-        }
-        if inner.windows.is_empty() {
-            return None;
-        }
         let now = self.shared.clock.now();
-        if let Some(w) = inner.windows.iter().find(|w| w.is_open(now)) {
-            return Some((w.notice(), Source::Scheduled));
-        }
+        let inner = self.read();
+        let active = inner
+            .winner(now)
+            .map(|(source, candidate)| (candidate.notice(), source));
         let any_ended = inner.windows.iter().any(|w| w.end <= now);
         drop(inner);
         if any_ended {
@@ -442,7 +566,7 @@ impl MaintenanceSwitch {
             inner.windows.retain(|w| w.end > now);
             self.publish(&inner);
         }
-        None
+        active
     }
 }
 
@@ -489,6 +613,118 @@ mod tests {
         assert_eq!(switch.current().unwrap().get_message(), Some("m"));
         switch.disable();
         assert!(switch.is_idle());
+    }
+
+    #[test]
+    fn on_while_any_source_is_on() {
+        let switch = MaintenanceSwitch::new();
+        let file = || Some(MaintenanceNotice::new().message("from the file"));
+
+        // File on, manual off: still on.
+        switch.set(Source::File, file());
+        switch.disable();
+        assert!(switch.is_enabled());
+        assert_eq!(switch.status().sources, [Source::File]);
+
+        // Manual on, file off: still on.
+        switch.enable();
+        switch.set(Source::File, None);
+        assert!(switch.is_enabled());
+        assert_eq!(switch.status().sources, [Source::Manual]);
+
+        // Both on, then both off.
+        switch.set(Source::File, file());
+        let status = switch.status();
+        assert_eq!(status.sources, [Source::Manual, Source::File]);
+        assert!(status.enabled);
+        switch.disable();
+        assert!(switch.is_enabled());
+        switch.set(Source::File, None);
+        assert!(!switch.is_enabled());
+        assert!(switch.is_idle(), "back to the one-load hot path");
+        let status = switch.status();
+        assert!(status.sources.is_empty());
+        assert_eq!(status.source, None);
+        assert_eq!(status.notice, None);
+    }
+
+    #[test]
+    fn the_longest_wait_wins() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let clock = Arc::new(TestClock(Mutex::new(t0)));
+        let switch = MaintenanceSwitch::with_clock(clock.clone());
+        let secs = Duration::from_secs;
+        let in_force = |switch: &MaintenanceSwitch| {
+            let status = switch.status();
+            (
+                status.source,
+                status.notice.unwrap().get_message().map(str::to_owned),
+            )
+        };
+        let manual = |s: &str| Some(s.to_owned());
+
+        // Neither states a wait: the first in order (manual).
+        switch.enable_with(MaintenanceNotice::new().message("manual"));
+        switch.set(Source::File, Some(MaintenanceNotice::new().message("file")));
+        assert_eq!(in_force(&switch), (Some(Source::Manual), manual("manual")));
+
+        // One that states a wait beats one that does not.
+        switch.set(
+            Source::File,
+            Some(
+                MaintenanceNotice::new()
+                    .retry_after(secs(10))
+                    .message("file"),
+            ),
+        );
+        assert_eq!(in_force(&switch), (Some(Source::File), Some("file".into())));
+
+        // The longer wait wins, whether an end or a hint; the notice wins whole.
+        switch.enable_with(
+            MaintenanceNotice::new()
+                .until(t0 + secs(300))
+                .message("manual"),
+        );
+        assert_eq!(in_force(&switch), (Some(Source::Manual), manual("manual")));
+        assert_eq!(switch.status().ends_at, Some(t0 + secs(300)));
+        switch.set(
+            Source::File,
+            Some(
+                MaintenanceNotice::new()
+                    .retry_after(secs(600))
+                    .message("file"),
+            ),
+        );
+        assert_eq!(in_force(&switch), (Some(Source::File), Some("file".into())));
+
+        // An open window ending later wins; of two open windows, the later end.
+        switch.schedule(Window::new(t0, t0 + secs(900)).unwrap().message("window 1"));
+        switch.schedule(
+            Window::new(t0, t0 + secs(1200))
+                .unwrap()
+                .message("window 2"),
+        );
+        assert_eq!(
+            in_force(&switch),
+            (Some(Source::Scheduled), Some("window 2".into()))
+        );
+        assert_eq!(
+            switch.status().sources,
+            [Source::Manual, Source::File, Source::Scheduled]
+        );
+
+        // Time passes: the manual end has passed and it states no other wait; the file's hint
+        // (600 s) now beats the window's 200 s left.
+        *clock.0.lock().unwrap() = t0 + secs(1000);
+        assert_eq!(in_force(&switch), (Some(Source::File), Some("file".into())));
+
+        // Ties go to the first in order.
+        switch.enable_with(
+            MaintenanceNotice::new()
+                .retry_after(secs(600))
+                .message("manual"),
+        );
+        assert_eq!(in_force(&switch), (Some(Source::Manual), manual("manual")));
     }
 
     #[test]

@@ -194,3 +194,53 @@ pub fn quiet_panics() {
         }));
     });
 }
+
+/// A FIFO in the temp dir (made with `mkfifo`) that nobody writes to: opening it for reading
+/// blocks, as on a hung network volume. Dropping it releases any reader blocked in `open` and
+/// removes the FIFO.
+#[cfg(unix)]
+pub struct Fifo(pub std::path::PathBuf);
+
+#[cfg(unix)]
+impl Fifo {
+    pub fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "tower-5xx-fifo-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success(), "mkfifo {}", path.display());
+        Self(path)
+    }
+
+    /// Lets the reader go on, with `content` to read before end-of-file: a thread opens the
+    /// FIFO for writing (which waits for the reader to open its end, whenever it gets there),
+    /// writes and closes it.
+    pub fn write(&self, content: &str) {
+        let (path, content) = (self.0.clone(), content.to_owned());
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            if let Ok(mut pipe) = std::fs::OpenOptions::new().write(true).open(path) {
+                let _ = pipe.write_all(content.as_bytes());
+            }
+        });
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
