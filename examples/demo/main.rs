@@ -76,9 +76,11 @@ async fn main() {
     println!("Ask for JSON with -H 'Accept: application/problem+json'; add --http2-prior-knowledge for HTTP/2.");
 
     // The probes sit beside the app, outside its layers: never shed, in maintenance or drained.
-    let app = app().merge(lifecycle::routes(&lifecycle));
+    let app = app()
+        .layer(lifecycle.drain_layer())
+        .merge(lifecycle::routes(&lifecycle));
     lifecycle::print_phases(&lifecycle);
-    // Serves until SIGTERM or Ctrl-C, then drains (the drain layer is applied by `serve`).
+    // Serves until SIGTERM or Ctrl-C, then drains.
     match lifecycle.serve(listener, app).await {
         Ok(()) => println!("exit: every connection closed"),
         Err(expired) => println!("exit: {expired}"),

@@ -51,8 +51,7 @@
 //! # }
 //! ```
 //!
-//! With feature `lifecycle-serve`, the last lines become `lifecycle.serve(listener, app).await`
-//! (and `.layer(lifecycle.drain_layer())` goes: `serve` applies it).
+//! With feature `lifecycle-serve`, the last lines become `lifecycle.serve(listener, app).await`.
 //!
 //! ## What `axum::serve` does differently
 //!

@@ -24,10 +24,9 @@ use hyper_util::{
 };
 use pin_project_lite::pin_project;
 use tokio::{net::TcpListener, task::JoinSet};
-use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{error::GraceExpired, Drain, Lifecycle};
+use super::{error::GraceExpired, Lifecycle};
 use crate::BoxError;
 
 impl Lifecycle {
@@ -37,10 +36,12 @@ impl Lifecycle {
     /// the listener closes and, until the grace deadline,
     ///
     /// - requests arriving on open HTTP/1.1 connections get 503 + `Retry-After` + `Connection:
-    ///   close` (the [drain layer](super::DrainLayer) is applied here: do not add it yourself);
+    ///   close` from the [drain layer](super::DrainLayer), **which you add** around your routes
+    ///   (not around `/readyz` and `/livez`: liveness answers 200 until the exit);
     /// - idle HTTP/1.1 keep-alive connections stay open (closing one under a client that has
-    ///   just sent a request is the reset this avoids); they close after such a 503, when the
-    ///   client closes them, or at the deadline;
+    ///   just sent a request is the reset this avoids); they close after a response saying
+    ///   `Connection: close` (the drain layer's 503), when the client closes them, or at the
+    ///   deadline;
     /// - HTTP/2 connections get a GOAWAY at once, and their open streams finish;
     /// - in-flight requests finish.
     ///
@@ -61,12 +62,11 @@ impl Lifecycle {
             + Send
             + 'static,
         S::Future: Send + 'static,
-        B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let signal = tokio::spawn(self.clone().on_signal());
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let drain = self.drain_layer();
         let builder = auto::Builder::new(TokioExecutor::new());
         let mut connections = JoinSet::new();
         {
@@ -87,7 +87,7 @@ impl Lifecycle {
                 };
                 let http2 = Arc::new(AtomicBool::new(false));
                 let svc = Counted {
-                    inner: drain.layer(service.clone()),
+                    inner: service.clone(),
                     in_flight: in_flight.clone(),
                     http2: http2.clone(),
                 };
@@ -144,7 +144,7 @@ impl Lifecycle {
 /// speaks HTTP/2.
 #[derive(Clone)]
 struct Counted<S> {
-    inner: Drain<S>,
+    inner: S,
     in_flight: Arc<AtomicUsize>,
     http2: Arc<AtomicBool>,
 }
@@ -152,11 +152,10 @@ struct Counted<S> {
 impl<S, B> Service<Request<Incoming>> for Counted<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
-    B: From<Bytes>,
 {
     type Response = Response<B>;
     type Error = Infallible;
-    type Future = CountedFuture<<Drain<S> as Service<Request<Incoming>>>::Future>;
+    type Future = CountedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
