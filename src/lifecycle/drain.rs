@@ -3,7 +3,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::atomic::Ordering,
+    sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -29,6 +29,13 @@ use crate::{
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct DrainLayer {
+    config: Arc<Config>,
+}
+
+/// Everything a [`Drain`] needs, behind one reference count: axum clones a route's service for
+/// every request, so one `Arc` here is one atomic increment per request, not three.
+#[derive(Debug, Clone)]
+struct Config {
     lifecycle: Lifecycle,
     refusal: RefusalPolicy,
     retry_after: Duration,
@@ -39,22 +46,24 @@ impl DrainLayer {
     /// instance is ready now) and the default [`RefusalPolicy`].
     pub fn new(lifecycle: Lifecycle) -> Self {
         Self {
-            lifecycle,
-            refusal: RefusalPolicy::default(),
-            retry_after: Duration::from_secs(1),
+            config: Arc::new(Config {
+                lifecycle,
+                refusal: RefusalPolicy::default(),
+                retry_after: Duration::from_secs(1),
+            }),
         }
     }
 
     /// The base wait of the 503 (the [refusal policy](Self::refusal) bounds and jitters it).
     /// Default 1 s: the client should retry soon, on another instance.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
-        self.retry_after = retry_after;
+        Arc::make_mut(&mut self.config).retry_after = retry_after;
         self
     }
 
     /// How the 503 is made. Default [`RefusalPolicy::default`].
     pub fn refusal(mut self, policy: RefusalPolicy) -> Self {
-        self.refusal = policy;
+        Arc::make_mut(&mut self.config).refusal = policy;
         self
     }
 }
@@ -65,7 +74,7 @@ impl<S> Layer<S> for DrainLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Drain {
             inner,
-            layer: self.clone(),
+            config: self.config.clone(),
         }
     }
 }
@@ -75,7 +84,7 @@ impl<S> Layer<S> for DrainLayer {
 #[must_use]
 pub struct Drain<S> {
     inner: S,
-    layer: DrainLayer,
+    config: Arc<Config>,
 }
 
 impl<S> Drain<S> {
@@ -100,7 +109,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // Hot path: one relaxed load. A request racing the close either way is fine: served
         // normally, or refused with a response the client can act on.
-        if self.layer.lifecycle.inner.phase.load(Ordering::Relaxed) != CLOSING {
+        if self.config.lifecycle.inner.phase.load(Ordering::Relaxed) != CLOSING {
             return ResponseFuture {
                 kind: Kind::Inner {
                     future: self.inner.call(req),
@@ -109,13 +118,13 @@ where
         }
         ResponseFuture {
             kind: Kind::Refused {
-                response: Some(Box::new(self.layer.refuse(&req))),
+                response: Some(Box::new(self.config.refuse(&req))),
             },
         }
     }
 }
 
-impl DrainLayer {
+impl Config {
     fn refuse<B, ReqBody>(&self, req: &Request<ReqBody>) -> Response<B>
     where
         B: From<Bytes>,
