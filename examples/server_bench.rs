@@ -19,6 +19,7 @@ use std::{
     net::SocketAddr,
     process::ExitCode,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use axum::{error_handling::HandleErrorLayer, http::StatusCode, routing::get, BoxError, Router};
@@ -28,6 +29,7 @@ use tower::{
 use tower_5xx::{
     breaker::{BreakerLayer, CircuitBreaker},
     catch::CatchLayer,
+    lifecycle::{DrainLayer, Lifecycle},
     maintenance::{MaintenanceLayer, MaintenanceSwitch},
     refuse::RefusalPolicy,
     shed::ShedLayer,
@@ -44,6 +46,7 @@ const STACKS: &[&str] = &[
     "maintenance",
     "shed",
     "breaker",
+    "drain",
     "ours",
 ];
 
@@ -108,6 +111,11 @@ fn breaker_layer() -> BreakerLayer {
     BreakerLayer::new(CircuitBreaker::builder().build().expect("default breaker"))
 }
 
+fn drain_layer() -> DrainLayer {
+    // Never signalled: the lifecycle stays in its serving phase, every request goes through.
+    Lifecycle::new(Duration::from_secs(5), Duration::from_secs(10)).drain_layer()
+}
+
 fn app(stack: &str) -> Option<Router> {
     let router = Router::new().route("/", get(|| async { "hello" }));
     Some(match stack {
@@ -128,6 +136,7 @@ fn app(stack: &str) -> Option<Router> {
         "maintenance" => router.layer(maintenance_layer()),
         "shed" => router.layer(shed_layer()),
         "breaker" => router.layer(breaker_layer()),
+        "drain" => router.layer(drain_layer()),
         "ours" => router.layer(
             ServiceBuilder::new()
                 .layer(catch_layer())

@@ -79,7 +79,8 @@ impl InvalidConfig {
         feature = "maintenance",
         feature = "shed",
         feature = "breaker",
-        feature = "retry"
+        feature = "retry",
+        feature = "lifecycle"
     ))]
     pub(crate) fn new(setting: &'static str, message: &'static str) -> Self {
         Self { setting, message }

@@ -84,6 +84,8 @@
 //! | `breaker` | yes | [`breaker`]: circuit breakers (lock-free state machine, sliding windows), [`breaker::BreakerLayer`] answering 503 + `Retry-After` while open, [`breaker::KeyedBreakers`] |
 //! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency, client breakers (enables `breaker`) |
 //! | `reqwest-middleware` | no | [`retry`]'s policy as a `reqwest_middleware::Middleware` (enables `reqwest`) |
+//! | `lifecycle` | yes | [`lifecycle`]: `/readyz` and `/livez`, [`lifecycle::DrainLayer`] (503 + `Retry-After` + `Connection: close` once the listener closes), the SIGTERM drain |
+//! | `lifecycle-serve` | no | [`lifecycle::Lifecycle::serve`]: a small serve loop (hyper-util) that drains without closing idle keep-alive connections |
 //! | `hyper-util` | no | with `catch`: hyper-util's legacy client errors become 502 / 504 ([upstream errors](catch#upstream-errors-502-and-504)) |
 //! | `reqwest` | no | with `catch`: reqwest's errors become 502 / 504 ([upstream errors](catch#upstream-errors-502-and-504)) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -94,7 +96,8 @@
     feature = "catch",
     feature = "maintenance",
     feature = "shed",
-    feature = "breaker"
+    feature = "breaker",
+    feature = "lifecycle"
 ))]
 macro_rules! inner_service_accessors {
     () => {
@@ -123,7 +126,8 @@ mod html;
     feature = "catch",
     feature = "maintenance",
     feature = "shed",
-    feature = "breaker"
+    feature = "breaker",
+    feature = "lifecycle"
 ))]
 #[cfg_attr(
     docsrs,
@@ -131,7 +135,8 @@ mod html;
         feature = "catch",
         feature = "maintenance",
         feature = "shed",
-        feature = "breaker"
+        feature = "breaker",
+        feature = "lifecycle"
     )))
 )]
 pub mod refuse;
@@ -145,6 +150,10 @@ pub mod catch;
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 pub mod breaker;
+
+#[cfg(feature = "lifecycle")]
+#[cfg_attr(docsrs, doc(cfg(feature = "lifecycle")))]
+pub mod lifecycle;
 
 #[cfg(feature = "maintenance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "maintenance")))]

@@ -429,7 +429,12 @@ pub(crate) struct RequestView<'a> {
 
 impl<'a> RequestView<'a> {
     /// A view of a request the layer still holds.
-    #[cfg(any(feature = "maintenance", feature = "shed", feature = "breaker"))]
+    #[cfg(any(
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker",
+        feature = "lifecycle"
+    ))]
     pub(crate) fn of<B>(req: &'a http::Request<B>) -> Self {
         Self {
             method: Some(req.method()),

@@ -102,6 +102,8 @@ pub enum Reason {
     GatewayTimeout,
     /// A status chosen by a user classifier for its own error type.
     Classified,
+    /// The server is shutting down: it no longer takes new work (503).
+    Draining,
 }
 
 impl Reason {
@@ -116,6 +118,7 @@ impl Reason {
             Reason::BadGateway => "An upstream service failed.",
             Reason::GatewayTimeout => "An upstream service did not answer in time.",
             Reason::Classified => "The request could not be completed.",
+            Reason::Draining => "The server is shutting down; retry on another instance.",
         }
     }
 
@@ -130,6 +133,7 @@ impl Reason {
             Reason::BadGateway => "bad_gateway",
             Reason::GatewayTimeout => "gateway_timeout",
             Reason::Classified => "classified",
+            Reason::Draining => "draining",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo run --example demo   # serves on 127.0.0.1:3000
 //! DEMO_ADDR=127.0.0.1:8080 cargo run --example demo
+//! DEMO_DRAIN_DELAY_MS=1000 DEMO_GRACE_MS=2000 cargo run --example demo   # SIGTERM drain timings
 //! ```
 //!
 //! It speaks HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on the same port. The routes are listed
@@ -10,6 +11,7 @@
 
 mod errors;
 mod flaky;
+mod lifecycle;
 mod maintenance;
 mod proxy;
 mod shed;
@@ -55,6 +57,7 @@ async fn main() {
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
+    let lifecycle = lifecycle::from_env();
 
     println!("tower-5xx demo listening on http://{addr} (HTTP/1.1 and h2c)");
     println!();
@@ -67,15 +70,19 @@ async fn main() {
     println!();
     maintenance::print_help(addr);
     println!();
+    lifecycle::print_help(addr, &lifecycle);
+    println!();
     println!("Every generated 5xx carries Cache-Control: no-store and an x-error-id that is also logged.");
     println!("Ask for JSON with -H 'Accept: application/problem+json'; add --http2-prior-knowledge for HTTP/2.");
 
-    let app = app().into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-            println!("shutting down");
-        })
-        .await
-        .expect("server error");
+    // The probes sit beside the app, outside its layers: never shed, in maintenance or drained.
+    let app = app()
+        .layer(lifecycle.drain_layer())
+        .merge(lifecycle::routes(&lifecycle));
+    lifecycle::print_phases(&lifecycle);
+    // Serves until SIGTERM or Ctrl-C, then drains.
+    match lifecycle.serve(listener, app).await {
+        Ok(()) => println!("exit: every connection closed"),
+        Err(expired) => println!("exit: {expired}"),
+    }
 }

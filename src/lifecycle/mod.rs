@@ -1,0 +1,102 @@
+//! Readiness, liveness and a SIGTERM drain that drops nothing: the order a load balancer needs.
+//!
+//! One [`Lifecycle`] per process moves through three [phases](Phase):
+//!
+//! | phase | starts | `/readyz` | `/livez` | a request on an open connection | new connections |
+//! |---|---|---|---|---|---|
+//! | [`Serving`](Phase::Serving) | at start | 200 (unless an [opt-in condition](Readiness) says 503) | 200 | served | accepted |
+//! | [`Draining`](Phase::Draining) | SIGTERM / SIGINT, or [`start_drain`](Lifecycle::start_drain) | **503** + `Retry-After`, body "not ready: draining ..." | 200 | **served normally** (load balancers are still noticing) | accepted |
+//! | [`Closing`](Phase::Closing) | `drain_delay` later: the shutdown future resolves, the listener closes | 503 | 200 | **503** + `Retry-After` + `Connection: close` (HTTP/1.1; HTTP/2 gets a GOAWAY), in-flight requests finish | refused |
+//! | exit | every connection closed, or `grace` after the close | - | - | what is left is closed; the count still running is logged | - |
+//!
+//! - [`Lifecycle::readiness`] and [`Lifecycle::liveness`] are the two probes, as tower
+//!   services. Mount them **outside** the layers that shed, answer maintenance or drain: in
+//!   axum, add them with `route_service` *after* those `.layer(..)` calls (a `Router::layer`
+//!   wraps only the routes added before it), or merge them into the outer router.
+//! - [`DrainLayer`] ([`Lifecycle::drain_layer`]) answers the late requests of the closing
+//!   phase. While serving, it costs one relaxed atomic load per request.
+//! - [`Lifecycle::on_signal`] is the shutdown future: give it to `axum::serve(..)
+//!   .with_graceful_shutdown(..)` and wrap the server in [`Lifecycle::finish`] for the grace
+//!   deadline.
+//! - [`Lifecycle::serve`] (feature `lifecycle-serve`) does all of it with its own small serve
+//!   loop, and keeps idle HTTP/1.1 keep-alive connections open until a request on them gets
+//!   `Connection: close` or the grace deadline comes, which `axum::serve` cannot (below).
+//!
+//! # Example: axum
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use tower_5xx::lifecycle::Lifecycle;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! // On SIGTERM: /readyz 503 at once, serve normally 10 s, stop accepting, then in-flight
+//! // requests have 20 s. Kubernetes: terminationGracePeriodSeconds above 30.
+//! let lifecycle = Lifecycle::new(Duration::from_secs(10), Duration::from_secs(20));
+//!
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(lifecycle.drain_layer())
+//!     // After the layers: the probes are never shed, put into maintenance or drained.
+//!     .route_service("/readyz", lifecycle.readiness())
+//!     .route_service("/livez", lifecycle.liveness());
+//!
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//! let server = axum::serve(listener, app).with_graceful_shutdown(lifecycle.clone().on_signal());
+//! match lifecycle.finish(server).await {
+//!     Ok(result) => result?,
+//!     Err(expired) => eprintln!("{expired}"), // still exit 0: the shutdown was orderly
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With feature `lifecycle-serve`, the last lines become `lifecycle.serve(listener, app).await`.
+//!
+//! ## What `axum::serve` does differently
+//!
+//! When its shutdown future resolves, `axum::serve` (like hyper-util's `GracefulShutdown`)
+//! calls `graceful_shutdown` on every connection: HTTP/1.1 connections that are idle are
+//! **closed at once**, and busy ones close after their current response. A client that sent a
+//! request on an idle keep-alive connection at that moment gets a reset or an "incomplete
+//! message" error instead of an answer, and the drain layer's 503 is rarely reached on HTTP/1.1.
+//! [`Lifecycle::serve`] leaves idle HTTP/1.1 connections open until the grace deadline, so every
+//! request that reaches the server is answered. With `axum::serve`, keep `drain_delay` long
+//! enough that load balancers have stopped sending before the close, and use clients that
+//! retry requests failed on a reused connection.
+//!
+//! # Kubernetes
+//!
+//! - **`terminationGracePeriodSeconds` > `drain_delay + grace`** (plus the preStop hook's
+//!   sleep, if any): SIGKILL comes that long after the pod starts terminating.
+//! - **Readiness probe**: `httpGet: {path: /readyz}`; `drain_delay` should cover
+//!   `periodSeconds * failureThreshold` (e.g. 2 s * 2) plus the time endpoints take to
+//!   propagate to kube-proxy, ingress controllers and cloud load balancers (several seconds;
+//!   10 s is a safe default). **Liveness probe**: `httpGet: {path: /livez}`; it stays 200 while
+//!   draining so the kubelet does not restart a pod that is shutting down cleanly.
+//! - **Without a preStop hook**: SIGTERM arrives when the pod starts terminating, at the same
+//!   time as its removal from the endpoints; endpoint removal and the failing readiness probe
+//!   race to take it out of rotation, and `drain_delay` is the time you give them.
+//! - **With a preStop hook** (`exec: {command: ["sleep", "5"]}`): the endpoints are removed
+//!   while the hook sleeps, and SIGTERM comes after it: `drain_delay` can be shorter, but the
+//!   hook's sleep counts against `terminationGracePeriodSeconds` too.
+//!
+//! ```yaml
+//! terminationGracePeriodSeconds: 40   # > drain_delay (10 s) + grace (20 s)
+//! containers:
+//!   - name: app
+//!     readinessProbe: { httpGet: { path: /readyz, port: 8080 }, periodSeconds: 2, failureThreshold: 2 }
+//!     livenessProbe:  { httpGet: { path: /livez,  port: 8080 }, periodSeconds: 10 }
+//! ```
+
+mod drain;
+pub mod error;
+mod probe;
+#[cfg(feature = "lifecycle-serve")]
+mod serve;
+mod state;
+
+pub use drain::{Drain, DrainLayer, ResponseFuture};
+pub use error::GraceExpired;
+pub use probe::{Liveness, Readiness};
+pub use state::{Lifecycle, Phase};

@@ -1,0 +1,198 @@
+//! [`Lifecycle::serve`]: a small HTTP/1.1 + h2c serve loop that drains without cutting idle
+//! keep-alive connections.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use pin_project_lite::pin_project;
+use tokio::{net::TcpListener, task::JoinSet};
+use tower_service::Service;
+
+use super::{error::GraceExpired, Lifecycle};
+use crate::BoxError;
+
+impl Lifecycle {
+    /// Serves `service` on `listener` (HTTP/1.1 and h2c, hyper-util's auto builder) and runs
+    /// the whole shutdown: on SIGTERM or SIGINT (or [`start_drain`](Self::start_drain)),
+    /// readiness turns 503 at once and requests are served normally for the drain delay; then
+    /// the listener closes and, until the grace deadline,
+    ///
+    /// - requests arriving on open HTTP/1.1 connections get 503 + `Retry-After` + `Connection:
+    ///   close` from the [drain layer](super::DrainLayer), **which you add** around your routes
+    ///   (not around `/readyz` and `/livez`: liveness answers 200 until the exit);
+    /// - idle HTTP/1.1 keep-alive connections stay open (closing one under a client that has
+    ///   just sent a request is the reset this avoids); they close after a response saying
+    ///   `Connection: close` (the drain layer's 503), when the client closes them, or at the
+    ///   deadline;
+    /// - HTTP/2 connections get a GOAWAY at once, and their open streams finish;
+    /// - in-flight requests finish.
+    ///
+    /// It returns `Ok` once every connection is closed, or [`GraceExpired`] (with the number of
+    /// requests still running, also logged) at the deadline, after dropping what is left.
+    /// Either way, return from `main` with status 0.
+    ///
+    /// One `tower::Service` (an axum `Router`, say) is cloned per connection. Accept errors
+    /// (too many open files) are logged and retried after 100 ms.
+    ///
+    /// # Errors
+    ///
+    /// [`GraceExpired`] when the grace period ran out with connections still open.
+    pub async fn serve<S, B>(&self, listener: TcpListener, service: S) -> Result<(), GraceExpired>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let signal = tokio::spawn(self.clone().on_signal());
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut connections = JoinSet::new();
+        {
+            let mut closed = pin!(self.closed());
+            loop {
+                let stream = tokio::select! {
+                    () = &mut closed => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _peer)) => stream,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    // Reap finished connections so the set stays small.
+                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                };
+                let http2 = Arc::new(AtomicBool::new(false));
+                let svc = Counted {
+                    inner: service.clone(),
+                    in_flight: in_flight.clone(),
+                    http2: http2.clone(),
+                };
+                let builder = builder.clone();
+                let lifecycle = self.clone();
+                connections.spawn(async move {
+                    let conn = builder.serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(svc),
+                    );
+                    let mut conn = pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        () = lifecycle.closed() => {}
+                    }
+                    // HTTP/2: GOAWAY now, open streams finish. HTTP/1.1: nothing, the drain
+                    // layer's `Connection: close` ends a connection on its next request.
+                    if http2.load(Ordering::Relaxed) {
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    let _ = conn.await;
+                });
+            }
+        }
+        drop(listener);
+        let open = connections.len();
+        tracing::info!(open, "listener closed; waiting for open connections");
+        let mut grace_over = pin!(self.grace_over());
+        let outcome = loop {
+            tokio::select! {
+                next = connections.join_next() => if next.is_none() { break Ok(()) },
+                () = &mut grace_over => {
+                    let expired = GraceExpired {
+                        in_flight: Some(in_flight.load(Ordering::Relaxed)),
+                    };
+                    tracing::warn!(
+                        connections = connections.len(),
+                        "{expired}; closing what is left"
+                    );
+                    connections.abort_all();
+                    break Err(expired);
+                }
+            }
+        };
+        signal.abort();
+        if outcome.is_ok() {
+            tracing::info!("every connection closed; shutdown complete");
+        }
+        outcome
+    }
+}
+
+/// A connection's service: counts the requests in flight and notes whether the connection
+/// speaks HTTP/2.
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    in_flight: Arc<AtomicUsize>,
+    http2: Arc<AtomicBool>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Counted<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = CountedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if req.version() == Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        CountedFuture {
+            future: self.inner.call(req),
+            _guard: InFlight(self.in_flight.clone()),
+        }
+    }
+}
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    struct CountedFuture<F> {
+        #[pin]
+        future: F,
+        _guard: InFlight,
+    }
+}
+
+impl<F: Future> Future for CountedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().future.poll(cx)
+    }
+}
