@@ -58,7 +58,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    // Not inlined: inlined into axum's wrappers, the call costs a copy of the whole response
+    // future more (about 70 instructions per request in `scripts/server-bench.sh`).
+    #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         match self.breaker.try_acquire() {
             Ok(permit) => {

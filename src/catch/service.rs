@@ -108,7 +108,9 @@ where
         }
     }
 
-    #[inline]
+    // Not inlined: inlined into axum's wrappers, the call costs a copy of the whole response
+    // future more (about 70 instructions per request in `scripts/server-bench.sh`).
+    #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let parts = RequestParts::new(&req, self.config.negotiate);
         if let Some(failure) = self.pending.take() {

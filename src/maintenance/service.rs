@@ -63,7 +63,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    // Not inlined: inlined into axum's wrappers, the call costs a copy of the whole response
+    // future more (about 70 instructions per request in `scripts/server-bench.sh`).
+    #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // Hot path: off with nothing scheduled is one atomic load.
         if self.config.switch.is_idle() {
