@@ -1099,3 +1099,94 @@ fn a_success_after_old_successes_drop_out_trips_the_breaker() {
     breaker.try_acquire().unwrap().success();
     assert_eq!(breaker.state(), State::Open, "12 of 21 failed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Generations wrap around (21 bits): no sequence of transitions may livelock or wedge the
+// breaker.
+
+/// Runs `try_acquire` on another thread and waits for it at most 10 s: a livelocked breaker
+/// fails the test instead of hanging it (the spinning thread ends with the test process).
+fn acquire_promptly(breaker: &CircuitBreaker) -> Result<Permit, CircuitOpen> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = breaker.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(b.try_acquire());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("try_acquire did not return within 10 s: livelock")
+}
+
+/// A breaker tripped `count` times in a row by `trip_for` (a client extending its open time on
+/// every `Retry-After` through a long outage): `count` transitions, ending open for 1 s.
+fn extend_open_time(breaker: &CircuitBreaker, clock: &ManualClock, count: u32) {
+    for _ in 0..count {
+        clock.advance(Duration::from_millis(1));
+        breaker.trip_for(Duration::from_secs(1));
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
+/// After the open time: exactly one probe gets through, and its success closes the breaker.
+fn probe_closes(breaker: &CircuitBreaker, clock: &ManualClock) {
+    clock.advance(breaker.remaining_open().expect("open"));
+    let probe = acquire_promptly(breaker).expect("the open time is over: a probe");
+    assert!(probe.is_probe());
+    let refused = acquire_promptly(breaker).expect_err("one probe only");
+    assert_eq!(refused.state(), State::HalfOpen);
+    probe.success();
+    assert_eq!(breaker.state(), State::Closed);
+    assert!(!acquire_promptly(breaker).unwrap().is_probe());
+}
+
+fn one_probe_breaker(clock: &ManualClock) -> CircuitBreaker {
+    CircuitBreaker::builder()
+        .minimum_calls(1)
+        .sliding_window(SlidingWindow::Count(10))
+        .half_open_probes(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+/// More than 2^20 transitions before the first half-open state: the probe bookkeeping must not
+/// take the new generation for an old one (this used to spin forever in `try_acquire`).
+#[test]
+fn half_open_after_a_million_open_extensions_lets_a_probe_through() {
+    let clock = ManualClock::new();
+    let breaker = one_probe_breaker(&clock);
+    extend_open_time(&breaker, &clock, (1 << 20) + 5);
+    probe_closes(&breaker, &clock);
+    // And again, past a whole turn of the generation counter.
+    extend_open_time(&breaker, &clock, (1 << 21) + 3);
+    probe_closes(&breaker, &clock);
+}
+
+/// A half-open state that lands on the very generation of an earlier one, 2^21 transitions
+/// later, starts with fresh probes (this used to refuse every call until a reset).
+#[test]
+fn half_open_on_a_wrapped_generation_starts_with_fresh_probes() {
+    let clock = ManualClock::new();
+    let breaker = one_probe_breaker(&clock);
+    // Generation 1: open; 2: half-open, its one probe succeeds; 3: closed.
+    breaker.try_acquire().unwrap().failure();
+    probe_closes(&breaker, &clock);
+    // 2^21 - 2 more transitions end open at generation 2^21 + 1, so that the next half-open
+    // state has generation 2^21 + 2 = 2 (mod 2^21).
+    extend_open_time(&breaker, &clock, (1 << 21) - 2);
+    probe_closes(&breaker, &clock);
+}
+
+/// An operator alternating `force_open` and `reset` for more than 2^20 transitions, then a
+/// real trip: the half-open state works.
+#[test]
+fn operator_flips_past_a_million_transitions_leave_a_working_breaker() {
+    let clock = ManualClock::new();
+    let breaker = one_probe_breaker(&clock);
+    for _ in 0..(1 << 19) + 3 {
+        breaker.force_open();
+        breaker.reset();
+    }
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Open);
+    probe_closes(&breaker, &clock);
+}
