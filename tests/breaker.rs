@@ -1190,3 +1190,79 @@ fn operator_flips_past_a_million_transitions_leave_a_working_breaker() {
     assert_eq!(breaker.state(), State::Open);
     probe_closes(&breaker, &clock);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A clock of any origin.
+
+/// Time since the Unix epoch, as of when the clock was made, then moved by hand.
+#[derive(Debug, Clone)]
+struct EpochClock {
+    start: Duration,
+    moved: ManualClock,
+}
+
+impl EpochClock {
+    fn new() -> Self {
+        Self {
+            start: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap(),
+            moved: ManualClock::new(),
+        }
+    }
+}
+
+impl Clock for EpochClock {
+    fn now(&self) -> Duration {
+        self.start + self.moved.now()
+    }
+}
+
+/// A clock counting from the Unix epoch (1.7e12 ms, past the state word's 40 bits of
+/// milliseconds) keeps the breaker open for the whole open time, then lets a probe through.
+#[test]
+fn a_clock_counting_from_the_unix_epoch_keeps_the_breaker_open() {
+    let clock = EpochClock::new();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(3)
+        .sliding_window(SlidingWindow::Time(Duration::from_secs(10)))
+        .open_duration(Duration::from_secs(5))
+        .half_open_probes(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    breaker.try_acquire().unwrap().success();
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Closed);
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Open);
+    let open = breaker.try_acquire().expect_err("open for 5 s");
+    assert_eq!(open.state(), State::Open);
+    assert!(
+        open.retry_after() > Duration::from_millis(4_999),
+        "{open:?}"
+    );
+    assert!(
+        open.retry_after() <= Duration::from_millis(5_001),
+        "{open:?}"
+    );
+    assert_eq!(open.open_until(), clock.now() + open.retry_after());
+    assert!(breaker.remaining_open().unwrap() > Duration::from_millis(4_999));
+
+    clock.moved.advance(Duration::from_millis(4_000));
+    assert!(breaker.try_acquire().is_err(), "still open after 4 s");
+    // (The open end is rounded up to the next millisecond.)
+    clock.moved.advance(Duration::from_millis(1_001));
+    let probe = breaker.try_acquire().expect("a probe after 5 s");
+    assert!(probe.is_probe());
+    probe.success();
+    assert_eq!(breaker.state(), State::Closed);
+
+    // trip_for works on that clock too.
+    breaker.trip_for(Duration::from_secs(30));
+    let open = breaker.try_acquire().expect_err("tripped for 30 s");
+    assert!(
+        open.retry_after() > Duration::from_millis(29_999),
+        "{open:?}"
+    );
+}

@@ -2,8 +2,9 @@
 //!
 //! The whole state is one `AtomicU64`: a 3-bit state tag, a 21-bit generation (incremented on
 //! every transition) and a 40-bit payload. While open, the payload is the end of the open state
-//! in whole milliseconds of the breaker's clock (34 years); while half-open, it is the probe
-//! counters (issued, completed, failed, slow: 10 bits each). Every transition is one
+//! in whole milliseconds since the breaker was made (34 years; counted from the breaker's
+//! creation, not from its clock's origin, so that a clock of any origin fits, one counting from
+//! the Unix epoch included); while half-open, it is the probe counters (issued, completed, failed, slow: 10 bits each). Every transition is one
 //! compare-and-swap from the exact word that was observed, so exactly one caller wins it; a
 //! permit remembers the generation it was issued in, and an outcome recorded in another
 //! generation is ignored.
@@ -161,6 +162,9 @@ pub(crate) struct Inner {
     /// skips summing the window otherwise; see `record`.
     armed: AtomicBool,
     window: Window,
+    /// The clock's reading when the breaker was made, rounded down to a whole millisecond
+    /// (nanoseconds): the open end in the state word counts from here.
+    origin: u64,
     name: Option<Arc<str>>,
     pub(crate) config: Arc<Config>,
 }
@@ -237,12 +241,14 @@ impl CircuitBreaker {
     }
 
     pub(crate) fn with_name(config: Arc<Config>, name: Option<Arc<str>>) -> Self {
+        let origin = clock_nanos(&*config.clock) / NANOS_PER_MS * NANOS_PER_MS;
         Self {
             inner: Arc::new(Inner {
                 state: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
                 trips: AtomicU32::new(0),
                 armed: AtomicBool::new(false),
                 window: Window::new(config.window),
+                origin,
                 name,
                 config,
             }),
@@ -251,7 +257,22 @@ impl CircuitBreaker {
 
     #[inline]
     fn now_nanos(&self) -> u64 {
-        u64::try_from(self.inner.config.clock.now().as_nanos()).unwrap_or(u64::MAX)
+        clock_nanos(&*self.inner.config.clock)
+    }
+
+    /// When the open state of word `s` ends, on the breaker's clock (nanoseconds).
+    #[inline]
+    fn open_end(&self, s: u64) -> u64 {
+        self.inner.origin.saturating_add(until_ms(s) * NANOS_PER_MS)
+    }
+
+    /// The open-end payload for an open state that starts at `now` and lasts `d`: milliseconds
+    /// since the breaker's origin, rounded up.
+    fn until_from(&self, now: u64, d: Duration) -> u64 {
+        let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        now.saturating_add(d)
+            .saturating_sub(self.inner.origin)
+            .div_ceil(NANOS_PER_MS)
     }
 
     /// The current state. An open breaker whose time is up reports [`State::Open`] until the
@@ -273,9 +294,8 @@ impl CircuitBreaker {
     /// While open, how long until the breaker lets probes through; `None` in other states.
     pub fn remaining_open(&self) -> Option<Duration> {
         let s = self.inner.state.0.load(Ordering::Acquire);
-        (tag(s) == OPEN).then(|| {
-            Duration::from_nanos((until_ms(s) * NANOS_PER_MS).saturating_sub(self.now_nanos()))
-        })
+        (tag(s) == OPEN)
+            .then(|| Duration::from_nanos(self.open_end(s).saturating_sub(self.now_nanos())))
     }
 
     /// Asks to make a call. `Ok` holds a [`Permit`] to report the outcome through; `Err` says
@@ -298,7 +318,7 @@ impl CircuitBreaker {
                     ))
                 }
                 OPEN => {
-                    let until = until_ms(s) * NANOS_PER_MS;
+                    let until = self.open_end(s);
                     if now < until {
                         return Err(CircuitOpen::new(
                             State::Open,
@@ -496,7 +516,7 @@ impl CircuitBreaker {
         let duration = hint
             .map(|d| d.min(config.max_open_duration))
             .unwrap_or_else(|| config.open_duration_for(trips));
-        let next = pack(OPEN, generation(s) + 1, until_from(now, duration));
+        let next = pack(OPEN, generation(s) + 1, self.until_from(now, duration));
         if self
             .inner
             .state
@@ -522,7 +542,7 @@ impl CircuitBreaker {
         let inner = &*self.inner;
         let duration = duration.min(inner.config.max_open_duration);
         let now = self.now_nanos();
-        let until = until_from(now, duration);
+        let until = self.until_from(now, duration);
         loop {
             let s = inner.state.0.load(Ordering::Acquire);
             let trips = match tag(s) {
@@ -619,10 +639,10 @@ impl CircuitBreaker {
     }
 }
 
-/// Milliseconds (rounded up) at which an open state that starts at `now` for `d` ends.
-fn until_from(now: u64, d: Duration) -> u64 {
-    let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    now.saturating_add(d).div_ceil(NANOS_PER_MS)
+/// A clock's reading in nanoseconds (saturating, 584 years).
+#[inline]
+fn clock_nanos(clock: &dyn super::Clock) -> u64 {
+    u64::try_from(clock.now().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
