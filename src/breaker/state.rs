@@ -267,12 +267,14 @@ impl CircuitBreaker {
     }
 
     /// The open-end payload for an open state that starts at `now` and lasts `d`: milliseconds
-    /// since the breaker's origin, rounded up.
+    /// since the breaker's origin, rounded down. Never past `now + d`: a client told by a
+    /// server's `Retry-After` to come back at `now + d` (and the open time is then that
+    /// `Retry-After`) finds the breaker letting probes through when it does, whatever the phase
+    /// of its timer's milliseconds. (Rounded up, the open end could be up to a millisecond after
+    /// the invited instant, and the invited retry was refused.)
     fn until_from(&self, now: u64, d: Duration) -> u64 {
         let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        now.saturating_add(d)
-            .saturating_sub(self.inner.origin)
-            .div_ceil(NANOS_PER_MS)
+        now.saturating_add(d).saturating_sub(self.inner.origin) / NANOS_PER_MS
     }
 
     /// The current state. An open breaker whose time is up reports [`State::Open`] until the
