@@ -15,18 +15,12 @@
 //! leave a caller spinning on a word it takes for newer, or find a wrapped generation's probes
 //! all taken.
 
-use std::{
-    fmt,
-    sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{fmt, sync::Arc, time::Duration};
 
 use super::error::CircuitOpen;
 use super::{
     config::{BreakerBuilder, Config},
+    sync::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     window::{Window, WindowCounts},
 };
 

@@ -21,9 +21,10 @@
 //! remaining assumption is that no thread is delayed for more than 32,768 buckets between
 //! reading the clock and recording.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use super::config::WindowKind;
+use super::{
+    config::WindowKind,
+    sync::{AtomicU64, Ordering},
+};
 
 const TAG_SHIFT: u32 = 48;
 const COUNT_MASK: u64 = (1 << TAG_SHIFT) - 1;
@@ -252,8 +253,18 @@ fn add(word: &AtomicU64, epoch: u64) -> bool {
                 if w & COUNT_MASK >= SATURATED {
                     return false;
                 }
-                word.fetch_add(1, Ordering::AcqRel);
-                return true;
+                let prev = word.fetch_add(1, Ordering::AcqRel);
+                if prev >> TAG_SHIFT == w >> TAG_SHIFT {
+                    return true;
+                }
+                // Between the load and the add, the word moved on to another epoch (this caller
+                // was delayed for a whole window): take the add back, unless a later reset
+                // already wiped it, and count nothing.
+                let moved = prev >> TAG_SHIFT;
+                let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |x| {
+                    (x >> TAG_SHIFT == moved && x & COUNT_MASK > 0).then(|| x - 1)
+                });
+                return false;
             }
             // The bucket already belongs to a newer epoch: this outcome is too old to count.
             a if a >= HALF_RANGE => return false,
