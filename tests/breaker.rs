@@ -220,7 +220,8 @@ impl Model {
 
     fn open(&mut self, trips: u32, hint_ms: Option<u64>) {
         let d = hint_ms.map_or(self.c.open_for(trips), |h| h.min(self.c.max_open_ms));
-        let until_ms = (self.now + d * 1_000_000).div_ceil(1_000_000);
+        // Whole milliseconds, rounded down: never past the instant asked for.
+        let until_ms = (self.now + d * 1_000_000) / 1_000_000;
         self.transition(MState::Open { until_ms });
         self.trips = trips;
     }
@@ -303,7 +304,7 @@ impl Model {
 
     fn trip_for(&mut self, ms: u64) {
         let d = ms.min(self.c.max_open_ms);
-        let until_ms = (self.now + d * 1_000_000).div_ceil(1_000_000);
+        let until_ms = (self.now + d * 1_000_000) / 1_000_000;
         let trips = match self.state {
             MState::Closed => 1,
             MState::HalfOpen => self.trips + 1,
@@ -1098,4 +1099,167 @@ fn a_success_after_old_successes_drop_out_trips_the_breaker() {
     assert_eq!(breaker.state(), State::Closed);
     breaker.try_acquire().unwrap().success();
     assert_eq!(breaker.state(), State::Open, "12 of 21 failed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generations wrap around (21 bits): no sequence of transitions may livelock or wedge the
+// breaker.
+
+/// Runs `try_acquire` on another thread and waits for it at most 10 s: a livelocked breaker
+/// fails the test instead of hanging it (the spinning thread ends with the test process).
+fn acquire_promptly(breaker: &CircuitBreaker) -> Result<Permit, CircuitOpen> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = breaker.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(b.try_acquire());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("try_acquire did not return within 10 s: livelock")
+}
+
+/// A breaker tripped `count` times in a row by `trip_for` (a client extending its open time on
+/// every `Retry-After` through a long outage): `count` transitions, ending open for 1 s.
+fn extend_open_time(breaker: &CircuitBreaker, clock: &ManualClock, count: u32) {
+    for _ in 0..count {
+        clock.advance(Duration::from_millis(1));
+        breaker.trip_for(Duration::from_secs(1));
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
+/// After the open time: exactly one probe gets through, and its success closes the breaker.
+fn probe_closes(breaker: &CircuitBreaker, clock: &ManualClock) {
+    clock.advance(breaker.remaining_open().expect("open"));
+    let probe = acquire_promptly(breaker).expect("the open time is over: a probe");
+    assert!(probe.is_probe());
+    let refused = acquire_promptly(breaker).expect_err("one probe only");
+    assert_eq!(refused.state(), State::HalfOpen);
+    probe.success();
+    assert_eq!(breaker.state(), State::Closed);
+    assert!(!acquire_promptly(breaker).unwrap().is_probe());
+}
+
+fn one_probe_breaker(clock: &ManualClock) -> CircuitBreaker {
+    CircuitBreaker::builder()
+        .minimum_calls(1)
+        .sliding_window(SlidingWindow::Count(10))
+        .half_open_probes(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+/// More than 2^20 transitions before the first half-open state: the probe bookkeeping must not
+/// take the new generation for an old one (this used to spin forever in `try_acquire`).
+#[test]
+fn half_open_after_a_million_open_extensions_lets_a_probe_through() {
+    let clock = ManualClock::new();
+    let breaker = one_probe_breaker(&clock);
+    extend_open_time(&breaker, &clock, (1 << 20) + 5);
+    probe_closes(&breaker, &clock);
+    // And again, past a whole turn of the generation counter.
+    extend_open_time(&breaker, &clock, (1 << 21) + 3);
+    probe_closes(&breaker, &clock);
+}
+
+/// A half-open state that lands on the very generation of an earlier one, 2^21 transitions
+/// later, starts with fresh probes (this used to refuse every call until a reset).
+#[test]
+fn half_open_on_a_wrapped_generation_starts_with_fresh_probes() {
+    let clock = ManualClock::new();
+    let breaker = one_probe_breaker(&clock);
+    // Generation 1: open; 2: half-open, its one probe succeeds; 3: closed.
+    breaker.try_acquire().unwrap().failure();
+    probe_closes(&breaker, &clock);
+    // 2^21 - 2 more transitions end open at generation 2^21 + 1, so that the next half-open
+    // state has generation 2^21 + 2 = 2 (mod 2^21).
+    extend_open_time(&breaker, &clock, (1 << 21) - 2);
+    probe_closes(&breaker, &clock);
+}
+
+/// An operator alternating `force_open` and `reset` for more than 2^20 transitions, then a
+/// real trip: the half-open state works.
+#[test]
+fn operator_flips_past_a_million_transitions_leave_a_working_breaker() {
+    let clock = ManualClock::new();
+    let breaker = one_probe_breaker(&clock);
+    for _ in 0..(1 << 19) + 3 {
+        breaker.force_open();
+        breaker.reset();
+    }
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Open);
+    probe_closes(&breaker, &clock);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A clock of any origin.
+
+/// Time since the Unix epoch, as of when the clock was made, then moved by hand.
+#[derive(Debug, Clone)]
+struct EpochClock {
+    start: Duration,
+    moved: ManualClock,
+}
+
+impl EpochClock {
+    fn new() -> Self {
+        Self {
+            start: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap(),
+            moved: ManualClock::new(),
+        }
+    }
+}
+
+impl Clock for EpochClock {
+    fn now(&self) -> Duration {
+        self.start + self.moved.now()
+    }
+}
+
+/// A clock counting from the Unix epoch (1.7e12 ms, past the state word's 40 bits of
+/// milliseconds) keeps the breaker open for the whole open time, then lets a probe through.
+#[test]
+fn a_clock_counting_from_the_unix_epoch_keeps_the_breaker_open() {
+    let clock = EpochClock::new();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(3)
+        .sliding_window(SlidingWindow::Time(Duration::from_secs(10)))
+        .open_duration(Duration::from_secs(5))
+        .half_open_probes(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    breaker.try_acquire().unwrap().success();
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Closed);
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Open);
+    let open = breaker.try_acquire().expect_err("open for 5 s");
+    assert_eq!(open.state(), State::Open);
+    assert!(
+        open.retry_after() > Duration::from_millis(4_999),
+        "{open:?}"
+    );
+    assert!(open.retry_after() <= Duration::from_secs(5), "{open:?}");
+    assert_eq!(open.open_until(), clock.now() + open.retry_after());
+    assert!(breaker.remaining_open().unwrap() > Duration::from_millis(4_999));
+
+    clock.moved.advance(Duration::from_millis(4_000));
+    assert!(breaker.try_acquire().is_err(), "still open after 4 s");
+    clock.moved.advance(Duration::from_millis(1_000));
+    let probe = breaker.try_acquire().expect("a probe after 5 s");
+    assert!(probe.is_probe());
+    probe.success();
+    assert_eq!(breaker.state(), State::Closed);
+
+    // trip_for works on that clock too.
+    breaker.trip_for(Duration::from_secs(30));
+    let open = breaker.try_acquire().expect_err("tripped for 30 s");
+    assert!(
+        open.retry_after() > Duration::from_millis(29_999),
+        "{open:?}"
+    );
 }

@@ -778,3 +778,132 @@ async fn failure_tells_circuit_open_from_transport_errors_and_503_is_a_response(
     assert!(matches!(Failure::from(err), Failure::CircuitOpen(_)));
     assert_eq!(breakers.len(), 2);
 }
+
+/// A breaker for one endpoint that opens on its second failure in a row, with one probe.
+fn opens_on_the_second_failure() -> Arc<tower_5xx::breaker::KeyedBreakers<Origin>> {
+    use tower_5xx::breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow};
+    Arc::new(
+        KeyedBreakers::new(
+            CircuitBreaker::builder()
+                .sliding_window(SlidingWindow::Count(10))
+                .minimum_calls(2)
+                .failure_rate_threshold(0.5)
+                .half_open_probes(1),
+        )
+        .unwrap(),
+    )
+}
+
+/// Two `503` + `Retry-After: 1` open the endpoint's breaker for the server's 1 s; the policy
+/// waits that 1 s, and the third attempt, the one the server invited, must get through the
+/// breaker (it used to be refused with under a millisecond of open time left: the open end was
+/// rounded up to the next millisecond of the breaker's clock, whose milliseconds need not line
+/// up with the timer's).
+#[tokio::test(start_paused = true)]
+async fn the_retry_the_server_invited_gets_through_the_client_breaker() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The breaker's clock starts 300 us into a millisecond of tokio's timer; the request starts
+    // on a millisecond of the timer, so every wait ends exactly on the instant it aims at.
+    tokio::time::advance(Duration::from_micros(300)).await;
+    let breakers = opens_on_the_second_failure();
+    tokio::time::advance(Duration::from_micros(700)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let inner = tower::service_fn(move |_req: Request<ReplayBody<Body>>| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let res = if n < 2 {
+                http::Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .header("retry-after", "1")
+                    .body(Body::default())
+            } else {
+                http::Response::builder().body(Body::from("ok"))
+            };
+            Ok::<_, std::convert::Infallible>(res.unwrap())
+        }
+    });
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(RetryPolicy::builder().max_attempts(3).build().unwrap())
+                .circuit_breakers(breakers.clone()),
+        )
+        .service(inner);
+    let start = Instant::now();
+    let req = Request::get("http://api.test/")
+        .body(Body::default())
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    assert!(start.elapsed() < Duration::from_millis(2_010));
+    let origin = Origin::from_uri(&"http://api.test/".parse().unwrap()).unwrap();
+    assert_eq!(
+        breakers.get(&origin).state(),
+        tower_5xx::breaker::State::Closed
+    );
+}
+
+/// The same over 127.0.0.1 on the real clock, 50 clients at once, each with its own breakers:
+/// every one gets its `200` on the third attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_all_get_the_retry_the_server_invited() {
+    use std::collections::HashMap;
+    const CLIENTS: usize = 50;
+    // Each path answers 503 + Retry-After: 1 twice, then 200.
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let app = Router::new()
+        .fallback(
+            |State(seen): State<Arc<Mutex<HashMap<String, u32>>>>, uri: http::Uri| async move {
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    let n = seen.entry(uri.path().to_owned()).or_default();
+                    *n += 1;
+                    *n
+                };
+                if n <= 2 {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", "1")],
+                        "later",
+                    )
+                        .into_response()
+                } else {
+                    (StatusCode::OK, "ok").into_response()
+                }
+            },
+        )
+        .with_state(seen.clone());
+    let addr = common::serve_axum(app).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let mut svc = ServiceBuilder::new()
+                .layer(
+                    RetryLayer::new(RetryPolicy::builder().max_attempts(3).build().unwrap())
+                        .circuit_breakers(opens_on_the_second_failure()),
+                )
+                .service(client.clone());
+            tokio::spawn(async move {
+                let req = Request::get(format!("http://{addr}/client/{i}"))
+                    .body(Body::default())
+                    .unwrap();
+                call(&mut svc, req).await.map(|(status, _)| status)
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(status) => assert_eq!(status, StatusCode::OK, "client {i}"),
+            Err(e) => refused.push(format!("client {i}: {e}")),
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {CLIENTS}: {refused:?}",
+        refused.len()
+    );
+    assert!(seen.lock().unwrap().values().all(|n| *n == 3));
+}

@@ -14,6 +14,10 @@ use std::{
 /// Breakers read it to measure call latency, to place outcomes in time buckets and to know when
 /// the open state ends. The default, [`TokioClock`], follows tokio's clock, so tests can use
 /// `tokio::time::pause()` and `advance()`; [`ManualClock`] is moved by hand.
+///
+/// The origin may be any instant up to 584 years back (readings are taken in `u64`
+/// nanoseconds), the Unix epoch included: a breaker counts its open times from its own
+/// creation, so it works the same for 34 years after it was made whatever its clock's origin.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// Time elapsed since the clock's origin. Must never go backwards.
     fn now(&self) -> Duration;

@@ -386,10 +386,11 @@ impl Config {
             .min(self.max_open_duration)
     }
 
-    /// Whether `bad` out of `calls` reaches a threshold in parts per million.
+    /// Whether `bad` out of `calls` reaches a threshold in parts per million (in 128 bits: a
+    /// window's counts go up to 2^54).
     #[inline]
     pub(crate) fn reaches(bad: u64, calls: u64, ppm: u64) -> bool {
-        calls > 0 && bad * 1_000_000 >= ppm * calls
+        calls > 0 && u128::from(bad) * 1_000_000 >= u128::from(ppm) * u128::from(calls)
     }
 }
 

@@ -83,9 +83,20 @@ pub mod error;
 mod future;
 mod keyed;
 mod layer;
+#[cfg(all(test, tower_5xx_loom))]
+mod loom_model;
 mod service;
 mod state;
 mod window;
+
+/// The atomics of the breaker's lock-free state and window: loom's while model-checking them
+/// (`RUSTFLAGS="--cfg tower_5xx_loom" cargo test --release --lib breaker::loom_model`), std's otherwise.
+mod sync {
+    #[cfg(all(test, tower_5xx_loom))]
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    #[cfg(not(all(test, tower_5xx_loom)))]
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+}
 
 pub use classify::{status_outcome, DefaultOutcomeClassifier, FailureIf, OutcomeClassifier};
 pub use clock::{Clock, ManualClock, TokioClock};

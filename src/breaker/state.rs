@@ -1,27 +1,26 @@
 //! The circuit breaker's state machine.
 //!
 //! The whole state is one `AtomicU64`: a 3-bit state tag, a 21-bit generation (incremented on
-//! every transition) and, while open, the end of the open state in whole milliseconds of the
-//! breaker's clock (40 bits: 34 years). Every transition is one compare-and-swap from the exact
-//! word that was observed, so exactly one caller wins it; a permit remembers the generation it
-//! was issued in, and an outcome recorded in another generation is ignored.
+//! every transition) and a 40-bit payload. While open, the payload is the end of the open state
+//! in whole milliseconds since the breaker was made (34 years; counted from the breaker's
+//! creation, not from its clock's origin, so that a clock of any origin fits, one counting from
+//! the Unix epoch included); while half-open, it is the probe counters (issued, completed, failed, slow: 10 bits each). Every transition is one
+//! compare-and-swap from the exact word that was observed, so exactly one caller wins it; a
+//! permit remembers the generation it was issued in, and an outcome recorded in another
+//! generation is ignored.
 //!
-//! Half-open probes live in a second word: the generation they belong to and 10-bit counters
-//! (issued, completed, failed, slow). A caller that finds the word tagged with an older
-//! generation resets it with a compare-and-swap, so no reset step has to race the transition.
+//! Keeping the probes in the state word means that entering the half-open state starts them at
+//! zero in the same compare-and-swap: no second word whose generation has to be compared with
+//! the state's, so no sequence of transitions (generations wrap around after 2^21 of them) can
+//! leave a caller spinning on a word it takes for newer, or find a wrapped generation's probes
+//! all taken.
 
-use std::{
-    fmt,
-    sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{fmt, sync::Arc, time::Duration};
 
 use super::error::CircuitOpen;
 use super::{
     config::{BreakerBuilder, Config},
+    sync::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     window::{Window, WindowCounts},
 };
 
@@ -133,33 +132,23 @@ fn pack(tag: u64, generation: u64, until_ms: u64) -> u64 {
     tag | ((generation & GEN_MASK) << TAG_BITS) | (until_ms.min(MAX_UNTIL_MS) << UNTIL_SHIFT)
 }
 
-/// Probe word: generation (21 bits) | issued | done | failed | slow (10 bits each).
+/// The half-open payload of the state word: issued | done | failed | slow (10 bits each).
 mod probes {
-    pub(super) const F: u32 = 10;
-    pub(super) const M: u64 = (1 << F) - 1;
-    pub(super) const ISSUED: u32 = 21;
+    const F: u32 = 10;
+    const M: u64 = (1 << F) - 1;
+    pub(super) const ISSUED: u32 = super::UNTIL_SHIFT;
     pub(super) const DONE: u32 = ISSUED + F;
     pub(super) const FAILED: u32 = DONE + F;
     pub(super) const SLOW: u32 = FAILED + F;
 
-    pub(super) fn generation(w: u64) -> u64 {
-        w & super::GEN_MASK
-    }
+    #[inline]
     pub(super) fn field(w: u64, shift: u32) -> u64 {
         (w >> shift) & M
     }
 }
 
-/// Whether generation `a` is older than `b`, modulo 2^21.
-#[inline]
-fn gen_older(a: u64, b: u64) -> bool {
-    let d = b.wrapping_sub(a) & GEN_MASK;
-    d != 0 && d < (1 << (GEN_BITS - 1))
-}
-
 pub(crate) struct Inner {
     state: Padded<AtomicU64>,
-    probes: Padded<AtomicU64>,
     /// Trips in a row (for the growing open duration); reset when the breaker closes.
     trips: AtomicU32,
     /// Whether the last counts summed showed a rate at or above its threshold (short of the
@@ -167,6 +156,9 @@ pub(crate) struct Inner {
     /// skips summing the window otherwise; see `record`.
     armed: AtomicBool,
     window: Window,
+    /// The clock's reading when the breaker was made, rounded down to a whole millisecond
+    /// (nanoseconds): the open end in the state word counts from here.
+    origin: u64,
     name: Option<Arc<str>>,
     pub(crate) config: Arc<Config>,
 }
@@ -243,13 +235,14 @@ impl CircuitBreaker {
     }
 
     pub(crate) fn with_name(config: Arc<Config>, name: Option<Arc<str>>) -> Self {
+        let origin = clock_nanos(&*config.clock) / NANOS_PER_MS * NANOS_PER_MS;
         Self {
             inner: Arc::new(Inner {
                 state: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
-                probes: Padded(AtomicU64::new(0)),
                 trips: AtomicU32::new(0),
                 armed: AtomicBool::new(false),
                 window: Window::new(config.window),
+                origin,
                 name,
                 config,
             }),
@@ -258,7 +251,24 @@ impl CircuitBreaker {
 
     #[inline]
     fn now_nanos(&self) -> u64 {
-        u64::try_from(self.inner.config.clock.now().as_nanos()).unwrap_or(u64::MAX)
+        clock_nanos(&*self.inner.config.clock)
+    }
+
+    /// When the open state of word `s` ends, on the breaker's clock (nanoseconds).
+    #[inline]
+    fn open_end(&self, s: u64) -> u64 {
+        self.inner.origin.saturating_add(until_ms(s) * NANOS_PER_MS)
+    }
+
+    /// The open-end payload for an open state that starts at `now` and lasts `d`: milliseconds
+    /// since the breaker's origin, rounded down. Never past `now + d`: a client told by a
+    /// server's `Retry-After` to come back at `now + d` (and the open time is then that
+    /// `Retry-After`) finds the breaker letting probes through when it does, whatever the phase
+    /// of its timer's milliseconds. (Rounded up, the open end could be up to a millisecond after
+    /// the invited instant, and the invited retry was refused.)
+    fn until_from(&self, now: u64, d: Duration) -> u64 {
+        let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        now.saturating_add(d).saturating_sub(self.inner.origin) / NANOS_PER_MS
     }
 
     /// The current state. An open breaker whose time is up reports [`State::Open`] until the
@@ -280,9 +290,8 @@ impl CircuitBreaker {
     /// While open, how long until the breaker lets probes through; `None` in other states.
     pub fn remaining_open(&self) -> Option<Duration> {
         let s = self.inner.state.0.load(Ordering::Acquire);
-        (tag(s) == OPEN).then(|| {
-            Duration::from_nanos((until_ms(s) * NANOS_PER_MS).saturating_sub(self.now_nanos()))
-        })
+        (tag(s) == OPEN)
+            .then(|| Duration::from_nanos(self.open_end(s).saturating_sub(self.now_nanos())))
     }
 
     /// Asks to make a call. `Ok` holds a [`Permit`] to report the outcome through; `Err` says
@@ -305,7 +314,7 @@ impl CircuitBreaker {
                     ))
                 }
                 OPEN => {
-                    let until = until_ms(s) * NANOS_PER_MS;
+                    let until = self.open_end(s);
                     if now < until {
                         return Err(CircuitOpen::new(
                             State::Open,
@@ -313,7 +322,9 @@ impl CircuitBreaker {
                             Duration::from_nanos(now),
                         ));
                     }
-                    let next = pack(HALF_OPEN, g + 1, 0);
+                    // The open time is up: half-open, with fresh probe counters, and this
+                    // caller takes the first probe in the same step.
+                    let next = pack(HALF_OPEN, g + 1, 0) + (1 << probes::ISSUED);
                     if inner
                         .state
                         .0
@@ -321,62 +332,51 @@ impl CircuitBreaker {
                         .is_ok()
                     {
                         self.emit(State::Open, State::HalfOpen, None, WindowCounts::default());
+                        return Ok(Permit::new(
+                            self.clone(),
+                            generation(next),
+                            Kind::Probe,
+                            now,
+                        ));
                     }
                 }
                 _ => {
                     // Half-open: take a probe slot if one is free.
-                    match self.take_probe(g) {
-                        ProbeTake::Taken => {
-                            if inner.state.0.load(Ordering::Acquire) == s {
-                                return Ok(Permit::new(self.clone(), g, Kind::Probe, now));
-                            }
-                            // The state moved on while we reserved: give the slot back, retry.
-                            self.release_probe(g);
-                        }
-                        ProbeTake::Full => {
-                            return Err(CircuitOpen::new(
-                                State::HalfOpen,
-                                Duration::ZERO,
-                                Duration::from_nanos(now),
-                            ))
-                        }
-                        ProbeTake::Stale => {}
+                    if probes::field(s, probes::ISSUED) >= u64::from(inner.config.half_open_probes)
+                    {
+                        return Err(CircuitOpen::new(
+                            State::HalfOpen,
+                            Duration::ZERO,
+                            Duration::from_nanos(now),
+                        ));
+                    }
+                    let next = s + (1 << probes::ISSUED);
+                    if inner
+                        .state
+                        .0
+                        .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Ok(Permit::new(self.clone(), g, Kind::Probe, now));
                     }
                 }
             }
+            // A compare-and-swap lost to another caller's: the state moved on, look again.
         }
     }
 
-    fn take_probe(&self, g: u64) -> ProbeTake {
-        let word = &self.inner.probes.0;
-        let mut w = word.load(Ordering::Acquire);
-        loop {
-            let wg = probes::generation(w);
-            let base = if wg == g {
-                w
-            } else if gen_older(wg, g) {
-                g // a fresh word for this generation: all counters zero
-            } else {
-                return ProbeTake::Stale;
-            };
-            if probes::field(base, probes::ISSUED) >= u64::from(self.inner.config.half_open_probes)
-            {
-                return ProbeTake::Full;
-            }
-            let next = base + (1 << probes::ISSUED);
-            match word.compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return ProbeTake::Taken,
-                Err(actual) => w = actual,
-            }
-        }
-    }
-
+    /// Gives back the probe slot of an unreported probe permit of generation `g`.
     fn release_probe(&self, g: u64) {
-        let word = &self.inner.probes.0;
-        let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-            (probes::generation(w) == g && probes::field(w, probes::ISSUED) > 0)
-                .then(|| w - (1 << probes::ISSUED))
-        });
+        let _ = self
+            .inner
+            .state
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (tag(s) == HALF_OPEN
+                    && generation(s) == g
+                    && probes::field(s, probes::ISSUED) > probes::field(s, probes::DONE))
+                .then(|| s - (1 << probes::ISSUED))
+            });
     }
 
     /// Records the outcome of a permit's call.
@@ -417,61 +417,102 @@ impl CircuitBreaker {
                 let over = Config::reaches(c.failures, c.calls, config.failure_ppm)
                     || Config::reaches(c.slow_calls, c.calls, config.slow_ppm);
                 if over && c.calls >= config.minimum_calls {
-                    self.open_from(s, 1, now, hint, c);
+                    let _ = self.open_from(s, 1, now, hint, c);
                 } else if over != inner.armed.load(Ordering::Relaxed) {
                     inner.armed.store(over, Ordering::Relaxed);
                 }
             }
-            (Kind::Probe, HALF_OPEN) => {
-                let word = &inner.probes.0;
-                let delta = (1 << probes::DONE)
-                    | (u64::from(failure) << probes::FAILED)
-                    | (u64::from(slow) << probes::SLOW);
-                let Ok(prev) = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                    (probes::generation(w) == permit_gen).then_some(w + delta)
-                }) else {
-                    return;
-                };
-                let w = prev + delta;
-                let n = u64::from(config.half_open_probes);
-                if probes::field(w, probes::DONE) < n {
-                    return;
-                }
-                let c = WindowCounts {
-                    calls: n,
-                    failures: probes::field(w, probes::FAILED),
-                    slow_calls: probes::field(w, probes::SLOW),
-                };
-                if Config::reaches(c.failures, n, config.failure_ppm)
-                    || Config::reaches(c.slow_calls, n, config.slow_ppm)
-                {
-                    let trips = inner.trips.load(Ordering::Acquire).saturating_add(1);
-                    self.open_from(s, trips, now, hint, c);
-                } else {
-                    inner.window.reset(now);
-                    let next = pack(CLOSED, permit_gen + 1, 0);
-                    if inner
-                        .state
-                        .0
-                        .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        inner.trips.store(0, Ordering::Release);
-                        self.emit(State::HalfOpen, State::Closed, None, c);
-                    }
-                }
-            }
+            (Kind::Probe, HALF_OPEN) => self.record_probe(s, failure, slow, now, hint),
             _ => {}
         }
     }
 
-    /// Opens from the observed word `s` (closed or half-open) for the `trips`-th trip in a row.
-    fn open_from(&self, s: u64, trips: u32, now: u64, hint: Option<Duration>, c: WindowCounts) {
+    /// Counts a probe's outcome into the half-open word `s` (of the probe's generation); the
+    /// last probe decides: open again, or closed.
+    fn record_probe(
+        &self,
+        mut s: u64,
+        failure: bool,
+        slow: bool,
+        now: u64,
+        hint: Option<Duration>,
+    ) {
+        let inner = &*self.inner;
+        let config = &*inner.config;
+        let g = generation(s);
+        let n = u64::from(config.half_open_probes);
+        let delta = (1 << probes::DONE)
+            | (u64::from(failure) << probes::FAILED)
+            | (u64::from(slow) << probes::SLOW);
+        loop {
+            // Never more outcomes than probes issued (a permit kept across 2^21 transitions
+            // could otherwise land in a later half-open state of the same generation).
+            if tag(s) != HALF_OPEN
+                || generation(s) != g
+                || probes::field(s, probes::DONE) >= probes::field(s, probes::ISSUED)
+            {
+                return;
+            }
+            let w = s + delta;
+            if probes::field(w, probes::DONE) < n {
+                match inner
+                    .state
+                    .0
+                    .compare_exchange(s, w, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => return,
+                    Err(actual) => {
+                        s = actual;
+                        continue;
+                    }
+                }
+            }
+            let c = WindowCounts {
+                calls: n,
+                failures: probes::field(w, probes::FAILED),
+                slow_calls: probes::field(w, probes::SLOW),
+            };
+            if Config::reaches(c.failures, n, config.failure_ppm)
+                || Config::reaches(c.slow_calls, n, config.slow_ppm)
+            {
+                let trips = inner.trips.load(Ordering::Acquire).saturating_add(1);
+                if self.open_from(s, trips, now, hint, c) {
+                    return;
+                }
+            } else {
+                inner.window.reset(now);
+                let next = pack(CLOSED, g + 1, 0);
+                if inner
+                    .state
+                    .0
+                    .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    inner.trips.store(0, Ordering::Release);
+                    self.emit(State::HalfOpen, State::Closed, None, c);
+                    return;
+                }
+            }
+            // Another probe's outcome or release came first: count again from the new word.
+            s = inner.state.0.load(Ordering::Acquire);
+        }
+    }
+
+    /// Opens from the observed word `s` (closed or half-open) for the `trips`-th trip in a row;
+    /// whether this call made the transition.
+    fn open_from(
+        &self,
+        s: u64,
+        trips: u32,
+        now: u64,
+        hint: Option<Duration>,
+        c: WindowCounts,
+    ) -> bool {
         let config = &*self.inner.config;
         let duration = hint
             .map(|d| d.min(config.max_open_duration))
             .unwrap_or_else(|| config.open_duration_for(trips));
-        let next = pack(OPEN, generation(s) + 1, until_from(now, duration));
+        let next = pack(OPEN, generation(s) + 1, self.until_from(now, duration));
         if self
             .inner
             .state
@@ -481,6 +522,9 @@ impl CircuitBreaker {
         {
             self.inner.trips.store(trips, Ordering::Release);
             self.emit(State::from_tag(tag(s)), State::Open, Some(duration), c);
+            true
+        } else {
+            false
         }
     }
 
@@ -494,7 +538,7 @@ impl CircuitBreaker {
         let inner = &*self.inner;
         let duration = duration.min(inner.config.max_open_duration);
         let now = self.now_nanos();
-        let until = until_from(now, duration);
+        let until = self.until_from(now, duration);
         loop {
             let s = inner.state.0.load(Ordering::Acquire);
             let trips = match tag(s) {
@@ -591,16 +635,10 @@ impl CircuitBreaker {
     }
 }
 
-/// Milliseconds (rounded up) at which an open state that starts at `now` for `d` ends.
-fn until_from(now: u64, d: Duration) -> u64 {
-    let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    now.saturating_add(d).div_ceil(NANOS_PER_MS)
-}
-
-enum ProbeTake {
-    Taken,
-    Full,
-    Stale,
+/// A clock's reading in nanoseconds (saturating, 584 years).
+#[inline]
+fn clock_nanos(clock: &dyn super::Clock) -> u64 {
+    u64::try_from(clock.now().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,12 +1,18 @@
 //! The sliding window: a ring of buckets with atomic counters, no locks.
 //!
-//! Each bucket is one `AtomicU64` holding a 16-bit epoch tag, a 24-bit failure count and a
-//! 24-bit call count (plus a second word, same tag, for slow calls). A bucket's epoch is the
-//! index of its time slice (time windows) or of its run of `bucket_len` calls (count windows).
-//! Recording an outcome into a bucket whose tag is older than the current epoch resets it with
-//! one compare-and-swap, so old outcomes really fall out; recording into a bucket of the current
-//! epoch is one `fetch_add`. Reading the window sums the buckets whose epoch lies in the last
-//! `buckets` epochs.
+//! Each bucket is three `AtomicU64`s, for calls, failures and slow calls, each holding a 16-bit
+//! epoch tag and a 48-bit count. A bucket's epoch is the index of its time slice (time windows)
+//! or of its run of `bucket_len` calls (count windows). Recording an outcome into a word whose
+//! tag is older than the current epoch resets it with one compare-and-swap, so old outcomes
+//! really fall out; recording into a word of the current epoch is one `fetch_add` (a success
+//! touches the calls word only). Reading the window sums the buckets whose epoch lies in the
+//! last `buckets` epochs.
+//!
+//! A call is counted before its failure and slowness, and a reader reads the failures and slow
+//! calls before the calls, so no bucket reads with more failures than calls. A bucket saturates
+//! at about 2^48 calls (count windows never get there; a time window would need 2.8e14 calls in
+//! one bucket): from then on it counts neither calls nor failures nor slow calls, so its rates
+//! stay what they were, never diluted by successes counted without their failures.
 //!
 //! Tags are compared modulo 2^16. Two things keep a stale bucket from passing for a fresh one:
 //! whenever the newest epoch moves forward, the buckets of the epochs it skipped are reset; and
@@ -15,17 +21,18 @@
 //! remaining assumption is that no thread is delayed for more than 32,768 buckets between
 //! reading the clock and recording.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use super::{
+    config::WindowKind,
+    sync::{AtomicU64, Ordering},
+};
 
-use super::config::WindowKind;
-
-const COUNT_BITS: u32 = 24;
-const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const TAG_SHIFT: u32 = 48;
+const COUNT_MASK: u64 = (1 << TAG_SHIFT) - 1;
 const TAG_MASK: u64 = 0xFFFF;
 const HALF_RANGE: u64 = 0x8000;
-/// A bucket stops counting here, leaving room below 2^24 for adders racing past the check.
-const SATURATED: u64 = COUNT_MASK - (1 << 16);
+/// A bucket stops counting calls here, leaving room below 2^48 for adders racing past the
+/// check (failures and slow calls are only counted with a call, so they stay below).
+const SATURATED: u64 = COUNT_MASK - (1 << 32);
 
 /// Counts in the window at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,10 +52,18 @@ struct Padded<T>(T);
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Bucket {
-    /// tag | failures << 24 | calls
+    /// tag | calls
     calls: AtomicU64,
+    /// tag | failures
+    failures: AtomicU64,
     /// tag | slow calls
     slow: AtomicU64,
+}
+
+impl Bucket {
+    fn words(&self) -> [&AtomicU64; 3] {
+        [&self.calls, &self.failures, &self.slow]
+    }
 }
 
 #[derive(Debug)]
@@ -111,9 +126,14 @@ impl Window {
         };
         let advanced = self.advance_head(epoch);
         let bucket = self.bucket(epoch);
-        add(&bucket.calls, epoch, 1 | (u64::from(failure) << COUNT_BITS));
-        if slow {
-            add(&bucket.slow, epoch, 1);
+        // The call first, then what kind of call it was (see the module's doc).
+        if add(&bucket.calls, epoch) {
+            if failure {
+                add(&bucket.failures, epoch);
+            }
+            if slow {
+                add(&bucket.slow, epoch);
+            }
         }
         (need_counts || advanced).then(|| self.counts_at(epoch))
     }
@@ -134,17 +154,16 @@ impl Window {
             // Idle for so long that 16-bit tags may alias: clear every bucket outright. (A
             // caller recording at this very moment may lose its outcome; nothing else can.)
             let out_of_window = ((epoch - n) & TAG_MASK) << TAG_SHIFT;
-            for bucket in self.buckets.iter() {
-                bucket.calls.store(out_of_window, Ordering::Release);
-                bucket.slow.store(out_of_window, Ordering::Release);
+            for word in self.buckets.iter().flat_map(Bucket::words) {
+                word.store(out_of_window, Ordering::Release);
             }
             return true;
         }
         let from = (prev + 1).max(epoch.saturating_sub(n - 1));
         for skipped in from..epoch {
-            let bucket = self.bucket(skipped);
-            clear_if_older(&bucket.calls, skipped);
-            clear_if_older(&bucket.slow, skipped);
+            for word in self.bucket(skipped).words() {
+                clear_if_older(word, skipped);
+            }
         }
         true
     }
@@ -167,14 +186,21 @@ impl Window {
             return counts;
         }
         for bucket in self.buckets.iter() {
-            let w = bucket.calls.load(Ordering::Acquire);
-            if age(w, epoch) < self.len() {
-                counts.calls += w & COUNT_MASK;
-                counts.failures += (w >> COUNT_BITS) & COUNT_MASK;
-            }
+            // Failures and slow calls first: each was counted after its call (module doc).
+            let f = bucket.failures.load(Ordering::Acquire);
             let s = bucket.slow.load(Ordering::Acquire);
-            if age(s, epoch) < self.len() {
-                counts.slow_calls += s & COUNT_MASK;
+            let c = bucket.calls.load(Ordering::Acquire);
+            if age(c, epoch) >= self.len() {
+                continue;
+            }
+            let calls = c & COUNT_MASK;
+            counts.calls += calls;
+            // A word of another epoch than the calls' holds no outcome of this bucket's calls.
+            if f >> TAG_SHIFT == c >> TAG_SHIFT {
+                counts.failures += (f & COUNT_MASK).min(calls);
+            }
+            if s >> TAG_SHIFT == c >> TAG_SHIFT {
+                counts.slow_calls += (s & COUNT_MASK).min(calls);
             }
         }
         counts
@@ -202,9 +228,8 @@ impl Window {
             }
         }
         let out_of_window = ((start - n) & TAG_MASK) << TAG_SHIFT;
-        for bucket in self.buckets.iter() {
-            bucket.calls.store(out_of_window, Ordering::Release);
-            bucket.slow.store(out_of_window, Ordering::Release);
+        for word in self.buckets.iter().flat_map(Bucket::words) {
+            word.store(out_of_window, Ordering::Release);
         }
         self.head.0.store(start - 1, Ordering::Release);
     }
@@ -216,29 +241,39 @@ fn age(word: u64, epoch: u64) -> u64 {
     (epoch.wrapping_sub(word >> TAG_SHIFT)) & TAG_MASK
 }
 
+/// Adds one to the count of `word` for `epoch`; whether it counted (not when the word is
+/// saturated or already belongs to a newer epoch).
 #[inline]
-fn add(word: &AtomicU64, epoch: u64, delta: u64) {
+fn add(word: &AtomicU64, epoch: u64) -> bool {
     let tag = (epoch & TAG_MASK) << TAG_SHIFT;
     let mut w = word.load(Ordering::Acquire);
     loop {
         match age(w, epoch) {
             0 => {
-                if w & COUNT_MASK < SATURATED {
-                    word.fetch_add(delta, Ordering::AcqRel);
+                if w & COUNT_MASK >= SATURATED {
+                    return false;
                 }
-                return;
+                let prev = word.fetch_add(1, Ordering::AcqRel);
+                if prev >> TAG_SHIFT == w >> TAG_SHIFT {
+                    return true;
+                }
+                // Between the load and the add, the word moved on to another epoch (this caller
+                // was delayed for a whole window): take the add back, unless a later reset
+                // already wiped it, and count nothing.
+                let moved = prev >> TAG_SHIFT;
+                let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |x| {
+                    (x >> TAG_SHIFT == moved && x & COUNT_MASK > 0).then(|| x - 1)
+                });
+                return false;
             }
             // The bucket already belongs to a newer epoch: this outcome is too old to count.
-            a if a >= HALF_RANGE => return,
-            _ => match word.compare_exchange_weak(
-                w,
-                tag | delta,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return,
-                Err(actual) => w = actual,
-            },
+            a if a >= HALF_RANGE => return false,
+            _ => {
+                match word.compare_exchange_weak(w, tag | 1, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return true,
+                    Err(actual) => w = actual,
+                }
+            }
         }
     }
 }
@@ -263,6 +298,64 @@ mod tests {
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
+
+    impl Window {
+        /// Test helper: the bucket of `epoch` holds these counts, and `epoch` is the newest.
+        fn fill(&self, epoch: u64, calls: u64, failures: u64, slow: u64) {
+            let tag = (epoch & TAG_MASK) << TAG_SHIFT;
+            let bucket = self.bucket(epoch);
+            bucket.calls.store(tag | calls, Ordering::Release);
+            bucket.failures.store(tag | failures, Ordering::Release);
+            bucket.slow.store(tag | slow, Ordering::Release);
+            self.head.0.store(epoch, Ordering::Release);
+        }
+    }
+
+    fn one_second_buckets() -> Window {
+        Window::new(WindowKind::Time {
+            bucket_nanos: SEC,
+            buckets: 10,
+        })
+    }
+
+    /// A bucket used to stop counting at 16,711,679 calls, failures included: a failure storm
+    /// after that was invisible.
+    #[test]
+    fn a_bucket_past_sixteen_million_calls_still_counts_failures() {
+        let w = one_second_buckets();
+        w.fill(0, 16_711_679, 0, 0);
+        for _ in 0..1_000 {
+            w.record(SEC / 2, true, true, false);
+        }
+        let c = w.counts(SEC / 2);
+        assert_eq!(
+            (c.calls, c.failures, c.slow_calls),
+            (16_712_679, 1_000, 1_000)
+        );
+    }
+
+    /// At the real limit a bucket stops counting calls, failures and slow calls together: its
+    /// rates stay what they were, never lowered by successes counted without their failures.
+    #[test]
+    fn a_saturated_bucket_keeps_its_rates() {
+        let w = one_second_buckets();
+        let full = SATURATED - 3;
+        w.fill(0, full, full / 2, full / 4);
+        for i in 0..10_000 {
+            let c = w.record(SEC / 2, i % 2 == 0, i % 4 == 0, true).unwrap();
+            assert!(c.calls <= SATURATED + 1, "{c:?}");
+            // The failure rate stays at 1/2, the slow-call rate at 1/4.
+            assert!(c.failures.abs_diff(c.calls / 2) <= 2, "{i}: {c:?}");
+            assert!(c.slow_calls.abs_diff(c.calls / 4) <= 2, "{i}: {c:?}");
+        }
+        // The next bucket counts afresh.
+        let frozen = w.counts(SEC / 2);
+        let c = w.record(SEC + 1, true, true, true).unwrap();
+        assert_eq!(
+            (c.calls, c.failures, c.slow_calls),
+            (frozen.calls + 1, frozen.failures + 1, frozen.slow_calls + 1)
+        );
+    }
 
     #[test]
     fn time_window_slides() {

@@ -100,7 +100,8 @@ impl RetryLayer {
     /// try again, and the policy does not retry them. When the failure that trips the breaker
     /// carries a `Retry-After` (a 503's, typically), the breaker stays open that long (capped by
     /// the breaker's maximum open time), so the client honours the server's word across
-    /// requests. A 429 is about this client's rate, not the endpoint's health: it does not count
+    /// requests; the retry the server invited, sent once its `Retry-After` has passed, finds
+    /// the breaker's open time over (it never ends after the instant the server named). A 429 is about this client's rate, not the endpoint's health: it does not count
     /// as a failure (its `Retry-After` is still honoured by the policy).
     pub fn circuit_breakers(mut self, breakers: Arc<KeyedBreakers<Origin>>) -> Self {
         self.breakers = Some(breakers);
