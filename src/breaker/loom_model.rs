@@ -3,7 +3,7 @@
 //! window's buckets.
 //!
 //! ```text
-//! RUSTFLAGS="--cfg tower_5xx_loom" cargo test --release --lib breaker::loom_model
+//! RUSTFLAGS="--cfg tower_5xx_loom" cargo test --lib breaker::loom_model
 //! ```
 //!
 //! The breaker's atomics are loom's under `cfg(all(test, tower_5xx_loom))` (see `sync` in the

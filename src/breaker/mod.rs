@@ -90,7 +90,7 @@ mod state;
 mod window;
 
 /// The atomics of the breaker's lock-free state and window: loom's while model-checking them
-/// (`RUSTFLAGS="--cfg tower_5xx_loom" cargo test --release --lib breaker::loom_model`), std's otherwise.
+/// (`RUSTFLAGS="--cfg tower_5xx_loom" cargo test --lib breaker::loom_model`), std's otherwise.
 mod sync {
     #[cfg(all(test, tower_5xx_loom))]
     pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
