@@ -2,28 +2,25 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{ready, Context, Poll},
 };
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::{
-    sync::futures::OwnedNotified,
-    time::{Instant, Sleep},
-};
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use bytes::Bytes;
 
-use super::limiter::{Permit, QueueSlot};
+use super::limiter::{Permit, Ticket};
 
 pin_project! {
     /// Response future of [`Shed`](super::Shed).
     ///
-    /// It holds the request's permit (given back when the inner future completes or when this
-    /// future is dropped, panics included) or its place in the queue (given back when it gets a
-    /// permit, times out, or is dropped because the client went away).
+    /// It holds the request's permit (given back, or handed to the oldest waiter, when the
+    /// inner future completes or when this future is dropped, panics included) or its place in
+    /// the queue (left when it gets a permit, times out, or is dropped because the client went
+    /// away).
     pub struct ResponseFuture<F, S, R, B> {
         #[pin]
         state: State<F, S, R, B>,
@@ -33,12 +30,9 @@ pin_project! {
 pin_project! {
     #[project = WaiterProj]
     struct Waiter<S, R> {
-        #[pin]
-        notified: OwnedNotified,
+        ticket: Ticket,
         #[pin]
         deadline: Sleep,
-        armed: bool,
-        slot: Option<QueueSlot>,
         service: Option<S>,
         request: Option<R>,
     }
@@ -79,15 +73,13 @@ impl<F, S, R, B> ResponseFuture<F, S, R, B> {
         }
     }
 
-    pub(crate) fn waiting(slot: QueueSlot, service: S, request: R) -> Self {
-        let shared = slot.shared();
+    pub(crate) fn waiting(ticket: Ticket, service: S, request: R) -> Self {
+        let max_wait = ticket.shared().config.max_wait;
         Self {
             state: State::Waiting {
                 waiter: Box::pin(Waiter {
-                    notified: shared.notify().notified_owned(),
-                    deadline: tokio::time::sleep(shared.config.max_wait),
-                    armed: false,
-                    slot: Some(slot),
+                    ticket,
+                    deadline: tokio::time::sleep(max_wait),
                     service: Some(service),
                     request: Some(request),
                 }),
@@ -149,46 +141,37 @@ where
                 }
                 StateProj::Waiting { waiter } => {
                     let WaiterProj {
-                        mut notified,
+                        ticket,
                         deadline,
-                        armed,
-                        slot,
                         service,
                         request,
                     } = waiter.as_mut().project();
-                    let shared = slot.as_ref().expect("polled after completion").shared();
-                    if !*armed {
-                        // Register before trying, so a permit released in between wakes us.
-                        notified.as_mut().enable();
-                        *armed = true;
-                    }
-                    if shared.try_acquire() {
-                        let start = shared.sample().then(Instant::now);
-                        let permit = Permit::taken(Arc::clone(shared));
-                        drop(slot.take());
-                        let mut service = service.take().expect("polled after completion");
-                        let request = request.take().expect("polled after completion");
-                        State::Running {
-                            future: service.call(request),
-                            permit: Some(permit),
-                            start,
+                    // The permit is handed over by the request that releases it, oldest
+                    // waiter first; at the deadline, the waiter leaves (or takes a permit
+                    // handed over meanwhile).
+                    let permit = match ticket.poll_permit(cx) {
+                        Poll::Ready(permit) => permit,
+                        Poll::Pending => {
+                            ready!(deadline.poll(cx));
+                            ticket.leave()
                         }
-                    } else if notified.as_mut().poll(cx).is_ready() {
-                        // Woken, but another request took the permit: wait again.
-                        let fresh = shared.notify().notified_owned();
-                        notified.set(fresh);
-                        *armed = false;
-                        continue;
-                    } else if deadline.poll(cx).is_ready() {
-                        let request = request.take().expect("polled after completion");
-                        let slot = slot.take().expect("polled after completion");
-                        let response = slot.shared().refuse(&request, "max wait");
-                        drop(slot);
-                        State::Shed {
-                            response: Some(Box::new(response)),
+                    };
+                    let request = request.take().expect("polled after completion");
+                    match permit {
+                        Some(permit) => {
+                            let start = permit.shared().sample().then(Instant::now);
+                            let mut service = service.take().expect("polled after completion");
+                            // If `call` panics, unwinding drops the permit: it is passed on.
+                            let future = service.call(request);
+                            State::Running {
+                                future,
+                                permit: Some(permit),
+                                start,
+                            }
                         }
-                    } else {
-                        return Poll::Pending;
+                        None => State::Shed {
+                            response: Some(Box::new(ticket.shared().refuse(&request, "max wait"))),
+                        },
                     }
                 }
             };

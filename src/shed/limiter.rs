@@ -4,23 +4,29 @@
 //!
 //! The hot path (a request under the limit with nobody queued) is one load of the queue length
 //! and one compare-and-swap on the in-flight count; completing it is a few atomic additions.
-//! Waiters park on a [`Notify`]; a released permit wakes one of them (FIFO) only when the queue
-//! is not empty.
+//!
+//! Waiting requests are served first come, first served: they line up in a [`WaitQueue`]
+//! behind a mutex that only they touch, and a permit released while someone waits is handed to
+//! the oldest waiter directly (the in-flight count does not change), so a new arrival cannot
+//! take it first. A new arrival never takes a permit while anyone waits: it joins the queue.
 
 use std::{
+    future::Future,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use tokio::{sync::Notify, time::Instant};
+use tokio::{sync::oneshot, time::Instant};
 
 use super::{
     limit::{Estimator, Limit, WindowStats},
+    queue::WaitQueue,
     Priority,
 };
 use crate::{
@@ -53,8 +59,11 @@ struct Window {
 pub(crate) struct Shared {
     in_flight: AtomicUsize,
     limit: AtomicUsize,
+    /// The length of `waiters`, read without the lock; written only under it.
     queued: AtomicUsize,
-    notify: Arc<Notify>,
+    /// Locked only while requests wait (joining, leaving, a permit handed over), never across
+    /// an `.await`, and never while a permit is dropped (dropping one may lock it again).
+    waiters: Mutex<WaitQueue>,
     /// Exponential moving average of the inner service's latency, in nanoseconds (0 = none yet).
     latency_ns: AtomicU64,
     shed: AtomicU64,
@@ -99,7 +108,7 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(config.limit.initial()),
             queued: AtomicUsize::new(0),
-            notify: Arc::new(Notify::new()),
+            waiters: Mutex::new(WaitQueue::default()),
             latency_ns: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             config,
@@ -133,7 +142,7 @@ impl Shared {
     }
 
     /// Sets the limit from outside; an adaptive algorithm continues from this value.
-    pub(crate) fn set_limit(&self, limit: usize) {
+    pub(crate) fn set_limit(self: &Arc<Self>, limit: usize) {
         let limit = limit.max(1);
         if let Some(adaptive) = &self.adaptive {
             // Off the hot path: waiting here is fine.
@@ -146,14 +155,12 @@ impl Shared {
         self.store_limit(limit);
     }
 
-    fn store_limit(&self, limit: usize) {
+    /// A lower limit lets the requests running finish (their permits retire instead of being
+    /// handed over); a higher one hands the new permits to the waiters at once.
+    fn store_limit(self: &Arc<Self>, limit: usize) {
         let old = self.limit.swap(limit, Ordering::SeqCst);
-        if limit > old {
-            // New capacity: wake as many waiters as it can take.
-            let wake = (limit - old).min(self.queued.load(Ordering::SeqCst));
-            for _ in 0..wake {
-                self.notify.notify_one();
-            }
+        if limit > old && self.queued.load(Ordering::SeqCst) > 0 {
+            self.dispatch();
         }
     }
 
@@ -184,19 +191,18 @@ impl Shared {
 
     /// Takes a permit if one is free.
     ///
-    /// The loads here are `SeqCst` on purpose. A queued request does `queued += 1` (in
-    /// `try_enqueue`), then reads `in_flight` and `limit` here; a request that finishes does
-    /// `in_flight -= 1`, then reads `queued` (`release`), and `store_limit` writes `limit`, then
-    /// reads `queued`. That is the store-buffering pattern: with a weaker load on either side,
-    /// both sides may read the old value (the waiter sees no free permit, the releaser sees an
-    /// empty queue and wakes nobody), and the waiter sleeps until its deadline next to a free
-    /// permit. With every one of these writes and loads `SeqCst` they fall into one total
-    /// order, so at least one side sees the other: the waiter takes the permit, or the releaser
-    /// wakes it (a `notify_one` before the waiter registered is kept as a permit by `Notify`).
-    /// The failure ordering of the compare-and-swap is `SeqCst` too, since its reload can be
-    /// the load that decides "full". On x86 a `SeqCst` load is a plain load. (A test cannot
-    /// catch this race reliably: it needs a weakly ordered CPU and an exact interleaving, so
-    /// there is none; the argument above is the check.)
+    /// The loads here are `SeqCst` on purpose. A request that joins the queue stores the new
+    /// `queued` (in [`enqueue`](Self::enqueue)), then reads `in_flight` and `limit` here; a
+    /// request that finishes does `in_flight -= 1`, then reads `queued` ([`release`](Self::release)),
+    /// and `store_limit` writes `limit`, then reads `queued`. That is the store-buffering
+    /// pattern: with a weaker load on either side, both sides may read the old value (the
+    /// waiter sees no free permit, the releaser sees an empty queue and hands nothing over), and
+    /// the waiter sleeps until its deadline next to a free permit. With every one of these
+    /// writes and loads `SeqCst` they fall into one total order, so at least one side sees the
+    /// other: the joining request takes the permit, or the releaser hands it over (it locks
+    /// the queue, so it waits until the request has joined). The failure ordering of the
+    /// compare-and-swap is `SeqCst` too, since its reload can be the load that decides "full".
+    /// On x86 a `SeqCst` load is a plain load.
     #[inline]
     pub(crate) fn try_acquire(&self) -> bool {
         let limit = self.limit.load(Ordering::SeqCst);
@@ -217,50 +223,99 @@ impl Shared {
         }
     }
 
-    /// `SeqCst` write, then `SeqCst` load: the releasing half of the pattern described on
-    /// [`try_acquire`](Self::try_acquire).
+    /// Gives a permit back, or hands it to the oldest waiter.
+    ///
+    /// With nobody waiting: `in_flight -= 1` (`SeqCst`), then a `SeqCst` load of `queued`, the
+    /// releasing half of the pattern described on [`try_acquire`](Self::try_acquire); a
+    /// request that joined in between is served by [`dispatch`](Self::dispatch).
     #[inline]
-    fn release(&self) {
+    fn release(self: &Arc<Self>) {
+        if self.queued.load(Ordering::SeqCst) != 0 && self.hand_off() {
+            return;
+        }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.queued.load(Ordering::SeqCst) > 0 {
-            self.notify.notify_one();
+        if self.queued.load(Ordering::SeqCst) != 0 {
+            self.dispatch();
         }
     }
 
-    /// Takes a place in the queue if there is room for this priority. The successful
-    /// compare-and-swap is `SeqCst`: it is the waiter's write in the pattern described on
-    /// [`try_acquire`](Self::try_acquire).
-    pub(crate) fn try_enqueue(&self, priority: Priority) -> bool {
-        if self.config.max_wait.is_zero() {
+    /// Hands the permit being released to the oldest waiter: it stays counted in `in_flight`
+    /// and changes owner. `false` (give it back) if nobody waits, or if the limit was lowered
+    /// below the requests running: then this permit retires.
+    #[cold]
+    fn hand_off(self: &Arc<Self>) -> bool {
+        let mut waiters = self.waiters();
+        if waiters.is_empty() || self.in_flight() > self.limit() {
             return false;
+        }
+        let unsent = waiters.hand_over(Permit::taken(Arc::clone(self))).err();
+        self.queued.store(waiters.len(), Ordering::SeqCst);
+        drop(waiters);
+        // Only if every waiter had dropped its receiver: given back as any other permit.
+        drop(unsent);
+        true
+    }
+
+    /// Hands free permits to the waiters, oldest first, while there are both.
+    #[cold]
+    fn dispatch(self: &Arc<Self>) {
+        let mut waiters = self.waiters();
+        let unsent = self.dispatch_locked(&mut waiters);
+        drop(waiters);
+        drop(unsent);
+    }
+
+    /// [`dispatch`](Self::dispatch) with the lock held. A permit that found nobody to take it
+    /// is returned, to be dropped after the lock is released.
+    fn dispatch_locked(self: &Arc<Self>, waiters: &mut WaitQueue) -> Option<Permit> {
+        let mut unsent = None;
+        while !waiters.is_empty() && self.try_acquire() {
+            if let Err(permit) = waiters.hand_over(Permit::taken(Arc::clone(self))) {
+                unsent = Some(permit);
+                break;
+            }
+        }
+        self.queued.store(waiters.len(), Ordering::SeqCst);
+        unsent
+    }
+
+    /// The wait queue. Nothing that can panic runs while it is locked; were the lock poisoned
+    /// anyway, the queue itself would still be consistent.
+    fn waiters(&self) -> MutexGuard<'_, WaitQueue> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Joins the wait queue if there is room for this priority (or `None`: shed the request).
+    /// A permit free at that moment is handed to the oldest waiter, which may be this one.
+    pub(crate) fn enqueue(self: &Arc<Self>, priority: Priority) -> Option<Ticket> {
+        if self.config.max_wait.is_zero() {
+            return None;
         }
         let cap = match priority {
             Priority::Low => self.config.low_priority_queue,
             _ => self.config.max_queue,
         };
-        let mut current = self.queued.load(Ordering::Relaxed);
-        loop {
-            if current >= cap {
-                return false;
-            }
-            match self.queued.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => current = actual,
-            }
+        // Under overload most arrivals find the queue full: they learn it without the lock.
+        if self.queued() >= cap {
+            return None;
         }
-    }
-
-    fn leave_queue(&self) {
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    pub(crate) fn notify(&self) -> Arc<Notify> {
-        self.notify.clone()
+        let mut waiters = self.waiters();
+        if waiters.len() >= cap {
+            return None;
+        }
+        let (id, grant) = waiters.push();
+        // The `SeqCst` store of `queued` in `dispatch_locked`, before its `try_acquire`, is the
+        // joining half of the pattern described on `try_acquire`.
+        self.queued.store(waiters.len(), Ordering::SeqCst);
+        let unsent = self.dispatch_locked(&mut waiters);
+        drop(waiters);
+        drop(unsent);
+        Some(Ticket {
+            shared: Arc::clone(self),
+            id,
+            grant,
+            settled: false,
+        })
     }
 
     pub(crate) fn count_shed(&self) {
@@ -306,7 +361,7 @@ impl Shared {
     }
 
     /// Records a finished request: its latency in the inner service and whether it failed.
-    pub(crate) fn record(&self, start: Instant, failed: bool) {
+    pub(crate) fn record(self: &Arc<Self>, start: Instant, failed: bool) {
         let now = Instant::now();
         let latency = now.saturating_duration_since(start);
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
@@ -372,8 +427,9 @@ impl Shared {
     }
 }
 
-/// One unit of the concurrency limit, given back when dropped: on success, error, panic (the
-/// future holding it is dropped while unwinding) and cancellation alike.
+/// One unit of the concurrency limit, given back (or handed to the oldest waiter) when dropped:
+/// on success, error, panic (the future holding it is dropped while unwinding) and
+/// cancellation alike.
 #[derive(Debug)]
 pub(crate) struct Permit {
     shared: Arc<Shared>,
@@ -386,7 +442,7 @@ impl Permit {
         Self { shared }
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 }
@@ -397,26 +453,151 @@ impl Drop for Permit {
     }
 }
 
-/// A place in the wait queue, given back when dropped (acquired, timed out, or the request's
-/// future dropped because the client went away).
+/// A place in the wait queue. The permit arrives through `grant`. Dropped before that (the
+/// request's future dropped because the client went away), it leaves the queue; dropped after a
+/// permit was sent to it but before it was received, the permit is dropped with it and passed
+/// on to the next waiter.
 #[derive(Debug)]
-pub(crate) struct QueueSlot {
+pub(crate) struct Ticket {
     shared: Arc<Shared>,
+    id: u64,
+    grant: oneshot::Receiver<Permit>,
+    /// Out of the queue: the permit was received, or the ticket left.
+    settled: bool,
 }
 
-impl QueueSlot {
-    /// Wraps a place already taken with `try_enqueue`.
-    pub(crate) fn taken(shared: Arc<Shared>) -> Self {
-        Self { shared }
-    }
-
+impl Ticket {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
+
+    /// The permit, once a releasing request or a higher limit handed it over. `None` if the
+    /// queue dropped this waiter without a permit, which it never does.
+    pub(crate) fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<Option<Permit>> {
+        let received = std::task::ready!(std::pin::Pin::new(&mut self.grant).poll(cx));
+        self.settled = true;
+        Poll::Ready(received.ok())
+    }
+
+    /// Gives up waiting (the deadline passed). If a permit was handed over meanwhile, here it
+    /// is: the request runs after all rather than waste it.
+    pub(crate) fn leave(&mut self) -> Option<Permit> {
+        self.settled = true;
+        let mut waiters = self.shared.waiters();
+        if waiters.remove(self.id) {
+            self.shared.queued.store(waiters.len(), Ordering::SeqCst);
+            return None;
+        }
+        drop(waiters);
+        // Not in the queue any more: the permit was sent under the lock, so it is here.
+        self.grant.try_recv().ok()
+    }
 }
 
-impl Drop for QueueSlot {
+impl Drop for Ticket {
     fn drop(&mut self) {
-        self.shared.leave_queue();
+        if self.settled {
+            return;
+        }
+        let mut waiters = self.shared.waiters();
+        if waiters.remove(self.id) {
+            self.shared.queued.store(waiters.len(), Ordering::SeqCst);
+        }
+        // Otherwise a permit was sent: it is dropped with `grant`, after this lock is
+        // released, and its drop hands it to the next waiter.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    fn shared(limit: usize) -> Arc<Shared> {
+        let config = Config {
+            limit: Limit::from(limit),
+            max_queue: 8,
+            low_priority_queue: 4,
+            max_wait: Duration::from_secs(1),
+        };
+        Arc::new(Shared::new(config, RefusalPolicy::default()))
+    }
+
+    fn poll(ticket: &mut Ticket) -> Poll<Option<Permit>> {
+        ticket.poll_permit(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn take(shared: &Arc<Shared>) -> Permit {
+        assert!(shared.try_acquire_fast());
+        Permit::taken(Arc::clone(shared))
+    }
+
+    #[tokio::test]
+    async fn a_released_permit_goes_to_the_oldest_waiter_not_to_a_new_arrival() {
+        let shared = shared(1);
+        let running = take(&shared);
+        let mut first = shared.enqueue(Priority::Normal).unwrap();
+        let mut second = shared.enqueue(Priority::Normal).unwrap();
+        assert!(poll(&mut first).is_pending());
+        drop(running);
+        // Handed over: still one in flight, and a new arrival finds nothing free.
+        assert_eq!((shared.in_flight(), shared.queued()), (1, 1));
+        assert!(!shared.try_acquire_fast());
+        assert!(poll(&mut second).is_pending());
+        let Poll::Ready(Some(permit)) = poll(&mut first) else {
+            panic!("the oldest waiter did not get the permit");
+        };
+        drop(permit);
+        assert!(matches!(poll(&mut second), Poll::Ready(Some(_))));
+        assert_eq!((shared.in_flight(), shared.queued()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_after_the_hand_over_keeps_the_permit() {
+        let shared = shared(1);
+        let running = take(&shared);
+        let mut ticket = shared.enqueue(Priority::Normal).unwrap();
+        drop(running);
+        // Its deadline passes in the same instant: the permit is already its own.
+        assert!(ticket.leave().is_some());
+        drop(ticket);
+        assert_eq!((shared.in_flight(), shared.queued()), (0, 0));
+
+        let running = take(&shared);
+        let mut ticket = shared.enqueue(Priority::Normal).unwrap();
+        assert!(ticket.leave().is_none());
+        assert_eq!((shared.in_flight(), shared.queued()), (1, 0));
+        drop(running);
+        assert_eq!(shared.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_with_an_unreceived_permit_passes_it_on() {
+        let shared = shared(1);
+        let running = take(&shared);
+        let first = shared.enqueue(Priority::Normal).unwrap();
+        let mut second = shared.enqueue(Priority::Normal).unwrap();
+        drop(running);
+        drop(first);
+        assert_eq!((shared.in_flight(), shared.queued()), (1, 0));
+        assert!(matches!(poll(&mut second), Poll::Ready(Some(_))));
+        assert_eq!(shared.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn low_priority_waiters_use_only_their_share_of_the_queue() {
+        let shared = shared(1);
+        let _running = take(&shared);
+        let low: Vec<_> = (0..4)
+            .map(|_| shared.enqueue(Priority::Low).unwrap())
+            .collect();
+        assert!(shared.enqueue(Priority::Low).is_none());
+        let normal: Vec<_> = (0..4)
+            .map(|_| shared.enqueue(Priority::Normal).unwrap())
+            .collect();
+        assert!(shared.enqueue(Priority::Normal).is_none());
+        drop((low, normal));
+        assert_eq!(shared.queued(), 0);
     }
 }

@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use super::{
     future::ResponseFuture,
-    limiter::{Permit, QueueSlot, Shared},
+    limiter::{Permit, Shared},
     AllNormal, Prioritize, Priority, ShedHandle, ShedLayer,
 };
 
@@ -101,13 +101,12 @@ where
             let start = self.shared.sample().then(Instant::now);
             return ResponseFuture::running(self.inner.call(req), Some(permit), start);
         }
-        if self.shared.try_enqueue(priority) {
-            let slot = QueueSlot::taken(self.shared.clone());
+        if let Some(ticket) = self.shared.enqueue(priority) {
             // The ready service goes with the request; a clone takes its place here and is made
             // ready by the next `poll_ready` (as tower's `Buffer` and axum do).
             let clone = self.inner.clone();
             let ready = std::mem::replace(&mut self.inner, clone);
-            return ResponseFuture::waiting(slot, ready, req);
+            return ResponseFuture::waiting(ticket, ready, req);
         }
         ResponseFuture::shed(self.shared.refuse(&req, "queue full"))
     }
