@@ -164,29 +164,36 @@ impl Shared {
         }
     }
 
-    /// Whether to measure this request's latency. Adaptive limits measure every request. A
-    /// fixed limit only needs the latency for its `Retry-After` estimate, so it measures one
-    /// request in 16 (and every request until it has a first value), which saves two clock
-    /// reads on most requests.
+    /// Whether to measure the latency of a request that starts now; `busy`: it waited, or at
+    /// least half of the permits were taken when it started.
+    ///
+    /// Adaptive limits measure every request. A fixed limit only needs the latency for its
+    /// `Retry-After` estimate, that is under load, so it measures one busy request in 16 (and
+    /// every request until it has a first value): a lightly loaded server reads no clock.
     #[inline]
-    pub(crate) fn sample(&self) -> bool {
+    pub(crate) fn sample(&self, busy: bool) -> bool {
         thread_local! {
             static TICK: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
         }
         if self.adaptive.is_some() || self.latency_ns.load(Ordering::Relaxed) == 0 {
             return true;
         }
-        TICK.with(|tick| {
+        busy && TICK.with(|tick| {
             let t = tick.get().wrapping_add(1);
             tick.set(t);
             t % 16 == 0
         })
     }
 
-    /// Takes a permit if one is free and nobody is queued (queued requests go first).
+    /// Takes a permit if one is free and nobody is queued (queued requests go first): `Some`
+    /// with whether at least half of the permits were taken before.
     #[inline]
-    pub(crate) fn try_acquire_fast(&self) -> bool {
-        self.queued.load(Ordering::SeqCst) == 0 && self.try_acquire()
+    pub(crate) fn try_acquire_fast(&self) -> Option<bool> {
+        if self.queued.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        self.try_acquire()
+            .map(|(before, limit)| 2 * before >= limit)
     }
 
     /// Takes a permit if one is free.
@@ -203,13 +210,15 @@ impl Shared {
     /// the queue, so it waits until the request has joined). The failure ordering of the
     /// compare-and-swap is `SeqCst` too, since its reload can be the load that decides "full".
     /// On x86 a `SeqCst` load is a plain load.
+    ///
+    /// `Some` with the in-flight count before and the limit.
     #[inline]
-    pub(crate) fn try_acquire(&self) -> bool {
+    pub(crate) fn try_acquire(&self) -> Option<(usize, usize)> {
         let limit = self.limit.load(Ordering::SeqCst);
         let mut current = self.in_flight.load(Ordering::SeqCst);
         loop {
             if current >= limit {
-                return false;
+                return None;
             }
             match self.in_flight.compare_exchange_weak(
                 current,
@@ -217,7 +226,7 @@ impl Shared {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return Some((current, limit)),
                 Err(actual) => current = actual,
             }
         }
@@ -269,7 +278,7 @@ impl Shared {
     /// is returned, to be dropped after the lock is released.
     fn dispatch_locked(self: &Arc<Self>, waiters: &mut WaitQueue) -> Option<Permit> {
         let mut unsent = None;
-        while !waiters.is_empty() && self.try_acquire() {
+        while !waiters.is_empty() && self.try_acquire().is_some() {
             if let Err(permit) = waiters.hand_over(Permit::taken(Arc::clone(self))) {
                 unsent = Some(permit);
                 break;
@@ -448,6 +457,7 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         self.shared.release();
     }
@@ -529,7 +539,7 @@ mod tests {
     }
 
     fn take(shared: &Arc<Shared>) -> Permit {
-        assert!(shared.try_acquire_fast());
+        assert!(shared.try_acquire_fast().is_some());
         Permit::taken(Arc::clone(shared))
     }
 
@@ -543,7 +553,7 @@ mod tests {
         drop(running);
         // Handed over: still one in flight, and a new arrival finds nothing free.
         assert_eq!((shared.in_flight(), shared.queued()), (1, 1));
-        assert!(!shared.try_acquire_fast());
+        assert!(shared.try_acquire_fast().is_none());
         assert!(poll(&mut second).is_pending());
         let Poll::Ready(Some(permit)) = poll(&mut first) else {
             panic!("the oldest waiter did not get the permit");
@@ -583,6 +593,16 @@ mod tests {
         assert_eq!((shared.in_flight(), shared.queued()), (1, 0));
         assert!(matches!(poll(&mut second), Poll::Ready(Some(_))));
         assert_eq!(shared.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fixed_limit_samples_one_busy_request_in_16_and_no_idle_one() {
+        let shared = shared(4);
+        assert!(shared.sample(false), "no latency yet: measure");
+        shared.record(Instant::now(), false);
+        assert!((0..64).all(|_| !shared.sample(false)));
+        let sampled = (0..64).filter(|_| shared.sample(true)).count();
+        assert_eq!(sampled, 4);
     }
 
     #[tokio::test]

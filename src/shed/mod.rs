@@ -26,9 +26,9 @@
 //! the ratio of the minimum latency to the sampled latency). Adaptive limits have a floor and a
 //! ceiling, and their current value is observable through [`ShedHandle::limit`].
 //!
-//! **Cancellation and panics**: a permit is given back (or handed to the oldest waiter) on every
-//! path (success, error, a panic in `call` or in the response future, the response future
-//! dropped). A client that disconnects while queued frees its place in the queue as soon as the
+//! **Cancellation and panics**: a permit is given back (or handed to the oldest waiter) when
+//! the response future is dropped, on every path (success, error, a panic in `call` or in the
+//! response future, cancellation); servers drop a future as soon as it is ready. A client that disconnects while queued frees its place in the queue as soon as the
 //! server drops its request; one dropped just after a permit was handed to it passes the permit
 //! on to the next waiter. A waiter whose deadline passes in the instant a permit reaches it
 //! runs rather than waste the permit.
