@@ -840,8 +840,9 @@ async fn waiters_are_served_in_arrival_order_and_never_passed() {
     assert!(served.len() > 100, "{} served", served.len());
 }
 
-/// Many threads releasing and queueing at once: every hand-off reaches a waiter (a lost one
-/// would leave a request waiting for its 10 s deadline next to a free permit).
+/// Many threads releasing and queueing at once while the limit moves between 1 and 3: every
+/// hand-off reaches a waiter (a lost one would leave a request waiting for its 10 s deadline
+/// next to a free permit), and no more than the highest limit run at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_waiter_is_forgotten_under_contention() {
     let layer = ShedLayer::builder()
@@ -851,9 +852,17 @@ async fn no_waiter_is_forgotten_under_contention() {
         .build()
         .unwrap();
     let handle = layer.handle();
-    let svc = layer.layer(service_fn(|_req: Request<()>| async {
-        tokio::task::yield_now().await;
-        Ok::<_, Infallible>(Response::new(Body::empty()))
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let svc = layer.layer(service_fn(move |_req: Request<()>| {
+        let (running, peak) = (r.clone(), p.clone());
+        async move {
+            peak.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }
     }));
     let started = std::time::Instant::now();
     let clients: Vec<_> = (0..48)
@@ -867,14 +876,23 @@ async fn no_waiter_is_forgotten_under_contention() {
             })
         })
         .collect();
+    let h = handle.clone();
+    let mover = tokio::spawn(async move {
+        for i in 0.. {
+            h.set_limit(1 + i % 3);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
     for client in clients {
         client.await.unwrap();
     }
+    mover.abort();
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "a waiter waited for its deadline: {:?}",
         started.elapsed()
     );
+    assert!(peak.load(Ordering::SeqCst) <= 3, "more ran than the limit");
     assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
     assert_eq!(handle.shed_count(), 0);
 }

@@ -2,13 +2,15 @@
 //! at runtime, a bounded wait queue, the latency statistics, the adaptive estimator, and how a
 //! shed request is answered.
 //!
-//! The hot path (a request under the limit with nobody queued) is one load of the queue length
-//! and one compare-and-swap on the in-flight count; completing it is a few atomic additions.
+//! The running and the waiting requests are counted in one atomic word ([`Load`]). The hot path
+//! (a request under the limit with nobody queued) is one load and one compare-and-swap of that
+//! word; giving the permit back is one atomic subtraction.
 //!
 //! Waiting requests are served first come, first served: they line up in a [`WaitQueue`]
-//! behind a mutex that only they touch, and a permit released while someone waits is handed to
-//! the oldest waiter directly (the in-flight count does not change), so a new arrival cannot
-//! take it first. A new arrival never takes a permit while anyone waits: it joins the queue.
+//! behind a mutex that only they touch. A new arrival never takes a permit while anyone waits
+//! (it sees the waiters in the same word as the free permits, and joins the queue), so a
+//! permit given back while requests wait can only go to them: the request that gives it back
+//! sees the waiters in the same atomic step and hands the free permits to the oldest ones.
 
 use std::{
     future::Future,
@@ -55,12 +57,38 @@ struct Window {
     max_in_flight: AtomicUsize,
 }
 
+/// The running requests (low 32 bits) and the waiting ones (high 32 bits), one word.
+///
+/// With both in one word, every change of either is one atomic step in one total order: a new
+/// arrival that sees a free permit also sees that nobody waits; a request that gives its
+/// permit back learns in the same step whether anyone waits. (Two words would need `SeqCst`
+/// on both sides of a store-buffering pattern, and still let an arrival take a permit between
+/// a release and its hand-off.)
+struct Load;
+
+impl Load {
+    /// One waiting request.
+    const WAITER: u64 = 1 << 32;
+    const RUNNING: u64 = Self::WAITER - 1;
+    /// The highest limit: at most 2^32 - 1 requests run at once. A limit at or under it keeps
+    /// the word at or over the limit whenever anyone waits, so that one comparison checks both.
+    const MAX_LIMIT: usize = Self::RUNNING as usize;
+
+    fn running(load: u64) -> usize {
+        (load & Self::RUNNING) as usize
+    }
+
+    fn waiting(load: u64) -> usize {
+        (load >> 32) as usize
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
-    in_flight: AtomicUsize,
+    /// See [`Load`].
+    load: AtomicU64,
+    /// At most [`Load::MAX_LIMIT`].
     limit: AtomicUsize,
-    /// The length of `waiters`, read without the lock; written only under it.
-    queued: AtomicUsize,
     /// Locked only while requests wait (joining, leaving, a permit handed over), never across
     /// an `.await`, and never while a permit is dropped (dropping one may lock it again).
     waiters: Mutex<WaitQueue>,
@@ -105,9 +133,8 @@ impl Shared {
                 estimator: Mutex::new(Estimator::new(config.limit)),
             });
         Self {
-            in_flight: AtomicUsize::new(0),
-            limit: AtomicUsize::new(config.limit.initial()),
-            queued: AtomicUsize::new(0),
+            load: AtomicU64::new(0),
+            limit: AtomicUsize::new(config.limit.initial().min(Load::MAX_LIMIT)),
             waiters: Mutex::new(WaitQueue::default()),
             latency_ns: AtomicU64::new(0),
             shed: AtomicU64::new(0),
@@ -123,11 +150,11 @@ impl Shared {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        Load::running(self.load.load(Ordering::Relaxed))
     }
 
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        Load::waiting(self.load.load(Ordering::Relaxed))
     }
 
     pub(crate) fn shed_count(&self) -> u64 {
@@ -157,9 +184,15 @@ impl Shared {
 
     /// A lower limit lets the requests running finish (their permits retire instead of being
     /// handed over); a higher one hands the new permits to the waiters at once.
+    ///
+    /// `SeqCst` store of `limit`, then `SeqCst` load of the load: a request that joins the
+    /// queue does the reverse (its `SeqCst` addition to the load, then the `SeqCst` load of
+    /// `limit` in [`try_acquire`](Self::try_acquire)), so at least one of them sees the other:
+    /// the new permit is taken by the joining request, or handed to it here.
     fn store_limit(self: &Arc<Self>, limit: usize) {
+        let limit = limit.min(Load::MAX_LIMIT);
         let old = self.limit.swap(limit, Ordering::SeqCst);
-        if limit > old && self.queued.load(Ordering::SeqCst) > 0 {
+        if limit > old && Load::waiting(self.load.load(Ordering::SeqCst)) > 0 {
             self.dispatch();
         }
     }
@@ -185,84 +218,56 @@ impl Shared {
         })
     }
 
-    /// Takes a permit if one is free and nobody is queued (queued requests go first): `Some`
-    /// with whether at least half of the permits were taken before.
+    /// Takes a permit if one is free and nobody waits (waiting requests go first): `Some` with
+    /// whether at least half of the permits were taken before.
     #[inline]
     pub(crate) fn try_acquire_fast(&self) -> Option<bool> {
-        if self.queued.load(Ordering::SeqCst) != 0 {
-            return None;
-        }
-        self.try_acquire()
-            .map(|(before, limit)| 2 * before >= limit)
-    }
-
-    /// Takes a permit if one is free.
-    ///
-    /// The loads here are `SeqCst` on purpose. A request that joins the queue stores the new
-    /// `queued` (in [`enqueue`](Self::enqueue)), then reads `in_flight` and `limit` here; a
-    /// request that finishes does `in_flight -= 1`, then reads `queued` ([`release`](Self::release)),
-    /// and `store_limit` writes `limit`, then reads `queued`. That is the store-buffering
-    /// pattern: with a weaker load on either side, both sides may read the old value (the
-    /// waiter sees no free permit, the releaser sees an empty queue and hands nothing over), and
-    /// the waiter sleeps until its deadline next to a free permit. With every one of these
-    /// writes and loads `SeqCst` they fall into one total order, so at least one side sees the
-    /// other: the joining request takes the permit, or the releaser hands it over (it locks
-    /// the queue, so it waits until the request has joined). The failure ordering of the
-    /// compare-and-swap is `SeqCst` too, since its reload can be the load that decides "full".
-    /// On x86 a `SeqCst` load is a plain load.
-    ///
-    /// `Some` with the in-flight count before and the limit.
-    #[inline]
-    pub(crate) fn try_acquire(&self) -> Option<(usize, usize)> {
-        let limit = self.limit.load(Ordering::SeqCst);
-        let mut current = self.in_flight.load(Ordering::SeqCst);
+        let limit = self.limit.load(Ordering::SeqCst) as u64;
+        let mut load = self.load.load(Ordering::SeqCst);
         loop {
-            if current >= limit {
+            // Anyone waiting puts the word over any limit (see `Load::MAX_LIMIT`).
+            if load >= limit {
                 return None;
             }
-            match self.in_flight.compare_exchange_weak(
-                current,
-                current + 1,
+            match self.load.compare_exchange_weak(
+                load,
+                load + 1,
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return Some((current, limit)),
-                Err(actual) => current = actual,
+                Ok(_) => return Some(2 * load >= limit),
+                Err(actual) => load = actual,
             }
         }
     }
 
-    /// Gives a permit back, or hands it to the oldest waiter.
-    ///
-    /// With nobody waiting: `in_flight -= 1` (`SeqCst`), then a `SeqCst` load of `queued`, the
-    /// releasing half of the pattern described on [`try_acquire`](Self::try_acquire); a
-    /// request that joined in between is served by [`dispatch`](Self::dispatch).
-    #[inline]
-    fn release(self: &Arc<Self>) {
-        if self.queued.load(Ordering::SeqCst) != 0 && self.hand_off() {
-            return;
-        }
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.queued.load(Ordering::SeqCst) != 0 {
-            self.dispatch();
+    /// Takes a permit if one is free, waiters or not: for the oldest waiter, under the lock.
+    fn try_acquire(&self) -> bool {
+        let limit = self.limit.load(Ordering::SeqCst);
+        let mut load = self.load.load(Ordering::SeqCst);
+        loop {
+            if Load::running(load) >= limit {
+                return false;
+            }
+            match self.load.compare_exchange_weak(
+                load,
+                load + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => load = actual,
+            }
         }
     }
 
-    /// Hands the permit being released to the oldest waiter: it stays counted in `in_flight`
-    /// and changes owner. `false` (give it back) if nobody waits, or if the limit was lowered
-    /// below the requests running: then this permit retires.
-    #[cold]
-    fn hand_off(self: &Arc<Self>) -> bool {
-        let mut waiters = self.waiters();
-        if waiters.is_empty() || self.in_flight() > self.limit() {
-            return false;
+    /// Gives a permit back. If anyone waits (seen in the same atomic step), the free permits go
+    /// to the oldest waiters: a new arrival cannot take this one, since it sees them waiting.
+    #[inline]
+    fn release(self: &Arc<Self>) {
+        if self.load.fetch_sub(1, Ordering::SeqCst) >= Load::WAITER {
+            self.dispatch();
         }
-        let unsent = waiters.hand_over(Permit::taken(Arc::clone(self))).err();
-        self.queued.store(waiters.len(), Ordering::SeqCst);
-        drop(waiters);
-        // Only if every waiter had dropped its receiver: given back as any other permit.
-        drop(unsent);
-        true
     }
 
     /// Hands free permits to the waiters, oldest first, while there are both.
@@ -278,14 +283,23 @@ impl Shared {
     /// is returned, to be dropped after the lock is released.
     fn dispatch_locked(self: &Arc<Self>, waiters: &mut WaitQueue) -> Option<Permit> {
         let mut unsent = None;
-        while !waiters.is_empty() && self.try_acquire().is_some() {
+        let before = waiters.len();
+        while !waiters.is_empty() && self.try_acquire() {
             if let Err(permit) = waiters.hand_over(Permit::taken(Arc::clone(self))) {
                 unsent = Some(permit);
                 break;
             }
         }
-        self.queued.store(waiters.len(), Ordering::SeqCst);
+        self.left_queue(before - waiters.len());
         unsent
+    }
+
+    /// Counts `n` waiters out of the load (under the lock).
+    fn left_queue(&self, n: usize) {
+        if n > 0 {
+            self.load
+                .fetch_sub(n as u64 * Load::WAITER, Ordering::SeqCst);
+        }
     }
 
     /// The wait queue. Nothing that can panic runs while it is locked; were the lock poisoned
@@ -313,9 +327,10 @@ impl Shared {
             return None;
         }
         let (id, grant) = waiters.push();
-        // The `SeqCst` store of `queued` in `dispatch_locked`, before its `try_acquire`, is the
-        // joining half of the pattern described on `try_acquire`.
-        self.queued.store(waiters.len(), Ordering::SeqCst);
+        // From here, no new arrival takes a free permit; one released before this addition is
+        // taken below (for the oldest waiter), one released after it is handed over by its
+        // releaser, which waits for this lock.
+        self.load.fetch_add(Load::WAITER, Ordering::SeqCst);
         let unsent = self.dispatch_locked(&mut waiters);
         drop(waiters);
         drop(unsent);
@@ -495,7 +510,7 @@ impl Ticket {
         self.settled = true;
         let mut waiters = self.shared.waiters();
         if waiters.remove(self.id) {
-            self.shared.queued.store(waiters.len(), Ordering::SeqCst);
+            self.shared.left_queue(1);
             return None;
         }
         drop(waiters);
@@ -511,7 +526,7 @@ impl Drop for Ticket {
         }
         let mut waiters = self.shared.waiters();
         if waiters.remove(self.id) {
-            self.shared.queued.store(waiters.len(), Ordering::SeqCst);
+            self.shared.left_queue(1);
         }
         // Otherwise a permit was sent: it is dropped with `grant`, after this lock is
         // released, and its drop hands it to the next waiter.
@@ -603,6 +618,18 @@ mod tests {
         assert!((0..64).all(|_| !shared.sample(false)));
         let sampled = (0..64).filter(|_| shared.sample(true)).count();
         assert_eq!(sampled, 4);
+    }
+
+    #[tokio::test]
+    async fn a_limit_over_the_word_means_the_most_the_word_counts() {
+        let shared = shared(usize::MAX);
+        assert_eq!(shared.limit(), Load::MAX_LIMIT);
+        let permits: Vec<_> = (0..3).map(|_| take(&shared)).collect();
+        assert_eq!(shared.in_flight(), 3);
+        drop(permits);
+        shared.set_limit(usize::MAX);
+        assert_eq!(shared.limit(), Load::MAX_LIMIT);
+        assert_eq!(shared.in_flight(), 0);
     }
 
     #[tokio::test]

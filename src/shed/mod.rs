@@ -113,7 +113,8 @@ impl ShedHandle {
     }
 
     /// Sets the concurrency limit; 0 means 1 (a limit of 0 would refuse everything: that is
-    /// maintenance, not shedding). If it grew, the new permits go to the oldest queued
+    /// maintenance, not shedding), and at most 2^32 - 1 requests run at once, so a higher limit
+    /// (`usize::MAX` for "no limit") means that. If it grew, the new permits go to the oldest queued
     /// requests at once; if it shrank, requests already running finish (their permits retire
     /// instead of going to the queue) and new ones wait. An adaptive limit continues from this
     /// value.
