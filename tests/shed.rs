@@ -740,6 +740,200 @@ async fn raising_the_limit_wakes_waiters() {
     }
 }
 
+/// What happened to request `n` (numbered in arrival order), in the order it happened.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Event {
+    Served(usize),
+    Shed(usize),
+}
+
+/// Limit 2, queue 64: every 10 ms one running request finishes and two new ones arrive in the
+/// same instant, racing the released permit. The queue grows until waits pass `max_wait`.
+/// Service must follow arrival order exactly, and a waiter may only be shed when nobody who
+/// arrived after it has been served.
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_in_arrival_order_and_never_passed() {
+    let gate = Gate::new();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let layer = ShedLayer::builder()
+        .limit(2)
+        .max_queue(64)
+        // Off the 10 ms grid: a deadline never falls in the instant of a release.
+        .max_wait(Duration::from_millis(305))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (g, l) = (gate.clone(), log.clone());
+    let svc = layer.layer(service_fn(move |req: Request<()>| {
+        let n: usize = req.uri().path()[1..].parse().unwrap();
+        l.lock().unwrap().push(Event::Served(n));
+        let gate = g.clone();
+        async move {
+            gate.pass().await;
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }
+    }));
+    let mut tasks = Vec::new();
+    let mut arrive = |n: usize| {
+        let (svc, log) = (svc.clone(), log.clone());
+        let req = Request::get(format!("/{n}")).body(()).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let res = svc.oneshot(req).await.unwrap();
+            if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+                log.lock().unwrap().push(Event::Shed(n));
+            }
+            res.status()
+        }));
+    };
+
+    // Two run, thirty wait.
+    let mut next = 0;
+    while next < 32 {
+        arrive(next);
+        next += 1;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!((handle.in_flight(), handle.queued()), (2, 30));
+    for _ in 0..100 {
+        gate.open(1);
+        // In the same instant, after the release is due: the new arrivals race for it.
+        arrive(next);
+        arrive(next + 1);
+        next += 2;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.open(next);
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+
+    let log = log.lock().unwrap().clone();
+    let served: Vec<usize> = log
+        .iter()
+        .filter_map(|e| match e {
+            Event::Served(n) => Some(*n),
+            Event::Shed(_) => None,
+        })
+        .collect();
+    assert!(
+        served.windows(2).all(|w| w[0] < w[1]),
+        "served out of arrival order: {served:?}"
+    );
+    let mut youngest_served = None;
+    for event in &log {
+        match *event {
+            Event::Served(n) => youngest_served = Some(n),
+            Event::Shed(n) => assert!(
+                youngest_served.is_none_or(|y| y < n),
+                "request {n} was shed after request {youngest_served:?}, which arrived later, was served"
+            ),
+        }
+    }
+    let shed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!(served.len() + shed, next, "a request got no answer");
+    assert!(shed > 20, "the waits never passed max_wait: {shed} shed");
+    assert!(served.len() > 100, "{} served", served.len());
+}
+
+/// Many threads releasing and queueing at once while the limit moves between 1 and 3: every
+/// hand-off reaches a waiter (a lost one would leave a request waiting for its 10 s deadline
+/// next to a free permit), and no more than the highest limit run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_waiter_is_forgotten_under_contention() {
+    let layer = ShedLayer::builder()
+        .limit(2)
+        .max_queue(64)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let svc = layer.layer(service_fn(move |_req: Request<()>| {
+        let (running, peak) = (r.clone(), p.clone());
+        async move {
+            peak.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }
+    }));
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..48)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+                    assert_eq!(res.status(), StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    let h = handle.clone();
+    let mover = tokio::spawn(async move {
+        for i in 0.. {
+            h.set_limit(1 + i % 3);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    for client in clients {
+        client.await.unwrap();
+    }
+    mover.abort();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a waiter waited for its deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(peak.load(Ordering::SeqCst) <= 3, "more ran than the limit");
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+    assert_eq!(handle.shed_count(), 0);
+}
+
+/// A lower limit lets the running requests finish: their permits retire instead of going to
+/// the waiters, until the running count is under the new limit.
+#[tokio::test(start_paused = true)]
+async fn lowering_the_limit_lets_running_requests_finish_first() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::builder()
+        .limit(3)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+    let tasks: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Request::new(()))))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (3, 2));
+    handle.set_limit(1);
+    gate.open(1);
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (2, 2));
+    gate.open(1);
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 2));
+    // Under the limit now: the next permit released goes to the oldest waiter.
+    gate.open(1);
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    gate.open(2);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}
+
 /// Runs `rounds` rounds of `handle.limit()` concurrent requests against `svc`.
 async fn drive<S>(svc: &S, handle: &ShedHandle, rounds: usize)
 where

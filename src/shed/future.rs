@@ -2,28 +2,26 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{ready, Context, Poll},
 };
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::{
-    sync::futures::OwnedNotified,
-    time::{Instant, Sleep},
-};
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use bytes::Bytes;
 
-use super::limiter::{Permit, QueueSlot};
+use super::limiter::{Permit, Ticket};
 
 pin_project! {
     /// Response future of [`Shed`](super::Shed).
     ///
-    /// It holds the request's permit (given back when the inner future completes or when this
-    /// future is dropped, panics included) or its place in the queue (given back when it gets a
-    /// permit, times out, or is dropped because the client went away).
+    /// It holds the request's permit, given back (or handed to the oldest waiter) when this
+    /// future is dropped: once it is ready, as servers drop a finished future at once, or
+    /// earlier, panics and cancellation included (as tower's `ConcurrencyLimit` does). Or it
+    /// holds its place in the queue, left when it gets a permit, times out, or is dropped
+    /// because the client went away.
     pub struct ResponseFuture<F, S, R, B> {
         #[pin]
         state: State<F, S, R, B>,
@@ -33,12 +31,9 @@ pin_project! {
 pin_project! {
     #[project = WaiterProj]
     struct Waiter<S, R> {
-        #[pin]
-        notified: OwnedNotified,
+        ticket: Ticket,
         #[pin]
         deadline: Sleep,
-        armed: bool,
-        slot: Option<QueueSlot>,
         service: Option<S>,
         request: Option<R>,
     }
@@ -79,15 +74,13 @@ impl<F, S, R, B> ResponseFuture<F, S, R, B> {
         }
     }
 
-    pub(crate) fn waiting(slot: QueueSlot, service: S, request: R) -> Self {
-        let shared = slot.shared();
+    pub(crate) fn waiting(ticket: Ticket, service: S, request: R) -> Self {
+        let max_wait = ticket.shared().config.max_wait;
         Self {
             state: State::Waiting {
                 waiter: Box::pin(Waiter {
-                    notified: shared.notify().notified_owned(),
-                    deadline: tokio::time::sleep(shared.config.max_wait),
-                    armed: false,
-                    slot: Some(slot),
+                    ticket,
+                    deadline: tokio::time::sleep(max_wait),
                     service: Some(service),
                     request: Some(request),
                 }),
@@ -125,74 +118,111 @@ where
     type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            let next = match this.state.as_mut().project() {
-                StateProj::Running {
-                    future,
-                    permit,
-                    start,
-                } => {
-                    let result = ready!(future.poll(cx));
-                    if let (Some(permit), Some(start)) = (permit.take(), *start) {
-                        let failed = match &result {
-                            Ok(res) => res.status().is_server_error(),
-                            Err(_) => true,
-                        };
-                        permit.shared().record(start, failed);
-                    }
-                    return Poll::Ready(result);
+        let mut state = self.project().state;
+        match state.as_mut().project() {
+            StateProj::Running {
+                future,
+                permit,
+                start,
+            } => {
+                // The permit is given back when this future is dropped, as tower's
+                // `ConcurrencyLimit` does: the poll of a request that is not sampled is the
+                // inner poll alone, its output written where our caller wants it.
+                if start.is_none() {
+                    return future.poll(cx);
                 }
-                StateProj::Shed { response } => {
-                    let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(*response));
-                }
-                StateProj::Waiting { waiter } => {
-                    let WaiterProj {
-                        mut notified,
-                        deadline,
-                        armed,
-                        slot,
-                        service,
-                        request,
-                    } = waiter.as_mut().project();
-                    let shared = slot.as_ref().expect("polled after completion").shared();
-                    if !*armed {
-                        // Register before trying, so a permit released in between wakes us.
-                        notified.as_mut().enable();
-                        *armed = true;
-                    }
-                    if shared.try_acquire() {
-                        let start = shared.sample().then(Instant::now);
-                        let permit = Permit::taken(Arc::clone(shared));
-                        drop(slot.take());
-                        let mut service = service.take().expect("polled after completion");
-                        let request = request.take().expect("polled after completion");
-                        State::Running {
-                            future: service.call(request),
-                            permit: Some(permit),
-                            start,
-                        }
-                    } else if notified.as_mut().poll(cx).is_ready() {
-                        // Woken, but another request took the permit: wait again.
-                        let fresh = shared.notify().notified_owned();
-                        notified.set(fresh);
-                        *armed = false;
-                        continue;
-                    } else if deadline.poll(cx).is_ready() {
-                        let request = request.take().expect("polled after completion");
-                        let slot = slot.take().expect("polled after completion");
-                        let response = slot.shared().refuse(&request, "max wait");
-                        drop(slot);
-                        State::Shed {
-                            response: Some(Box::new(response)),
-                        }
-                    } else {
-                        return Poll::Pending;
-                    }
-                }
-            };
-            this.state.set(next);
+                poll_sampled(future, permit, start, cx)
+            }
+            _ => poll_not_running(state, cx),
         }
     }
+}
+
+/// Polls a running request whose latency is sampled, and records it when it is ready.
+#[cold]
+#[inline(never)]
+fn poll_sampled<F, B, E>(
+    future: Pin<&mut F>,
+    permit: &Option<Permit>,
+    start: &mut Option<Instant>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<B>, E>>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    let poll = future.poll(cx);
+    if let Poll::Ready(result) = &poll {
+        if let (Some(permit), Some(start)) = (permit, start.take()) {
+            let failed = match result {
+                Ok(res) => res.status().is_server_error(),
+                Err(_) => true,
+            };
+            permit.shared().record(start, failed);
+        }
+    }
+    poll
+}
+
+/// Polls a request that is not running: a shed one answers; a waiting one gets its permit
+/// and runs, waits on, or is shed at its deadline. Out of line, so that the poll of a running
+/// request stays small.
+#[cold]
+#[inline(never)]
+fn poll_not_running<S, ReqBody, ResBody>(
+    mut state: Pin<&mut State<S::Future, S, Request<ReqBody>, ResBody>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResBody>, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    let next = match state.as_mut().project() {
+        StateProj::Running {
+            future,
+            permit,
+            start,
+        } => return poll_sampled(future, permit, start, cx),
+        StateProj::Shed { response } => {
+            let response = response.take().expect("polled after completion");
+            return Poll::Ready(Ok(*response));
+        }
+        StateProj::Waiting { waiter } => {
+            let WaiterProj {
+                ticket,
+                deadline,
+                service,
+                request,
+            } = waiter.as_mut().project();
+            // The permit is handed over by the request that releases it, oldest waiter
+            // first; at the deadline, the waiter leaves (or takes a permit handed over
+            // meanwhile).
+            let permit = match ticket.poll_permit(cx) {
+                Poll::Ready(permit) => permit,
+                Poll::Pending => {
+                    ready!(deadline.poll(cx));
+                    ticket.leave()
+                }
+            };
+            let request = request.take().expect("polled after completion");
+            match permit {
+                Some(permit) => {
+                    let start = permit.shared().sample(true).then(Instant::now);
+                    let mut service = service.take().expect("polled after completion");
+                    // If `call` panics, unwinding drops the permit: it is passed on.
+                    let future = service.call(request);
+                    State::Running {
+                        future,
+                        permit: Some(permit),
+                        start,
+                    }
+                }
+                None => State::Shed {
+                    response: Some(Box::new(ticket.shared().refuse(&request, "max wait"))),
+                },
+            }
+        }
+    };
+    state.set(next);
+    // Running now (or shed): poll it.
+    poll_not_running(state, cx)
 }

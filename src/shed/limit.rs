@@ -149,7 +149,8 @@ pub struct Fixed {
 
 impl Fixed {
     /// A limit of `limit` concurrent requests. 0 is rejected when the layer is
-    /// [built](super::ShedBuilder::build).
+    /// [built](super::ShedBuilder::build); at most 2^32 - 1 requests run at once, so a higher
+    /// limit (`usize::MAX` for "no limit") means that.
     pub fn new(limit: usize) -> Self {
         Self { limit }
     }

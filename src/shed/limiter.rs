@@ -2,25 +2,33 @@
 //! at runtime, a bounded wait queue, the latency statistics, the adaptive estimator, and how a
 //! shed request is answered.
 //!
-//! The hot path (a request under the limit with nobody queued) is one load of the queue length
-//! and one compare-and-swap on the in-flight count; completing it is a few atomic additions.
-//! Waiters park on a [`Notify`]; a released permit wakes one of them (FIFO) only when the queue
-//! is not empty.
+//! The running and the waiting requests are counted in one atomic word ([`Load`]). The hot path
+//! (a request under the limit with nobody queued) is one load and one compare-and-swap of that
+//! word; giving the permit back is one atomic subtraction.
+//!
+//! Waiting requests are served first come, first served: they line up in a [`WaitQueue`]
+//! behind a mutex that only they touch. A new arrival never takes a permit while anyone waits
+//! (it sees the waiters in the same word as the free permits, and joins the queue), so a
+//! permit given back while requests wait can only go to them: the request that gives it back
+//! sees the waiters in the same atomic step and hands the free permits to the oldest ones.
 
 use std::{
+    future::Future,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use tokio::{sync::Notify, time::Instant};
+use tokio::{sync::oneshot, time::Instant};
 
 use super::{
     limit::{Estimator, Limit, WindowStats},
+    queue::WaitQueue,
     Priority,
 };
 use crate::{
@@ -49,12 +57,41 @@ struct Window {
     max_in_flight: AtomicUsize,
 }
 
+/// The running requests (low 32 bits) and the waiting ones (high 32 bits), one word.
+///
+/// With both in one word, every change of either is one atomic step in one total order: a new
+/// arrival that sees a free permit also sees that nobody waits; a request that gives its
+/// permit back learns in the same step whether anyone waits. (Two words would need `SeqCst`
+/// on both sides of a store-buffering pattern, and still let an arrival take a permit between
+/// a release and its hand-off.)
+struct Load;
+
+impl Load {
+    /// One waiting request.
+    const WAITER: u64 = 1 << 32;
+    const RUNNING: u64 = Self::WAITER - 1;
+    /// The highest limit: at most 2^32 - 1 requests run at once. A limit at or under it keeps
+    /// the word at or over the limit whenever anyone waits, so that one comparison checks both.
+    const MAX_LIMIT: usize = Self::RUNNING as usize;
+
+    fn running(load: u64) -> usize {
+        (load & Self::RUNNING) as usize
+    }
+
+    fn waiting(load: u64) -> usize {
+        (load >> 32) as usize
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
-    in_flight: AtomicUsize,
+    /// See [`Load`].
+    load: AtomicU64,
+    /// At most [`Load::MAX_LIMIT`].
     limit: AtomicUsize,
-    queued: AtomicUsize,
-    notify: Arc<Notify>,
+    /// Locked only while requests wait (joining, leaving, a permit handed over), never across
+    /// an `.await`, and never while a permit is dropped (dropping one may lock it again).
+    waiters: Mutex<WaitQueue>,
     /// Exponential moving average of the inner service's latency, in nanoseconds (0 = none yet).
     latency_ns: AtomicU64,
     shed: AtomicU64,
@@ -96,10 +133,9 @@ impl Shared {
                 estimator: Mutex::new(Estimator::new(config.limit)),
             });
         Self {
-            in_flight: AtomicUsize::new(0),
-            limit: AtomicUsize::new(config.limit.initial()),
-            queued: AtomicUsize::new(0),
-            notify: Arc::new(Notify::new()),
+            load: AtomicU64::new(0),
+            limit: AtomicUsize::new(config.limit.initial().min(Load::MAX_LIMIT)),
+            waiters: Mutex::new(WaitQueue::default()),
             latency_ns: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             config,
@@ -114,11 +150,11 @@ impl Shared {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        Load::running(self.load.load(Ordering::Relaxed))
     }
 
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        Load::waiting(self.load.load(Ordering::Relaxed))
     }
 
     pub(crate) fn shed_count(&self) -> u64 {
@@ -133,7 +169,7 @@ impl Shared {
     }
 
     /// Sets the limit from outside; an adaptive algorithm continues from this value.
-    pub(crate) fn set_limit(&self, limit: usize) {
+    pub(crate) fn set_limit(self: &Arc<Self>, limit: usize) {
         let limit = limit.max(1);
         if let Some(adaptive) = &self.adaptive {
             // Off the hot path: waiting here is fine.
@@ -146,121 +182,164 @@ impl Shared {
         self.store_limit(limit);
     }
 
-    fn store_limit(&self, limit: usize) {
+    /// A lower limit lets the requests running finish (their permits retire instead of being
+    /// handed over); a higher one hands the new permits to the waiters at once.
+    ///
+    /// `SeqCst` store of `limit`, then `SeqCst` load of the load: a request that joins the
+    /// queue does the reverse (its `SeqCst` addition to the load, then the `SeqCst` load of
+    /// `limit` in [`try_acquire`](Self::try_acquire)), so at least one of them sees the other:
+    /// the new permit is taken by the joining request, or handed to it here.
+    fn store_limit(self: &Arc<Self>, limit: usize) {
+        let limit = limit.min(Load::MAX_LIMIT);
         let old = self.limit.swap(limit, Ordering::SeqCst);
-        if limit > old {
-            // New capacity: wake as many waiters as it can take.
-            let wake = (limit - old).min(self.queued.load(Ordering::SeqCst));
-            for _ in 0..wake {
-                self.notify.notify_one();
-            }
+        if limit > old && Load::waiting(self.load.load(Ordering::SeqCst)) > 0 {
+            self.dispatch();
         }
     }
 
-    /// Whether to measure this request's latency. Adaptive limits measure every request. A
-    /// fixed limit only needs the latency for its `Retry-After` estimate, so it measures one
-    /// request in 16 (and every request until it has a first value), which saves two clock
-    /// reads on most requests.
+    /// Whether to measure the latency of a request that starts now; `busy`: it waited, or at
+    /// least half of the permits were taken when it started.
+    ///
+    /// Adaptive limits measure every request. A fixed limit only needs the latency for its
+    /// `Retry-After` estimate, that is under load, so it measures one busy request in 16 (and
+    /// every request until it has a first value): a lightly loaded server reads no clock.
     #[inline]
-    pub(crate) fn sample(&self) -> bool {
+    pub(crate) fn sample(&self, busy: bool) -> bool {
         thread_local! {
             static TICK: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
         }
         if self.adaptive.is_some() || self.latency_ns.load(Ordering::Relaxed) == 0 {
             return true;
         }
-        TICK.with(|tick| {
+        busy && TICK.with(|tick| {
             let t = tick.get().wrapping_add(1);
             tick.set(t);
             t % 16 == 0
         })
     }
 
-    /// Takes a permit if one is free and nobody is queued (queued requests go first).
+    /// Takes a permit if one is free and nobody waits (waiting requests go first): `Some` with
+    /// whether at least half of the permits were taken before.
     #[inline]
-    pub(crate) fn try_acquire_fast(&self) -> bool {
-        self.queued.load(Ordering::SeqCst) == 0 && self.try_acquire()
+    pub(crate) fn try_acquire_fast(&self) -> Option<bool> {
+        let limit = self.limit.load(Ordering::SeqCst) as u64;
+        let mut load = self.load.load(Ordering::SeqCst);
+        loop {
+            // Anyone waiting puts the word over any limit (see `Load::MAX_LIMIT`).
+            if load >= limit {
+                return None;
+            }
+            match self.load.compare_exchange_weak(
+                load,
+                load + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Some(2 * load >= limit),
+                Err(actual) => load = actual,
+            }
+        }
     }
 
-    /// Takes a permit if one is free.
-    ///
-    /// The loads here are `SeqCst` on purpose. A queued request does `queued += 1` (in
-    /// `try_enqueue`), then reads `in_flight` and `limit` here; a request that finishes does
-    /// `in_flight -= 1`, then reads `queued` (`release`), and `store_limit` writes `limit`, then
-    /// reads `queued`. That is the store-buffering pattern: with a weaker load on either side,
-    /// both sides may read the old value (the waiter sees no free permit, the releaser sees an
-    /// empty queue and wakes nobody), and the waiter sleeps until its deadline next to a free
-    /// permit. With every one of these writes and loads `SeqCst` they fall into one total
-    /// order, so at least one side sees the other: the waiter takes the permit, or the releaser
-    /// wakes it (a `notify_one` before the waiter registered is kept as a permit by `Notify`).
-    /// The failure ordering of the compare-and-swap is `SeqCst` too, since its reload can be
-    /// the load that decides "full". On x86 a `SeqCst` load is a plain load. (A test cannot
-    /// catch this race reliably: it needs a weakly ordered CPU and an exact interleaving, so
-    /// there is none; the argument above is the check.)
-    #[inline]
-    pub(crate) fn try_acquire(&self) -> bool {
+    /// Takes a permit if one is free, waiters or not: for the oldest waiter, under the lock.
+    fn try_acquire(&self) -> bool {
         let limit = self.limit.load(Ordering::SeqCst);
-        let mut current = self.in_flight.load(Ordering::SeqCst);
+        let mut load = self.load.load(Ordering::SeqCst);
         loop {
-            if current >= limit {
+            if Load::running(load) >= limit {
                 return false;
             }
-            match self.in_flight.compare_exchange_weak(
-                current,
-                current + 1,
+            match self.load.compare_exchange_weak(
+                load,
+                load + 1,
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
                 Ok(_) => return true,
-                Err(actual) => current = actual,
+                Err(actual) => load = actual,
             }
         }
     }
 
-    /// `SeqCst` write, then `SeqCst` load: the releasing half of the pattern described on
-    /// [`try_acquire`](Self::try_acquire).
+    /// Gives a permit back. If anyone waits (seen in the same atomic step), the free permits go
+    /// to the oldest waiters: a new arrival cannot take this one, since it sees them waiting.
     #[inline]
-    fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.queued.load(Ordering::SeqCst) > 0 {
-            self.notify.notify_one();
+    fn release(self: &Arc<Self>) {
+        if self.load.fetch_sub(1, Ordering::SeqCst) >= Load::WAITER {
+            self.dispatch();
         }
     }
 
-    /// Takes a place in the queue if there is room for this priority. The successful
-    /// compare-and-swap is `SeqCst`: it is the waiter's write in the pattern described on
-    /// [`try_acquire`](Self::try_acquire).
-    pub(crate) fn try_enqueue(&self, priority: Priority) -> bool {
+    /// Hands free permits to the waiters, oldest first, while there are both.
+    #[cold]
+    fn dispatch(self: &Arc<Self>) {
+        let mut waiters = self.waiters();
+        let unsent = self.dispatch_locked(&mut waiters);
+        drop(waiters);
+        drop(unsent);
+    }
+
+    /// [`dispatch`](Self::dispatch) with the lock held. A permit that found nobody to take it
+    /// is returned, to be dropped after the lock is released.
+    fn dispatch_locked(self: &Arc<Self>, waiters: &mut WaitQueue) -> Option<Permit> {
+        let mut unsent = None;
+        let before = waiters.len();
+        while !waiters.is_empty() && self.try_acquire() {
+            if let Err(permit) = waiters.hand_over(Permit::taken(Arc::clone(self))) {
+                unsent = Some(permit);
+                break;
+            }
+        }
+        self.left_queue(before - waiters.len());
+        unsent
+    }
+
+    /// Counts `n` waiters out of the load (under the lock).
+    fn left_queue(&self, n: usize) {
+        if n > 0 {
+            self.load
+                .fetch_sub(n as u64 * Load::WAITER, Ordering::SeqCst);
+        }
+    }
+
+    /// The wait queue. Nothing that can panic runs while it is locked; were the lock poisoned
+    /// anyway, the queue itself would still be consistent.
+    fn waiters(&self) -> MutexGuard<'_, WaitQueue> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Joins the wait queue if there is room for this priority (or `None`: shed the request).
+    /// A permit free at that moment is handed to the oldest waiter, which may be this one.
+    pub(crate) fn enqueue(self: &Arc<Self>, priority: Priority) -> Option<Ticket> {
         if self.config.max_wait.is_zero() {
-            return false;
+            return None;
         }
         let cap = match priority {
             Priority::Low => self.config.low_priority_queue,
             _ => self.config.max_queue,
         };
-        let mut current = self.queued.load(Ordering::Relaxed);
-        loop {
-            if current >= cap {
-                return false;
-            }
-            match self.queued.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => current = actual,
-            }
+        // Under overload most arrivals find the queue full: they learn it without the lock.
+        if self.queued() >= cap {
+            return None;
         }
-    }
-
-    fn leave_queue(&self) {
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    pub(crate) fn notify(&self) -> Arc<Notify> {
-        self.notify.clone()
+        let mut waiters = self.waiters();
+        if waiters.len() >= cap {
+            return None;
+        }
+        let (id, grant) = waiters.push();
+        // From here, no new arrival takes a free permit; one released before this addition is
+        // taken below (for the oldest waiter), one released after it is handed over by its
+        // releaser, which waits for this lock.
+        self.load.fetch_add(Load::WAITER, Ordering::SeqCst);
+        let unsent = self.dispatch_locked(&mut waiters);
+        drop(waiters);
+        drop(unsent);
+        Some(Ticket {
+            shared: Arc::clone(self),
+            id,
+            grant,
+            settled: false,
+        })
     }
 
     pub(crate) fn count_shed(&self) {
@@ -306,7 +385,7 @@ impl Shared {
     }
 
     /// Records a finished request: its latency in the inner service and whether it failed.
-    pub(crate) fn record(&self, start: Instant, failed: bool) {
+    pub(crate) fn record(self: &Arc<Self>, start: Instant, failed: bool) {
         let now = Instant::now();
         let latency = now.saturating_duration_since(start);
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
@@ -372,8 +451,9 @@ impl Shared {
     }
 }
 
-/// One unit of the concurrency limit, given back when dropped: on success, error, panic (the
-/// future holding it is dropped while unwinding) and cancellation alike.
+/// One unit of the concurrency limit, given back (or handed to the oldest waiter) when dropped:
+/// on success, error, panic (the future holding it is dropped while unwinding) and
+/// cancellation alike.
 #[derive(Debug)]
 pub(crate) struct Permit {
     shared: Arc<Shared>,
@@ -386,37 +466,185 @@ impl Permit {
         Self { shared }
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.shared.release();
-    }
-}
-
-/// A place in the wait queue, given back when dropped (acquired, timed out, or the request's
-/// future dropped because the client went away).
-#[derive(Debug)]
-pub(crate) struct QueueSlot {
-    shared: Arc<Shared>,
-}
-
-impl QueueSlot {
-    /// Wraps a place already taken with `try_enqueue`.
-    pub(crate) fn taken(shared: Arc<Shared>) -> Self {
-        Self { shared }
-    }
-
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 }
 
-impl Drop for QueueSlot {
+impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
-        self.shared.leave_queue();
+        self.shared.release();
+    }
+}
+
+/// A place in the wait queue. The permit arrives through `grant`. Dropped before that (the
+/// request's future dropped because the client went away), it leaves the queue; dropped after a
+/// permit was sent to it but before it was received, the permit is dropped with it and passed
+/// on to the next waiter.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    shared: Arc<Shared>,
+    id: u64,
+    grant: oneshot::Receiver<Permit>,
+    /// Out of the queue: the permit was received, or the ticket left.
+    settled: bool,
+}
+
+impl Ticket {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The permit, once a releasing request or a higher limit handed it over. `None` if the
+    /// queue dropped this waiter without a permit, which it never does.
+    pub(crate) fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<Option<Permit>> {
+        let received = std::task::ready!(std::pin::Pin::new(&mut self.grant).poll(cx));
+        self.settled = true;
+        Poll::Ready(received.ok())
+    }
+
+    /// Gives up waiting (the deadline passed). If a permit was handed over meanwhile, here it
+    /// is: the request runs after all rather than waste it.
+    pub(crate) fn leave(&mut self) -> Option<Permit> {
+        self.settled = true;
+        let mut waiters = self.shared.waiters();
+        if waiters.remove(self.id) {
+            self.shared.left_queue(1);
+            return None;
+        }
+        drop(waiters);
+        // Not in the queue any more: the permit was sent under the lock, so it is here.
+        self.grant.try_recv().ok()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut waiters = self.shared.waiters();
+        if waiters.remove(self.id) {
+            self.shared.left_queue(1);
+        }
+        // Otherwise a permit was sent: it is dropped with `grant`, after this lock is
+        // released, and its drop hands it to the next waiter.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    fn shared(limit: usize) -> Arc<Shared> {
+        let config = Config {
+            limit: Limit::from(limit),
+            max_queue: 8,
+            low_priority_queue: 4,
+            max_wait: Duration::from_secs(1),
+        };
+        Arc::new(Shared::new(config, RefusalPolicy::default()))
+    }
+
+    fn poll(ticket: &mut Ticket) -> Poll<Option<Permit>> {
+        ticket.poll_permit(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn take(shared: &Arc<Shared>) -> Permit {
+        assert!(shared.try_acquire_fast().is_some());
+        Permit::taken(Arc::clone(shared))
+    }
+
+    #[tokio::test]
+    async fn a_released_permit_goes_to_the_oldest_waiter_not_to_a_new_arrival() {
+        let shared = shared(1);
+        let running = take(&shared);
+        let mut first = shared.enqueue(Priority::Normal).unwrap();
+        let mut second = shared.enqueue(Priority::Normal).unwrap();
+        assert!(poll(&mut first).is_pending());
+        drop(running);
+        // Handed over: still one in flight, and a new arrival finds nothing free.
+        assert_eq!((shared.in_flight(), shared.queued()), (1, 1));
+        assert!(shared.try_acquire_fast().is_none());
+        assert!(poll(&mut second).is_pending());
+        let Poll::Ready(Some(permit)) = poll(&mut first) else {
+            panic!("the oldest waiter did not get the permit");
+        };
+        drop(permit);
+        assert!(matches!(poll(&mut second), Poll::Ready(Some(_))));
+        assert_eq!((shared.in_flight(), shared.queued()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_after_the_hand_over_keeps_the_permit() {
+        let shared = shared(1);
+        let running = take(&shared);
+        let mut ticket = shared.enqueue(Priority::Normal).unwrap();
+        drop(running);
+        // Its deadline passes in the same instant: the permit is already its own.
+        assert!(ticket.leave().is_some());
+        drop(ticket);
+        assert_eq!((shared.in_flight(), shared.queued()), (0, 0));
+
+        let running = take(&shared);
+        let mut ticket = shared.enqueue(Priority::Normal).unwrap();
+        assert!(ticket.leave().is_none());
+        assert_eq!((shared.in_flight(), shared.queued()), (1, 0));
+        drop(running);
+        assert_eq!(shared.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_with_an_unreceived_permit_passes_it_on() {
+        let shared = shared(1);
+        let running = take(&shared);
+        let first = shared.enqueue(Priority::Normal).unwrap();
+        let mut second = shared.enqueue(Priority::Normal).unwrap();
+        drop(running);
+        drop(first);
+        assert_eq!((shared.in_flight(), shared.queued()), (1, 0));
+        assert!(matches!(poll(&mut second), Poll::Ready(Some(_))));
+        assert_eq!(shared.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fixed_limit_samples_one_busy_request_in_16_and_no_idle_one() {
+        let shared = shared(4);
+        assert!(shared.sample(false), "no latency yet: measure");
+        shared.record(Instant::now(), false);
+        assert!((0..64).all(|_| !shared.sample(false)));
+        let sampled = (0..64).filter(|_| shared.sample(true)).count();
+        assert_eq!(sampled, 4);
+    }
+
+    #[tokio::test]
+    async fn a_limit_over_the_word_means_the_most_the_word_counts() {
+        let shared = shared(usize::MAX);
+        assert_eq!(shared.limit(), Load::MAX_LIMIT);
+        let permits: Vec<_> = (0..3).map(|_| take(&shared)).collect();
+        assert_eq!(shared.in_flight(), 3);
+        drop(permits);
+        shared.set_limit(usize::MAX);
+        assert_eq!(shared.limit(), Load::MAX_LIMIT);
+        assert_eq!(shared.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn low_priority_waiters_use_only_their_share_of_the_queue() {
+        let shared = shared(1);
+        let _running = take(&shared);
+        let low: Vec<_> = (0..4)
+            .map(|_| shared.enqueue(Priority::Low).unwrap())
+            .collect();
+        assert!(shared.enqueue(Priority::Low).is_none());
+        let normal: Vec<_> = (0..4)
+            .map(|_| shared.enqueue(Priority::Normal).unwrap())
+            .collect();
+        assert!(shared.enqueue(Priority::Normal).is_none());
+        drop((low, normal));
+        assert_eq!(shared.queued(), 0);
     }
 }

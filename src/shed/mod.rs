@@ -9,7 +9,7 @@
 //! | situation | what happens |
 //! |---|---|
 //! | a permit is free and nobody is queued | the request runs (one atomic load and one compare-and-swap; no lock, no allocation) |
-//! | no free permit, room in the queue | the request waits, first come first served, up to [`max_wait`](ShedBuilder::max_wait) |
+//! | no free permit, or others already waiting, and room in the queue | the request waits, first come first served, up to [`max_wait`](ShedBuilder::max_wait): a permit released while requests wait is handed to the oldest of them, never to a new arrival |
 //! | the queue is full, or the wait ran out | **503** with `Retry-After`, `Cache-Control: no-store`, an error id, [`Reason::Overloaded`](crate::Reason::Overloaded) in the extensions |
 //! | the request is [`Priority::Exempt`] (health checks, admin) | runs at once, never shed, not counted |
 //! | the request is [`Priority::Low`] | may only use part of the queue, so it is shed first |
@@ -26,9 +26,12 @@
 //! the ratio of the minimum latency to the sampled latency). Adaptive limits have a floor and a
 //! ceiling, and their current value is observable through [`ShedHandle::limit`].
 //!
-//! **Cancellation and panics**: a permit is given back on every path (success, error, a panic
-//! in `call` or in the response future, the response future dropped). A client that disconnects
-//! while queued frees its place in the queue as soon as the server drops its request.
+//! **Cancellation and panics**: a permit is given back (or handed to the oldest waiter) when
+//! the response future is dropped, on every path (success, error, a panic in `call` or in the
+//! response future, cancellation); servers drop a future as soon as it is ready. A client that disconnects while queued frees its place in the queue as soon as the
+//! server drops its request; one dropped just after a permit was handed to it passes the permit
+//! on to the next waiter. A waiter whose deadline passes in the instant a permit reaches it
+//! runs rather than waste the permit.
 //!
 //! # The decision is made in `call`, not `poll_ready`
 //!
@@ -85,6 +88,7 @@ mod layer;
 mod limit;
 mod limiter;
 mod priority;
+mod queue;
 mod service;
 
 use std::{fmt, sync::Arc, time::Duration};
@@ -109,9 +113,11 @@ impl ShedHandle {
     }
 
     /// Sets the concurrency limit; 0 means 1 (a limit of 0 would refuse everything: that is
-    /// maintenance, not shedding). Queued requests are woken if it grew; if it shrank,
-    /// requests already running finish and new ones wait. An adaptive limit continues from
-    /// this value.
+    /// maintenance, not shedding), and at most 2^32 - 1 requests run at once, so a higher limit
+    /// (`usize::MAX` for "no limit") means that. If it grew, the new permits go to the oldest queued
+    /// requests at once; if it shrank, requests already running finish (their permits retire
+    /// instead of going to the queue) and new ones wait. An adaptive limit continues from this
+    /// value.
     pub fn set_limit(&self, limit: usize) {
         self.shared.set_limit(limit);
     }

@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use super::{
     future::ResponseFuture,
-    limiter::{Permit, QueueSlot, Shared},
+    limiter::{Permit, Shared},
     AllNormal, Prioritize, Priority, ShedHandle, ShedLayer,
 };
 
@@ -89,25 +89,46 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    // Not inlined. Inlined into its caller (an axum route boxes the future it returns), the
+    // two ways out (the running future built here, the waiting or shed one from the cold
+    // path) kept LLVM from merging the future's stack slots, and every request paid one more
+    // copy of the whole future: about 65 instructions with an axum route's 320-byte future,
+    // more than the call costs (`scripts/server-bench.sh`).
+    #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let priority = self.priority.priority(&req);
-        if priority == Priority::Exempt {
-            return ResponseFuture::running(self.inner.call(req), None, None);
-        }
-        if self.shared.try_acquire_fast() {
+        let (permit, start) = if priority == Priority::Exempt {
+            (None, None)
+        } else if let Some(busy) = self.shared.try_acquire_fast() {
             // Made before calling the inner service: if `call` panics, unwinding gives it back.
             let permit = Permit::taken(self.shared.clone());
-            let start = self.shared.sample().then(Instant::now);
-            return ResponseFuture::running(self.inner.call(req), Some(permit), start);
-        }
-        if self.shared.try_enqueue(priority) {
-            let slot = QueueSlot::taken(self.shared.clone());
+            (Some(permit), self.shared.sample(busy).then(Instant::now))
+        } else {
+            return self.wait_or_shed(req, priority);
+        };
+        ResponseFuture::running(self.inner.call(req), permit, start)
+    }
+}
+
+impl<S, P> Shed<S, P> {
+    /// No free permit: the request joins the queue, or is shed if the queue is full.
+    #[cold]
+    #[inline(never)]
+    fn wait_or_shed<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+        priority: Priority,
+    ) -> ResponseFuture<S::Future, S, Request<ReqBody>, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+        ResBody: From<Bytes>,
+    {
+        if let Some(ticket) = self.shared.enqueue(priority) {
             // The ready service goes with the request; a clone takes its place here and is made
             // ready by the next `poll_ready` (as tower's `Buffer` and axum do).
             let clone = self.inner.clone();
             let ready = std::mem::replace(&mut self.inner, clone);
-            return ResponseFuture::waiting(slot, ready, req);
+            return ResponseFuture::waiting(ticket, ready, req);
         }
         ResponseFuture::shed(self.shared.refuse(&req, "queue full"))
     }

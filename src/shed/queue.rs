@@ -1,0 +1,72 @@
+//! The wait queue: the requests waiting for a permit, oldest first.
+//!
+//! A plain `VecDeque` behind the limiter's mutex, touched only when requests wait: joining,
+//! leaving, and handing a released permit to the oldest waiter. Each waiter gets a one-shot
+//! channel through which the permit is handed to it, so a permit never goes back to the pool
+//! while someone waits, and a new arrival cannot take it first.
+
+use std::collections::VecDeque;
+
+use tokio::sync::oneshot;
+
+use super::limiter::Permit;
+
+/// One waiting request: its number in the line and the channel its permit is sent through.
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    grant: oneshot::Sender<Permit>,
+}
+
+/// The waiting requests in arrival order. Ids grow with every arrival, so the queue is sorted
+/// by id and a waiter that leaves is found by binary search.
+#[derive(Debug, Default)]
+pub(crate) struct WaitQueue {
+    waiters: VecDeque<Waiter>,
+    next_id: u64,
+}
+
+impl WaitQueue {
+    pub(crate) fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    /// Joins at the back: the waiter's id, and where its permit will arrive.
+    pub(crate) fn push(&mut self) -> (u64, oneshot::Receiver<Permit>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (grant, receiver) = oneshot::channel();
+        self.waiters.push_back(Waiter { id, grant });
+        (id, receiver)
+    }
+
+    /// Removes a waiter that gives up (timed out, or its request was dropped). `false` if it is
+    /// no longer in the queue: a permit was sent to it.
+    pub(crate) fn remove(&mut self, id: u64) -> bool {
+        match self.waiters.binary_search_by_key(&id, |w| w.id) {
+            Ok(index) => {
+                self.waiters.remove(index);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Sends `permit` to the oldest waiter, which leaves the queue. Gives the permit back if
+    /// nobody waits.
+    pub(crate) fn hand_over(&mut self, mut permit: Permit) -> Result<(), Permit> {
+        while let Some(waiter) = self.waiters.pop_front() {
+            // A waiter removes itself before it drops its receiver, so this only fails if
+            // that promise is broken; the next waiter gets the permit then.
+            match waiter.grant.send(permit) {
+                Ok(()) => return Ok(()),
+                Err(unsent) => permit = unsent,
+            }
+        }
+        Err(permit)
+    }
+}
