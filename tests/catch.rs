@@ -87,9 +87,27 @@ impl Error for Outer {
     }
 }
 
-/// A body that yields one chunk, then panics.
+/// Where a [`PanickingBody`] panics.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// In `poll_frame`, after one chunk; `Some(n)`: announces `n` bytes (content-length).
+    SecondChunk(Option<u64>),
+    /// In the first `poll_frame`, before any chunk.
+    FirstPoll,
+    /// In `is_end_stream`.
+    EndStream,
+    /// In `size_hint`.
+    SizeHint,
+}
+
+const FIRST_CHUNK: &[u8] = b"first chunk";
+
+/// A body that panics where its [`Fault`] says; otherwise it yields one chunk and ends. The
+/// panic message ends with `tag` (the request's query string).
 struct PanickingBody {
     sent: bool,
+    fault: Fault,
+    tag: String,
 }
 
 impl Body for PanickingBody {
@@ -100,15 +118,55 @@ impl Body for PanickingBody {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.sent {
-            panic!("{EXPECTED_PANIC} body exploded with {SECRET}");
+        match (self.fault, self.sent) {
+            (Fault::FirstPoll, _) | (Fault::SecondChunk(_), true) => {
+                panic!("{EXPECTED_PANIC} body exploded with {SECRET} {}", self.tag)
+            }
+            (_, true) => Poll::Ready(None),
+            (_, false) => {
+                self.sent = true;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(FIRST_CHUNK)))))
+            }
         }
-        self.sent = true;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first chunk")))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if let Fault::EndStream = self.fault {
+            panic!(
+                "{EXPECTED_PANIC} is_end_stream exploded with {SECRET} {}",
+                self.tag
+            );
+        }
+        false
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.fault {
+            Fault::SizeHint => {
+                panic!(
+                    "{EXPECTED_PANIC} size_hint exploded with {SECRET} {}",
+                    self.tag
+                )
+            }
+            Fault::SecondChunk(Some(n)) => http_body::SizeHint::with_exact(n),
+            _ => http_body::SizeHint::default(),
+        }
     }
 }
 
 type TestBody = http_body_util::Either<Full<Bytes>, PanickingBody>;
+
+fn panicking(
+    fault: Fault,
+    req: &Request<hyper::body::Incoming>,
+) -> Result<Response<TestBody>, Outer> {
+    let tag = req.uri().query().unwrap_or_default().to_owned();
+    Ok(Response::new(TestBody::Right(PanickingBody {
+        sent: false,
+        fault,
+        tag,
+    })))
+}
 
 /// A plain tower service (no axum) with one route per failure mode.
 async fn handler(req: Request<hyper::body::Incoming>) -> Result<Response<TestBody>, Outer> {
@@ -120,9 +178,11 @@ async fn handler(req: Request<hyper::body::Incoming>) -> Result<Response<TestBod
             tokio::task::yield_now().await;
             panic!("{EXPECTED_PANIC} handler saw {SECRET}")
         }
-        "/body-panic" => Ok(Response::new(TestBody::Right(PanickingBody {
-            sent: false,
-        }))),
+        "/body-panic" => panicking(Fault::SecondChunk(None), &req),
+        "/body-panic-length" => panicking(Fault::SecondChunk(Some(100)), &req),
+        "/body-panic-first" => panicking(Fault::FirstPoll, &req),
+        "/end-stream-panic" => panicking(Fault::EndStream, &req),
+        "/size-hint-panic" => panicking(Fault::SizeHint, &req),
         _ => ok("other"),
     }
 }
@@ -215,31 +275,135 @@ async fn body_format_follows_accept() {
     );
 }
 
-#[tokio::test]
-async fn body_panic_ends_the_body_with_an_error_and_the_server_keeps_serving() {
+/// The body panic routes: path, what the head announces over HTTP/1.1, and whether the first
+/// chunk was produced before the panic.
+const BODY_PANICS: [(&str, &str, bool); 5] = [
+    ("/body-panic", "transfer-encoding: chunked", true),
+    ("/body-panic-length", "content-length: 100", true),
+    ("/body-panic-first", "transfer-encoding: chunked", false),
+    ("/end-stream-panic", "transfer-encoding: chunked", false),
+    ("/size-hint-panic", "transfer-encoding: chunked", false),
+];
+
+/// HTTP/1.1: the client gets the head and what the body produced before the panic, then the
+/// connection closes before the body is complete (no last chunk; fewer bytes than announced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_panic_reaches_an_http1_client_as_a_cut_response() {
     quiet_panics();
     let _ = logs();
     let addr = hyper_server().await;
-    for c in [client(), h2_client()] {
-        // The status line may or may not have reached the client before the panic (HTTP/1
-        // may flush headers together with the first chunk); either way the response must not
-        // look complete.
-        let outcome = match c.request(request(addr, "/body-panic", None)).await {
-            Err(_) => Err(()),
-            Ok(res) => {
-                assert_eq!(res.status(), StatusCode::OK);
-                res.into_body().collect().await.map(|_| ()).map_err(|_| ())
-            }
-        };
-        assert!(outcome.is_err(), "the body must end with an error");
-        // The server is alive and well.
-        assert_eq!(get(&c, addr, "/").await.text(), "hello");
+    for (path, framing, first_chunk) in BODY_PANICS {
+        let received = common::raw_http1_get_until_closed(addr, path).await;
+        let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200 ok\r\n"), "{path}: {text:?}");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+        assert!(head.contains(framing), "{path}: {head:?}");
+        let chunk = std::str::from_utf8(FIRST_CHUNK).unwrap();
+        match (framing.starts_with("transfer"), first_chunk) {
+            (true, true) => assert_eq!(body, format!("b\r\n{chunk}\r\n"), "{path}"),
+            (false, true) => assert_eq!(body, chunk, "{path}"),
+            (_, false) => assert_eq!(body, "", "{path}"),
+        }
+        assert!(!text.contains(SECRET), "{path}: {text:?}");
+
+        // A client library reports the status, then an error while reading the body.
+        let res = client()
+            .request(request(addr, path, None))
+            .await
+            .unwrap_or_else(|e| panic!("{path}: no head: {e}"));
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        assert!(res.into_body().collect().await.is_err(), "{path}");
     }
-    let lines = logs().lines_with("response body panicked");
-    assert!(lines.len() >= 2, "{lines:?}");
-    assert!(lines
-        .iter()
-        .all(|l| l.contains("error_id=") && l.contains("body exploded")));
+    // The server is alive and well.
+    assert_eq!(get(&client(), addr, "/").await.text(), "hello");
+}
+
+/// Reads an h2 response body to its end: the data received, and the error it ended with.
+async fn h2_body_until_error(
+    path: &str,
+    res: Response<hyper::body::Incoming>,
+) -> (Vec<u8>, String) {
+    let mut body = res.into_body();
+    let mut data = Vec::new();
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => data.extend_from_slice(frame.data_ref().unwrap()),
+            Some(Err(e)) => return (data, format!("{e:?}")),
+            None => panic!("{path}: the body ended cleanly"),
+        }
+    }
+}
+
+/// hyper's error wraps h2's `Reset(StreamId(..), INTERNAL_ERROR, Remote)`.
+fn is_internal_error_reset(error: &str) -> bool {
+    error.contains("INTERNAL_ERROR") && error.contains("Remote")
+}
+
+/// h2 on a current-thread runtime: the client gets HEADERS and the DATA produced before the
+/// panic, then the stream is reset (`INTERNAL_ERROR`); the connection serves on.
+#[tokio::test]
+async fn a_body_panic_reaches_an_h2_client_as_a_reset_stream_after_its_head() {
+    quiet_panics();
+    let _ = logs();
+    let addr = hyper_server().await;
+    let c = h2_client();
+    for (path, _, first_chunk) in BODY_PANICS {
+        let res = c
+            .request(request(addr, path, None))
+            .await
+            .unwrap_or_else(|e| panic!("{path}: no HEADERS: {e:?}"));
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let (data, error) = h2_body_until_error(path, res).await;
+        let expected: &[u8] = if first_chunk { FIRST_CHUNK } else { b"" };
+        assert_eq!(data, expected, "{path}");
+        assert!(is_internal_error_reset(&error), "{path}: {error}");
+        assert_eq!(get(&c, addr, "/").await.text(), "hello", "{path}");
+    }
+}
+
+/// h2 on a multi-threaded runtime: the connection's task may not have written the HEADERS
+/// when the stream is reset, and h2 drops what it has not written. Either way the stream ends
+/// with `INTERNAL_ERROR`, never as a complete response, and the connection serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_panic_never_looks_complete_to_an_h2_client_on_a_multi_threaded_server() {
+    quiet_panics();
+    let _ = logs();
+    let addr = hyper_server().await;
+    let c = h2_client();
+    for _ in 0..4 {
+        for (path, _, _) in BODY_PANICS {
+            let error = match c.request(request(addr, path, None)).await {
+                Ok(res) => {
+                    assert_eq!(res.status(), StatusCode::OK, "{path}");
+                    h2_body_until_error(path, res).await.1
+                }
+                Err(e) => format!("{e:?}"),
+            };
+            assert!(is_internal_error_reset(&error), "{path}: {error}");
+            assert_eq!(get(&c, addr, "/").await.text(), "hello", "{path}");
+        }
+    }
+}
+
+/// Each panic is logged once, with its error id, wherever in the body it happened.
+#[tokio::test]
+async fn a_body_panic_is_logged_once_with_an_error_id() {
+    quiet_panics();
+    let _ = logs();
+    let addr = hyper_server().await;
+    for (path, _, _) in BODY_PANICS {
+        // Other tests log body panics too: this request's lines carry its tag.
+        let tag = format!("logged-once{}", path.replace('/', "-"));
+        let _ = common::raw_http1_get_until_closed(addr, &format!("{path}?{tag}")).await;
+        let lines = logs().lines_with(&tag);
+        assert_eq!(lines.len(), 1, "{path}: {lines:?}");
+        let line = &lines[0];
+        assert!(line.contains("response body panicked"), "{line}");
+        assert!(
+            line.contains("error_id=") && line.contains("exploded"),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,11 +4,14 @@ use std::fmt;
 
 use crate::ErrorId;
 
-/// The error a response body reports when it panicked while streaming.
+/// The error a response body reports when it panicked (in `poll_frame`, `size_hint` or
+/// `is_end_stream`).
 ///
-/// By then the status and headers are on the wire, so the only honest outcome is to end the
-/// body with an error (hyper then resets the stream or closes the connection) instead of letting
-/// the panic unwind the connection task. The panic and this id are logged at error level.
+/// By then the status and headers are decided, and perhaps on the wire, so the only honest
+/// outcome is to end the body with an error (hyper then closes the HTTP/1.1 connection or
+/// resets the h2 stream, and the client sees a cut response) instead of letting the panic
+/// unwind the connection task. The panic and this id are logged at error level. What a client
+/// gets in each case: [A panic while the body streams](super#a-panic-while-the-body-streams).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyPanicked {
     error_id: ErrorId,

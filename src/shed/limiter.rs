@@ -3,8 +3,8 @@
 //! shed request is answered.
 //!
 //! The running and the waiting requests are counted in one atomic word ([`Load`]). The hot path
-//! (a request under the limit with nobody queued) is one load and one compare-and-swap of that
-//! word; giving the permit back is one atomic subtraction.
+//! (a request under the limit with nobody queued) reads the limit, then loads and
+//! compare-and-swaps that word; giving the permit back is one atomic subtraction.
 //!
 //! Waiting requests are served first come, first served: they line up in a [`WaitQueue`]
 //! behind a mutex that only they touch. A new arrival never takes a permit while anyone waits

@@ -8,7 +8,7 @@
 //!
 //! | situation | what happens |
 //! |---|---|
-//! | a permit is free and nobody is queued | the request runs (one atomic load and one compare-and-swap; no lock, no allocation) |
+//! | a permit is free and nobody is queued | the request runs (two atomic loads and one compare-and-swap; no lock, no allocation) |
 //! | no free permit, or others already waiting, and room in the queue | the request waits, first come first served, up to [`max_wait`](ShedBuilder::max_wait): a permit released while requests wait is handed to the oldest of them, never to a new arrival |
 //! | the queue is full, or the wait ran out | **503** with `Retry-After`, `Cache-Control: no-store`, an error id, [`Reason::Overloaded`](crate::Reason::Overloaded) in the extensions |
 //! | the request is [`Priority::Exempt`] (health checks, admin) | runs at once, never shed, not counted |

@@ -244,3 +244,23 @@ impl Drop for Fifo {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// Sends `GET {path}` as raw HTTP/1.1 on a new connection and reads until the server closes
+/// it: every byte the client received. Panics if the server keeps the connection open for
+/// 5 s (a complete response on a keep-alive connection: use it for cut responses only).
+pub async fn raw_http1_get_until_closed(addr: SocketAddr, path: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut received),
+    )
+    .await
+    .expect("the server kept the connection open")
+    .expect("read failed");
+    received
+}
