@@ -61,7 +61,10 @@
 use std::{
     borrow::Cow,
     fmt,
+    future::Future,
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
@@ -70,6 +73,7 @@ use http::{
     header::{ACCEPT, CACHE_CONTROL, RETRY_AFTER},
     HeaderMap, HeaderValue, Method, Response, StatusCode,
 };
+use pin_project_lite::pin_project;
 
 use crate::{
     error::InvalidConfig, response::error_id_header_value, ErrorId, ErrorResponse, Format, Reason,
@@ -575,6 +579,65 @@ where
 /// explicit opt-out: without it, a custom response keeps those guarantees.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OmitDefaultHeaders;
+
+pin_project! {
+    /// The response future of a layer that either passes a request on or refuses it at once
+    /// ([`Maintenance`](crate::maintenance::Maintenance), [`Drain`](crate::lifecycle::Drain)):
+    /// the inner service's future, or a ready refusal. Those modules name it `ResponseFuture`.
+    #[derive(Debug)]
+    pub struct InnerOrRefused<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F, B> {
+        Inner { #[pin] future: F },
+        // Boxed: the refusal path is cold, and a small future is cheaper to move on the hot path.
+        Refused { response: Option<Box<Response<B>>> },
+    }
+}
+
+impl<F, B> InnerOrRefused<F, B> {
+    /// The inner service's future.
+    #[cfg(any(feature = "maintenance", feature = "lifecycle"))]
+    #[inline]
+    pub(crate) fn inner(future: F) -> Self {
+        Self {
+            kind: Kind::Inner { future },
+        }
+    }
+
+    /// A refusal, ready at the first poll.
+    #[cfg(any(feature = "maintenance", feature = "lifecycle"))]
+    pub(crate) fn refused(response: Response<B>) -> Self {
+        Self {
+            kind: Kind::Refused {
+                response: Some(Box::new(response)),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for InnerOrRefused<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future.poll(cx),
+            KindProj::Refused { response } => Poll::Ready(Ok(*response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

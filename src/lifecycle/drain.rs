@@ -1,8 +1,6 @@
 //! [`DrainLayer`]: 503 + `Retry-After` + `Connection: close` once the listener is closed.
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
     time::{Duration, SystemTime},
@@ -10,7 +8,6 @@ use std::{
 
 use bytes::Bytes;
 use http::{header::CONNECTION, HeaderValue, Request, Response, StatusCode, Version};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -105,22 +102,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    // Not inlined, as the other layers' `call`: inlined into axum's wrappers it costs one more
+    // copy of the whole response future.
+    #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // Hot path: one relaxed load. A request racing the close either way is fine: served
         // normally, or refused with a response the client can act on.
         if self.config.lifecycle.inner.phase.load(Ordering::Relaxed) != CLOSING {
-            return ResponseFuture {
-                kind: Kind::Inner {
-                    future: self.inner.call(req),
-                },
-            };
+            return ResponseFuture::inner(self.inner.call(req));
         }
-        ResponseFuture {
-            kind: Kind::Refused {
-                response: Some(Box::new(self.config.refuse(&req))),
-            },
-        }
+        ResponseFuture::refused(self.config.refuse(&req))
     }
 }
 
@@ -147,41 +138,8 @@ impl Config {
     }
 }
 
-pin_project! {
-    /// Response future of [`Drain`]: the inner service's future, or a ready 503.
-    #[derive(Debug)]
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    #[derive(Debug)]
-    enum Kind<F, B> {
-        Inner { #[pin] future: F },
-        // Boxed: the 503 path is cold, and a small future is cheaper to move on the hot path.
-        Refused { response: Option<Box<Response<B>>> },
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => future.poll(cx),
-            KindProj::Refused { response } => Poll::Ready(Ok(*response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-        }
-    }
-}
+/// Response future of [`Drain`]: the inner service's future, or a ready 503.
+pub type ResponseFuture<F, B> = crate::refuse::InnerOrRefused<F, B>;
 
 #[cfg(test)]
 mod tests {

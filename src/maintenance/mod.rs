@@ -109,14 +109,14 @@ pub mod admin;
 mod bypass;
 pub mod error;
 mod file;
-mod future;
 mod layer;
 mod service;
 mod switch;
 
 pub use bypass::{BypassRequest, ForwardedHeader};
 pub use file::{FileState, SentinelFile};
-pub use future::ResponseFuture;
+/// Response future of [`Maintenance`]: the inner service's future, or a ready 503.
+pub type ResponseFuture<F, B> = crate::refuse::InnerOrRefused<F, B>;
 pub use ipnet::IpNet;
 pub use layer::MaintenanceLayer;
 pub use service::Maintenance;

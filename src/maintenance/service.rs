@@ -73,7 +73,7 @@ where
         }
         match self.config.unavailable(&req) {
             None => ResponseFuture::inner(self.inner.call(req)),
-            Some(res) => ResponseFuture::unavailable(res),
+            Some(res) => ResponseFuture::refused(res),
         }
     }
 }
