@@ -2,6 +2,8 @@
 //! clients. Each test file uses a subset.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::{
     convert::Infallible,
     io::Write,
