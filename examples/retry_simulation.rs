@@ -203,7 +203,7 @@ impl Service<Request<Body>> for Server {
                     }
                 }
             } else if at(&stats.admitted, slot) >= CAPACITY_PER_SLOT {
-                ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded)
+                ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Shed)
                     .retry_after(RetryAfter::Delay(Duration::from_secs(1)))
                     .into_response()
             } else {

@@ -259,17 +259,23 @@ mod tests {
 
     fn reason_status(reason: Reason) -> StatusCode {
         match reason {
-            Reason::Internal | Reason::Classified => StatusCode::INTERNAL_SERVER_ERROR,
+            Reason::Internal | Reason::Panic | Reason::Classified => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::BadGateway => StatusCode::BAD_GATEWAY,
             Reason::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    const REASONS: [Reason; 8] = [
+    const REASONS: [Reason; 11] = [
         Reason::Internal,
+        Reason::Panic,
+        Reason::RateLimited,
+        Reason::Draining,
         Reason::Maintenance,
-        Reason::Overloaded,
+        Reason::Shed,
         Reason::CircuitOpen,
         Reason::Timeout,
         Reason::BadGateway,

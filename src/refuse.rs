@@ -747,7 +747,7 @@ mod tests {
         let req = request("application/json");
         let res: Response<Bytes> = exact().build().unwrap().respond(
             StatusCode::SERVICE_UNAVAILABLE,
-            Reason::Overloaded,
+            Reason::Shed,
             Some(RetryAfter::Delay(S(7))),
             None,
             RequestView {
@@ -763,7 +763,7 @@ mod tests {
         assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
         let id = res.extensions().get::<ErrorId>().copied().unwrap();
         assert_eq!(res.headers()[ERROR_ID_HEADER], id.to_string().as_str());
-        assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Overloaded));
+        assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Shed));
     }
 
     #[test]

@@ -86,12 +86,15 @@ impl fmt::Debug for ErrorId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Reason {
-    /// An unexpected failure: a service error or a panic (500).
+    /// An unexpected failure: a service error (500).
     Internal,
+    /// The service panicked (500). The response is the same as for [`Reason::Internal`]: a
+    /// client cannot tell them apart, but monitoring can.
+    Panic,
     /// The service is down for maintenance (503).
     Maintenance,
     /// The service shed the request because it is overloaded (503).
-    Overloaded,
+    Shed,
     /// A circuit breaker is open (503).
     CircuitOpen,
     /// The request timed out inside the server (503, as Go's `http.TimeoutHandler`).
@@ -104,36 +107,43 @@ pub enum Reason {
     Classified,
     /// The server is shutting down: it no longer takes new work (503).
     Draining,
+    /// One client is over its quota (429): the server is fine, that client should slow down.
+    RateLimited,
 }
 
 impl Reason {
     /// A short, client-safe default explanation for this reason.
     pub fn default_detail(self) -> &'static str {
         match self {
-            Reason::Internal => "The server encountered an unexpected error.",
+            Reason::Internal | Reason::Panic => "The server encountered an unexpected error.",
             Reason::Maintenance => "The service is down for maintenance.",
-            Reason::Overloaded => "The service is overloaded.",
+            Reason::Shed => "The service is overloaded.",
             Reason::CircuitOpen => "A service this request depends on is unavailable.",
             Reason::Timeout => "The server did not finish the request in time.",
             Reason::BadGateway => "An upstream service failed.",
             Reason::GatewayTimeout => "An upstream service did not answer in time.",
             Reason::Classified => "The request could not be completed.",
             Reason::Draining => "The server is shutting down; retry on another instance.",
+            Reason::RateLimited => "Too many requests from this client; slow down.",
         }
     }
 
-    /// A stable machine-readable name (`"internal"`, `"maintenance"`, ...), for metrics labels.
+    /// A stable machine-readable name, for metrics labels and logs: one of `internal`, `panic`,
+    /// `timeout`, `shed`, `maintenance`, `circuit_open`, `rate_limited`, `draining`,
+    /// `bad_gateway`, `gateway_timeout`, `classified`.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Internal => "internal",
+            Reason::Panic => "panic",
             Reason::Maintenance => "maintenance",
-            Reason::Overloaded => "overloaded",
+            Reason::Shed => "shed",
             Reason::CircuitOpen => "circuit_open",
             Reason::Timeout => "timeout",
             Reason::BadGateway => "bad_gateway",
             Reason::GatewayTimeout => "gateway_timeout",
             Reason::Classified => "classified",
             Reason::Draining => "draining",
+            Reason::RateLimited => "rate_limited",
         }
     }
 }
@@ -534,7 +544,7 @@ mod tests {
 
     #[test]
     fn generated_response_shape() {
-        let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded)
+        let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Shed)
             .retry_after(RetryAfter::delay(Duration::from_millis(1500)))
             .format(Format::ProblemJson)
             .into_response::<Bytes>();
@@ -553,7 +563,7 @@ mod tests {
     #[test]
     fn the_largest_delay_formats_without_overflow() {
         for format in [Format::Text, Format::ProblemJson, Format::Html] {
-            let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Overloaded)
+            let res = ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Shed)
                 .retry_after(RetryAfter::Delay(Duration::MAX))
                 .format(format)
                 .into_response::<Bytes>();

@@ -604,7 +604,12 @@ async fn poll_ready_errors_and_panics_become_one_500_each() {
         let req = || Request::new(Full::<Bytes>::default());
         let res = svc.ready().await.unwrap().call(req()).await.unwrap();
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Internal));
+        let reason = if panic {
+            Reason::Panic
+        } else {
+            Reason::Internal
+        };
+        assert_eq!(res.extensions().get::<Reason>(), Some(&reason));
         assert!(res.extensions().get::<ErrorId>().is_some());
         // The failure is answered once; the next request reaches the inner service.
         let res = svc.ready().await.unwrap().call(req()).await.unwrap();

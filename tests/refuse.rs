@@ -125,9 +125,9 @@ async fn every_layer_refuses_through_one_policy() {
 
     let cases = [
         ("/maint", 503, "maintenance", Some("40")),
-        ("/busy", 503, "overloaded", Some("2")),
+        ("/busy", 503, "shed", Some("2")),
         ("/dependency", 503, "circuit_open", None),
-        ("/panic", 500, "internal", None),
+        ("/panic", 500, "panic", None),
     ];
     for (path, status, code, retry_after) in cases {
         let reply = fetch(&c, addr, path).await;

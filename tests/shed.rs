@@ -307,7 +307,7 @@ async fn queued_request_is_shed_after_max_wait_without_calling_inner() {
     // With paused time the clock jumps straight to the deadline: exactly max_wait.
     assert_eq!(start.elapsed(), Duration::from_millis(100));
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Overloaded));
+    assert_eq!(res.extensions().get::<Reason>(), Some(&Reason::Shed));
     assert!(retry_after_secs(&res) >= 1);
     assert_eq!(
         calls.load(Ordering::SeqCst),

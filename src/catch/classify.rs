@@ -238,7 +238,7 @@ pub(crate) fn builtin(
 ) -> Option<Classification> {
     if error.is::<tower::load_shed::error::Overloaded>() {
         return Some(Classification::service_unavailable(
-            Reason::Overloaded,
+            Reason::Shed,
             Some(RetryAfter::Delay(retry_after_503)),
         ));
     }
@@ -308,7 +308,7 @@ mod tests {
         ))));
         let c = classify_chain(&DefaultClassifier, &e, ONE_SEC);
         assert_eq!(c.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(c.reason(), Reason::Overloaded);
+        assert_eq!(c.reason(), Reason::Shed);
         assert_eq!(c.retry_after, Some(RetryAfter::Delay(ONE_SEC)));
     }
 
@@ -401,7 +401,7 @@ mod tests {
         let e = tower::load_shed::error::Overloaded::new();
         assert_eq!(
             classify_chain(&layer.classifier, &e, ONE_SEC).reason(),
-            Reason::Overloaded
+            Reason::Shed
         );
     }
 

@@ -242,7 +242,7 @@ fn respond<B, C: Classify>(
         Failure::Panic(panic) => {
             let response: Response<ResponseBody<B>> = refusal.respond(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
-                crate::Reason::Internal,
+                crate::Reason::Panic,
                 None,
                 None,
                 view,

@@ -205,7 +205,7 @@ impl Readiness {
             let queued = shed.queued();
             if queued > *above {
                 return Some(NotReady {
-                    reason: Reason::Overloaded,
+                    reason: Reason::Shed,
                     wait: Duration::from_secs(1),
                     detail: format!(
                         "not ready: overloaded, {queued} requests queued (more than {above})"

@@ -364,7 +364,7 @@ impl Shared {
         self.count_shed();
         let response: Response<ResBody> = self.refusal.respond(
             StatusCode::SERVICE_UNAVAILABLE,
-            Reason::Overloaded,
+            Reason::Shed,
             Some(RetryAfter::Delay(self.drain_time())),
             None,
             RequestView::of(req),
