@@ -142,6 +142,12 @@ mod html;
 pub mod refuse;
 mod response;
 mod retry_after;
+#[allow(dead_code)] // Parts are used only by some features.
+mod telemetry;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 
 #[cfg(feature = "catch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "catch")))]

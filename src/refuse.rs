@@ -76,8 +76,10 @@ use http::{
 use pin_project_lite::pin_project;
 
 use crate::{
-    error::InvalidConfig, response::error_id_header_value, ErrorId, ErrorResponse, Format, Reason,
-    RetryAfter, ERROR_ID_HEADER,
+    error::InvalidConfig,
+    response::error_id_header_value,
+    telemetry::{self, Meter},
+    ErrorId, ErrorResponse, Format, Reason, RetryAfter, ERROR_ID_HEADER,
 };
 
 /// The longest `Retry-After` any layer of this crate sends before jitter: 30 days.
@@ -210,7 +212,46 @@ impl RefusalPolicy {
     /// carries none); `detail` overrides the policy's and the reason's text (a maintenance
     /// notice's message, a classifier's detail). `now` is asked for the wall-clock time only
     /// when a date is involved.
+    ///
+    /// This is the one place every generated response passes: it is counted here (by `meter`,
+    /// the generating layer's) and logged here, once, with `cause` (an error chain, a panic
+    /// message) in the log only.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn respond<B>(
+        &self,
+        meter: &Meter,
+        status: StatusCode,
+        reason: Reason,
+        retry_after: Option<RetryAfter>,
+        detail: Option<Cow<'static, str>>,
+        cause: Option<&dyn fmt::Display>,
+        request: RequestView<'_>,
+        now: impl FnOnce() -> SystemTime,
+    ) -> Response<B>
+    where
+        B: From<Bytes>,
+    {
+        let (response, retry_after, error_id) =
+            self.build(status, reason, retry_after, detail, request, now);
+        meter.generated(status, reason);
+        telemetry::event(
+            meter,
+            &telemetry::Event {
+                status,
+                reason,
+                error_id,
+                method: request.method,
+                path: request.path,
+                retry_after,
+                cause,
+            },
+        );
+        response
+    }
+
+    /// The response of [`respond`](Self::respond), without counting or logging it, with the
+    /// `Retry-After` and error id it carries.
+    fn build<B>(
         &self,
         status: StatusCode,
         reason: Reason,
@@ -218,7 +259,7 @@ impl RefusalPolicy {
         detail: Option<Cow<'static, str>>,
         request: RequestView<'_>,
         now: impl FnOnce() -> SystemTime,
-    ) -> Response<B>
+    ) -> (Response<B>, Option<RetryAfter>, ErrorId)
     where
         B: From<Bytes>,
     {
@@ -253,7 +294,28 @@ impl RefusalPolicy {
         let mut response = response.map(B::from);
         response.extensions_mut().insert(reason);
         response.extensions_mut().insert(error_id);
-        response
+        (response, retry_after, error_id)
+    }
+}
+
+/// A refusal policy with the meter of the layer that uses it, behind one `Arc`: what a layer
+/// whose response future may have to refuse keeps per request (one reference count).
+#[cfg(feature = "catch")]
+#[derive(Debug, Clone)]
+pub(crate) struct Refuser(Arc<(RefusalPolicy, Meter)>);
+
+#[cfg(feature = "catch")]
+impl Refuser {
+    pub(crate) fn new(policy: RefusalPolicy, meter: Meter) -> Self {
+        Self(Arc::new((policy, meter)))
+    }
+
+    pub(crate) fn policy(&self) -> &RefusalPolicy {
+        &self.0 .0
+    }
+
+    pub(crate) fn meter(&self) -> &Meter {
+        &self.0 .1
     }
 }
 
@@ -746,9 +808,11 @@ mod tests {
     fn the_default_response_is_negotiated_and_complete() {
         let req = request("application/json");
         let res: Response<Bytes> = exact().build().unwrap().respond(
+            &Meter::default(),
             StatusCode::SERVICE_UNAVAILABLE,
             Reason::Shed,
             Some(RetryAfter::Delay(S(7))),
+            None,
             None,
             RequestView {
                 method: Some(req.method()),
@@ -801,9 +865,11 @@ mod tests {
                 .body(())
                 .unwrap();
             policy.respond(
+                &Meter::default(),
                 StatusCode::SERVICE_UNAVAILABLE,
                 Reason::Maintenance,
                 Some(RetryAfter::Delay(S(30))),
+                None,
                 None,
                 RequestView::of_any(&req),
                 now,
@@ -856,8 +922,10 @@ mod tests {
             .unwrap();
         let req = request("text/plain");
         let res: Response<Bytes> = policy.respond(
+            &Meter::default(),
             StatusCode::INTERNAL_SERVER_ERROR,
             Reason::Internal,
+            None,
             None,
             None,
             RequestView::of_any(&req),

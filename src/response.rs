@@ -112,6 +112,27 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// How many reasons there are (the enum's variants are numbered from 0).
+    #[cfg(feature = "metrics")]
+    pub(crate) const COUNT: usize = 12;
+
+    /// The status a response for this reason usually has (a classifier may choose another).
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::Internal | Reason::Panic | Reason::Classified => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Reason::BadGateway => StatusCode::BAD_GATEWAY,
+            Reason::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::Maintenance
+            | Reason::Shed
+            | Reason::CircuitOpen
+            | Reason::Timeout
+            | Reason::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
     /// A short, client-safe default explanation for this reason.
     pub fn default_detail(self) -> &'static str {
         match self {

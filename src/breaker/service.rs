@@ -70,21 +70,14 @@ where
                 // The base wait is the breaker's remaining open time; the policy bounds and
                 // jitters it.
                 let response: Response<ResBody> = self.refusal.respond(
+                    &self.breaker.inner.metrics.meter,
                     StatusCode::SERVICE_UNAVAILABLE,
                     Reason::CircuitOpen,
                     Some(RetryAfter::Delay(open.retry_after())),
                     None,
+                    Some(&open.state()),
                     RequestView::of(&req),
                     std::time::SystemTime::now,
-                );
-                tracing::debug!(
-                    breaker = self.breaker.name().unwrap_or(""),
-                    error_id = ?response.extensions().get::<crate::ErrorId>(),
-                    method = %req.method(),
-                    path = req.uri().path(),
-                    state = %open.state(),
-                    retry_after_ms = open.retry_after().as_millis() as u64,
-                    "request refused: circuit breaker open"
                 );
                 ResponseFuture::rejected(response, self.classifier.clone())
             }

@@ -23,6 +23,7 @@ use super::{
     sync::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     window::{Window, WindowCounts},
 };
+use crate::telemetry::{BreakerMetrics, CallOutcome, Meter};
 
 const TAG_BITS: u32 = 3;
 const GEN_BITS: u32 = 21;
@@ -63,6 +64,17 @@ impl State {
             HALF_OPEN => State::HalfOpen,
             FORCED_OPEN => State::ForcedOpen,
             _ => State::Disabled,
+        }
+    }
+
+    /// The position in the order closed, open, half-open, forced open, disabled.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+            State::ForcedOpen => 3,
+            State::Disabled => 4,
         }
     }
 
@@ -161,6 +173,14 @@ pub(crate) struct Inner {
     origin: u64,
     name: Option<Arc<str>>,
     pub(crate) config: Arc<Config>,
+    pub(crate) metrics: BreakerMetrics,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = State::from_tag(tag(self.state.0.load(Ordering::Relaxed)));
+        self.metrics.dropped(state.index());
+    }
 }
 
 #[derive(Debug)]
@@ -234,6 +254,8 @@ impl CircuitBreaker {
         Self::with_name(config, name)
     }
 
+    /// A breaker named `name` in logs and transitions; its metrics carry the configured name
+    /// only (a keyed breaker's name includes its key, an unbounded label value).
     pub(crate) fn with_name(config: Arc<Config>, name: Option<Arc<str>>) -> Self {
         let origin = clock_nanos(&*config.clock) / NANOS_PER_MS * NANOS_PER_MS;
         Self {
@@ -243,6 +265,7 @@ impl CircuitBreaker {
                 armed: AtomicBool::new(false),
                 window: Window::new(config.window),
                 origin,
+                metrics: BreakerMetrics::new(Meter::new(config.name.clone())),
                 name,
                 config,
             }),
@@ -298,6 +321,15 @@ impl CircuitBreaker {
     /// the breaker is open (or half-open with all probes out) and for how long.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
+        let result = self.acquire();
+        if result.is_err() {
+            self.inner.metrics.call(CallOutcome::Rejected);
+        }
+        result
+    }
+
+    #[inline]
+    fn acquire(&self) -> Result<Permit, CircuitOpen> {
         let now = self.now_nanos();
         let inner = &*self.inner;
         loop {
@@ -399,6 +431,11 @@ impl CircuitBreaker {
         }
         let failure = outcome == Outcome::Failure;
         let slow = latency >= config.slow_call_nanos;
+        inner.metrics.call(match (failure, slow) {
+            (true, _) => CallOutcome::Failure,
+            (false, true) => CallOutcome::Slow,
+            (false, false) => CallOutcome::Success,
+        });
         let s = inner.state.0.load(Ordering::Acquire);
         if generation(s) != permit_gen {
             return;
@@ -608,6 +645,7 @@ impl CircuitBreaker {
     }
 
     fn emit(&self, from: State, to: State, open_for: Option<Duration>, counts: WindowCounts) {
+        self.inner.metrics.transition(from.index(), to.index());
         let config = &*self.inner.config;
         let name = self.inner.name.as_deref().unwrap_or("");
         let open_ms = open_for.map(|d| d.as_millis() as u64);

@@ -15,8 +15,8 @@ use pin_project_lite::pin_project;
 use super::{classify::classify_chain, CatchBody, Classify};
 use crate::{
     error_chain,
-    refuse::{RefusalPolicy, RequestView},
-    BoxError, ResponseBody,
+    refuse::{Refuser, RequestView},
+    telemetry, BoxError, ResponseBody,
 };
 
 /// What the request needs for logging and content negotiation once it has been moved into the
@@ -70,7 +70,7 @@ pin_project! {
         state: State<F>,
         parts: Option<RequestParts>,
         classifier: C,
-        refusal: RefusalPolicy,
+        refusal: Refuser,
     }
 }
 
@@ -85,12 +85,7 @@ pin_project! {
 
 impl<F, C> ResponseFuture<F, C> {
     #[inline]
-    pub(crate) fn running(
-        future: F,
-        parts: RequestParts,
-        classifier: C,
-        refusal: RefusalPolicy,
-    ) -> Self {
+    pub(crate) fn running(future: F, parts: RequestParts, classifier: C, refusal: Refuser) -> Self {
         Self {
             state: State::Running { future },
             parts: Some(parts),
@@ -103,7 +98,7 @@ impl<F, C> ResponseFuture<F, C> {
         failure: Failure,
         parts: RequestParts,
         classifier: C,
-        refusal: RefusalPolicy,
+        refusal: Refuser,
     ) -> Self {
         Self {
             state: State::Failed {
@@ -179,13 +174,22 @@ where
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 crate::Reason::Internal,
             );
-            tracing::error!(
-                error_id = %response.error_id(),
-                method = %parts.method,
-                path = parts.path(),
-                status = 500u16,
-                panic = %panic_message(&*panic),
-                "request failed, and classifying or logging its error panicked"
+            let meter = refusal.meter();
+            meter.generated(response.status(), response.reason());
+            telemetry::event(
+                meter,
+                &telemetry::Event {
+                    status: response.status(),
+                    reason: response.reason(),
+                    error_id: response.error_id(),
+                    method: Some(&parts.method),
+                    path: parts.path(),
+                    retry_after: None,
+                    cause: Some(&format_args!(
+                        "request failed, and classifying or logging its error panicked: {}",
+                        panic_message(&*panic)
+                    )),
+                },
             );
             response.into_response()
         });
@@ -198,7 +202,7 @@ fn respond<B, C: Classify>(
     failure: Failure,
     parts: &RequestParts,
     classifier: &C,
-    refusal: &RefusalPolicy,
+    refusal: &Refuser,
 ) -> Response<ResponseBody<B>> {
     let method = &parts.method;
     let path = parts.path();
@@ -213,57 +217,28 @@ fn respond<B, C: Classify>(
             // The built-in 503s get no base wait of their own: the policy raises it to its
             // minimum `Retry-After`.
             let classification = classify_chain(classifier, &*error, std::time::Duration::ZERO);
-            let response: Response<ResponseBody<B>> = refusal.respond(
+            refusal.policy().respond(
+                refusal.meter(),
                 classification.status,
                 classification.reason,
                 classification.retry_after,
                 classification.detail,
+                Some(&Chain(&*error)),
                 view,
                 std::time::SystemTime::now,
-            );
-            let id = error_id(&response);
-            let status = classification.status.as_u16();
-            let chain = Chain(&*error);
-            if classification.status.is_server_error()
-                && classification.status != http::StatusCode::SERVICE_UNAVAILABLE
-            {
-                tracing::error!(
-                    error_id = %id, %method, path, status, reason = %classification.reason,
-                    error = %chain, "request failed: service returned an error"
-                );
-            } else {
-                tracing::warn!(
-                    error_id = %id, %method, path, status, reason = %classification.reason,
-                    error = %chain, "request refused: service returned a known error"
-                );
-            }
-            response
+            )
         }
-        Failure::Panic(panic) => {
-            let response: Response<ResponseBody<B>> = refusal.respond(
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                crate::Reason::Panic,
-                None,
-                None,
-                view,
-                std::time::SystemTime::now,
-            );
-            tracing::error!(
-                error_id = %error_id(&response), %method, path, status = 500u16,
-                panic = %panic, "request failed: service panicked"
-            );
-            response
-        }
+        Failure::Panic(panic) => refusal.policy().respond(
+            refusal.meter(),
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            crate::Reason::Panic,
+            None,
+            None,
+            Some(&format_args!("service panicked: {panic}")),
+            view,
+            std::time::SystemTime::now,
+        ),
     }
-}
-
-/// The error id a generated response carries in its extensions.
-fn error_id<B>(response: &Response<B>) -> crate::ErrorId {
-    response
-        .extensions()
-        .get::<crate::ErrorId>()
-        .copied()
-        .unwrap_or_default()
 }
 
 /// Displays an error and its `source()` chain: `outer: cause: root cause`.

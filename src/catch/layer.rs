@@ -3,7 +3,10 @@ use std::error::Error;
 use tower_layer::Layer;
 
 use super::{Catch, Classification, Classify, DefaultClassifier, OnError};
-use crate::refuse::RefusalPolicy;
+use crate::{
+    refuse::{RefusalPolicy, Refuser},
+    telemetry::Meter,
+};
 
 /// Layer that turns a service's errors and panics into 500 responses (and known tower errors
 /// into 503). See the [module docs](super) for what maps to what.
@@ -11,7 +14,7 @@ use crate::refuse::RefusalPolicy;
 #[must_use]
 pub struct CatchLayer<C = DefaultClassifier> {
     pub(crate) classifier: C,
-    pub(crate) refusal: RefusalPolicy,
+    pub(crate) refusal: Refuser,
 }
 
 /// What the service reads on every request (the policy is read only on failure).
@@ -33,7 +36,7 @@ impl CatchLayer<DefaultClassifier> {
     pub fn new() -> Self {
         Self {
             classifier: DefaultClassifier,
-            refusal: RefusalPolicy::default(),
+            refusal: Refuser::new(RefusalPolicy::default(), Meter::default()),
         }
     }
 }
@@ -118,7 +121,14 @@ impl<C> CatchLayer<C> {
     /// header lookup and a reference count). A policy with
     /// [`negotiate(false)`](crate::refuse::RefusalPolicyBuilder::negotiate) saves it.
     pub fn refusal(mut self, policy: RefusalPolicy) -> Self {
-        self.refusal = policy;
+        self.refusal = Refuser::new(policy, self.refusal.meter().clone());
+        self
+    }
+
+    /// Names this layer in its metrics (`name="<name>"` on every series, feature `metrics`) and
+    /// in its log events.
+    pub fn name(mut self, name: impl Into<std::sync::Arc<str>>) -> Self {
+        self.refusal = Refuser::new(self.refusal.policy().clone(), Meter::new(Some(name.into())));
         self
     }
 }

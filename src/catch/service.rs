@@ -15,7 +15,7 @@ use super::{
     layer::Config,
     CatchBody, CatchLayer, Classify, DefaultClassifier,
 };
-use crate::{refuse::RefusalPolicy, BoxError, ResponseBody};
+use crate::{refuse::Refuser, BoxError, ResponseBody};
 
 /// Middleware that turns its inner service's errors and panics into responses. Made by
 /// [`CatchLayer`]; see the [module docs](super).
@@ -24,7 +24,7 @@ pub struct Catch<S, C = DefaultClassifier> {
     inner: S,
     classifier: C,
     config: Config,
-    refusal: RefusalPolicy,
+    refusal: Refuser,
     /// An error or panic from `poll_ready`, answered by the next `call`.
     pending: Option<Failure>,
 }
@@ -38,12 +38,12 @@ impl<S> Catch<S, DefaultClassifier> {
 }
 
 impl<S, C> Catch<S, C> {
-    pub(crate) fn from_parts(inner: S, classifier: C, refusal: RefusalPolicy) -> Self {
+    pub(crate) fn from_parts(inner: S, classifier: C, refusal: Refuser) -> Self {
         Self {
             inner,
             classifier,
             config: Config {
-                negotiate: refusal.negotiates(),
+                negotiate: refusal.policy().negotiates(),
             },
             refusal,
             pending: None,

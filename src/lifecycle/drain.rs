@@ -14,6 +14,7 @@ use tower_service::Service;
 use super::{state::CLOSING, Lifecycle};
 use crate::{
     refuse::{RefusalPolicy, RequestView},
+    telemetry::Meter,
     Reason, RetryAfter,
 };
 
@@ -35,6 +36,7 @@ pub struct DrainLayer {
 struct Config {
     lifecycle: Lifecycle,
     refusal: RefusalPolicy,
+    meter: Meter,
     retry_after: Duration,
 }
 
@@ -46,6 +48,7 @@ impl DrainLayer {
             config: Arc::new(Config {
                 lifecycle,
                 refusal: RefusalPolicy::default(),
+                meter: Meter::new(None),
                 retry_after: Duration::from_secs(1),
             }),
         }
@@ -121,9 +124,11 @@ impl Config {
         B: From<Bytes>,
     {
         let mut res = self.refusal.respond(
+            &self.meter,
             StatusCode::SERVICE_UNAVAILABLE,
             Reason::Draining,
             Some(RetryAfter::Delay(self.retry_after)),
+            None,
             None,
             RequestView::of(req),
             SystemTime::now,

@@ -23,6 +23,7 @@ use crate::maintenance::MaintenanceSwitch;
 use crate::shed::ShedHandle;
 use crate::{
     refuse::{RefusalPolicy, RequestView},
+    telemetry::Meter,
     Reason, RetryAfter,
 };
 
@@ -58,6 +59,7 @@ pub struct Readiness {
 struct Config {
     lifecycle: Lifecycle,
     refusal: RefusalPolicy,
+    meter: Meter,
     #[cfg(feature = "shed")]
     queued: Vec<(ShedHandle, usize)>,
     #[cfg(feature = "breaker")]
@@ -101,6 +103,7 @@ impl Readiness {
             config: Arc::new(Config {
                 lifecycle,
                 refusal: RefusalPolicy::default(),
+                meter: Meter::new(Some(Arc::from("readiness"))),
                 #[cfg(feature = "shed")]
                 queued: Vec::new(),
                 #[cfg(feature = "breaker")]
@@ -241,10 +244,12 @@ impl<B> Service<Request<B>> for Readiness {
         let res = match self.check() {
             None => text(StatusCode::OK, "ready\n"),
             Some(not) => self.config.refusal.respond(
+                &self.config.meter,
                 StatusCode::SERVICE_UNAVAILABLE,
                 not.reason,
                 Some(RetryAfter::Delay(not.wait)),
                 Some(not.detail),
+                None,
                 RequestView::of(&req),
                 SystemTime::now,
             ),

@@ -13,6 +13,8 @@ use http::{
     Extensions, HeaderMap, Method, Request, Uri,
 };
 use ipnet::IpNet;
+
+use crate::telemetry::BypassRule;
 use subtle::ConstantTimeEq;
 
 /// `X-Forwarded-For`.
@@ -162,12 +164,13 @@ impl Bypass {
     }
 
     /// Whether the request may pass while maintenance is on.
-    pub(crate) fn matches<B>(&self, req: &Request<B>) -> bool {
+    /// The rule that lets `req` through, if one does.
+    pub(crate) fn matches<B>(&self, req: &Request<B>) -> Option<BypassRule> {
         if !self.paths.is_empty() {
             // An ambiguous path passes by no prefix.
             if let Some(path) = normalize_path(req.uri().path()) {
                 if self.paths.iter().any(|p| path_has_prefix(&path, p)) {
-                    return true;
+                    return Some(BypassRule::Path);
                 }
             }
         }
@@ -177,20 +180,23 @@ impl Bypass {
                 .iter()
                 .any(|v| bool::from(v.as_bytes().ct_eq(secret)))
         }) {
-            return true;
+            return Some(BypassRule::Header);
         }
         if self.allow.is_empty() && self.predicates.is_empty() {
-            return false;
+            return None;
         }
         let view = BypassRequest::new(req, self);
         if !self.allow.is_empty() {
             if let Some(ip) = self.client_ip(&view) {
                 if self.allow.iter().any(|net| net.contains(&ip)) {
-                    return true;
+                    return Some(BypassRule::Ip);
                 }
             }
         }
-        self.predicates.iter().any(|p| p(&view))
+        self.predicates
+            .iter()
+            .any(|p| p(&view))
+            .then_some(BypassRule::Predicate)
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -459,7 +465,9 @@ mod tests {
         let mut rules = Bypass::default();
         rules.add_path("/healthz");
         rules.add_path("/static/");
-        rules.matches(&Request::get(uri).body(()).unwrap())
+        rules
+            .matches(&Request::get(uri).body(()).unwrap())
+            .is_some()
     }
 
     #[test]

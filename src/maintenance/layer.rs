@@ -11,6 +11,7 @@ use super::{
 };
 use crate::{
     refuse::{RefusalPolicy, RequestView},
+    telemetry::{MaintenanceMetrics, Meter},
     Reason, RetryAfter,
 };
 
@@ -29,6 +30,7 @@ pub(crate) struct Config {
     default_retry_after: Duration,
     refusal: RefusalPolicy,
     bypass: Bypass,
+    pub(crate) metrics: Arc<MaintenanceMetrics>,
 }
 
 impl MaintenanceLayer {
@@ -48,12 +50,20 @@ impl MaintenanceLayer {
                 default_retry_after: Duration::from_secs(60),
                 refusal: RefusalPolicy::default(),
                 bypass: Bypass::default(),
+                metrics: Arc::default(),
             }),
         }
     }
 
     fn cfg(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
+    }
+
+    /// Names this layer in its metrics (`name="<name>"` on every series, feature `metrics`) and
+    /// in its log events.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.cfg().metrics = Arc::new(MaintenanceMetrics::new(Meter::new(Some(name.into()))));
+        self
     }
 
     /// The switch this layer reads.
@@ -194,29 +204,28 @@ impl Config {
     where
         ResBody: From<Bytes>,
     {
-        let notice = self.switch.current()?;
-        if self.bypass.matches(req) {
+        let clock = self.switch.clock();
+        let Some(notice) = self.switch.current() else {
+            self.metrics.active(false, None);
+            return None;
+        };
+        self.metrics.active(true, notice.ends_at(clock));
+        if let Some(rule) = self.bypass.matches(req) {
+            self.metrics.bypassed(rule);
             return None;
         }
-        let clock = self.switch.clock();
         let base = self.base_wait(&notice, clock.now());
         let detail = notice.message.as_ref().map(|m| m.to_string().into());
-        let res: Response<ResBody> = self.refusal.respond(
+        Some(self.refusal.respond(
+            &self.metrics.meter,
             StatusCode::SERVICE_UNAVAILABLE,
             Reason::Maintenance,
             Some(base),
             detail,
+            None,
             RequestView::of(req),
             || clock.now(),
-        );
-        tracing::debug!(
-            error_id = ?res.extensions().get::<crate::ErrorId>(),
-            method = %req.method(),
-            path = req.uri().path(),
-            retry_after = ?res.headers().get(http::header::RETRY_AFTER),
-            "maintenance mode: answered 503"
-        );
-        Some(res)
+        ))
     }
 
     /// The base wait for `notice` at wall-clock time `now`: the announced end (a date, so that

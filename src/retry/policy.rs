@@ -11,7 +11,11 @@ use http::{header, HeaderMap, HeaderName, Method, Request, Response, StatusCode}
 use tokio::time::{Instant, Sleep};
 
 use super::{Backoff, ReplayBody, RetryBudget};
-use crate::{error::InvalidConfig, BoxError, RetryAfter};
+use crate::{
+    error::InvalidConfig,
+    telemetry::{Meter, RetryCause, RetryMetrics},
+    BoxError, RetryAfter,
+};
 
 /// The header that marks a request as safe to repeat (IETF draft
 /// `draft-ietf-httpapi-idempotency-key-header`): `idempotency-key`.
@@ -93,6 +97,21 @@ pub enum GiveUpReason {
     CircuitOpen,
 }
 
+impl GiveUpReason {
+    /// The position in `telemetry::GIVE_UP_CAUSES`.
+    fn index(self) -> usize {
+        match self {
+            GiveUpReason::Attempts => 0,
+            GiveUpReason::Budget => 1,
+            GiveUpReason::RetryAfterTooLong => 2,
+            GiveUpReason::Deadline => 3,
+            GiveUpReason::NotIdempotent => 4,
+            GiveUpReason::BodyNotReplayable => 5,
+            GiveUpReason::CircuitOpen => 6,
+        }
+    }
+}
+
 impl fmt::Display for GiveUpReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -121,6 +140,7 @@ struct Config {
     retry_non_idempotent: bool,
     budget: Option<Arc<RetryBudget>>,
     on_attempt: Option<AttemptHook>,
+    metrics: RetryMetrics,
 }
 
 impl fmt::Debug for Config {
@@ -228,6 +248,7 @@ impl RetryPolicy {
                 retry_non_idempotent: false,
                 budget: None,
                 on_attempt: None,
+                metrics: RetryMetrics::default(),
             },
             unretryable_status: None,
         }
@@ -237,7 +258,51 @@ impl RetryPolicy {
         status_set(&self.config.statuses, status.as_u16())
     }
 
-    fn notify(&self, attempt: u32, status: Option<StatusCode>, decision: Decision) {
+    /// Reports the decision after attempt `attempt`: metrics, a span, the user's hook.
+    /// `timeout`: the attempt failed on the per-attempt timeout.
+    fn notify(&self, attempt: u32, status: Option<StatusCode>, decision: Decision, timeout: bool) {
+        let metrics = &self.config.metrics;
+        metrics.attempt();
+        let span = tracing::debug_span!(
+            target: "tower_5xx",
+            "retry.attempt",
+            attempt,
+            http.response.status_code = status.map(|s| s.as_u16()),
+            decision = tracing::field::Empty,
+            delay_ms = tracing::field::Empty,
+            retry_after = tracing::field::Empty,
+            give_up = tracing::field::Empty,
+            name = metrics.meter.name(),
+        );
+        match &decision {
+            Decision::Done => {
+                span.record("decision", "done");
+            }
+            Decision::Retry {
+                reason,
+                delay,
+                retry_after,
+            } => {
+                let cause = match reason {
+                    RetryReason::Status(_) => RetryCause::Status,
+                    RetryReason::Error if timeout => RetryCause::Timeout,
+                    RetryReason::Error => RetryCause::Connection,
+                };
+                metrics.retry(cause, *delay, retry_after.is_some());
+                span.record("decision", "retry");
+                span.record("delay_ms", delay.as_millis() as u64);
+                span.record("retry_after", retry_after.is_some());
+            }
+            Decision::GiveUp { why, .. } => {
+                metrics.give_up(why.index());
+                span.record("decision", "give_up");
+                span.record("give_up", tracing::field::display(why));
+            }
+        }
+        if let Some(budget) = &self.config.budget {
+            metrics.budget(budget.remaining());
+        }
+        let _entered = span.enter();
         if let Some(hook) = &self.config.on_attempt {
             hook(&AttemptEvent {
                 attempt,
@@ -261,7 +326,7 @@ impl RetryPolicy {
             Ok(res) => {
                 // The common case, a final answer, needs nothing more from the request.
                 if !self.status_retryable(res.status()) {
-                    self.notify(state.count, Some(res.status()), Decision::Done);
+                    self.notify(state.count, Some(res.status()), Decision::Done, false);
                     return None;
                 }
                 AttemptOutcome::Response(res.status(), res.headers())
@@ -290,7 +355,7 @@ impl RetryPolicy {
         let (reason, status, server_wait) = match outcome {
             AttemptOutcome::Response(status, headers) => {
                 if !self.status_retryable(status) {
-                    self.notify(attempt, Some(status), Decision::Done);
+                    self.notify(attempt, Some(status), Decision::Done, false);
                     return None;
                 }
                 (
@@ -301,8 +366,10 @@ impl RetryPolicy {
             }
             AttemptOutcome::Error(_) => (RetryReason::Error, None, None),
         };
+        let timeout = matches!(outcome, AttemptOutcome::Error(e)
+            if crate::error_chain::sources(e).any(|e| e.is::<super::error::AttemptTimedOut>()));
         let give_up = |this: &Self, why| {
-            this.notify(attempt, status, Decision::GiveUp { reason, why });
+            this.notify(attempt, status, Decision::GiveUp { reason, why }, timeout);
             None
         };
 
@@ -363,6 +430,7 @@ impl RetryPolicy {
                 delay,
                 retry_after: server_wait.filter(|w| *w >= backoff),
             },
+            timeout,
         );
         Some(delay)
     }
@@ -552,6 +620,13 @@ impl RetryPolicyBuilder {
     /// carry `Idempotency-Key` or the failure proves they were never processed).
     pub fn retry_non_idempotent(mut self, enabled: bool) -> Self {
         self.config.retry_non_idempotent = enabled;
+        self
+    }
+
+    /// Names this policy in its metrics (`name="<name>"` on every series, feature `metrics`)
+    /// and in its attempt spans.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.config.metrics = RetryMetrics::new(Meter::new(Some(name.into())));
         self
     }
 

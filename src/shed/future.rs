@@ -13,6 +13,7 @@ use tower_service::Service;
 use bytes::Bytes;
 
 use super::limiter::{Permit, Ticket};
+use crate::telemetry::ShedCause;
 
 pin_project! {
     /// Response future of [`Shed`](super::Shed).
@@ -189,7 +190,7 @@ where
         StateProj::Waiting { waiter } => {
             let WaiterProj {
                 ticket,
-                deadline,
+                mut deadline,
                 service,
                 request,
             } = waiter.as_mut().project();
@@ -199,10 +200,19 @@ where
             let permit = match ticket.poll_permit(cx) {
                 Poll::Ready(permit) => permit,
                 Poll::Pending => {
-                    ready!(deadline.poll(cx));
+                    ready!(deadline.as_mut().poll(cx));
                     ticket.leave()
                 }
             };
+            let shared = ticket.shared();
+            let left = deadline
+                .deadline()
+                .saturating_duration_since(tokio::time::Instant::now());
+            shared
+                .metrics
+                .waited(shared.config.max_wait.saturating_sub(left), || {
+                    shared.limit()
+                });
             let request = request.take().expect("polled after completion");
             match permit {
                 Some(permit) => {
@@ -217,7 +227,9 @@ where
                     }
                 }
                 None => State::Shed {
-                    response: Some(Box::new(ticket.shared().refuse(&request, "max wait"))),
+                    response: Some(Box::new(
+                        ticket.shared().refuse(&request, ShedCause::WaitedTooLong),
+                    )),
                 },
             }
         }

@@ -33,6 +33,7 @@ use super::{
 };
 use crate::{
     refuse::{RefusalPolicy, RequestView},
+    telemetry::{Meter, ShedCause, ShedMetrics},
     Reason, RetryAfter,
 };
 
@@ -97,6 +98,7 @@ pub(crate) struct Shared {
     shed: AtomicU64,
     pub(crate) config: Config,
     refusal: RefusalPolicy,
+    pub(crate) metrics: ShedMetrics,
     epoch: Instant,
     /// `Some` for adaptive limits.
     adaptive: Option<Adaptive>,
@@ -113,7 +115,7 @@ struct Adaptive {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, refusal: RefusalPolicy) -> Self {
+    pub(crate) fn new(config: Config, refusal: RefusalPolicy, meter: Meter) -> Self {
         let epoch = Instant::now();
         let adaptive = config
             .limit
@@ -140,6 +142,7 @@ impl Shared {
             shed: AtomicU64::new(0),
             config,
             refusal,
+            metrics: ShedMetrics::new(meter),
             epoch,
             adaptive,
         }
@@ -194,6 +197,8 @@ impl Shared {
         let old = self.limit.swap(limit, Ordering::SeqCst);
         if limit > old && Load::waiting(self.load.load(Ordering::SeqCst)) > 0 {
             self.dispatch();
+        } else {
+            self.publish();
         }
     }
 
@@ -235,7 +240,11 @@ impl Shared {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return Some(2 * load >= limit),
+                Ok(_) => {
+                    // Nobody waits: the word is the number running.
+                    self.metrics.in_flight(load as usize + 1, || self.limit());
+                    return Some(2 * load >= limit);
+                }
                 Err(actual) => load = actual,
             }
         }
@@ -265,9 +274,20 @@ impl Shared {
     /// to the oldest waiters: a new arrival cannot take this one, since it sees them waiting.
     #[inline]
     fn release(self: &Arc<Self>) {
-        if self.load.fetch_sub(1, Ordering::SeqCst) >= Load::WAITER {
+        let load = self.load.fetch_sub(1, Ordering::SeqCst);
+        if load >= Load::WAITER {
             self.dispatch();
+        } else {
+            self.metrics
+                .in_flight(Load::running(load) - 1, || self.limit());
         }
+    }
+
+    /// Shows the limit, the requests running and the requests waiting in the metrics.
+    fn publish(&self) {
+        let load = self.load.load(Ordering::Relaxed);
+        self.metrics
+            .load(self.limit(), Load::running(load), Load::waiting(load));
     }
 
     /// Hands free permits to the waiters, oldest first, while there are both.
@@ -277,6 +297,7 @@ impl Shared {
         let unsent = self.dispatch_locked(&mut waiters);
         drop(waiters);
         drop(unsent);
+        self.publish();
     }
 
     /// [`dispatch`](Self::dispatch) with the lock held. A permit that found nobody to take it
@@ -334,6 +355,7 @@ impl Shared {
         let unsent = self.dispatch_locked(&mut waiters);
         drop(waiters);
         drop(unsent);
+        self.publish();
         Some(Ticket {
             shared: Arc::clone(self),
             id,
@@ -359,29 +381,20 @@ impl Shared {
     pub(crate) fn refuse<B, ResBody: From<Bytes>>(
         &self,
         req: &Request<B>,
-        why: &'static str,
+        cause: ShedCause,
     ) -> Response<ResBody> {
         self.count_shed();
-        let response: Response<ResBody> = self.refusal.respond(
+        self.metrics.rejected(cause, || self.limit());
+        self.refusal.respond(
+            &self.metrics.meter,
             StatusCode::SERVICE_UNAVAILABLE,
             Reason::Shed,
             Some(RetryAfter::Delay(self.drain_time())),
             None,
+            Some(&cause.as_str()),
             RequestView::of(req),
             std::time::SystemTime::now,
-        );
-        // Debug, not warn: under overload this fires for every shed request.
-        tracing::debug!(
-            error_id = ?response.extensions().get::<crate::ErrorId>(),
-            method = %req.method(),
-            path = req.uri().path(),
-            why,
-            limit = self.limit(),
-            in_flight = self.in_flight(),
-            queued = self.queued(),
-            "request shed: overloaded"
-        );
-        response
+        )
     }
 
     /// Records a finished request: its latency in the inner service and whether it failed.
@@ -511,6 +524,8 @@ impl Ticket {
         let mut waiters = self.shared.waiters();
         if waiters.remove(self.id) {
             self.shared.left_queue(1);
+            drop(waiters);
+            self.shared.publish();
             return None;
         }
         drop(waiters);
@@ -525,11 +540,13 @@ impl Drop for Ticket {
             return;
         }
         let mut waiters = self.shared.waiters();
+        // If not in the queue, a permit was sent: it is dropped with `grant`, after this lock
+        // is released, and its drop hands it to the next waiter.
         if waiters.remove(self.id) {
             self.shared.left_queue(1);
+            drop(waiters);
+            self.shared.publish();
         }
-        // Otherwise a permit was sent: it is dropped with `grant`, after this lock is
-        // released, and its drop hands it to the next waiter.
     }
 }
 
@@ -546,7 +563,11 @@ mod tests {
             low_priority_queue: 4,
             max_wait: Duration::from_secs(1),
         };
-        Arc::new(Shared::new(config, RefusalPolicy::default()))
+        Arc::new(Shared::new(
+            config,
+            RefusalPolicy::default(),
+            Meter::default(),
+        ))
     }
 
     fn poll(ticket: &mut Ticket) -> Poll<Option<Permit>> {

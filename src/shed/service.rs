@@ -15,6 +15,7 @@ use super::{
     limiter::{Permit, Shared},
     AllNormal, Prioritize, Priority, ShedHandle, ShedLayer,
 };
+use crate::telemetry::ShedCause;
 
 /// Middleware that sheds load with 503 + `Retry-After`. Made by [`ShedLayer`]; see the
 /// [module docs](super).
@@ -130,6 +131,11 @@ impl<S, P> Shed<S, P> {
             let ready = std::mem::replace(&mut self.inner, clone);
             return ResponseFuture::waiting(ticket, ready, req);
         }
-        ResponseFuture::shed(self.shared.refuse(&req, "queue full"))
+        let cause = if priority == Priority::Low {
+            ShedCause::LowPriority
+        } else {
+            ShedCause::QueueFull
+        };
+        ResponseFuture::shed(self.shared.refuse(&req, cause))
     }
 }

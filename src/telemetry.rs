@@ -1,0 +1,649 @@
+//! How the layers report their decisions: metrics through the `metrics` facade (feature
+//! `metrics`; the names are in [`crate::metrics`]) and one `tracing` event per generated
+//! response. Without the feature the metric calls compile to nothing.
+//!
+//! Handles are registered with the installed recorder on first use and kept by the layer
+//! instance, so the request path costs an atomic load and the recorder's own update (an atomic
+//! add for Prometheus), and never allocates.
+
+use std::{fmt, sync::Arc};
+
+use http::StatusCode;
+
+use crate::Reason;
+
+#[cfg(feature = "metrics")]
+use std::sync::OnceLock;
+
+#[cfg(feature = "metrics")]
+pub(crate) use ::metrics::{Counter, Gauge, Histogram};
+
+/// The name label's key.
+#[cfg(feature = "metrics")]
+pub(crate) const NAME_LABEL: &str = "name";
+
+/// One layer instance's view of the recorder: its name (a label on all its series and a field
+/// of its events) and its cached handles. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub(crate) struct Meter {
+    name: Option<Arc<str>>,
+    #[cfg(feature = "metrics")]
+    cache: Arc<Cache>,
+}
+
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+struct Cache {
+    /// The generated-responses counter per reason, at the reason's usual status.
+    generated: [OnceLock<Counter>; Reason::COUNT],
+}
+
+impl fmt::Debug for Meter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Meter").field(&self.name).finish()
+    }
+}
+
+impl Meter {
+    /// A meter whose series carry `name="<name>"` (none when `None`).
+    pub(crate) fn new(name: Option<Arc<str>>) -> Self {
+        Self {
+            name,
+            #[cfg(feature = "metrics")]
+            cache: Arc::default(),
+        }
+    }
+
+    /// The instance's name, if it has one.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Counts one response this layer generated.
+    #[inline]
+    pub(crate) fn generated(&self, status: StatusCode, reason: Reason) {
+        #[cfg(feature = "metrics")]
+        {
+            if status == reason.status() {
+                self.cache.generated[reason as usize]
+                    .get_or_init(|| self.register_generated(status, reason))
+                    .increment(1);
+            } else {
+                // A classifier's own status: rare, not cached.
+                self.register_generated(status, reason).increment(1);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (status, reason);
+    }
+
+    #[cfg(feature = "metrics")]
+    fn register_generated(&self, status: StatusCode, reason: Reason) -> Counter {
+        let status = match status.as_u16() {
+            429 => ::metrics::SharedString::const_str("429"),
+            500 => ::metrics::SharedString::const_str("500"),
+            502 => ::metrics::SharedString::const_str("502"),
+            503 => ::metrics::SharedString::const_str("503"),
+            504 => ::metrics::SharedString::const_str("504"),
+            _ => ::metrics::SharedString::from(status.as_str().to_owned()),
+        };
+        self.counter(
+            crate::metrics::RESPONSES_GENERATED,
+            &[
+                ("http.response.status_code", status),
+                (
+                    "error.type",
+                    ::metrics::SharedString::const_str(reason.as_str()),
+                ),
+            ],
+        )
+    }
+
+    /// The labels: `labels`, then the name.
+    #[cfg(feature = "metrics")]
+    fn labels(&self, labels: &[(&'static str, ::metrics::SharedString)]) -> Vec<::metrics::Label> {
+        let mut out: Vec<::metrics::Label> = labels
+            .iter()
+            .map(|(k, v)| ::metrics::Label::new(*k, v.clone()))
+            .collect();
+        if let Some(name) = &self.name {
+            out.push(::metrics::Label::new(
+                NAME_LABEL,
+                ::metrics::SharedString::from(Arc::clone(name)),
+            ));
+        }
+        out
+    }
+
+    /// Registers a counter with this instance's name label.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn counter(
+        &self,
+        key: &'static str,
+        labels: &[(&'static str, ::metrics::SharedString)],
+    ) -> Counter {
+        ::metrics::counter!(key, self.labels(labels))
+    }
+
+    /// Registers a gauge with this instance's name label.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn gauge(
+        &self,
+        key: &'static str,
+        labels: &[(&'static str, ::metrics::SharedString)],
+    ) -> Gauge {
+        ::metrics::gauge!(key, self.labels(labels))
+    }
+
+    /// Registers a histogram with this instance's name label.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn histogram(
+        &self,
+        key: &'static str,
+        labels: &[(&'static str, ::metrics::SharedString)],
+    ) -> Histogram {
+        ::metrics::histogram!(key, self.labels(labels))
+    }
+}
+
+/// A label value known at compile time.
+#[cfg(feature = "metrics")]
+pub(crate) const fn label(value: &'static str) -> ::metrics::SharedString {
+    ::metrics::SharedString::const_str(value)
+}
+
+/// Handles registered on first use: `OnceLock` around a set of them, built by `init` with the
+/// recorder installed at that moment.
+#[cfg(feature = "metrics")]
+pub(crate) struct Lazy<T> {
+    cell: OnceLock<T>,
+}
+
+#[cfg(feature = "metrics")]
+impl<T> Default for Lazy<T> {
+    fn default() -> Self {
+        Self {
+            cell: OnceLock::new(),
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl<T> Lazy<T> {
+    #[inline]
+    pub(crate) fn get(&self, init: impl FnOnce() -> T) -> &T {
+        self.cell.get_or_init(init)
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl<T> fmt::Debug for Lazy<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.cell.get().is_some() {
+            "Lazy(registered)"
+        } else {
+            "Lazy(unregistered)"
+        })
+    }
+}
+
+/// What a generated-response event says about the request and the failure.
+pub(crate) struct Event<'a> {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: Reason,
+    pub(crate) error_id: crate::ErrorId,
+    pub(crate) method: Option<&'a http::Method>,
+    pub(crate) path: &'a str,
+    pub(crate) retry_after: Option<crate::RetryAfter>,
+    /// The error chain or panic message (server-side only; never sent to the client).
+    pub(crate) cause: Option<&'a dyn fmt::Display>,
+}
+
+/// Emits the one `tracing` event of a generated response, with the OpenTelemetry attribute
+/// names. Failures (500, 502, 504, a classifier's 5xx other than 503) are errors; a 503 for a
+/// known error of the service (a timeout) is a warning; deliberate refusals (maintenance,
+/// shedding, an open breaker, draining, rate limiting) are debug events: under overload they
+/// fire for every refused request, and the metrics count them.
+pub(crate) fn event(meter: &Meter, e: &Event<'_>) {
+    macro_rules! emit {
+        ($level:expr, $message:literal) => {
+            tracing::event!(
+                target: "tower_5xx",
+                $level,
+                error.type = e.reason.as_str(),
+                http.response.status_code = e.status.as_u16(),
+                http.request.method = e.method.map(http::Method::as_str),
+                url.path = e.path,
+                error_id = %e.error_id,
+                retry_after = e.retry_after.map(tracing::field::display),
+                name = meter.name(),
+                exception.message = e.cause.map(tracing::field::display),
+                $message
+            )
+        };
+    }
+    match e.reason {
+        Reason::Maintenance
+        | Reason::Shed
+        | Reason::CircuitOpen
+        | Reason::Draining
+        | Reason::RateLimited => emit!(tracing::Level::DEBUG, "request refused"),
+        _ if e.status == StatusCode::SERVICE_UNAVAILABLE || e.status.is_client_error() => {
+            emit!(tracing::Level::WARN, "request refused: a known error")
+        }
+        _ => emit!(tracing::Level::ERROR, "request failed"),
+    }
+}
+
+/// Why the shed layer refused a request (the `cause` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShedCause {
+    /// No free permit and no room in the queue.
+    QueueFull,
+    /// Queued for the longest wait allowed.
+    WaitedTooLong,
+    /// No free permit and no room in the low-priority share of the queue.
+    LowPriority,
+}
+
+impl ShedCause {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ShedCause::QueueFull => "queue_full",
+            ShedCause::WaitedTooLong => "waited_too_long",
+            ShedCause::LowPriority => "low_priority",
+        }
+    }
+}
+
+/// The shed layer's metrics.
+#[derive(Debug, Default)]
+pub(crate) struct ShedMetrics {
+    pub(crate) meter: Meter,
+    #[cfg(feature = "metrics")]
+    handles: Lazy<ShedHandles>,
+}
+
+#[cfg(feature = "metrics")]
+struct ShedHandles {
+    limit: Gauge,
+    in_flight: Gauge,
+    queued: Gauge,
+    rejected: [Counter; 3],
+    wait: Histogram,
+}
+
+impl ShedMetrics {
+    pub(crate) fn new(meter: Meter) -> Self {
+        Self {
+            meter,
+            #[cfg(feature = "metrics")]
+            handles: Lazy::default(),
+        }
+    }
+
+    /// The handles; `limit` gives the limit gauge its first value when they are registered.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn handles(&self, limit: impl FnOnce() -> usize) -> &ShedHandles {
+        use crate::metrics as m;
+        self.handles.get(|| {
+            let h = ShedHandles {
+                limit: self.meter.gauge(m::SHED_LIMIT, &[]),
+                in_flight: self.meter.gauge(m::SHED_IN_FLIGHT, &[]),
+                queued: self.meter.gauge(m::SHED_QUEUED, &[]),
+                rejected: [
+                    ShedCause::QueueFull,
+                    ShedCause::WaitedTooLong,
+                    ShedCause::LowPriority,
+                ]
+                .map(|c| {
+                    self.meter
+                        .counter(m::SHED_REJECTED, &[("cause", label(c.as_str()))])
+                }),
+                wait: self.meter.histogram(m::SHED_QUEUE_WAIT, &[]),
+            };
+            h.limit.set(limit() as f64);
+            h
+        })
+    }
+
+    /// The current limit, requests running and requests waiting.
+    #[inline]
+    pub(crate) fn load(&self, limit: usize, in_flight: usize, queued: usize) {
+        #[cfg(feature = "metrics")]
+        {
+            let h = self.handles(|| limit);
+            h.limit.set(limit as f64);
+            h.in_flight.set(in_flight as f64);
+            h.queued.set(queued as f64);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (limit, in_flight, queued);
+    }
+
+    /// Requests running; `limit` is read only the first time.
+    #[inline]
+    pub(crate) fn in_flight(&self, in_flight: usize, limit: impl FnOnce() -> usize) {
+        #[cfg(feature = "metrics")]
+        self.handles(limit).in_flight.set(in_flight as f64);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (in_flight, limit);
+    }
+
+    /// One request shed.
+    pub(crate) fn rejected(&self, cause: ShedCause, limit: impl FnOnce() -> usize) {
+        #[cfg(feature = "metrics")]
+        self.handles(limit).rejected[cause as usize].increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (cause, limit);
+    }
+
+    /// A queued request's wait (it got a permit or was shed).
+    pub(crate) fn waited(&self, wait: std::time::Duration, limit: impl FnOnce() -> usize) {
+        #[cfg(feature = "metrics")]
+        self.handles(limit).wait.record(wait.as_secs_f64());
+        #[cfg(not(feature = "metrics"))]
+        let _ = (wait, limit);
+    }
+}
+
+/// The breaker's metrics.
+#[derive(Debug, Default)]
+pub(crate) struct BreakerMetrics {
+    pub(crate) meter: Meter,
+    #[cfg(feature = "metrics")]
+    handles: Lazy<BreakerHandles>,
+}
+
+#[cfg(feature = "metrics")]
+struct BreakerHandles {
+    /// By `State as usize`.
+    state: [Gauge; 5],
+    transitions: [Counter; 5],
+    /// success, failure, slow, rejected.
+    calls: [Counter; 4],
+}
+
+/// A call's outcome as the breaker counts it (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallOutcome {
+    Success,
+    Failure,
+    Slow,
+    Rejected,
+}
+
+impl BreakerMetrics {
+    pub(crate) fn new(meter: Meter) -> Self {
+        Self {
+            meter,
+            #[cfg(feature = "metrics")]
+            handles: Lazy::default(),
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn handles(&self) -> &BreakerHandles {
+        use crate::metrics as m;
+        const STATES: [&str; 5] = ["closed", "open", "half_open", "forced_open", "disabled"];
+        self.handles.get(|| {
+            let h = BreakerHandles {
+                state: STATES.map(|s| self.meter.gauge(m::BREAKER_STATE, &[("state", label(s))])),
+                transitions: STATES.map(|s| {
+                    self.meter
+                        .counter(m::BREAKER_TRANSITIONS, &[("to", label(s))])
+                }),
+                calls: ["success", "failure", "slow", "rejected"].map(|o| {
+                    self.meter
+                        .counter(m::BREAKER_CALLS, &[("outcome", label(o))])
+                }),
+            };
+            // A breaker starts closed.
+            h.state[0].increment(1.0);
+            h
+        })
+    }
+
+    /// One call's outcome.
+    #[inline]
+    pub(crate) fn call(&self, outcome: CallOutcome) {
+        #[cfg(feature = "metrics")]
+        self.handles().calls[outcome as usize].increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = outcome;
+    }
+
+    /// A transition between states, given as indexes in the order closed, open, half-open,
+    /// forced open, disabled.
+    pub(crate) fn transition(&self, from: usize, to: usize) {
+        #[cfg(feature = "metrics")]
+        {
+            let h = self.handles();
+            h.state[from].decrement(1.0);
+            h.state[to].increment(1.0);
+            h.transitions[to].increment(1);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (from, to);
+    }
+}
+
+impl BreakerMetrics {
+    /// The breaker is gone (a keyed breaker evicted) in state `state` (an index as above).
+    pub(crate) fn dropped(&self, state: usize) {
+        #[cfg(feature = "metrics")]
+        if let Some(h) = self.handles.cell.get() {
+            h.state[state].decrement(1.0);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = state;
+    }
+}
+
+/// Which bypass rule let a request through maintenance (the `rule` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BypassRule {
+    Path,
+    Header,
+    Ip,
+    Predicate,
+}
+
+/// The maintenance layer's metrics.
+#[derive(Debug)]
+pub(crate) struct MaintenanceMetrics {
+    pub(crate) meter: Meter,
+    /// What the gauge says: 0 off, 1 on, 2 not set yet.
+    #[cfg(feature = "metrics")]
+    shown: std::sync::atomic::AtomicU8,
+    #[cfg(feature = "metrics")]
+    handles: Lazy<MaintenanceHandles>,
+}
+
+#[cfg(feature = "metrics")]
+struct MaintenanceHandles {
+    active: Gauge,
+    end: Gauge,
+    bypassed: [Counter; 4],
+}
+
+impl Default for MaintenanceMetrics {
+    fn default() -> Self {
+        Self::new(Meter::default())
+    }
+}
+
+impl MaintenanceMetrics {
+    pub(crate) fn new(meter: Meter) -> Self {
+        Self {
+            meter,
+            #[cfg(feature = "metrics")]
+            shown: std::sync::atomic::AtomicU8::new(2),
+            #[cfg(feature = "metrics")]
+            handles: Lazy::default(),
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn handles(&self) -> &MaintenanceHandles {
+        use crate::metrics as m;
+        self.handles.get(|| MaintenanceHandles {
+            active: self.meter.gauge(m::MAINTENANCE_ACTIVE, &[]),
+            end: self.meter.gauge(m::MAINTENANCE_ANNOUNCED_END, &[]),
+            bypassed: ["path", "header", "ip", "predicate"].map(|r| {
+                self.meter
+                    .counter(m::MAINTENANCE_BYPASSED, &[("rule", label(r))])
+            }),
+        })
+    }
+
+    /// Whether maintenance is on, as a request found it; `end`: the announced end.
+    #[inline]
+    pub(crate) fn active(&self, active: bool, end: Option<std::time::SystemTime>) {
+        #[cfg(feature = "metrics")]
+        {
+            use std::sync::atomic::Ordering;
+            if self.shown.load(Ordering::Relaxed) != u8::from(active) {
+                self.shown.store(u8::from(active), Ordering::Relaxed);
+                self.handles().active.set(if active { 1.0 } else { 0.0 });
+            }
+            if active {
+                let secs = end
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0.0, |d| d.as_secs_f64().floor());
+                self.handles().end.set(secs);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (active, end);
+    }
+
+    /// One request let through by `rule` during maintenance.
+    pub(crate) fn bypassed(&self, rule: BypassRule) {
+        #[cfg(feature = "metrics")]
+        self.handles().bypassed[rule as usize].increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = rule;
+    }
+}
+
+/// Why the retry client retried (the `cause` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryCause {
+    /// A retryable status.
+    Status,
+    /// An error before any response (connect, reset, ...).
+    Connection,
+    /// The attempt took longer than the per-attempt timeout.
+    Timeout,
+}
+
+impl RetryCause {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RetryCause::Status => "status",
+            RetryCause::Connection => "connection",
+            RetryCause::Timeout => "timeout",
+        }
+    }
+}
+
+/// Why the retry client gave up on a retryable failure (the `cause` label), in the order of
+/// `retry::GiveUpReason`'s variants.
+pub(crate) const GIVE_UP_CAUSES: [&str; 7] = [
+    "attempts_exhausted",
+    "budget_exhausted",
+    "retry_after_over_cap",
+    "deadline",
+    "not_idempotent",
+    "body_not_replayable",
+    "circuit_open",
+];
+
+/// The retry policy's metrics.
+#[derive(Debug, Default)]
+pub(crate) struct RetryMetrics {
+    pub(crate) meter: Meter,
+    #[cfg(feature = "metrics")]
+    handles: Lazy<RetryHandles>,
+}
+
+#[cfg(feature = "metrics")]
+struct RetryHandles {
+    attempts: Counter,
+    retries: [Counter; 3],
+    give_ups: [Counter; 7],
+    /// retry_after, backoff.
+    wait: [Histogram; 2],
+    budget: Gauge,
+}
+
+impl RetryMetrics {
+    pub(crate) fn new(meter: Meter) -> Self {
+        Self {
+            meter,
+            #[cfg(feature = "metrics")]
+            handles: Lazy::default(),
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn handles(&self) -> &RetryHandles {
+        use crate::metrics as m;
+        self.handles.get(|| RetryHandles {
+            attempts: self.meter.counter(m::RETRY_ATTEMPTS, &[]),
+            retries: [
+                RetryCause::Status,
+                RetryCause::Connection,
+                RetryCause::Timeout,
+            ]
+            .map(|c| {
+                self.meter
+                    .counter(m::RETRY_RETRIES, &[("cause", label(c.as_str()))])
+            }),
+            give_ups: GIVE_UP_CAUSES.map(|c| {
+                self.meter
+                    .counter(m::RETRY_GIVE_UPS, &[("cause", label(c))])
+            }),
+            wait: ["retry_after", "backoff"]
+                .map(|s| self.meter.histogram(m::RETRY_WAIT, &[("source", label(s))])),
+            budget: self.meter.gauge(m::RETRY_BUDGET_BALANCE, &[]),
+        })
+    }
+
+    /// One attempt finished (and so was sent).
+    pub(crate) fn attempt(&self) {
+        #[cfg(feature = "metrics")]
+        self.handles().attempts.increment(1);
+    }
+
+    /// A retry after `wait`, set by the server's `Retry-After` or by the backoff.
+    pub(crate) fn retry(&self, cause: RetryCause, wait: std::time::Duration, retry_after: bool) {
+        #[cfg(feature = "metrics")]
+        {
+            let h = self.handles();
+            h.retries[cause as usize].increment(1);
+            h.wait[usize::from(!retry_after)].record(wait.as_secs_f64());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (cause, wait, retry_after);
+    }
+
+    /// A give-up, by its index in [`GIVE_UP_CAUSES`].
+    pub(crate) fn give_up(&self, cause: usize) {
+        #[cfg(feature = "metrics")]
+        self.handles().give_ups[cause].increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = cause;
+    }
+
+    /// The budget's balance after a deposit or withdrawal.
+    pub(crate) fn budget(&self, balance: f64) {
+        #[cfg(feature = "metrics")]
+        self.handles().budget.set(balance);
+        #[cfg(not(feature = "metrics"))]
+        let _ = balance;
+    }
+}

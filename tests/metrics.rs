@@ -1,0 +1,455 @@
+//! The metrics, scraped as Prometheus text from a real server's `/metrics` (the
+//! `metrics-exporter-prometheus` recorder, installed once for this test binary): a known mix of
+//! requests must show up exactly, by reason, and each generated response once. Each test uses
+//! its own layer names, so the tests of this file can share the one recorder.
+#![cfg(all(
+    feature = "metrics",
+    feature = "catch",
+    feature = "maintenance",
+    feature = "shed",
+    feature = "breaker",
+    feature = "retry"
+))]
+
+mod common;
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Notify;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_5xx::{
+    breaker::{BreakerLayer, CircuitBreaker},
+    catch::CatchLayer,
+    maintenance::{MaintenanceLayer, MaintenanceSwitch},
+    retry::{Backoff, Jitter, ReplayBody, RetryLayer, RetryPolicy},
+    shed::ShedLayer,
+};
+
+use common::{client, get as fetch, quiet_panics};
+
+fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder of this test binary");
+        tower_5xx::metrics::describe();
+        handle
+    })
+}
+
+/// The value of the one series of `metric` whose labels include all of `labels` (0 if none).
+fn value(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        let (series, number) = rest.rsplit_once(' ').unwrap();
+        if !(series.is_empty() || series.starts_with('{')) {
+            continue; // a longer metric name with this prefix
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        {
+            found.push(number.parse::<f64>().unwrap());
+        }
+    }
+    assert!(found.len() <= 1, "{metric} {labels:?} matches {found:?}");
+    found.first().copied().unwrap_or(0.0)
+}
+
+/// Every `tower_5xx_responses_generated_total` series of layer `name`, as (status, reason,
+/// count).
+fn generated(text: &str, name: &str) -> Vec<(String, String, u64)> {
+    let mut out: Vec<_> = text
+        .lines()
+        .filter(|l| l.starts_with("tower_5xx_responses_generated_total{"))
+        .filter(|l| l.contains(&format!("name=\"{name}\"")))
+        .map(|l| {
+            let label = |k: &str| {
+                let start = l.find(&format!("{k}=\"")).unwrap() + k.len() + 2;
+                l[start..start + l[start..].find('"').unwrap()].to_owned()
+            };
+            let count = l.rsplit_once(' ').unwrap().1.parse().unwrap();
+            (
+                label("http_response_status_code"),
+                label("error_type"),
+                count,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let reply = fetch(&client(), addr, "/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.text().to_owned()
+}
+
+#[derive(Debug)]
+struct Boom;
+
+impl std::fmt::Display for Boom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("boom (secret detail)")
+    }
+}
+
+impl std::error::Error for Boom {}
+
+#[tokio::test]
+async fn a_known_mix_of_requests_is_counted_exactly_by_reason() {
+    quiet_panics();
+    let prometheus = recorder().clone();
+    let switch = MaintenanceSwitch::new();
+    let breaker = CircuitBreaker::builder().name("mix").build().unwrap();
+    let shed = ShedLayer::builder()
+        .name("mix")
+        .limit(1)
+        .max_queue(0)
+        .build()
+        .unwrap();
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+
+    let app = Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route(
+            "/slow",
+            get({
+                let (entered, release) = (entered.clone(), release.clone());
+                move || {
+                    let (entered, release) = (entered.clone(), release.clone());
+                    async move {
+                        entered.notify_one();
+                        release.notified().await;
+                        "done"
+                    }
+                }
+            }),
+        )
+        .route_layer(shed.clone())
+        .route_layer(BreakerLayer::new(breaker.clone()))
+        // axum routes cannot fail: this one's error is caught by a `CatchLayer` of its own,
+        // with the same name.
+        .route_service(
+            "/error",
+            CatchLayer::new().name("mix").layer(tower::service_fn(
+                |_req: axum::extract::Request| async { Err::<axum::response::Response, _>(Boom) },
+            )),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("kaboom");
+                }
+                "unreachable"
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        )
+        .layer(
+            MaintenanceLayer::new(switch.clone())
+                .name("mix")
+                .bypass_path("/metrics"),
+        )
+        .layer(CatchLayer::new().name("mix"));
+    let addr = common::serve_axum(app).await;
+    let c = client();
+
+    for _ in 0..5 {
+        assert_eq!(fetch(&c, addr, "/ok").await.status, StatusCode::OK);
+    }
+    for _ in 0..3 {
+        let reply = fetch(&c, addr, "/error").await;
+        assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!reply.text().contains("secret"));
+    }
+    for _ in 0..2 {
+        let reply = fetch(&c, addr, "/panic").await;
+        assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    // Shed: hold the one permit, then four requests find no room.
+    let held = tokio::spawn({
+        let c = c.clone();
+        async move { fetch(&c, addr, "/slow").await }
+    });
+    entered.notified().await;
+    for _ in 0..4 {
+        assert_eq!(
+            fetch(&c, addr, "/ok").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    release.notify_one();
+    assert_eq!(held.await.unwrap().status, StatusCode::OK);
+    // An open breaker: six refused.
+    breaker.force_open();
+    for _ in 0..6 {
+        let reply = fetch(&c, addr, "/ok").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(reply.header("retry-after").is_some());
+    }
+    breaker.reset();
+    // Maintenance: seven refused, and the bypassed routes pass.
+    switch.enable();
+    for _ in 0..7 {
+        assert_eq!(
+            fetch(&c, addr, "/ok").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let text = scrape(addr).await; // bypassed: monitoring works during maintenance
+    switch.disable();
+
+    assert_eq!(
+        generated(&text, "mix"),
+        vec![
+            ("500".to_owned(), "internal".to_owned(), 3),
+            ("500".to_owned(), "panic".to_owned(), 2),
+            ("503".to_owned(), "circuit_open".to_owned(), 6),
+            ("503".to_owned(), "maintenance".to_owned(), 7),
+            ("503".to_owned(), "shed".to_owned(), 4),
+        ],
+        "{text}"
+    );
+    let name = ("name", "mix");
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_shed_rejected_total",
+            &[name, ("cause", "queue_full")]
+        ),
+        4.0
+    );
+    assert_eq!(value(&text, "tower_5xx_shed_limit", &[name]), 1.0);
+    assert_eq!(value(&text, "tower_5xx_shed_in_flight", &[name]), 0.0);
+    // Through the breaker: 5 + 1 successes; the 4 shed 503s came back through it as failures.
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_breaker_calls_total",
+            &[name, ("outcome", "success")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_breaker_calls_total",
+            &[name, ("outcome", "failure")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_breaker_calls_total",
+            &[name, ("outcome", "rejected")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_breaker_transitions_total",
+            &[name, ("to", "forced_open")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_breaker_transitions_total",
+            &[name, ("to", "closed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_breaker_state",
+            &[name, ("state", "closed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_breaker_state",
+            &[name, ("state", "forced_open")]
+        ),
+        0.0
+    );
+    assert_eq!(value(&text, "tower_5xx_maintenance_active", &[name]), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_maintenance_bypassed_total",
+            &[name, ("rule", "path")]
+        ),
+        1.0, // the scrape itself
+    );
+
+    // After maintenance ends, the next request shows it.
+    assert_eq!(fetch(&c, addr, "/ok").await.status, StatusCode::OK);
+    let text = scrape(addr).await;
+    assert_eq!(value(&text, "tower_5xx_maintenance_active", &[name]), 0.0);
+}
+
+/// What the scripted origin answers, in order; then 200.
+#[derive(Clone, Default)]
+struct Script(Arc<Mutex<VecDeque<(StatusCode, Option<&'static str>)>>>);
+
+async fn origin(State(script): State<Script>) -> axum::response::Response {
+    match script.0.lock().unwrap().pop_front() {
+        None => "ok".into_response(),
+        Some((status, retry_after)) => {
+            let mut res = (status, "canned").into_response();
+            if let Some(ra) = retry_after {
+                res.headers_mut().insert("retry-after", ra.parse().unwrap());
+            }
+            res
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_client_counts_attempts_retries_and_give_ups() {
+    let prometheus = recorder().clone();
+    let script = Script::default();
+    script.0.lock().unwrap().extend([
+        // Request 1: a 503 with Retry-After, then 200 (one retry, waited by Retry-After).
+        (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
+        (StatusCode::OK, None),
+        // Request 2: three 500s: two retries by backoff, then out of attempts.
+        (StatusCode::INTERNAL_SERVER_ERROR, None),
+        (StatusCode::INTERNAL_SERVER_ERROR, None),
+        (StatusCode::INTERNAL_SERVER_ERROR, None),
+        // Request 3: a Retry-After over the cap: given up at once.
+        (StatusCode::SERVICE_UNAVAILABLE, Some("3600")),
+        // Request 4: a POST that fails is not retried (not idempotent).
+        (StatusCode::BAD_GATEWAY, None),
+    ]);
+    let addr = common::serve_axum(Router::new().fallback(origin).with_state(script)).await;
+    let policy = RetryPolicy::builder()
+        .name("scripted")
+        .max_attempts(3)
+        .retry_after_cap(Duration::from_secs(60))
+        .backoff(
+            Backoff::new(Duration::from_millis(10), 1.0, Duration::from_millis(10))
+                .unwrap()
+                .jitter(Jitter::None),
+        )
+        .build()
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .service(client);
+    let mut send = async |method: http::Method| {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}/"))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        let status = res.status();
+        res.into_body().collect().await.unwrap();
+        status
+    };
+    assert_eq!(send(http::Method::GET).await, StatusCode::OK);
+    assert_eq!(
+        send(http::Method::GET).await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        send(http::Method::GET).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(send(http::Method::POST).await, StatusCode::BAD_GATEWAY);
+
+    let text = prometheus.render();
+    let name = ("name", "scripted");
+    // 2 + 3 + 1 + 1 attempts.
+    assert_eq!(
+        value(&text, "tower_5xx_retry_attempts_total", &[name]),
+        7.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_retry_retries_total",
+            &[name, ("cause", "status")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_retry_retries_total",
+            &[name, ("cause", "connection")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_retry_give_ups_total",
+            &[name, ("cause", "attempts_exhausted")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_retry_give_ups_total",
+            &[name, ("cause", "retry_after_over_cap")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_retry_give_ups_total",
+            &[name, ("cause", "not_idempotent")]
+        ),
+        1.0
+    );
+    // The waits: one set by Retry-After, two by the backoff.
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_retry_wait_seconds_count",
+            &[name, ("source", "retry_after")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_retry_wait_seconds_count",
+            &[name, ("source", "backoff")]
+        ),
+        2.0
+    );
+}
