@@ -7,7 +7,8 @@
 //! cargo run --release --example server_bench -- ours 127.0.0.1:3000
 //! ```
 //!
-//! The first line on stdout is the bound address. The server stops cleanly (returning from
+//! `SERVER_BENCH_METRICS=1` installs a Prometheus recorder first (the cost of the `metrics`
+//! feature with an exporter). The first line on stdout is the bound address. The server stops cleanly (returning from
 //! `main`, so that valgrind tools write their output) on SIGTERM or Ctrl-C.
 //!
 //! Heap allocations are not counted here: the crate forbids `unsafe` code, which rules out a
@@ -160,6 +161,13 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let stack = args.next().unwrap_or_default();
+    // With SERVER_BENCH_METRICS=1, a Prometheus recorder is installed before the app is built:
+    // the layers record into it (the cost of the `metrics` feature with an exporter).
+    let _prometheus = std::env::var_os("SERVER_BENCH_METRICS").map(|_| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder")
+    });
     let Some(app) = app(&stack) else {
         eprintln!(
             "usage: server_bench STACK [ADDR]\n  STACK: {}\n  ADDR: default 127.0.0.1:0",

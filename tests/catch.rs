@@ -63,8 +63,11 @@ fn assert_logged(id: &str, path: &str, expected: &str) {
     );
     let line = &lines[0];
     assert!(line.contains("ERROR"), "{line}");
-    assert!(line.contains("method=GET"), "{line}");
-    assert!(line.contains(&format!("path=\"{path}\"")), "{line}");
+    // The OpenTelemetry attribute names.
+    assert!(line.contains("http.request.method=\"GET\""), "{line}");
+    assert!(line.contains(&format!("url.path=\"{path}\"")), "{line}");
+    assert!(line.contains("http.response.status_code=500"), "{line}");
+    assert!(line.contains("error.type="), "{line}");
     assert!(line.contains(expected), "{line} should contain {expected}");
     assert!(
         !line.contains("token="),

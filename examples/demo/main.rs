@@ -13,6 +13,7 @@ mod errors;
 mod flaky;
 mod lifecycle;
 mod maintenance;
+mod metrics;
 mod proxy;
 mod shed;
 
@@ -58,6 +59,7 @@ async fn main() {
         .local_addr()
         .expect("a bound listener has an address");
     let lifecycle = lifecycle::from_env();
+    let prometheus = metrics::install();
 
     println!("tower-5xx demo listening on http://{addr} (HTTP/1.1 and h2c)");
     println!();
@@ -72,13 +74,17 @@ async fn main() {
     println!();
     lifecycle::print_help(addr, &lifecycle);
     println!();
+    metrics::print_help(addr);
+    println!();
     println!("Every generated 5xx carries Cache-Control: no-store and an x-error-id that is also logged.");
     println!("Ask for JSON with -H 'Accept: application/problem+json'; add --http2-prior-knowledge for HTTP/2.");
 
-    // The probes sit beside the app, outside its layers: never shed, in maintenance or drained.
+    // The probes and /metrics sit beside the app, outside its layers: never shed, in
+    // maintenance or drained.
     let app = app()
         .layer(lifecycle.drain_layer())
-        .merge(lifecycle::routes(&lifecycle));
+        .merge(lifecycle::routes(&lifecycle))
+        .merge(metrics::routes(prometheus));
     lifecycle::print_phases(&lifecycle);
     // Serves until SIGTERM or Ctrl-C, then drains.
     match lifecycle.serve(listener, app).await {
