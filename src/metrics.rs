@@ -21,7 +21,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `tower_5xx_responses_generated_total` | counter | `http.response.status_code`, `error.type` | responses a layer generated; `error.type` is the [`Reason`](crate::Reason): `internal`, `panic`, `timeout`, `shed`, `maintenance`, `circuit_open`, `rate_limited`, `draining`, `bad_gateway`, `gateway_timeout`, `classified` |
-//! | `tower_5xx_maintenance_active` | gauge | | 1 while the maintenance layer refuses requests, 0 otherwise (updated by requests) |
+//! | `tower_5xx_maintenance_active` | gauge | | 1 while maintenance is on, 0 otherwise, as the last request through the layer found it |
 //! | `tower_5xx_maintenance_announced_end_seconds` | gauge | | the announced end of the current maintenance (Unix seconds; 0: none announced) |
 //! | `tower_5xx_maintenance_bypassed_total` | counter | `rule` (`path`, `header`, `ip`, `predicate`) | requests let through during maintenance |
 //! | `tower_5xx_shed_limit` | gauge | | the concurrency limit (changes with an adaptive limit) |
@@ -30,11 +30,11 @@
 //! | `tower_5xx_shed_rejected_total` | counter | `cause` (`queue_full`, `waited_too_long`, `low_priority`) | requests shed |
 //! | `tower_5xx_shed_queue_wait_seconds` | histogram | | how long queued requests waited (admitted or not) |
 //! | `tower_5xx_breaker_state` | gauge | `state` (`closed`, `open`, `half_open`, `forced_open`, `disabled`) | breakers in each state: 1 for a breaker's current state, 0 for the others; the keyed breakers of a client (one per origin) add up under their set's name |
-//! | `tower_5xx_breaker_transitions_total` | counter | `to` (a state) | state changes |
+//! | `tower_5xx_breaker_transitions_total` | counter | `to` (`closed`, `open`, `half_open`, `forced_open`, `disabled`) | state changes |
 //! | `tower_5xx_breaker_calls_total` | counter | `outcome` (`success`, `failure`, `slow`, `rejected`) | calls through the breaker; a slow failure counts as `failure` |
 //! | `tower_5xx_retry_attempts_total` | counter | | requests sent by the retry client, first attempts included |
 //! | `tower_5xx_retry_retries_total` | counter | `cause` (`status`, `connection`, `timeout`) | attempts that were retried, by why |
-//! | `tower_5xx_retry_give_ups_total` | counter | `cause` (`attempts_exhausted`, `budget_exhausted`, `retry_after_over_cap`, `deadline`, `not_idempotent`, `circuit_open`) | retryable failures that were not retried |
+//! | `tower_5xx_retry_give_ups_total` | counter | `cause` (`attempts_exhausted`, `budget_exhausted`, `retry_after_over_cap`, `deadline`, `not_idempotent`, `body_not_replayable`, `circuit_open`) | retryable failures that were not retried |
 //! | `tower_5xx_retry_wait_seconds` | histogram | `source` (`retry_after`, `backoff`) | the waits before retries, and whether the server's `Retry-After` set them |
 //! | `tower_5xx_retry_budget_balance` | gauge | | retries the budget allows right now |
 //!

@@ -39,6 +39,11 @@ pub trait OutcomeClassifier<B, E>: Clone {
 /// The default classifier: an `Err` and a 5xx response are failures, except `501 Not
 /// Implemented` and `505 HTTP Version Not Supported` (they say nothing about the service's
 /// health); everything else, 4xx included, is a success.
+///
+/// A deliberate refusal made by a layer of this crate below the breaker (a response whose
+/// extensions carry [`Reason`](crate::Reason) `Shed`, `Maintenance`, `Draining` or
+/// `RateLimited`) is ignored: an overloaded or draining server is not a failing dependency, and
+/// a breaker around a shed layer must not open because the shed layer did its job.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultOutcomeClassifier;
 
@@ -46,6 +51,15 @@ impl<B, E> OutcomeClassifier<B, E> for DefaultOutcomeClassifier {
     #[inline]
     fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
         match result {
+            Ok(res) if res.status().is_server_error() => match res.extensions().get() {
+                Some(
+                    crate::Reason::Shed
+                    | crate::Reason::Maintenance
+                    | crate::Reason::Draining
+                    | crate::Reason::RateLimited,
+                ) => Outcome::Ignored,
+                _ => status_outcome(res.status()),
+            },
             Ok(res) => status_outcome(res.status()),
             Err(_) => Outcome::Failure,
         }
@@ -130,6 +144,29 @@ mod tests {
             OutcomeClassifier::<(), ()>::classify(&DefaultOutcomeClassifier, Err(&())),
             Outcome::Failure
         );
+    }
+
+    #[test]
+    fn deliberate_refusals_of_layers_below_are_ignored() {
+        use crate::Reason;
+        let classify = |status: u16, reason: Reason| {
+            let mut res = Response::builder().status(status).body(()).unwrap();
+            res.extensions_mut().insert(reason);
+            OutcomeClassifier::<(), ()>::classify(&DefaultOutcomeClassifier, Ok(&res))
+        };
+        for reason in [
+            Reason::Shed,
+            Reason::Maintenance,
+            Reason::Draining,
+            Reason::RateLimited,
+        ] {
+            assert_eq!(classify(503, reason), Outcome::Ignored, "{reason}");
+        }
+        // A dependency's own failures still count, whoever generated the response.
+        assert_eq!(classify(500, Reason::Internal), Outcome::Failure);
+        assert_eq!(classify(503, Reason::CircuitOpen), Outcome::Failure);
+        assert_eq!(classify(503, Reason::Timeout), Outcome::Failure);
+        assert_eq!(classify(502, Reason::BadGateway), Outcome::Failure);
     }
 
     #[test]
