@@ -115,6 +115,7 @@ impl std::error::Error for Boom {}
 #[tokio::test]
 async fn a_known_mix_of_requests_is_counted_exactly_by_reason() {
     quiet_panics();
+    let logs = common::logs();
     let prometheus = recorder().clone();
     let switch = MaintenanceSwitch::new();
     let breaker = CircuitBreaker::builder().name("mix").build().unwrap();
@@ -211,12 +212,29 @@ async fn a_known_mix_of_requests_is_counted_exactly_by_reason() {
     breaker.reset();
     // Maintenance: seven refused, and the bypassed routes pass.
     switch.enable();
+    let mut ids = Vec::new();
     for _ in 0..7 {
-        assert_eq!(
-            fetch(&c, addr, "/ok").await.status,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        let reply = fetch(&c, addr, "/ok").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        ids.push(reply.header("x-error-id").unwrap().to_owned());
     }
+    // One event per generated response, with the OpenTelemetry names, the reason and the id.
+    for id in &ids {
+        let lines = logs.lines_with(id);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        for field in [
+            "error.type=\"maintenance\"",
+            "http.response.status_code=503",
+            "http.request.method=\"GET\"",
+            "url.path=\"/ok\"",
+            "name=\"mix\"",
+        ] {
+            assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+        }
+    }
+    let panics = logs.lines_with("error.type=\"panic\"");
+    assert_eq!(panics.len(), 2, "{panics:?}");
+    assert!(panics.iter().all(|l| l.contains("ERROR") && l.contains("kaboom")));
     let text = scrape(addr).await; // bypassed: monitoring works during maintenance
     switch.disable();
 
