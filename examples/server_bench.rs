@@ -163,10 +163,13 @@ fn main() -> ExitCode {
     let stack = args.next().unwrap_or_default();
     // With SERVER_BENCH_METRICS=1, a Prometheus recorder is installed before the app is built:
     // the layers record into it (the cost of the `metrics` feature with an exporter).
+    // Not `install_recorder`: it starts an upkeep thread whose periodic work callgrind would
+    // count into the requests (a real server renders on scrape; this one is never scraped).
     let _prometheus = std::env::var_os("SERVER_BENCH_METRICS").map(|_| {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .expect("the only recorder")
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("the only recorder");
+        handle
     });
     let Some(app) = app(&stack) else {
         eprintln!(
