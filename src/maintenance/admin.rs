@@ -41,7 +41,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, UNIX_EPOCH},
+    time::Duration,
 };
 
 use axum::{
@@ -137,7 +137,7 @@ impl StatusBody {
             source: status.source.map(|s| s.as_str().to_owned()),
             until: status
                 .ends_at
-                .map(|t| httpdate::fmt_http_date(t.max(UNIX_EPOCH))),
+                .map(crate::retry_after::fmt_http_date_clamped),
             retry_after: notice
                 .and_then(|n| n.get_retry_after())
                 .map(|d| d.as_secs()),
@@ -312,6 +312,7 @@ async fn disable(State(admin): State<Arc<Admin>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn refuses_to_build_without_a_token() {
@@ -328,6 +329,44 @@ mod tests {
             Some(MissingToken)
         );
         assert!(router(MaintenanceSwitch::new(), "s3cret").is_ok());
+    }
+
+    /// `GET` formats the expected end as an HTTP-date, whatever it is: an end set from code
+    /// past the year 9999, or a deadline read against a clock at the end of 9999, used to
+    /// panic the handler (no answer at all).
+    #[tokio::test]
+    async fn status_of_an_end_past_the_year_9999_is_the_latest_http_date() {
+        use tower::ServiceExt;
+
+        let end_of_9999 = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        let far = end_of_9999 + Duration::from_secs(400 * 24 * 3600);
+        #[derive(Debug)]
+        struct EndOf9999;
+        impl super::super::WallClock for EndOf9999 {
+            fn now(&self) -> std::time::SystemTime {
+                UNIX_EPOCH + Duration::from_secs(253_402_300_799)
+            }
+        }
+        let by_code = MaintenanceSwitch::new();
+        by_code.enable_with(MaintenanceNotice::new().until(far));
+        let by_deadline = MaintenanceSwitch::with_clock(EndOf9999);
+        by_deadline.enable_with(MaintenanceNotice::new().ends_in(Duration::from_secs(3600)));
+        for switch in [by_code, by_deadline] {
+            let req = Request::get("/")
+                .header(AUTHORIZATION, "Bearer s3cret")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let res = router(switch, "s3cret").unwrap().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let body = axum::body::to_bytes(res.into_body(), BODY_LIMIT)
+                .await
+                .unwrap();
+            let status: StatusBody = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                status.until.as_deref(),
+                Some("Fri, 31 Dec 9999 23:59:59 GMT")
+            );
+        }
     }
 
     #[test]
