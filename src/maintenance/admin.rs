@@ -39,10 +39,7 @@
 //! //      http://127.0.0.1:3000/admin/maintenance
 //! ```
 
-use std::{
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Bytes,
@@ -356,7 +353,11 @@ mod tests {
                 .header(AUTHORIZATION, "Bearer s3cret")
                 .body(axum::body::Body::empty())
                 .unwrap();
-            let res = router(switch, "s3cret").unwrap().oneshot(req).await.unwrap();
+            let res = router(switch, "s3cret")
+                .unwrap()
+                .oneshot(req)
+                .await
+                .unwrap();
             assert_eq!(res.status(), StatusCode::OK);
             let body = axum::body::to_bytes(res.into_body(), BODY_LIMIT)
                 .await

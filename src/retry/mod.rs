@@ -95,8 +95,19 @@ mod body;
 mod budget;
 pub mod error;
 mod layer;
+#[cfg(all(test, tower_5xx_loom))]
+mod loom_model;
 mod origin;
 mod policy;
+
+/// The atomics of the retry budget: loom's while model-checking them
+/// (`RUSTFLAGS="--cfg tower_5xx_loom" cargo test --lib retry::loom_model`), std's otherwise.
+mod sync {
+    #[cfg(all(test, tower_5xx_loom))]
+    pub(crate) use loom::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    #[cfg(not(all(test, tower_5xx_loom)))]
+    pub(crate) use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+}
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 mod reqwest;
