@@ -39,7 +39,10 @@
 //! //      http://127.0.0.1:3000/admin/maintenance
 //! ```
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     body::Bytes,
@@ -248,39 +251,51 @@ async fn enable(State(admin): State<Arc<Admin>>, req: Request) -> Response {
             )
         }
     };
+    let notice = match notice_from_body(&body, admin.switch.clock().now()) {
+        Ok(notice) => notice,
+        Err(detail) => return bad_request(&detail),
+    };
+    admin.switch.enable_with(notice);
+    json_ok(&admin.switch)
+}
+
+/// The notice a `PUT` body asks for, read at `now`; or what is wrong with it (the detail of the
+/// 400). Pure, so that it can be fuzzed.
+pub(crate) fn notice_from_body(body: &[u8], now: SystemTime) -> Result<MaintenanceNotice, String> {
     let request: EnableRequest = if body.iter().all(u8::is_ascii_whitespace) {
         EnableRequest::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(r) => r,
-            Err(e) => return bad_request(&format!("invalid JSON body: {e}")),
+            Err(e) => return Err(format!("invalid JSON body: {e}")),
         }
     };
     let mut notice = MaintenanceNotice::new();
     if let Some(until) = &request.until {
         match httpdate::parse_http_date(until) {
-            Ok(t) if t <= admin.switch.clock().now() => {
-                return bad_request("`until` is in the past: give the announced end of the work")
+            Ok(t) if t <= now => {
+                return Err("`until` is in the past: give the announced end of the work".to_owned())
             }
             Ok(t)
-                if t.duration_since(admin.switch.clock().now())
+                if t.duration_since(now)
                     .is_ok_and(|ahead| ahead.as_secs() > MAX_RETRY_AFTER_SECS) =>
             {
-                return bad_request(&format!(
+                return Err(format!(
                     "`until` must be at most {MAX_RETRY_AFTER_SECS} seconds (30 days) ahead"
                 ));
             }
             Ok(t) => notice = notice.until(t),
             Err(_) => {
-                return bad_request(
-                    "`until` must be an HTTP-date, e.g. \"Sun, 06 Nov 2033 08:49:37 GMT\"",
+                return Err(
+                    "`until` must be an HTTP-date, e.g. \"Sun, 06 Nov 2033 08:49:37 GMT\""
+                        .to_owned(),
                 )
             }
         }
     }
     if let Some(secs) = request.retry_after {
         if secs > MAX_RETRY_AFTER_SECS {
-            return bad_request(&format!(
+            return Err(format!(
                 "`retry_after` must be at most {MAX_RETRY_AFTER_SECS} seconds (30 days)"
             ));
         }
@@ -289,8 +304,7 @@ async fn enable(State(admin): State<Arc<Admin>>, req: Request) -> Response {
     if let Some(message) = request.message {
         notice = notice.message(message);
     }
-    admin.switch.enable_with(notice);
-    json_ok(&admin.switch)
+    Ok(notice)
 }
 
 /// The longest `retry_after` the router accepts: a client told to come back in more than 30

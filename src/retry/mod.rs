@@ -118,6 +118,8 @@ pub use budget::RetryBudget;
 pub use error::Failure;
 pub use layer::{Attempt, AttemptFuture, ResponseFuture, Retry, RetryClient, RetryLayer};
 pub use origin::Origin;
+#[cfg(fuzzing)]
+pub(crate) use policy::{fuzz_retry_delay, server_wait};
 pub use policy::{
     AttemptEvent, Decision, GiveUpReason, RetryPolicy, RetryPolicyBuilder, RetryReason,
     IDEMPOTENCY_KEY,
