@@ -205,7 +205,7 @@ async fn one(client: &HttpClient, addr: SocketAddr, path: &str) -> Result<Status
                 .headers
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if !retry_after.is_some_and(|s| s >= 1) {
+            if retry_after.is_none_or(|s| s < 1) {
                 return Err(format!("503 with Retry-After {retry_after:?}"));
             }
         }
