@@ -173,6 +173,10 @@ pub mod retry;
 #[cfg_attr(docsrs, doc(cfg(feature = "shed")))]
 pub mod shed;
 
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod __fuzz;
+
 pub use body::ResponseBody;
 pub use response::{ErrorId, ErrorResponse, Format, Reason, ERROR_ID_HEADER};
 pub use retry_after::RetryAfter;

@@ -235,6 +235,19 @@ pub(crate) fn delay_secs_rounded_up(d: Duration) -> u64 {
     }
 }
 
+/// The latest instant an HTTP-date can name: 9999-12-31 23:59:59 UTC.
+#[cfg(any(feature = "maintenance", fuzzing))]
+pub(crate) fn latest_http_date() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(MAX_HTTP_DATE_SECS)
+}
+
+/// `t` written as IMF-fixdate, clamped into the range the format can express (1970 to 9999),
+/// so formatting never panics. Sub-seconds are dropped, as [`httpdate`] does.
+#[cfg(any(all(feature = "maintenance", feature = "axum"), fuzzing))]
+pub(crate) fn fmt_http_date_clamped(t: SystemTime) -> String {
+    httpdate::fmt_http_date(t.clamp(UNIX_EPOCH, latest_http_date()))
+}
+
 /// Clamps a date into the range IMF-fixdate can express, so formatting never panics.
 fn clamp_date(t: SystemTime) -> SystemTime {
     let t = round_up_to_second(t);

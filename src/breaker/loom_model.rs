@@ -245,3 +245,58 @@ fn a_stale_outcome_never_counts_in_the_bucket_that_replaced_its_own() {
         assert_eq!((c.calls, c.failures), (1, 0));
     });
 }
+
+/// Two failures recorded at once into adjacent buckets of a count window (one call a bucket):
+/// whichever caller sums last sees both. Fails if a caller sums as of its own bucket when a
+/// newer one exists, or without the full fence between adding and summing (store buffering:
+/// each caller's sum misses the other's add).
+#[test]
+fn failures_into_adjacent_buckets_are_summed_together() {
+    check(|| {
+        let window = Arc::new(Window::new(WindowKind::Count {
+            bucket_len: 1,
+            buckets: 2,
+        }));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let w = window.clone();
+                thread::spawn(move || w.record(0, true, false, true).unwrap())
+            })
+            .collect();
+        let sums: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(
+            sums.iter().any(|c| (c.calls, c.failures) == (2, 2)),
+            "{sums:?}"
+        );
+    });
+}
+
+/// The same through the breaker: a count window of two calls in two buckets that opens at two
+/// failures opens when the second concurrent failure is recorded, exactly once.
+#[test]
+fn concurrent_failures_in_a_count_window_trip_at_once() {
+    check(|| {
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let breaker = CircuitBreaker::builder()
+            .sliding_window(SlidingWindow::Count(2))
+            .buckets(2)
+            .minimum_calls(2)
+            .failure_rate_threshold(1.0)
+            .clock(ManualClock::new())
+            .on_transition(move |t| log.lock().unwrap().push((t.from, t.to)))
+            .build()
+            .unwrap();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let b = breaker.clone();
+                thread::spawn(move || b.try_acquire().unwrap().failure())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(breaker.state(), State::Open);
+        assert_eq!(*seen.lock().unwrap(), [(State::Closed, State::Open)]);
+    });
+}

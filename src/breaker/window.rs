@@ -9,7 +9,10 @@
 //! last `buckets` epochs.
 //!
 //! A call is counted before its failure and slowness, and a reader reads the failures and slow
-//! calls before the calls, so no bucket reads with more failures than calls. A bucket saturates
+//! calls before the calls, so no bucket reads with more failures than calls. A caller that
+//! sums sums as of the newest bucket (not its own, which a slower caller's may be), after a
+//! full fence: of two outcomes added at once to neighbouring buckets, the caller that sums last
+//! sees both (see the loom models). A bucket saturates
 //! at about 2^48 calls (count windows never get there; a time window would need 2.8e14 calls in
 //! one bucket): from then on it counts neither calls nor failures nor slow calls, so its rates
 //! stay what they were, never diluted by successes counted without their failures.
@@ -23,7 +26,7 @@
 
 use super::{
     config::WindowKind,
-    sync::{AtomicU64, Ordering},
+    sync::{fence, AtomicU64, Ordering},
 };
 
 const TAG_SHIFT: u32 = 48;
@@ -118,12 +121,29 @@ impl Window {
         slow: bool,
         need_counts: bool,
     ) -> Option<WindowCounts> {
-        let epoch = match self.kind {
+        let epoch = self.epoch_of_next(now_nanos);
+        self.record_in(epoch, failure, slow, need_counts)
+    }
+
+    /// The epoch the next outcome goes into: the clock's for a time window; for a count
+    /// window, that of the next index in the run of calls (taking the index).
+    fn epoch_of_next(&self, now_nanos: u64) -> u64 {
+        match self.kind {
             WindowKind::Time { .. } => self.epoch_at(now_nanos),
             WindowKind::Count { bucket_len, .. } => {
                 self.seq.0.fetch_add(1, Ordering::AcqRel) / bucket_len
             }
-        };
+        }
+    }
+
+    /// Records one outcome into `epoch`'s bucket; see [`record`](Self::record).
+    fn record_in(
+        &self,
+        epoch: u64,
+        failure: bool,
+        slow: bool,
+        need_counts: bool,
+    ) -> Option<WindowCounts> {
         let advanced = self.advance_head(epoch);
         let bucket = self.bucket(epoch);
         // The call first, then what kind of call it was (see the module's doc).
@@ -135,7 +155,18 @@ impl Window {
                 add(&bucket.slow, epoch);
             }
         }
-        (need_counts || advanced).then(|| self.counts_at(epoch))
+        if !(need_counts || advanced) {
+            return None;
+        }
+        // Another caller may be adding to a neighbouring bucket right now (a count window's
+        // next index, a time window's next slice). Each adds, then sums: without a full fence
+        // between the two, both could miss the other's add (store buffering) and neither would
+        // see both outcomes. With it, whichever fences last sees both.
+        fence(Ordering::SeqCst);
+        // Sum as of the newest bucket, not this caller's own: a caller that took an earlier
+        // index (or read the clock earlier) but adds last must count the newer buckets too.
+        let newest = self.head.0.load(Ordering::Acquire).max(epoch);
+        Some(self.counts_at(newest))
     }
 
     /// Moves the newest epoch forward; resets the buckets of the epochs skipped on the way, so
@@ -355,6 +386,37 @@ mod tests {
             (c.calls, c.failures, c.slow_calls),
             (frozen.calls + 1, frozen.failures + 1, frozen.slow_calls + 1)
         );
+    }
+
+    /// Two failures recorded at once into adjacent buckets of a count window: the caller that
+    /// took the earlier index but adds last must see both (it used to sum the window as of its
+    /// own, older bucket, leaving out the newer one, so neither caller saw both failures and the
+    /// breaker tripped one outcome late).
+    #[test]
+    fn the_last_of_two_failures_into_adjacent_buckets_sees_both() {
+        let w = Window::new(WindowKind::Count {
+            bucket_len: 1,
+            buckets: 2,
+        });
+        // The first caller takes index 0 (bucket 0) and is delayed before it adds.
+        let first = w.epoch_of_next(0);
+        assert_eq!(first, 0);
+        // The second takes index 1 (bucket 1) and sums the window before the first has added.
+        let c = w.record(0, true, false, true).unwrap();
+        assert_eq!((c.calls, c.failures), (1, 1));
+        let c = w.record_in(first, true, false, true).unwrap();
+        assert_eq!((c.calls, c.failures), (2, 2));
+    }
+
+    /// The same in a time window: a caller that read the clock just before a bucket boundary
+    /// and adds after another caller recorded past it sums the window as of the newest bucket.
+    #[test]
+    fn a_late_adder_in_a_time_window_sums_up_to_the_newest_bucket() {
+        let w = one_second_buckets();
+        let c = w.record(SEC, true, false, true).unwrap();
+        assert_eq!((c.calls, c.failures), (1, 1));
+        let c = w.record(SEC - 1, true, false, true).unwrap();
+        assert_eq!((c.calls, c.failures), (2, 2));
     }
 
     #[test]

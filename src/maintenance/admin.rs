@@ -41,7 +41,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use axum::{
@@ -137,7 +137,7 @@ impl StatusBody {
             source: status.source.map(|s| s.as_str().to_owned()),
             until: status
                 .ends_at
-                .map(|t| httpdate::fmt_http_date(t.max(UNIX_EPOCH))),
+                .map(crate::retry_after::fmt_http_date_clamped),
             retry_after: notice
                 .and_then(|n| n.get_retry_after())
                 .map(|d| d.as_secs()),
@@ -251,39 +251,51 @@ async fn enable(State(admin): State<Arc<Admin>>, req: Request) -> Response {
             )
         }
     };
+    let notice = match notice_from_body(&body, admin.switch.clock().now()) {
+        Ok(notice) => notice,
+        Err(detail) => return bad_request(&detail),
+    };
+    admin.switch.enable_with(notice);
+    json_ok(&admin.switch)
+}
+
+/// The notice a `PUT` body asks for, read at `now`; or what is wrong with it (the detail of the
+/// 400). Pure, so that it can be fuzzed.
+pub(crate) fn notice_from_body(body: &[u8], now: SystemTime) -> Result<MaintenanceNotice, String> {
     let request: EnableRequest = if body.iter().all(u8::is_ascii_whitespace) {
         EnableRequest::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(r) => r,
-            Err(e) => return bad_request(&format!("invalid JSON body: {e}")),
+            Err(e) => return Err(format!("invalid JSON body: {e}")),
         }
     };
     let mut notice = MaintenanceNotice::new();
     if let Some(until) = &request.until {
         match httpdate::parse_http_date(until) {
-            Ok(t) if t <= admin.switch.clock().now() => {
-                return bad_request("`until` is in the past: give the announced end of the work")
+            Ok(t) if t <= now => {
+                return Err("`until` is in the past: give the announced end of the work".to_owned())
             }
             Ok(t)
-                if t.duration_since(admin.switch.clock().now())
+                if t.duration_since(now)
                     .is_ok_and(|ahead| ahead.as_secs() > MAX_RETRY_AFTER_SECS) =>
             {
-                return bad_request(&format!(
+                return Err(format!(
                     "`until` must be at most {MAX_RETRY_AFTER_SECS} seconds (30 days) ahead"
                 ));
             }
             Ok(t) => notice = notice.until(t),
             Err(_) => {
-                return bad_request(
-                    "`until` must be an HTTP-date, e.g. \"Sun, 06 Nov 2033 08:49:37 GMT\"",
+                return Err(
+                    "`until` must be an HTTP-date, e.g. \"Sun, 06 Nov 2033 08:49:37 GMT\""
+                        .to_owned(),
                 )
             }
         }
     }
     if let Some(secs) = request.retry_after {
         if secs > MAX_RETRY_AFTER_SECS {
-            return bad_request(&format!(
+            return Err(format!(
                 "`retry_after` must be at most {MAX_RETRY_AFTER_SECS} seconds (30 days)"
             ));
         }
@@ -292,8 +304,7 @@ async fn enable(State(admin): State<Arc<Admin>>, req: Request) -> Response {
     if let Some(message) = request.message {
         notice = notice.message(message);
     }
-    admin.switch.enable_with(notice);
-    json_ok(&admin.switch)
+    Ok(notice)
 }
 
 /// The longest `retry_after` the router accepts: a client told to come back in more than 30
@@ -312,6 +323,7 @@ async fn disable(State(admin): State<Arc<Admin>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn refuses_to_build_without_a_token() {
@@ -328,6 +340,48 @@ mod tests {
             Some(MissingToken)
         );
         assert!(router(MaintenanceSwitch::new(), "s3cret").is_ok());
+    }
+
+    /// `GET` formats the expected end as an HTTP-date, whatever it is: an end set from code
+    /// past the year 9999, or a deadline read against a clock at the end of 9999, used to
+    /// panic the handler (no answer at all).
+    #[tokio::test]
+    async fn status_of_an_end_past_the_year_9999_is_the_latest_http_date() {
+        use tower::ServiceExt;
+
+        let end_of_9999 = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        let far = end_of_9999 + Duration::from_secs(400 * 24 * 3600);
+        #[derive(Debug)]
+        struct EndOf9999;
+        impl super::super::WallClock for EndOf9999 {
+            fn now(&self) -> std::time::SystemTime {
+                UNIX_EPOCH + Duration::from_secs(253_402_300_799)
+            }
+        }
+        let by_code = MaintenanceSwitch::new();
+        by_code.enable_with(MaintenanceNotice::new().until(far));
+        let by_deadline = MaintenanceSwitch::with_clock(EndOf9999);
+        by_deadline.enable_with(MaintenanceNotice::new().ends_in(Duration::from_secs(3600)));
+        for switch in [by_code, by_deadline] {
+            let req = Request::get("/")
+                .header(AUTHORIZATION, "Bearer s3cret")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let res = router(switch, "s3cret")
+                .unwrap()
+                .oneshot(req)
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let body = axum::body::to_bytes(res.into_body(), BODY_LIMIT)
+                .await
+                .unwrap();
+            let status: StatusBody = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                status.until.as_deref(),
+                Some("Fri, 31 Dec 9999 23:59:59 GMT")
+            );
+        }
     }
 
     #[test]

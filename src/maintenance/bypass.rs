@@ -298,6 +298,38 @@ fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     Some(Cow::Owned(normal))
 }
 
+/// [`normalize_path`] and [`forwarded_client`] for the fuzz targets (`crate::__fuzz`).
+#[cfg(fuzzing)]
+pub(crate) mod fuzz {
+    use super::*;
+
+    pub(crate) fn normalize_path(path: &str) -> Option<String> {
+        super::normalize_path(path).map(Cow::into_owned)
+    }
+
+    pub(crate) fn path_has_prefix(path: &str, prefix: &str) -> bool {
+        super::path_has_prefix(path, prefix)
+    }
+
+    pub(crate) fn forwarded_client(
+        headers: &HeaderMap,
+        forwarded: bool,
+        peer: IpAddr,
+        trusted: impl Fn(IpAddr) -> bool,
+    ) -> Option<IpAddr> {
+        let which = if forwarded {
+            ForwardedHeader::Forwarded
+        } else {
+            ForwardedHeader::XForwardedFor
+        };
+        super::forwarded_client(headers, which, peer, trusted)
+    }
+
+    pub(crate) fn parse_node(node: &str) -> Option<IpAddr> {
+        super::parse_node(node)
+    }
+}
+
 /// `path` is `prefix` or below it, on a segment boundary (`/healthz` matches `/healthz` and
 /// `/healthz/ready`, not `/healthzz`).
 fn path_has_prefix(path: &str, prefix: &str) -> bool {

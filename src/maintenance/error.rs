@@ -2,21 +2,30 @@
 
 use std::fmt;
 
-/// A [`Window`](super::Window) whose end is not after its start.
+/// A [`Window`](super::Window) whose end is not after its start, or is after the latest time an
+/// HTTP-date can name (9999-12-31 23:59:59 UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidWindow {
-    _priv: (),
+    too_late: bool,
 }
 
 impl InvalidWindow {
-    pub(crate) fn new() -> Self {
-        Self { _priv: () }
+    pub(crate) fn ends_before_start() -> Self {
+        Self { too_late: false }
+    }
+
+    pub(crate) fn ends_too_late() -> Self {
+        Self { too_late: true }
     }
 }
 
 impl fmt::Display for InvalidWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("maintenance window ends before it starts")
+        f.write_str(if self.too_late {
+            "maintenance window ends after the latest HTTP-date (9999-12-31 23:59:59 UTC)"
+        } else {
+            "maintenance window ends before it starts"
+        })
     }
 }
 

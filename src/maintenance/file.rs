@@ -251,6 +251,16 @@ fn read_head(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// [`parse`] and the read limit for the fuzz targets (`crate::__fuzz`).
+#[cfg(fuzzing)]
+pub(crate) mod fuzz {
+    pub(crate) const MAX_LEN: u64 = super::MAX_LEN;
+
+    pub(crate) fn parse(bytes: &[u8]) -> super::FileState {
+        super::parse(bytes)
+    }
+}
+
 fn parse(bytes: &[u8]) -> FileState {
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,

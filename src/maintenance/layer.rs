@@ -244,7 +244,7 @@ impl Config {
     }
 
     /// The `Retry-After` for `notice` at wall-clock time `now`, as the policy sends it.
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn retry_after(
         &self,
         notice: &MaintenanceNotice,

@@ -13,6 +13,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::error::InvalidWindow;
+use crate::retry_after::latest_http_date;
 
 /// Where wall-clock time comes from: scheduled [`Window`]s and `until` dates are read against it.
 ///
@@ -78,9 +79,14 @@ impl MaintenanceNotice {
     }
 
     /// Maintenance is expected to end at this wall-clock time.
+    ///
+    /// An end after the latest time an HTTP-date can name (9999-12-31 23:59:59 UTC) is kept as
+    /// that time, so it can always be written as one (in an HTTP-date `Retry-After`, in the
+    /// [admin router](super::admin)'s status). Clients are never told to wait more than the
+    /// [refusal policy's maximum](crate::refuse::MAX_RETRY_AFTER) anyway.
     #[must_use]
     pub fn until(mut self, end: SystemTime) -> Self {
-        self.end = Some(End::At(end));
+        self.end = Some(End::At(end.min(latest_http_date())));
         self
     }
 
@@ -121,13 +127,14 @@ impl MaintenanceNotice {
     }
 
     /// The expected end as a wall-clock time, if known (a tokio deadline is converted with
-    /// `clock`'s current time).
+    /// `clock`'s current time). Never after the latest HTTP-date, 9999-12-31 23:59:59 UTC.
     pub fn ends_at(&self, clock: &dyn WallClock) -> Option<SystemTime> {
         match self.end? {
             End::At(t) => Some(t),
             End::Deadline(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                clock.now().checked_add(left)
+                let end = clock.now().checked_add(left).unwrap_or(latest_http_date());
+                Some(end.min(latest_http_date()))
             }
         }
     }
@@ -170,10 +177,14 @@ pub struct Window {
 }
 
 impl Window {
-    /// A window from `start` to `end`. Fails if `end` is not after `start`.
+    /// A window from `start` to `end`. Fails if `end` is not after `start`, or is after the
+    /// latest time an HTTP-date can name (9999-12-31 23:59:59 UTC).
     pub fn new(start: SystemTime, end: SystemTime) -> Result<Self, InvalidWindow> {
         if end <= start {
-            return Err(InvalidWindow::new());
+            return Err(InvalidWindow::ends_before_start());
+        }
+        if end > latest_http_date() {
+            return Err(InvalidWindow::ends_too_late());
         }
         Ok(Self {
             start,
@@ -581,6 +592,40 @@ mod tests {
         fn now(&self) -> SystemTime {
             *self.0.lock().unwrap()
         }
+    }
+
+    /// The latest instant an HTTP-date can name: 9999-12-31 23:59:59 UTC.
+    fn end_of_9999() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
+    }
+
+    /// An end set from code past the year 9999 is kept at the latest HTTP-date, so a status can
+    /// always be written as one (the admin router's `GET` used to panic formatting it).
+    #[test]
+    fn an_end_past_the_year_9999_is_kept_at_the_latest_http_date() {
+        let switch = MaintenanceSwitch::new();
+        let far = end_of_9999() + Duration::from_secs(400 * 24 * 3600);
+        switch.enable_with(MaintenanceNotice::new().until(far));
+        assert_eq!(switch.status().ends_at, Some(end_of_9999()));
+        let formatted = httpdate::fmt_http_date(switch.status().ends_at.unwrap());
+        assert_eq!(formatted, "Fri, 31 Dec 9999 23:59:59 GMT");
+        // A deadline read against a clock near the end of 9999 too.
+        let clock = Arc::new(TestClock(Mutex::new(end_of_9999())));
+        let switch = MaintenanceSwitch::with_clock(clock);
+        switch.enable_with(MaintenanceNotice::new().ends_in(Duration::from_secs(3600)));
+        assert_eq!(switch.status().ends_at, Some(end_of_9999()));
+    }
+
+    /// A window ending past the year 9999 is refused when it is made, with a reason.
+    #[test]
+    fn a_window_ending_past_the_year_9999_is_refused() {
+        let start = end_of_9999() - Duration::from_secs(10);
+        let err = Window::new(start, end_of_9999() + Duration::from_secs(1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "maintenance window ends after the latest HTTP-date (9999-12-31 23:59:59 UTC)"
+        );
+        assert!(Window::new(start, end_of_9999()).is_ok());
     }
 
     #[test]

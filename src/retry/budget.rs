@@ -1,12 +1,10 @@
 //! A retry budget: retries limited to a share of recent requests, exact under contention.
 
-use std::{
-    sync::atomic::{AtomicI64, AtomicU64, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::sync::{AtomicI64, AtomicU64, Ordering};
 use crate::error::InvalidConfig;
 
 /// Fixed-point unit: one retry costs `UNIT` milli-tokens.
@@ -137,12 +135,22 @@ impl RetryBudget {
 
     /// Takes one retry from the budget; `false` if the budget is spent.
     pub fn withdraw(&self) -> bool {
-        self.refill();
+        self.withdraw_at(self.now_ms())
+    }
+
+    /// [`withdraw`](Self::withdraw) at `now_ms` milliseconds after the budget was made.
+    pub(crate) fn withdraw_at(&self, now_ms: u64) -> bool {
+        self.refill(now_ms);
         self.balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                 (b >= UNIT).then_some(b - UNIT)
             })
             .is_ok()
+    }
+
+    /// Milliseconds since the budget was made, on tokio's clock.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The retries the budget would allow now (whole and fractional).
@@ -153,8 +161,7 @@ impl RetryBudget {
     /// Turns the window when it is due (checked on withdrawals only, which are rare): cuts the
     /// balance to what the recent requests earned (or `floor`), then, if they earned less than
     /// `floor`, tops it up to `floor`.
-    fn refill(&self) {
-        let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    fn refill(&self, now_ms: u64) {
         let last = self.last_refill_ms.load(Ordering::Acquire);
         let elapsed = now_ms.saturating_sub(last);
         if elapsed < self.window_ms {

@@ -95,8 +95,19 @@ mod body;
 mod budget;
 pub mod error;
 mod layer;
+#[cfg(all(test, tower_5xx_loom))]
+mod loom_model;
 mod origin;
 mod policy;
+
+/// The atomics of the retry budget: loom's while model-checking them
+/// (`RUSTFLAGS="--cfg tower_5xx_loom" cargo test --lib retry::loom_model`), std's otherwise.
+mod sync {
+    #[cfg(all(test, tower_5xx_loom))]
+    pub(crate) use loom::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    #[cfg(not(all(test, tower_5xx_loom)))]
+    pub(crate) use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+}
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 mod reqwest;
@@ -107,6 +118,8 @@ pub use budget::RetryBudget;
 pub use error::Failure;
 pub use layer::{Attempt, AttemptFuture, ResponseFuture, Retry, RetryClient, RetryLayer};
 pub use origin::Origin;
+#[cfg(fuzzing)]
+pub(crate) use policy::{fuzz_retry_delay, server_wait};
 pub use policy::{
     AttemptEvent, Decision, GiveUpReason, RetryPolicy, RetryPolicyBuilder, RetryReason,
     IDEMPOTENCY_KEY,

@@ -462,6 +462,26 @@ pub(crate) fn server_wait(headers: &HeaderMap) -> Option<Duration> {
     Some(ra.delay_from(now).min(RetryAfter::MAX_DELAY))
 }
 
+/// The delay the policy waits after a first attempt answered 503 with `headers` (a `GET`, no
+/// retry-after jitter, the default backoff), with `cap` as the longest `Retry-After` honoured:
+/// for the fuzz targets (`crate::__fuzz`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_retry_delay(cap: Duration, headers: &HeaderMap) -> Option<Duration> {
+    let policy = RetryPolicy::builder().retry_after_cap(cap).build().ok()?;
+    let mut state = Attempts {
+        count: 1,
+        started: None,
+        previous_delay: Duration::ZERO,
+    };
+    let request = RequestFacts {
+        method: &Method::GET,
+        idempotency_key: false,
+        replayable: true,
+    };
+    let outcome = AttemptOutcome::Response(StatusCode::SERVICE_UNAVAILABLE, headers);
+    policy.decide_parts(&mut state, &request, outcome)
+}
+
 /// What the policy needs to know of a request, from any client's request type.
 #[derive(Debug)]
 pub(crate) struct RequestFacts<'a> {

@@ -14,10 +14,7 @@
 
 use std::{
     future::Future,
-    sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
-    },
+    sync::{Arc, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -29,6 +26,7 @@ use tokio::{sync::oneshot, time::Instant};
 use super::{
     limit::{Estimator, Limit, WindowStats},
     queue::WaitQueue,
+    sync::{fence, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering},
     Priority,
 };
 use crate::{
@@ -188,13 +186,15 @@ impl Shared {
     /// A lower limit lets the requests running finish (their permits retire instead of being
     /// handed over); a higher one hands the new permits to the waiters at once.
     ///
-    /// `SeqCst` store of `limit`, then `SeqCst` load of the load: a request that joins the
-    /// queue does the reverse (its `SeqCst` addition to the load, then the `SeqCst` load of
-    /// `limit` in [`try_acquire`](Self::try_acquire)), so at least one of them sees the other:
-    /// the new permit is taken by the joining request, or handed to it here.
+    /// Store of `limit`, full fence, then load of the load: a request that joins the queue
+    /// does the reverse (its addition to the load, a full fence, then the load of `limit` in
+    /// [`try_acquire`](Self::try_acquire)), so at least one of them sees the other: the new
+    /// permit is taken by the joining request, or handed to it here. (The fences make the
+    /// `SeqCst` argument one that loom checks: it treats `SeqCst` accesses as `AcqRel`.)
     fn store_limit(self: &Arc<Self>, limit: usize) {
         let limit = limit.min(Load::MAX_LIMIT);
         let old = self.limit.swap(limit, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         if limit > old && Load::waiting(self.load.load(Ordering::SeqCst)) > 0 {
             self.dispatch();
         } else {
@@ -352,6 +352,8 @@ impl Shared {
         // taken below (for the oldest waiter), one released after it is handed over by its
         // releaser, which waits for this lock.
         self.load.fetch_add(Load::WAITER, Ordering::SeqCst);
+        // Against a limit raised at this moment: see `store_limit`.
+        fence(Ordering::SeqCst);
         let unsent = self.dispatch_locked(&mut waiters);
         drop(waiters);
         drop(unsent);

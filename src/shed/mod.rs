@@ -87,9 +87,26 @@ mod future;
 mod layer;
 mod limit;
 mod limiter;
+#[cfg(all(test, tower_5xx_loom))]
+mod loom_model;
 mod priority;
 mod queue;
 mod service;
+
+/// The atomics and the wait-queue mutex of the limiter: loom's while model-checking them
+/// (`RUSTFLAGS="--cfg tower_5xx_loom" cargo test --lib shed::loom_model`), std's otherwise.
+mod sync {
+    #[cfg(all(test, tower_5xx_loom))]
+    pub(crate) use loom::sync::{
+        atomic::{fence, AtomicU64, AtomicUsize, Ordering},
+        Mutex, MutexGuard,
+    };
+    #[cfg(not(all(test, tower_5xx_loom)))]
+    pub(crate) use std::sync::{
+        atomic::{fence, AtomicU64, AtomicUsize, Ordering},
+        Mutex, MutexGuard,
+    };
+}
 
 use std::{fmt, sync::Arc, time::Duration};
 
