@@ -234,7 +234,9 @@ async fn a_known_mix_of_requests_is_counted_exactly_by_reason() {
     }
     let panics = logs.lines_with("error.type=\"panic\"");
     assert_eq!(panics.len(), 2, "{panics:?}");
-    assert!(panics.iter().all(|l| l.contains("ERROR") && l.contains("kaboom")));
+    assert!(panics
+        .iter()
+        .all(|l| l.contains("ERROR") && l.contains("kaboom")));
     let text = scrape(addr).await; // bypassed: monitoring works during maintenance
     switch.disable();
 

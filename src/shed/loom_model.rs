@@ -43,7 +43,11 @@ fn shared(limit: usize) -> Arc<Shared> {
         low_priority_queue: 2,
         max_wait: Duration::from_secs(1),
     };
-    Arc::new(Shared::new(config, RefusalPolicy::default()))
+    Arc::new(Shared::new(
+        config,
+        RefusalPolicy::default(),
+        crate::telemetry::Meter::default(),
+    ))
 }
 
 fn take(shared: &Arc<Shared>) -> Permit {
