@@ -48,7 +48,10 @@ use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, FromRequest, Request, State},
     http::{
-        header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE},
+        header::{
+            AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+            WWW_AUTHENTICATE,
+        },
         HeaderMap, HeaderValue, StatusCode,
     },
     middleware::{self, Next},
@@ -121,6 +124,11 @@ pub struct StatusBody {
     pub message: Option<String>,
     /// Scheduled windows that have not ended.
     pub pending_windows: usize,
+    /// Where this router's `PUT` and `DELETE` write: `"redis"` when the switch
+    /// [follows Redis](MaintenanceSwitch::follow_redis) (feature `redis`), else `"local"` (the
+    /// manual source of this instance).
+    #[serde(default)]
+    pub writes_to: String,
 }
 
 impl StatusBody {
@@ -143,8 +151,18 @@ impl StatusBody {
                 .map(|d| d.as_secs()),
             message: notice.and_then(|n| n.get_message()).map(str::to_owned),
             pending_windows: status.pending_windows,
+            writes_to: writes_to(switch).to_owned(),
         }
     }
+}
+
+fn writes_to(switch: &MaintenanceSwitch) -> &'static str {
+    #[cfg(feature = "redis")]
+    if switch.redis_store().is_some() {
+        return "redis";
+    }
+    let _ = switch;
+    "local"
 }
 
 /// The body of `PUT`.
@@ -292,8 +310,54 @@ async fn enable(State(admin): State<Arc<Admin>>, req: Request) -> Response {
     if let Some(message) = request.message {
         notice = notice.message(message);
     }
+    #[cfg(feature = "redis")]
+    if let Some(store) = admin.switch.redis_store() {
+        return write_through(&admin.switch, &store, Some(notice)).await;
+    }
     admin.switch.enable_with(notice);
     json_ok(&admin.switch)
+}
+
+/// With Redis configured, the admin state lives there only: write, and answer with the status
+/// (which the write has already applied to this switch), or 503 if Redis is unreachable.
+#[cfg(feature = "redis")]
+async fn write_through(
+    switch: &MaintenanceSwitch,
+    store: &super::redis::Store,
+    notice: Option<MaintenanceNotice>,
+) -> Response {
+    match store.write(notice).await {
+        Ok(()) => json_ok(switch),
+        Err(_) => store_unavailable(),
+    }
+}
+
+/// `503` + `Retry-After: 1` (the follower's longest reconnection wait): the write did not
+/// happen.
+#[cfg(feature = "redis")]
+fn store_unavailable() -> Response {
+    let retry_after = Duration::from_secs(1);
+    let detail = "the maintenance store (Redis) is unreachable: nothing was changed; retry";
+    let body = crate::response::Problem {
+        retry_after: Some(retry_after.as_secs()),
+        ..crate::response::Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+    }
+    .to_bytes();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            ),
+            (
+                RETRY_AFTER,
+                crate::RetryAfter::Delay(retry_after).to_header_value(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// The longest `retry_after` the router accepts: a client told to come back in more than 30
@@ -305,6 +369,10 @@ fn bad_request(detail: &str) -> Response {
 }
 
 async fn disable(State(admin): State<Arc<Admin>>) -> Response {
+    #[cfg(feature = "redis")]
+    if let Some(store) = admin.switch.redis_store() {
+        return write_through(&admin.switch, &store, None).await;
+    }
     admin.switch.disable();
     json_ok(&admin.switch)
 }

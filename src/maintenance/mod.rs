@@ -110,6 +110,9 @@ mod bypass;
 pub mod error;
 mod file;
 mod layer;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod service;
 mod switch;
 
