@@ -500,14 +500,10 @@ async fn an_admin_write_while_redis_is_down_answers_503_and_changes_nothing() {
         "$-1\r\n",
         "nothing was written"
     );
-    // Once Redis is back, writes work again.
+    // Once Redis is back, writes work again at once.
     let start = Instant::now();
-    let mut reply = admin_call(&c, fleet[1].addr, Method::PUT, "").await;
-    while reply.status != StatusCode::OK {
-        assert!(start.elapsed() < Duration::from_secs(3));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        reply = admin_call(&c, fleet[1].addr, Method::PUT, "").await;
-    }
+    let reply = admin_call(&c, fleet[1].addr, Method::PUT, "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     all_answer(
         &c,
         &fleet,
@@ -516,6 +512,31 @@ async fn an_admin_write_while_redis_is_down_answers_503_and_changes_nothing() {
         Duration::from_secs(3),
     )
     .await;
+}
+
+/// A connection that an outage broke is replaced, not reported: the first write after Redis
+/// comes back succeeds (here through a source that no switch follows, so no follower task
+/// replaces the connection first; the admin router writes through the same path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_write_after_a_redis_restart_succeeds() {
+    let mut redis = RedisServer::start();
+    let key = unique_key("blip");
+    let writer = source(&redis, &key);
+    writer.disable().await.unwrap();
+    assert_eq!(
+        redis.command(&["GET", &key]),
+        "$17\r\n{\"enabled\":false}\r\n"
+    );
+
+    redis.restart();
+    writer
+        .enable_with(MaintenanceNotice::new().retry_after(Duration::from_secs(7)))
+        .await
+        .expect("the broken connection is replaced");
+    assert!(redis.command(&["GET", &key]).contains("\"retry_after\":7"));
+
+    redis.kill();
+    assert!(writer.disable().await.is_err(), "down is down");
 }
 
 /// Redis is one source among the others, by the one rule: the longest wait wins, and a

@@ -5,6 +5,8 @@
 //! | `GET /` | none | `200` with the [status](StatusBody) as JSON |
 //! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | the [manual source](super::Source::Manual) on with that [notice](super::MaintenanceNotice) | `200` with the new status |
 //! | `DELETE /` | the manual source off; a [sentinel file](super::SentinelFile) that exists or an open [window](super::Window) keeps maintenance on | `200` with the new status (`"enabled": true` while another source is on) |
+//! | `PUT /`, `DELETE /` when the switch [follows Redis](MaintenanceSwitch::follow_redis) (feature `redis`) | written to the Redis key **instead of** the manual source (`DELETE` writes `"enabled": false`), so it reaches every instance of the fleet; applied to this instance before the answer | `200` with the new status, `"source": "redis"`, `"writes_to": "redis"` |
+//! | the same while Redis is unreachable (or slower than the source's timeout) | none, here or in Redis | `503` with `Retry-After: 1`, problem+json |
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
 //! | a body that is not such JSON, an `until` in the past or more than 30 days ahead, a `retry_after` over 30 days | none | `400` |
 //! | a body over 16 KiB (refused before it is read when `Content-Length` announces it) | none | `413` |

@@ -235,6 +235,8 @@ impl RedisSourceBuilder {
                 timeout: self.timeout,
                 link: AsyncMutex::new(Link::default()),
                 follower: Mutex::new(Weak::new()),
+                #[cfg(test)]
+                attempts: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -252,6 +254,9 @@ pub(crate) struct Store {
     link: AsyncMutex<Link>,
     /// The switch that follows this key, if any: a write applies to it at once.
     follower: Mutex<Weak<Shared>>,
+    /// Subscription attempts, for the tests.
+    #[cfg(test)]
+    attempts: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -304,6 +309,7 @@ impl RedisFollower {
                 .is_some_and(|f| Arc::ptr_eq(&f.store, &self.store))
             {
                 redis.take();
+                *lock(&self.store.follower) = Weak::new();
             }
         }
         let _ = self.task.await;
@@ -438,6 +444,9 @@ impl Store {
         &self,
         switch: &Weak<Shared>,
     ) -> Result<Option<redis::aio::PubSubStream>, RedisError> {
+        #[cfg(test)]
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut pubsub = self.bounded(self.client.get_async_pubsub()).await?;
         self.bounded(pubsub.subscribe(&self.channel)).await?;
         if !self.refresh(switch).await? {
@@ -544,39 +553,24 @@ impl Store {
             Some(notice) => Stored::on(notice, clock),
             None => Stored::default(),
         };
-        let written = async {
-            let mut conn = self.connection(&mut link).await?;
-            for _ in 0..WRITE_ATTEMPTS {
-                // Keep the windows already in the key; a concurrent writer aborts this attempt.
-                self.bounded(redis::cmd("WATCH").arg(&self.key).exec_async(&mut conn))
-                    .await?;
-                let old: Option<Vec<u8>> = self
-                    .bounded(redis::cmd("GET").arg(&self.key).query_async(&mut conn))
-                    .await?;
-                stored.windows = old
-                    .and_then(|old| serde_json::from_slice::<Stored>(&old).ok())
-                    .map(|old| old.windows)
-                    .unwrap_or_default();
-                let json = serde_json::to_vec(&stored).expect("the state always serializes");
-                let done: Option<(redis::Value, redis::Value)> = self
-                    .bounded(
-                        redis::pipe()
-                            .atomic()
-                            .set(&self.key, &json)
-                            .publish(&self.channel, &json)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                if done.is_some() {
-                    return Ok(json);
-                }
+        // A connection cached from before an outage is broken even if Redis is back: one more
+        // try on a fresh connection before answering that Redis is unavailable.
+        let mut written = Err(RedisError::from((redis::ErrorKind::Io, "not tried")));
+        for _ in 0..2 {
+            let cached = link.conn.is_some();
+            written = match self.connection(&mut link).await {
+                Ok(mut conn) => self.write_once(&mut conn, &mut stored).await,
+                Err(e) => Err(e),
+            };
+            if written.is_ok() {
+                break;
             }
-            Err(RedisError::from((
-                redis::ErrorKind::Io,
-                "the key kept changing under the write",
-            )))
-        };
-        match written.await {
+            link.conn = None;
+            if !cached {
+                break;
+            }
+        }
+        match written {
             Ok(json) => {
                 if let Some(switch) = &switch {
                     self.apply(&mut link, switch, Some(json));
@@ -584,11 +578,50 @@ impl Store {
                 Ok(())
             }
             Err(e) => {
-                link.conn = None;
                 tracing::warn!(key = %self.key, error = %e, "maintenance: Redis write failed; nothing changed");
                 Err(RedisUnavailable::new(e))
             }
         }
+    }
+}
+
+impl Store {
+    /// Sets the key to `stored` (with the windows the key holds now) and publishes it, in one
+    /// transaction; retried when another writer changed the key meanwhile. Returns the JSON.
+    async fn write_once(
+        &self,
+        conn: &mut MultiplexedConnection,
+        stored: &mut Stored,
+    ) -> Result<Vec<u8>, RedisError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            // Keep the windows already in the key; a concurrent writer aborts this attempt.
+            self.bounded(redis::cmd("WATCH").arg(&self.key).exec_async(&mut *conn))
+                .await?;
+            let old: Option<Vec<u8>> = self
+                .bounded(redis::cmd("GET").arg(&self.key).query_async(&mut *conn))
+                .await?;
+            stored.windows = old
+                .and_then(|old| serde_json::from_slice::<Stored>(&old).ok())
+                .map(|old| old.windows)
+                .unwrap_or_default();
+            let json = serde_json::to_vec(&stored).expect("the state always serializes");
+            let done: Option<(redis::Value, redis::Value)> = self
+                .bounded(
+                    redis::pipe()
+                        .atomic()
+                        .set(&self.key, &json)
+                        .publish(&self.channel, &json)
+                        .query_async(&mut *conn),
+                )
+                .await?;
+            if done.is_some() {
+                return Ok(json);
+            }
+        }
+        Err(RedisError::from((
+            redis::ErrorKind::Io,
+            "the key kept changing under the write",
+        )))
     }
 }
 
@@ -729,6 +762,46 @@ mod tests {
         long.extend(std::iter::repeat_n(b'a', MAX_LEN));
         long.extend(br#""}"#);
         assert!(parse(&long).is_err());
+    }
+
+    /// Reconnection attempts back off from 50 ms, doubling, to at most 1 s apart (tokio's clock,
+    /// paused; the Redis address is a closed loopback port, so each attempt fails at once).
+    #[tokio::test(start_paused = true)]
+    async fn reconnection_backs_off_to_at_most_a_second() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let source = RedisSource::builder(format!("redis://127.0.0.1:{port}/"))
+            .build()
+            .unwrap();
+        let store = source.store.clone();
+        let attempts = || store.attempts.load(std::sync::atomic::Ordering::Relaxed);
+        let switch = MaintenanceSwitch::new();
+        switch.enable_with(MaintenanceNotice::new().message("kept"));
+        let follower = switch.follow_redis(source);
+        // Attempts at 0, 50, 150, 350, 750, 1550 ms (waits of 50, 100, 200, 400, 800 ms), then
+        // 1 s apart: the doubling stops at the cap.
+        let mut at = Vec::new();
+        let start = Instant::now();
+        let mut seen = 0;
+        while start.elapsed() < Duration::from_secs(6) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if attempts() > seen {
+                seen = attempts();
+                at.push(start.elapsed().as_millis() / 10 * 10);
+            }
+        }
+        assert_eq!(at[..6], [0, 50, 150, 350, 750, 1550], "{at:?}");
+        let gaps: Vec<_> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps[5..].iter().all(|&gap| gap == 1000), "{at:?}");
+        // Fail-static: the other sources are untouched, Redis says nothing.
+        assert_eq!(switch.status().sources, [Source::Manual]);
+        drop(switch);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(follower.is_finished());
     }
 
     #[test]

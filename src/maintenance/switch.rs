@@ -801,6 +801,54 @@ mod tests {
         assert_eq!(in_force(&switch), (Some(Source::Manual), manual("manual")));
     }
 
+    /// Redis is a source like the others: its notice and its windows compete by the one rule,
+    /// and replacing them leaves the local sources (and local windows) alone.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_is_one_more_source() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let clock = Arc::new(TestClock(Mutex::new(t0)));
+        let switch = MaintenanceSwitch::with_clock(clock.clone());
+        let secs = Duration::from_secs;
+        switch.set(
+            Source::File,
+            Some(MaintenanceNotice::new().retry_after(secs(60))),
+        );
+        switch.schedule(Window::new(t0 + secs(10), t0 + secs(20)).unwrap());
+        switch.replace(
+            Source::Redis,
+            Some(MaintenanceNotice::new().retry_after(secs(120))),
+            vec![
+                Window::new(t0, t0 + secs(300))
+                    .unwrap()
+                    .message("fleet window"),
+                // Already over: dropped.
+                Window::new(t0 - secs(20), t0 - secs(10)).unwrap(),
+            ],
+        );
+        let status = switch.status();
+        assert_eq!(status.sources, [Source::File, Source::Redis]);
+        assert_eq!(status.source, Some(Source::Redis));
+        assert_eq!(status.notice.unwrap().get_message(), Some("fleet window"));
+        assert_eq!(status.pending_windows, 2);
+
+        // Redis off but its window open: still on; a local clear_schedule leaves it.
+        switch.replace(
+            Source::Redis,
+            None,
+            vec![Window::new(t0, t0 + secs(300)).unwrap()],
+        );
+        switch.clear_schedule();
+        assert_eq!(switch.status().pending_windows, 1);
+        assert_eq!(switch.status().sources, [Source::File, Source::Redis]);
+
+        // Redis off, no windows: only the file remains.
+        switch.replace(Source::Redis, None, Vec::new());
+        assert_eq!(switch.status().sources, [Source::File]);
+        switch.set(Source::File, None);
+        assert!(switch.is_idle());
+    }
+
     #[test]
     fn invalid_window() {
         let t = SystemTime::now();
