@@ -31,7 +31,7 @@
 //! |---|---|---|
 //! | [`Manual`](Source::Manual) | [`enable`](MaintenanceSwitch::enable) / [`enable_with`](MaintenanceSwitch::enable_with) in code, the [admin router](admin)'s `PUT` (without Redis) | [`disable`](MaintenanceSwitch::disable), the admin router's `DELETE` (without Redis) |
 //! | [`File`](Source::File) | the [`SentinelFile`] exists | the poller sees it gone |
-//! | [`Redis`](Source::Redis) (feature `redis`) | the followed key says `"enabled": true` (an admin `PUT` on **any** instance of the fleet), or one of its windows is open | the key says `"enabled": false` (an admin `DELETE` on any instance) and none of its windows is open; an absent key or an unreachable Redis changes nothing (see [`redis`](self::redis)) |
+//! | [`Redis`](Source::Redis) (feature `redis`) | the followed key says `"enabled": true` (an admin `PUT` on **any** instance of the fleet), or one of its windows is open | the key says `"enabled": false` (an admin `DELETE` on any instance) and none of its windows is open; an absent key or an unreachable Redis changes nothing (see [`redis`]) |
 //! | [`Scheduled`](Source::Scheduled) | a [`Window`] opens | it ends, or [`clear_schedule`](MaintenanceSwitch::clear_schedule) |
 //! | **several on** | the 503 uses **one** notice, whole (its `Retry-After` and its message): the one with the **longest wait**, where a notice's wait is the time left until its known end (`until`, `ends_in`, a window's end), else its `retry_after`; a notice that states no wait yields to one that does; ties go to the first in this table's order | only when the last one goes off |
 //!
