@@ -113,8 +113,9 @@ struct Admin {
 pub struct StatusBody {
     /// Whether new requests get 503 now.
     pub enabled: bool,
-    /// Every [source](super::Source) that is on: `"manual"` (code, this router), `"file"` (a
-    /// sentinel file), `"scheduled"` (an open window). Empty when off.
+    /// Every [source](super::Source) that is on: `"manual"` (code, this router without Redis),
+    /// `"file"` (a sentinel file), `"redis"` (the fleet's key, this router with Redis),
+    /// `"scheduled"` (an open window). Empty when off.
     pub sources: Vec<String>,
     /// The source whose notice is in force (the [precedence rule](super#sources)), else `null`.
     pub source: Option<String>,

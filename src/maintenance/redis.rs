@@ -494,25 +494,33 @@ impl Store {
         let Some(switch) = MaintenanceSwitch::upgrade(switch) else {
             return Ok(false);
         };
-        let read = async {
-            let mut conn = self.connection(&mut link).await?;
-            self.bounded(
-                redis::cmd("GET")
-                    .arg(&self.key)
-                    .query_async::<Option<Vec<u8>>>(&mut conn),
-            )
-            .await
-        };
-        match read.await {
-            Ok(value) => {
-                self.apply(&mut link, &switch, value);
-                Ok(true)
+        // A connection cached from before an outage is broken even if Redis is back: one more
+        // try on a fresh connection before reporting Redis unreachable.
+        let mut read = Err(RedisError::from((redis::ErrorKind::Io, "not tried")));
+        for _ in 0..2 {
+            let cached = link.conn.is_some();
+            read = match self.connection(&mut link).await {
+                Ok(mut conn) => {
+                    self.bounded(
+                        redis::cmd("GET")
+                            .arg(&self.key)
+                            .query_async::<Option<Vec<u8>>>(&mut conn),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            if read.is_ok() {
+                break;
             }
-            Err(e) => {
-                link.conn = None;
-                Err(e)
+            link.conn = None;
+            if !cached {
+                break;
             }
         }
+        let value = read?;
+        self.apply(&mut link, &switch, value);
+        Ok(true)
     }
 
     /// Applies a value read from (or written to) the key, if it changed.

@@ -387,7 +387,8 @@ impl Inner {
 ///
 /// Each [`Source`] is switched on and off by itself: [`enable`](Self::enable) and
 /// [`disable`](Self::disable) (your code, the admin router) drive the manual source, a
-/// sentinel file its own, [`schedule`](Self::schedule) the windows. Maintenance is on while
+/// sentinel file its own, a followed Redis key its own (`follow_redis`, feature `redis`; the
+/// admin router then writes there), [`schedule`](Self::schedule) the windows. Maintenance is on while
 /// any of them is; [`disable`](Self::disable) does not switch off a sentinel file or a window.
 /// See the [precedence rule](super#sources).
 ///
