@@ -813,6 +813,33 @@ mod tests {
     }
 
     #[test]
+    fn invalid_settings_are_errors_at_build() {
+        let ok = || RedisSource::builder("redis://127.0.0.1:6379/");
+        assert!(ok().build().is_ok());
+        let err = |b: RedisSourceBuilder| b.build().unwrap_err().to_string();
+        assert!(err(RedisSource::builder("http://example.com/")).contains("URL"));
+        assert!(err(RedisSource::builder("not a url")).contains("URL"));
+        assert!(err(ok().key("")).contains("key is empty"));
+        assert!(err(ok().channel("")).contains("channel is empty"));
+        assert!(err(ok().resync_interval(Duration::ZERO)).contains("resync interval"));
+        assert!(err(ok().timeout(Duration::ZERO)).contains("timeout"));
+        let source = ok().key("k").build().unwrap();
+        assert_eq!((source.key(), source.channel()), ("k", "k"));
+        let source = ok().key("k").channel("c").build().unwrap();
+        assert_eq!((source.key(), source.channel()), ("k", "c"));
+    }
+
+    #[test]
+    fn public_types_are_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RedisSource>();
+        assert_send_sync::<RedisSourceBuilder>();
+        assert_send_sync::<RedisFollower>();
+        assert_send_sync::<InvalidRedisConfig>();
+        assert_send_sync::<RedisUnavailable>();
+    }
+
+    #[test]
     fn what_is_written_reads_back() {
         let t = httpdate::parse_http_date("Sun, 06 Nov 2033 08:49:37 GMT").unwrap();
         let notice = MaintenanceNotice::new()
