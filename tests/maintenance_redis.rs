@@ -689,3 +689,37 @@ fn a_follower_does_not_hold_up_runtime_shutdown() {
     );
     drop(switch);
 }
+
+/// Clones of one source can be followed by several switches (each applies every change), and
+/// written from code: `enable_with` and `disable` reach every follower within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_followed_by_two_switches_and_written_from_code() {
+    let redis = RedisServer::start();
+    let key = unique_key("shared-source");
+    let shared = source_with(&redis, &key, Duration::from_secs(600));
+    let (a, b) = (MaintenanceSwitch::new(), MaintenanceSwitch::new());
+    let _fa = a.follow_redis(shared.clone());
+    let _fb = b.follow_redis(shared.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    for on in [true, false, true] {
+        let start = Instant::now();
+        if on {
+            shared
+                .enable_with(MaintenanceNotice::new().message("from code"))
+                .await
+                .unwrap();
+        } else {
+            shared.disable().await.unwrap();
+        }
+        eventually("both switches follow", Duration::from_secs(1), || {
+            a.is_enabled() == on && b.is_enabled() == on
+        })
+        .await;
+        eprintln!(
+            "code write ({on}) reached both switches in {:?}",
+            start.elapsed()
+        );
+    }
+    assert_eq!(b.status().notice.unwrap().get_message(), Some("from code"));
+}

@@ -329,7 +329,7 @@ async fn write_through(
     store: &super::redis::Store,
     notice: Option<MaintenanceNotice>,
 ) -> Response {
-    match store.write(notice).await {
+    match store.write(notice, Some(switch)).await {
         Ok(()) => json_ok(switch),
         Err(_) => store_unavailable(),
     }

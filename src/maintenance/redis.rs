@@ -111,7 +111,8 @@ const WRITE_ATTEMPTS: usize = 3;
 /// The maintenance state of a fleet, in one Redis key: what [`MaintenanceSwitch::follow_redis`]
 /// follows and what [`enable_with`](Self::enable_with) and [`disable`](Self::disable) write.
 ///
-/// Cheap to clone (one `Arc`); clones share one connection. Built by
+/// Cheap to clone (one `Arc`); clones share one connection for writes, and each switch that
+/// follows a clone has a connection (and a subscription) of its own. Built by
 /// [`RedisSource::builder`]; see the [module docs](self) for the format and the behaviour.
 #[derive(Clone)]
 pub struct RedisSource {
@@ -164,18 +165,18 @@ impl RedisSource {
         &self.store.channel
     }
 
-    /// Writes "on, with `notice`" to the key (keeping its windows) and announces it. A switch
-    /// that follows this source applies it before this returns; the others within a round trip.
+    /// Writes "on, with `notice`" to the key (keeping its windows) and announces it: every
+    /// switch that follows the key applies it within a round trip.
     ///
     /// A deadline given with [`MaintenanceNotice::ends_in`] is written as the wall-clock time
     /// it falls on (`until`), so every instance counts down to the same end.
     pub async fn enable_with(&self, notice: MaintenanceNotice) -> Result<(), RedisUnavailable> {
-        self.store.write(Some(notice)).await
+        self.store.write(Some(notice), None).await
     }
 
     /// Writes an explicit "off" to the key (keeping its windows) and announces it.
     pub async fn disable(&self) -> Result<(), RedisUnavailable> {
-        self.store.write(None).await
+        self.store.write(None, None).await
     }
 }
 
@@ -234,7 +235,6 @@ impl RedisSourceBuilder {
                 resync: self.resync,
                 timeout: self.timeout,
                 link: AsyncMutex::new(Link::default()),
-                follower: Mutex::new(Weak::new()),
                 #[cfg(test)]
                 attempts: std::sync::atomic::AtomicUsize::new(0),
             }),
@@ -252,8 +252,6 @@ pub(crate) struct Store {
     /// Held across each read-and-apply and each write-and-apply, so that what a switch applies
     /// last is what was read or written last.
     link: AsyncMutex<Link>,
-    /// The switch that follows this key, if any: a write applies to it at once.
-    follower: Mutex<Weak<Shared>>,
     /// Subscription attempts, for the tests.
     #[cfg(test)]
     attempts: std::sync::atomic::AtomicUsize,
@@ -285,6 +283,22 @@ pub struct RedisFollower {
     store: Arc<Store>,
 }
 
+impl Store {
+    /// The same settings with a connection and a memory of their own.
+    fn fork(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            key: self.key.clone(),
+            channel: self.channel.clone(),
+            resync: self.resync,
+            timeout: self.timeout,
+            link: AsyncMutex::new(Link::default()),
+            #[cfg(test)]
+            attempts: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
@@ -309,7 +323,6 @@ impl RedisFollower {
                 .is_some_and(|f| Arc::ptr_eq(&f.store, &self.store))
             {
                 redis.take();
-                *lock(&self.store.follower) = Weak::new();
             }
         }
         let _ = self.task.await;
@@ -336,9 +349,10 @@ impl MaintenanceSwitch {
     ///
     /// Outside a tokio runtime, as `tokio::spawn` does.
     pub fn follow_redis(&self, redis: RedisSource) -> RedisFollower {
-        let store = redis.store;
+        // A store (connection, last value seen) of its own: clones of one source may be followed
+        // by several switches, and each must apply every change.
+        let store = Arc::new(redis.store.fork());
         let (stop, stopped) = oneshot::channel();
-        *lock(&store.follower) = self.downgrade();
         let previous = lock(&self.shared().redis).replace(Following {
             store: store.clone(),
             _stop: stop,
@@ -545,15 +559,16 @@ impl Store {
         link.last = Some(value);
     }
 
-    /// Writes on (`Some`) or off (`None`), keeping the key's windows; applies it to the
-    /// following switch. Nothing is written or applied if Redis fails.
+    /// Writes on (`Some`) or off (`None`), keeping the key's windows, and applies it to
+    /// `switch` (the admin router's, which follows this store). Nothing is written or applied if
+    /// Redis fails.
     pub(crate) async fn write(
         &self,
         notice: Option<MaintenanceNotice>,
+        switch: Option<&MaintenanceSwitch>,
     ) -> Result<(), RedisUnavailable> {
         let mut link = self.link.lock().await;
-        let switch = MaintenanceSwitch::upgrade(&lock(&self.follower));
-        let clock: &dyn WallClock = match &switch {
+        let clock: &dyn WallClock = match switch {
             Some(switch) => switch.clock(),
             None => &SystemClock,
         };
@@ -580,7 +595,7 @@ impl Store {
         }
         match written {
             Ok(json) => {
-                if let Some(switch) = &switch {
+                if let Some(switch) = switch {
                     self.apply(&mut link, switch, Some(json));
                 }
                 Ok(())
@@ -784,11 +799,11 @@ mod tests {
         let source = RedisSource::builder(format!("redis://127.0.0.1:{port}/"))
             .build()
             .unwrap();
-        let store = source.store.clone();
-        let attempts = || store.attempts.load(std::sync::atomic::Ordering::Relaxed);
         let switch = MaintenanceSwitch::new();
         switch.enable_with(MaintenanceNotice::new().message("kept"));
         let follower = switch.follow_redis(source);
+        let store = follower.store.clone();
+        let attempts = || store.attempts.load(std::sync::atomic::Ordering::Relaxed);
         // Attempts at 0, 50, 150, 350, 750, 1550 ms (waits of 50, 100, 200, 400, 800 ms), then
         // 1 s apart: the doubling stops at the cap.
         let mut at = Vec::new();
