@@ -88,6 +88,7 @@
 //! | `lifecycle-serve` | no | [`lifecycle::Lifecycle::serve`]: a small serve loop (hyper-util) that drains without closing idle keep-alive connections |
 //! | `hyper-util` | no | with `catch`: hyper-util's legacy client errors become 502 / 504 ([upstream errors](catch#upstream-errors-502-and-504)) |
 //! | `reqwest` | no | with `catch`: reqwest's errors become 502 / 504 ([upstream errors](catch#upstream-errors-502-and-504)) |
+//! | `redis` | no | with `maintenance`: [`maintenance::redis`], one switch for a fleet: every instance follows one Redis key (pub/sub and a periodic re-read; the last state kept while Redis is down), and the admin router writes there |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `get_ref`, `get_mut` and `into_inner` for a middleware whose inner service is `self.inner`.

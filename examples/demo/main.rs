@@ -4,6 +4,7 @@
 //! cargo run --example demo   # serves on 127.0.0.1:3000
 //! DEMO_ADDR=127.0.0.1:8080 cargo run --example demo
 //! DEMO_DRAIN_DELAY_MS=1000 DEMO_GRACE_MS=2000 cargo run --example demo   # SIGTERM drain timings
+//! DEMO_REDIS_URL=redis://127.0.0.1:6379/ DEMO_ADMIN_TOKEN=s3cret cargo run --example demo   # fleet-wide maintenance
 //! ```
 //!
 //! It speaks HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on the same port. The routes are listed
@@ -59,6 +60,10 @@ async fn main() {
         .local_addr()
         .expect("a bound listener has an address");
     let lifecycle = lifecycle::from_env();
+    if let Err(message) = maintenance::check_env() {
+        eprintln!("{message}");
+        std::process::exit(2)
+    }
     let prometheus = metrics::install();
 
     println!("tower-5xx demo listening on http://{addr} (HTTP/1.1 and h2c)");

@@ -1,6 +1,7 @@
 //! Maintenance mode: 503 + Retry-After while a switch is on, `/healthz` always passes, an admin
-//! router to flip the switch (token from `DEMO_ADMIN_TOKEN`), and an optional sentinel file
-//! (`DEMO_MAINTENANCE_FILE`).
+//! router to flip the switch (token from `DEMO_ADMIN_TOKEN`), an optional sentinel file
+//! (`DEMO_MAINTENANCE_FILE`), and an optional Redis that every demo on it follows
+//! (`DEMO_REDIS_URL`): one `PUT` on any of them flips them all.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -34,6 +35,12 @@ pub(crate) fn wrap(app: Router) -> Router {
         );
     let app = app.layer(layer);
 
+    // The follower runs as long as the switch; the admin router below writes to Redis.
+    #[cfg(feature = "redis")]
+    if let Some(source) = redis_source().expect("checked by `check_env` at start-up") {
+        drop(switch.follow_redis(source));
+    }
+
     if let Ok(path) = std::env::var("DEMO_MAINTENANCE_FILE") {
         SentinelFile::new(path, switch.clone())
             .interval(Duration::from_secs(1))
@@ -48,6 +55,35 @@ pub(crate) fn wrap(app: Router) -> Router {
     }
     let _ = switch;
     app
+}
+
+/// The Redis source named by `DEMO_REDIS_URL`, if set; an error if it does not parse.
+#[cfg(feature = "redis")]
+fn redis_source() -> Result<
+    Option<tower_5xx::maintenance::redis::RedisSource>,
+    tower_5xx::maintenance::error::InvalidRedisConfig,
+> {
+    redis_url()
+        .map(|url| tower_5xx::maintenance::redis::RedisSource::builder(url).build())
+        .transpose()
+}
+
+/// Checks the maintenance settings from the environment: a message to print if one is wrong.
+pub(crate) fn check_env() -> Result<(), String> {
+    #[cfg(feature = "redis")]
+    if let Err(e) = redis_source() {
+        return Err(format!(
+            "DEMO_REDIS_URL={:?}: {e}; expected e.g. redis://127.0.0.1:6379/",
+            redis_url().unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+fn redis_url() -> Option<String> {
+    std::env::var("DEMO_REDIS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
 }
 
 pub(crate) fn print_help(addr: SocketAddr) {
@@ -74,6 +110,21 @@ pub(crate) fn print_help(addr: SocketAddr) {
         );
     } else {
         println!("  admin router NOT mounted: build with --features axum and set DEMO_ADMIN_TOKEN");
+    }
+    match redis_url() {
+        Some(url) if cfg!(feature = "redis") => {
+            println!(
+                "  following Redis at {url} (key tower-5xx:maintenance): the admin router writes there, so a"
+            );
+            println!(
+                "  PUT or DELETE on any demo on this Redis flips them all within a second; while Redis is down,"
+            );
+            println!("  the last state stays and admin writes answer 503 + Retry-After");
+        }
+        Some(_) => println!("  DEMO_REDIS_URL is set but ignored: build with --features redis"),
+        None => println!(
+            "  set DEMO_REDIS_URL=redis://127.0.0.1:6379/ to follow one fleet-wide switch in Redis"
+        ),
     }
     match std::env::var("DEMO_MAINTENANCE_FILE") {
         Ok(path) => {

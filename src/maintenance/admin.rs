@@ -5,6 +5,8 @@
 //! | `GET /` | none | `200` with the [status](StatusBody) as JSON |
 //! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | the [manual source](super::Source::Manual) on with that [notice](super::MaintenanceNotice) | `200` with the new status |
 //! | `DELETE /` | the manual source off; a [sentinel file](super::SentinelFile) that exists or an open [window](super::Window) keeps maintenance on | `200` with the new status (`"enabled": true` while another source is on) |
+//! | `PUT /`, `DELETE /` when the switch [follows Redis](MaintenanceSwitch::follow_redis) (feature `redis`) | written to the Redis key **instead of** the manual source (`DELETE` writes `"enabled": false`), so it reaches every instance of the fleet; applied to this instance before the answer | `200` with the new status, `"source": "redis"`, `"writes_to": "redis"` |
+//! | the same while Redis is unreachable (or slower than the source's timeout) | none, here or in Redis | `503` with `Retry-After: 1`, problem+json |
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
 //! | a body that is not such JSON, an `until` in the past or more than 30 days ahead, a `retry_after` over 30 days | none | `400` |
 //! | a body over 16 KiB (refused before it is read when `Content-Length` announces it) | none | `413` |
@@ -48,7 +50,10 @@ use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, FromRequest, Request, State},
     http::{
-        header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE},
+        header::{
+            AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+            WWW_AUTHENTICATE,
+        },
         HeaderMap, HeaderValue, StatusCode,
     },
     middleware::{self, Next},
@@ -108,8 +113,9 @@ struct Admin {
 pub struct StatusBody {
     /// Whether new requests get 503 now.
     pub enabled: bool,
-    /// Every [source](super::Source) that is on: `"manual"` (code, this router), `"file"` (a
-    /// sentinel file), `"scheduled"` (an open window). Empty when off.
+    /// Every [source](super::Source) that is on: `"manual"` (code, this router without Redis),
+    /// `"file"` (a sentinel file), `"redis"` (the fleet's key, this router with Redis),
+    /// `"scheduled"` (an open window). Empty when off.
     pub sources: Vec<String>,
     /// The source whose notice is in force (the [precedence rule](super#sources)), else `null`.
     pub source: Option<String>,
@@ -121,6 +127,11 @@ pub struct StatusBody {
     pub message: Option<String>,
     /// Scheduled windows that have not ended.
     pub pending_windows: usize,
+    /// Where this router's `PUT` and `DELETE` write: `"redis"` when the switch
+    /// [follows Redis](MaintenanceSwitch::follow_redis) (feature `redis`), else `"local"` (the
+    /// manual source of this instance).
+    #[serde(default)]
+    pub writes_to: String,
 }
 
 impl StatusBody {
@@ -143,8 +154,18 @@ impl StatusBody {
                 .map(|d| d.as_secs()),
             message: notice.and_then(|n| n.get_message()).map(str::to_owned),
             pending_windows: status.pending_windows,
+            writes_to: writes_to(switch).to_owned(),
         }
     }
+}
+
+fn writes_to(switch: &MaintenanceSwitch) -> &'static str {
+    #[cfg(feature = "redis")]
+    if switch.redis_store().is_some() {
+        return "redis";
+    }
+    let _ = switch;
+    "local"
 }
 
 /// The body of `PUT`.
@@ -255,6 +276,10 @@ async fn enable(State(admin): State<Arc<Admin>>, req: Request) -> Response {
         Ok(notice) => notice,
         Err(detail) => return bad_request(&detail),
     };
+    #[cfg(feature = "redis")]
+    if let Some(store) = admin.switch.redis_store() {
+        return write_through(&admin.switch, &store, Some(notice)).await;
+    }
     admin.switch.enable_with(notice);
     json_ok(&admin.switch)
 }
@@ -307,6 +332,48 @@ pub(crate) fn notice_from_body(body: &[u8], now: SystemTime) -> Result<Maintenan
     Ok(notice)
 }
 
+/// With Redis configured, the admin state lives there only: write, and answer with the status
+/// (which the write has already applied to this switch), or 503 if Redis is unreachable.
+#[cfg(feature = "redis")]
+async fn write_through(
+    switch: &MaintenanceSwitch,
+    store: &super::redis::Store,
+    notice: Option<MaintenanceNotice>,
+) -> Response {
+    match store.write(notice, Some(switch)).await {
+        Ok(()) => json_ok(switch),
+        Err(_) => store_unavailable(),
+    }
+}
+
+/// `503` + `Retry-After: 1` (the follower's longest reconnection wait): the write did not
+/// happen.
+#[cfg(feature = "redis")]
+fn store_unavailable() -> Response {
+    let retry_after = Duration::from_secs(1);
+    let detail = "the maintenance store (Redis) is unreachable: nothing was changed; retry";
+    let body = crate::response::Problem {
+        retry_after: Some(retry_after.as_secs()),
+        ..crate::response::Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+    }
+    .to_bytes();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            ),
+            (
+                RETRY_AFTER,
+                crate::RetryAfter::Delay(retry_after).to_header_value(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// The longest `retry_after` the router accepts: a client told to come back in more than 30
 /// days has effectively been told to go away, which is not what maintenance means.
 const MAX_RETRY_AFTER_SECS: u64 = 30 * 24 * 3600;
@@ -316,6 +383,10 @@ fn bad_request(detail: &str) -> Response {
 }
 
 async fn disable(State(admin): State<Arc<Admin>>) -> Response {
+    #[cfg(feature = "redis")]
+    if let Some(store) = admin.switch.redis_store() {
+        return write_through(&admin.switch, &store, None).await;
+    }
     admin.switch.disable();
     json_ok(&admin.switch)
 }

@@ -50,3 +50,79 @@ impl fmt::Display for MissingToken {
 
 #[cfg(feature = "axum")]
 impl std::error::Error for MissingToken {}
+
+/// A [`RedisSource`](super::redis::RedisSource) setting that cannot work: the URL does not
+/// parse, or a duration is zero. Returned by
+/// [`RedisSourceBuilder::build`](super::redis::RedisSourceBuilder::build).
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct InvalidRedisConfig {
+    what: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+#[cfg(feature = "redis")]
+impl InvalidRedisConfig {
+    pub(crate) fn new(
+        what: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl fmt::Display for InvalidRedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid maintenance Redis setting: {}", self.what)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl std::error::Error for InvalidRedisConfig {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Redis could not be reached (or did not answer in time) for a write: nothing was changed.
+///
+/// Returned by [`RedisSource::enable_with`](super::redis::RedisSource::enable_with) and
+/// [`disable`](super::redis::RedisSource::disable); the admin router answers `503` with
+/// `Retry-After` for it.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[derive(Debug)]
+pub struct RedisUnavailable {
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+#[cfg(feature = "redis")]
+impl RedisUnavailable {
+    pub(crate) fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            source: source.into(),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl fmt::Display for RedisUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("maintenance store (redis) unavailable")
+    }
+}
+
+#[cfg(feature = "redis")]
+impl std::error::Error for RedisUnavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}

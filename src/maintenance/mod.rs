@@ -3,12 +3,14 @@
 //!
 //! [`MaintenanceLayer`] wraps a `Service<http::Request<_>>`. It is driven by a
 //! [`MaintenanceSwitch`], a cheap cloneable handle that your code, a signal handler, the
-//! [admin router](admin) (feature `axum`) or a [`SentinelFile`] poller flip at run time.
+//! [admin router](admin) (feature `axum`) or a [`SentinelFile`] poller flip at run time, or that
+//! follows one key in Redis for a whole fleet ([`MaintenanceSwitch::follow_redis`], feature
+//! `redis`).
 //!
 //! | situation | what a new request gets |
 //! |---|---|
 //! | switch off, no [`Window`] open | the inner service's response; the check is **one atomic load** |
-//! | any [source](#sources) on: [`enable`](MaintenanceSwitch::enable) (code, the admin router), a [`SentinelFile`] that exists, an open [`Window`] | **503**, `Retry-After`, `Cache-Control: no-store`, an HTML page / problem+json / text body as `Accept` asks, [`Reason::Maintenance`](crate::Reason) in the extensions |
+//! | any [source](#sources) on: [`enable`](MaintenanceSwitch::enable) (code, the admin router), a [`SentinelFile`] that exists, the fleet's Redis key, an open [`Window`] | **503**, `Retry-After`, `Cache-Control: no-store`, an HTML page / problem+json / text body as `Accept` asks, [`Reason::Maintenance`](crate::Reason) in the extensions |
 //! | ... and a [bypass rule](#bypass-rules) matches | the inner service's response |
 //! | already in flight when the switch flipped | finishes normally: the decision is made once, in `call` |
 //!
@@ -27,14 +29,17 @@
 //!
 //! | [`Source`] | on | off |
 //! |---|---|---|
-//! | [`Manual`](Source::Manual) | [`enable`](MaintenanceSwitch::enable) / [`enable_with`](MaintenanceSwitch::enable_with) in code, the [admin router](admin)'s `PUT` | [`disable`](MaintenanceSwitch::disable), the admin router's `DELETE` |
+//! | [`Manual`](Source::Manual) | [`enable`](MaintenanceSwitch::enable) / [`enable_with`](MaintenanceSwitch::enable_with) in code, the [admin router](admin)'s `PUT` (without Redis) | [`disable`](MaintenanceSwitch::disable), the admin router's `DELETE` (without Redis) |
 //! | [`File`](Source::File) | the [`SentinelFile`] exists | the poller sees it gone |
+//! | [`Redis`](Source::Redis) (feature `redis`) | the followed key says `"enabled": true` (an admin `PUT` on **any** instance of the fleet), or one of its windows is open | the key says `"enabled": false` (an admin `DELETE` on any instance) and none of its windows is open; an absent key or an unreachable Redis changes nothing (see [`redis`]) |
 //! | [`Scheduled`](Source::Scheduled) | a [`Window`] opens | it ends, or [`clear_schedule`](MaintenanceSwitch::clear_schedule) |
 //! | **several on** | the 503 uses **one** notice, whole (its `Retry-After` and its message): the one with the **longest wait**, where a notice's wait is the time left until its known end (`until`, `ends_in`, a window's end), else its `retry_after`; a notice that states no wait yields to one that does; ties go to the first in this table's order | only when the last one goes off |
 //!
 //! So removing the sentinel file does not end maintenance that the admin router started, an
 //! admin `DELETE` does not end maintenance while the file exists, and clients are not told to
-//! come back before the longest announced end. [`MaintenanceSwitch::status`] (and the admin
+//! come back before the longest announced end. While a switch follows Redis, its admin router
+//! writes to Redis **instead of** the manual source: the fleet's admin state lives in one place,
+//! so a `DELETE` on any instance clears what a `PUT` on another set. [`MaintenanceSwitch::status`] (and the admin
 //! router's `GET`) lists the sources that are on and the one whose notice is in force.
 //!
 //! **Scheduled windows** ([`MaintenanceSwitch::schedule`]) open and close by themselves. There is
@@ -110,6 +115,9 @@ mod bypass;
 pub mod error;
 mod file;
 mod layer;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod service;
 mod switch;
 

@@ -235,20 +235,31 @@ pub enum Source {
     Manual,
     /// A [`SentinelFile`](super::SentinelFile) that exists.
     File,
-    /// An open scheduled [`Window`].
+    /// The fleet-wide state in Redis that the switch
+    /// [follows](MaintenanceSwitch::follow_redis) (feature `redis`): its notice while it says
+    /// on, and its own scheduled windows while one is open. The admin router writes here instead
+    /// of the manual source when the switch follows Redis.
+    Redis,
+    /// An open scheduled [`Window`] (given with [`MaintenanceSwitch::schedule`]).
     Scheduled,
 }
 
 impl Source {
     /// Every source, in tie-breaking order.
-    const ALL: [Source; 3] = [Source::Manual, Source::File, Source::Scheduled];
+    const ALL: [Source; 4] = [
+        Source::Manual,
+        Source::File,
+        Source::Redis,
+        Source::Scheduled,
+    ];
 
     /// The source's name in lowercase, as the admin router shows it: `"manual"`, `"file"`,
-    /// `"scheduled"`.
+    /// `"redis"`, `"scheduled"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Manual => "manual",
             Source::File => "file",
+            Source::Redis => "redis",
             Source::Scheduled => "scheduled",
         }
     }
@@ -258,6 +269,7 @@ impl Source {
         match self {
             Source::Manual => 1,
             Source::File => 4,
+            Source::Redis => 8,
             Source::Scheduled => 2,
         }
     }
@@ -267,6 +279,7 @@ impl Source {
         match self {
             Source::Manual => Some(0),
             Source::File => Some(1),
+            Source::Redis => Some(2),
             Source::Scheduled => None,
         }
     }
@@ -297,19 +310,25 @@ pub struct MaintenanceStatus {
     pub pending_windows: usize,
 }
 
-struct Shared {
-    /// One [bit](Source::bit) per source that is on (for windows: that has a window pending).
+pub(crate) struct Shared {
+    /// One [bit](Source::bit) per source that is on (or that has a window pending).
     /// Zero means "off, nothing scheduled": the layer's whole hot path is one load of this word.
     state: AtomicU8,
     inner: RwLock<Inner>,
     clock: Arc<dyn WallClock>,
+    /// The Redis state this switch follows, if any. Dropped with the last clone of the switch,
+    /// which stops the follower task.
+    #[cfg(feature = "redis")]
+    pub(crate) redis: std::sync::Mutex<Option<super::redis::Following>>,
 }
 
 #[derive(Default)]
 struct Inner {
     /// The notice of each source that is switched on and off ([`Source::slot`]), while on.
-    held: [Option<MaintenanceNotice>; 2],
-    windows: Vec<Window>,
+    held: [Option<MaintenanceNotice>; 3],
+    /// Pending windows and the source that gave them ([`Source::Scheduled`] or
+    /// [`Source::Redis`]).
+    windows: Vec<(Source, Window)>,
 }
 
 /// A notice in the running: a held source's, or an open window's.
@@ -339,16 +358,20 @@ impl Inner {
     /// Every source that is on at `now`, with its notice, in [`Source`] order (several open
     /// windows are all there).
     fn candidates(&self, now: SystemTime) -> impl Iterator<Item = (Source, Candidate<'_>)> {
-        let held = Source::ALL.into_iter().filter_map(move |source| {
-            let notice = self.held[source.slot()?].as_ref()?;
-            Some((source, Candidate::Held(notice)))
-        });
-        let windows = self
-            .windows
-            .iter()
-            .filter(move |w| w.is_open(now))
-            .map(|w| (Source::Scheduled, Candidate::Window(w)));
-        held.chain(windows)
+        Source::ALL.into_iter().flat_map(move |source| {
+            let held = source
+                .slot()
+                .and_then(|slot| self.held[slot].as_ref())
+                .map(Candidate::Held);
+            let windows = self
+                .windows
+                .iter()
+                .filter(move |(s, w)| *s == source && w.is_open(now))
+                .map(|(_, w)| Candidate::Window(w));
+            held.into_iter()
+                .chain(windows)
+                .map(move |candidate| (source, candidate))
+        })
     }
 
     /// The notice in force at `now` and its source: the longest stated wait; a notice that states
@@ -375,7 +398,8 @@ impl Inner {
 ///
 /// Each [`Source`] is switched on and off by itself: [`enable`](Self::enable) and
 /// [`disable`](Self::disable) (your code, the admin router) drive the manual source, a
-/// sentinel file its own, [`schedule`](Self::schedule) the windows. Maintenance is on while
+/// sentinel file its own, a followed Redis key its own (`follow_redis`, feature `redis`; the
+/// admin router then writes there), [`schedule`](Self::schedule) the windows. Maintenance is on while
 /// any of them is; [`disable`](Self::disable) does not switch off a sentinel file or a window.
 /// See the [precedence rule](super#sources).
 ///
@@ -427,8 +451,28 @@ impl MaintenanceSwitch {
                 state: AtomicU8::new(0),
                 inner: RwLock::new(Inner::default()),
                 clock: Arc::new(clock),
+                #[cfg(feature = "redis")]
+                redis: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The shared state, for a follower task that must not keep the switch alive.
+    #[cfg(feature = "redis")]
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
+
+    /// The switch of `shared`, while any clone of it is alive.
+    #[cfg(feature = "redis")]
+    pub(crate) fn upgrade(shared: &std::sync::Weak<Shared>) -> Option<Self> {
+        shared.upgrade().map(|shared| Self { shared })
+    }
+
+    /// The switch's shared state, for the Redis follower bookkeeping.
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// The wall clock this switch reads.
@@ -456,11 +500,8 @@ impl MaintenanceSwitch {
     fn publish(&self, inner: &Inner) {
         let mut state = 0;
         for source in Source::ALL {
-            let on = match source.slot() {
-                Some(slot) => inner.held[slot].is_some(),
-                None => !inner.windows.is_empty(),
-            };
-            if on {
+            let held = source.slot().is_some_and(|slot| inner.held[slot].is_some());
+            if held || inner.windows.iter().any(|(s, _)| *s == source) {
                 state |= source.bit();
             }
         }
@@ -503,20 +544,54 @@ impl MaintenanceSwitch {
         }
     }
 
+    /// Replaces what `source` holds, at once: its notice (`None`: off) and its windows. Windows
+    /// that have already ended are dropped.
+    #[cfg(feature = "redis")]
+    pub(crate) fn replace(
+        &self,
+        source: Source,
+        notice: Option<MaintenanceNotice>,
+        windows: Vec<Window>,
+    ) {
+        let Some(slot) = source.slot() else {
+            debug_assert!(false, "{source} is not switched by hand");
+            return;
+        };
+        let now = self.shared.clock.now();
+        let on = notice.is_some();
+        let mut inner = self.write();
+        let was_on = std::mem::replace(&mut inner.held[slot], notice).is_some();
+        inner.windows.retain(|(s, _)| *s != source);
+        inner.windows.extend(
+            windows
+                .into_iter()
+                .filter(|w| w.end > now)
+                .map(|w| (source, w)),
+        );
+        self.publish(&inner);
+        drop(inner);
+        match (was_on, on) {
+            (false, true) => tracing::info!(%source, "maintenance source on"),
+            (true, false) => tracing::info!(%source, "maintenance source off"),
+            _ => {}
+        }
+    }
+
     /// Adds a scheduled window. Windows that have already ended are ignored.
     pub fn schedule(&self, window: Window) {
         if window.end <= self.shared.clock.now() {
             return;
         }
         let mut inner = self.write();
-        inner.windows.push(window);
+        inner.windows.push((Source::Scheduled, window));
         self.publish(&inner);
     }
 
-    /// Removes every scheduled window (an open one closes at once).
+    /// Removes every window given with [`schedule`](Self::schedule) (an open one closes at
+    /// once). Windows held in Redis are not touched: they follow the Redis key.
     pub fn clear_schedule(&self) {
         let mut inner = self.write();
-        inner.windows.clear();
+        inner.windows.retain(|(s, _)| *s != Source::Scheduled);
         self.publish(&inner);
     }
 
@@ -568,13 +643,13 @@ impl MaintenanceSwitch {
         let active = inner
             .winner(now)
             .map(|(source, candidate)| (candidate.notice(), source));
-        let any_ended = inner.windows.iter().any(|w| w.end <= now);
+        let any_ended = inner.windows.iter().any(|(_, w)| w.end <= now);
         drop(inner);
         if any_ended {
             // Prune ended windows so that, once the last one is over, the hot path is one
             // atomic load again.
             let mut inner = self.write();
-            inner.windows.retain(|w| w.end > now);
+            inner.windows.retain(|(_, w)| w.end > now);
             self.publish(&inner);
         }
         active
@@ -770,6 +845,54 @@ mod tests {
                 .message("manual"),
         );
         assert_eq!(in_force(&switch), (Some(Source::Manual), manual("manual")));
+    }
+
+    /// Redis is a source like the others: its notice and its windows compete by the one rule,
+    /// and replacing them leaves the local sources (and local windows) alone.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_is_one_more_source() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let clock = Arc::new(TestClock(Mutex::new(t0)));
+        let switch = MaintenanceSwitch::with_clock(clock.clone());
+        let secs = Duration::from_secs;
+        switch.set(
+            Source::File,
+            Some(MaintenanceNotice::new().retry_after(secs(60))),
+        );
+        switch.schedule(Window::new(t0 + secs(10), t0 + secs(20)).unwrap());
+        switch.replace(
+            Source::Redis,
+            Some(MaintenanceNotice::new().retry_after(secs(120))),
+            vec![
+                Window::new(t0, t0 + secs(300))
+                    .unwrap()
+                    .message("fleet window"),
+                // Already over: dropped.
+                Window::new(t0 - secs(20), t0 - secs(10)).unwrap(),
+            ],
+        );
+        let status = switch.status();
+        assert_eq!(status.sources, [Source::File, Source::Redis]);
+        assert_eq!(status.source, Some(Source::Redis));
+        assert_eq!(status.notice.unwrap().get_message(), Some("fleet window"));
+        assert_eq!(status.pending_windows, 2);
+
+        // Redis off but its window open: still on; a local clear_schedule leaves it.
+        switch.replace(
+            Source::Redis,
+            None,
+            vec![Window::new(t0, t0 + secs(300)).unwrap()],
+        );
+        switch.clear_schedule();
+        assert_eq!(switch.status().pending_windows, 1);
+        assert_eq!(switch.status().sources, [Source::File, Source::Redis]);
+
+        // Redis off, no windows: only the file remains.
+        switch.replace(Source::Redis, None, Vec::new());
+        assert_eq!(switch.status().sources, [Source::File]);
+        switch.set(Source::File, None);
+        assert!(switch.is_idle());
     }
 
     #[test]
