@@ -80,6 +80,8 @@
 //! | `catch` | yes | [`catch::CatchLayer`]: errors and panics to 500, known tower errors to 503 |
 //! | `maintenance` | yes | [`maintenance::MaintenanceLayer`]: 503 + `Retry-After` while a switch is on, scheduled windows, bypass rules, sentinel file |
 //! | `axum` | no | [`maintenance::admin`] router (with `maintenance`); client-IP rules read axum's `ConnectInfo` |
+//! | `rate-limit` | yes | [`rate_limit::RateLimitLayer`]: per-client quotas (GCRA, in memory), 429 + `Retry-After` + the IETF `RateLimit-Policy` / `RateLimit` fields |
+//! | `redis` | no | with `rate-limit`: [`rate_limit::RedisStore`], one quota for a fleet in Redis |
 //! | `shed` | yes | [`shed::ShedLayer`]: concurrency limit (fixed, AIMD, gradient), bounded queue, 503 + `Retry-After` |
 //! | `breaker` | yes | [`breaker`]: circuit breakers (lock-free state machine, sliding windows), [`breaker::BreakerLayer`] answering 503 + `Retry-After` while open, [`breaker::KeyedBreakers`] |
 //! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency, client breakers (enables `breaker`) |
@@ -97,7 +99,8 @@
     feature = "maintenance",
     feature = "shed",
     feature = "breaker",
-    feature = "lifecycle"
+    feature = "lifecycle",
+    feature = "rate-limit"
 ))]
 macro_rules! inner_service_accessors {
     () => {
@@ -118,16 +121,21 @@ macro_rules! inner_service_accessors {
     };
 }
 mod body;
+#[cfg(any(feature = "maintenance", feature = "rate-limit"))]
+mod client_ip;
 pub mod error;
 #[cfg(any(feature = "catch", feature = "retry"))]
 mod error_chain;
 mod html;
+#[cfg(any(feature = "maintenance", feature = "rate-limit"))]
+mod path_prefix;
 #[cfg(any(
     feature = "catch",
     feature = "maintenance",
     feature = "shed",
     feature = "breaker",
-    feature = "lifecycle"
+    feature = "lifecycle",
+    feature = "rate-limit"
 ))]
 #[cfg_attr(
     docsrs,
@@ -136,7 +144,8 @@ mod html;
         feature = "maintenance",
         feature = "shed",
         feature = "breaker",
-        feature = "lifecycle"
+        feature = "lifecycle",
+        feature = "rate-limit"
     )))
 )]
 pub mod refuse;
@@ -158,6 +167,10 @@ pub mod lifecycle;
 #[cfg(feature = "maintenance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "maintenance")))]
 pub mod maintenance;
+
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub mod rate_limit;
 
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]

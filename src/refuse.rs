@@ -222,6 +222,34 @@ impl RefusalPolicy {
     where
         B: From<Bytes>,
     {
+        self.respond_with(
+            status,
+            reason,
+            retry_after,
+            detail,
+            request,
+            now,
+            Vec::new(),
+        )
+    }
+
+    /// [`respond`](Self::respond) for a request over quota: `violated_policies` names the quota
+    /// policies it violated (the problem+json body says so, and the render hook sees them in
+    /// [`Refusal::violated_policies`]). Every refusal of the crate passes here.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn respond_with<B>(
+        &self,
+        status: StatusCode,
+        reason: Reason,
+        retry_after: Option<RetryAfter>,
+        detail: Option<Cow<'static, str>>,
+        request: RequestView<'_>,
+        now: impl FnOnce() -> SystemTime,
+        violated_policies: Vec<Arc<str>>,
+    ) -> Response<B>
+    where
+        B: From<Bytes>,
+    {
         let i = &*self.inner;
         let retry_after = retry_after.map(|base| self.retry_after(base, now));
         let format = if i.negotiate {
@@ -229,7 +257,9 @@ impl RefusalPolicy {
         } else {
             i.format
         };
-        let mut error = ErrorResponse::new(status, reason).format(format);
+        let mut error = ErrorResponse::new(status, reason)
+            .format(format)
+            .violated_policies(violated_policies);
         if let Some(ra) = retry_after {
             error = error.retry_after(ra);
         }
@@ -437,7 +467,8 @@ impl<'a> RequestView<'a> {
         feature = "maintenance",
         feature = "shed",
         feature = "breaker",
-        feature = "lifecycle"
+        feature = "lifecycle",
+        feature = "rate-limit"
     ))]
     pub(crate) fn of<B>(req: &'a http::Request<B>) -> Self {
         Self {
@@ -543,6 +574,13 @@ impl Refusal<'_> {
     /// not negotiate and the layer did not keep them).
     pub fn accept(&self) -> impl Iterator<Item = &HeaderValue> + '_ {
         self.request.accept()
+    }
+
+    /// The names of the quota policies a request over quota violated (a 429 of the
+    /// [rate limiter](crate::rate_limit)); empty for every other refusal. They are the names
+    /// listed in the response's `RateLimit-Policy` field.
+    pub fn violated_policies(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.error.violated_policy_names().iter().map(|n| &**n)
     }
 
     /// The crate's own response for this refusal, to decorate rather than replace.
