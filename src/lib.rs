@@ -7,6 +7,7 @@
 //! | **500** Internal Server Error | an unexpected failure: a bug, a dependency call nobody planned for | [`catch`]: a service `Err`, a panic | retry idempotent requests with bounded exponential backoff and jitter |
 //! | **503** Service Unavailable | a known, often deliberate state: maintenance, overload, an open circuit breaker | the [`maintenance`], [`shed`] and [`breaker`] layers, always with `Retry-After`; [`catch`] for tower's `Overloaded` and `Elapsed` | wait `Retry-After` (capped), otherwise back off: [`retry`] does |
 //! | **502** / **504** | an upstream failed / timed out | [`catch`]: hyper-util's and reqwest's errors (features `hyper-util`, `reqwest`), your [`on_error`](catch::CatchLayer::on_error) rules | retry like 500 |
+//! | **429** Too Many Requests | one client is over its quota: the server is fine | [`rate_limit`], with `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields | wait `Retry-After` (or the `RateLimit` reset): [`retry`] does |
 //!
 //! Every response this crate generates carries `Cache-Control: no-store` and an
 //! [error id](ErrorId) (header [`x-error-id`](ERROR_ID_HEADER) and body) that is logged with the

@@ -28,11 +28,6 @@ impl PathPrefixes {
         self.prefixes.push(prefix.into_boxed_str());
     }
 
-    /// Whether there are no prefixes.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.prefixes.is_empty()
-    }
-
     /// Whether `path` (as received) is one of the prefixes or below one. An ambiguous path
     /// matches no prefix.
     pub(crate) fn matches(&self, path: &str) -> bool {

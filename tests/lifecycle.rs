@@ -35,6 +35,8 @@ fn demo_binary() -> PathBuf {
         ("retry", cfg!(feature = "retry")),
         ("lifecycle", cfg!(feature = "lifecycle")),
         ("lifecycle-serve", cfg!(feature = "lifecycle-serve")),
+        ("rate-limit", cfg!(feature = "rate-limit")),
+        ("redis", cfg!(feature = "redis")),
         ("hyper-util", cfg!(feature = "hyper-util")),
         ("axum", cfg!(feature = "axum")),
         ("reqwest", cfg!(feature = "reqwest")),

@@ -4,6 +4,7 @@
 //! cargo run --example demo   # serves on 127.0.0.1:3000
 //! DEMO_ADDR=127.0.0.1:8080 cargo run --example demo
 //! DEMO_DRAIN_DELAY_MS=1000 DEMO_GRACE_MS=2000 cargo run --example demo   # SIGTERM drain timings
+//! DEMO_REDIS_URL=redis://127.0.0.1:6379/ cargo run --example demo   # /limited's quota in Redis
 //! ```
 //!
 //! It speaks HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on the same port. The routes are listed
@@ -12,6 +13,7 @@
 mod errors;
 mod flaky;
 mod lifecycle;
+mod limited;
 mod maintenance;
 mod proxy;
 mod shed;
@@ -22,9 +24,10 @@ use axum::Router;
 use tower_5xx::catch::CatchLayer;
 
 /// The whole demo app. Each capability contributes its routes from its own module.
-fn app() -> Router {
+fn app(limited: Router) -> Router {
     let app = Router::new()
         .merge(errors::routes())
+        .merge(limited)
         .merge(flaky::routes())
         .merge(proxy::routes())
         .merge(shed::routes());
@@ -58,6 +61,13 @@ async fn main() {
         .local_addr()
         .expect("a bound listener has an address");
     let lifecycle = lifecycle::from_env();
+    let (limited, store) = match limited::routes().await {
+        Ok(routes) => routes,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1)
+        }
+    };
 
     println!("tower-5xx demo listening on http://{addr} (HTTP/1.1 and h2c)");
     println!();
@@ -65,6 +75,7 @@ async fn main() {
     proxy::print_help(addr);
     println!();
     shed::print_help(addr);
+    limited::print_help(addr, &store);
     println!();
     flaky::print_help(addr);
     println!();
@@ -76,7 +87,7 @@ async fn main() {
     println!("Ask for JSON with -H 'Accept: application/problem+json'; add --http2-prior-knowledge for HTTP/2.");
 
     // The probes sit beside the app, outside its layers: never shed, in maintenance or drained.
-    let app = app()
+    let app = app(limited)
         .layer(lifecycle.drain_layer())
         .merge(lifecycle::routes(&lifecycle));
     lifecycle::print_phases(&lifecycle);

@@ -312,7 +312,7 @@ impl Shared {
     }
 
     pub(crate) fn is_exempt<B>(&self, req: &Request<B>) -> bool {
-        !self.exempt.is_empty() && self.exempt.matches(req.uri().path())
+        self.exempt.matches(req.uri().path())
     }
 
     pub(crate) fn key_of<'a, B>(&self, req: &'a Request<B>) -> super::key::Owned<'a> {
