@@ -86,8 +86,12 @@ impl Shared {
     /// The fields of an admitted response, if the layer sends them.
     #[inline]
     pub(crate) fn within_quota_fields(&self, decision: &Decision) -> Fields {
-        self.headers_within_quota
-            .then(|| [self.policy_header.clone(), decision.header(&self.policies)])
+        self.headers_within_quota.then(|| {
+            [
+                self.policy_header.clone(),
+                decision.header(&self.policies, self.gcras()),
+            ]
+        })
     }
 }
 

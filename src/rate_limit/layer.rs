@@ -1,4 +1,4 @@
-use std::{collections::hash_map::RandomState, fmt, net::IpAddr, sync::Arc, time::SystemTime};
+use std::{fmt, net::IpAddr, sync::Arc, time::SystemTime};
 
 #[cfg(feature = "redis")]
 use std::time::Duration;
@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::{
-    key::{Key, KeyFn, KeyRequest, KeySource, RateLimitKey},
+    key::{Key, KeyFn, KeyRequest, KeySource, RateLimitKey, Seed},
     memory::MemoryStore,
     policy::{policy_header, Decision, Gcra, Policy, MAX_POLICIES},
     RateLimit, RATELIMIT, RATELIMIT_POLICY,
@@ -262,7 +262,7 @@ impl RateLimitBuilder {
             headers_within_quota: self.headers_within_quota,
             refusal: self.refusal,
             memory: MemoryStore::new(self.capacity),
-            seed: RandomState::new(),
+            seed: Seed::random(),
             epoch: Instant::now(),
             #[cfg(feature = "redis")]
             redis: self.redis,
@@ -285,7 +285,7 @@ pub(crate) struct Shared {
     refusal: RefusalPolicy,
     pub(crate) memory: MemoryStore,
     /// The secret seed of the keys' hashes (a client cannot aim its keys at one shard).
-    seed: RandomState,
+    seed: Seed,
     /// The origin of the in-memory clock (tokio's, so tests can pause it).
     epoch: Instant,
     #[cfg(feature = "redis")]
@@ -334,7 +334,7 @@ impl Shared {
             .or_insert_with(|| self.policy_header.clone());
         headers
             .entry(RATELIMIT)
-            .or_insert_with(|| decision.header(&self.policies));
+            .or_insert_with(|| decision.header(&self.policies, self.gcras()));
     }
 
     /// The 429 for a request over quota.
@@ -347,8 +347,7 @@ impl Shared {
         ResBody: From<Bytes>,
     {
         let violated = decision
-            .statuses()
-            .iter()
+            .statuses(self.gcras())
             .zip(self.policies.iter())
             .filter(|(s, _)| s.violated)
             .map(|(_, p)| p.name.clone())
@@ -356,7 +355,7 @@ impl Shared {
         let mut res: Response<ResBody> = self.refusal.respond_with(
             StatusCode::TOO_MANY_REQUESTS,
             Reason::RateLimited,
-            Some(RetryAfter::Delay(decision.wait())),
+            Some(RetryAfter::Delay(decision.wait(self.gcras()))),
             None,
             RequestView::of(req),
             SystemTime::now,

@@ -242,54 +242,87 @@ pub(crate) struct PolicyStatus {
     pub(crate) violated: bool,
 }
 
-/// A decision over all the policies of a layer.
+/// A decision over all the policies of a layer: whether the request is admitted, and each
+/// policy's debt (how far the key's TAT runs ahead of now) and verdict. Small (40 bytes) and
+/// cheap to make: what the fields say is computed from it only when they are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Decision {
     pub(crate) admit: bool,
     pub(crate) len: u8,
-    pub(crate) policies: [PolicyStatus; MAX_POLICIES],
+    /// Bit `i`: policy `i` refused the request.
+    violated: u8,
+    debts: [u64; MAX_POLICIES],
 }
 
 impl Decision {
     /// From each policy's debt and whether it was violated.
-    pub(crate) fn from_debts(gcras: &[Gcra], debts: &[u64], violated: &[bool]) -> Self {
+    #[inline]
+    pub(crate) fn from_debts(debts: &[u64], violated: &[bool]) -> Self {
         let mut d = Decision {
-            admit: !violated.iter().any(|v| *v),
-            len: gcras.len() as u8,
+            len: debts.len() as u8,
             ..Decision::default()
         };
-        for (i, g) in gcras.iter().enumerate() {
-            d.policies[i] = g.status(debts[i], violated[i]);
+        for (i, (&debt, &v)) in debts.iter().zip(violated).enumerate() {
+            d.debts[i] = debt;
+            d.violated |= u8::from(v) << i;
         }
+        d.admit = d.violated == 0;
         d
     }
 
-    pub(crate) fn statuses(&self) -> &[PolicyStatus] {
-        &self.policies[..usize::from(self.len)]
+    /// What the fields say for each policy.
+    pub(crate) fn statuses<'a>(
+        &'a self,
+        gcras: &'a [Gcra],
+    ) -> impl Iterator<Item = PolicyStatus> + 'a {
+        gcras
+            .iter()
+            .take(usize::from(self.len))
+            .enumerate()
+            .map(|(i, g)| g.status(self.debts[i], self.violated & (1 << i) != 0))
     }
 
     /// The wait until the request would be admitted: the longest over the violated policies.
-    pub(crate) fn wait(&self) -> Duration {
-        Duration::from_nanos(self.statuses().iter().map(|s| s.wait).max().unwrap_or(0))
+    pub(crate) fn wait(&self, gcras: &[Gcra]) -> Duration {
+        Duration::from_nanos(self.statuses(gcras).map(|s| s.wait).max().unwrap_or(0))
     }
 
     /// The `RateLimit` field value: `"name";r=4;t=2` per policy, `t` in whole seconds rounded
-    /// up.
-    pub(crate) fn header(&self, policies: &[Policy]) -> HeaderValue {
-        let mut out = String::with_capacity(24 * usize::from(self.len));
-        for (i, (s, p)) in self.statuses().iter().zip(policies).enumerate() {
+    /// up. Written into a stack buffer without `fmt` (this runs for every admitted request):
+    /// one allocation, the header value's own.
+    pub(crate) fn header(&self, policies: &[Policy], gcras: &[Gcra]) -> HeaderValue {
+        // At most 4 items of a 64-byte name, two 20-digit numbers and 12 bytes of syntax.
+        let mut buf = [0u8; 4 * (64 + 2 * 20 + 12)];
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        };
+        for (i, (s, p)) in self.statuses(gcras).zip(policies).enumerate() {
             if i > 0 {
-                out.push_str(", ");
+                put(b", ");
             }
-            let _ = write!(
-                out,
-                "\"{}\";r={};t={}",
-                p.name,
-                s.remaining,
-                s.reset.div_ceil(NANOS_PER_SEC)
-            );
+            put(b"\"");
+            put(p.name.as_bytes());
+            put(b"\";r=");
+            put(decimal(s.remaining, &mut [0; 20]));
+            put(b";t=");
+            put(decimal(s.reset.div_ceil(NANOS_PER_SEC), &mut [0; 20]));
         }
-        HeaderValue::try_from(out).expect("checked names are valid in a header")
+        HeaderValue::from_bytes(&buf[..len]).expect("checked names are valid in a header")
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -364,12 +397,19 @@ mod tests {
         let s = g.status(u64::MAX, true);
         assert_eq!((s.remaining, s.reset), (0, u64::MAX));
         assert_eq!(s.wait, u64::MAX - g.capacity);
-        let d = Decision::from_debts(&[g], &[u64::MAX], &[true]);
+        let d = Decision::from_debts(&[u64::MAX], &[true]);
         assert_eq!(
-            d.header(&[Policy::new("p", 5, S(10))]),
+            d.header(&[Policy::new("p", 5, S(10))], &[g]),
             "\"p\";r=0;t=18446744074"
         );
         assert!(g.check(u64::MAX, 0).debt == u64::MAX && !g.check(u64::MAX, 0).admit);
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
     }
 
     #[test]
@@ -383,12 +423,12 @@ mod tests {
             "\"burst\";q=10;w=1, \"hourly\";q=1000;w=3600"
         );
         let gcras: Vec<Gcra> = policies.iter().map(|p| p.gcra().unwrap()).collect();
-        let d = Decision::from_debts(&gcras, &[2_000_000_000, 3_600_000_000], &[true, false]);
+        let d = Decision::from_debts(&[2_000_000_000, 3_600_000_000], &[true, false]);
         assert!(!d.admit);
         assert_eq!(
-            d.header(&policies),
+            d.header(&policies, &gcras),
             "\"burst\";r=0;t=2, \"hourly\";r=999;t=4"
         );
-        assert_eq!(d.wait(), Duration::from_millis(100));
+        assert_eq!(d.wait(&gcras), Duration::from_millis(100));
     }
 }

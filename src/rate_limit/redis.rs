@@ -165,7 +165,7 @@ impl RedisStore {
     }
 
     /// Starts one decision for `key`: `None` at the end if Redis failed or was too slow.
-    pub(crate) fn decide(&self, shared: &Arc<Shared>, key: &Key<'_>) -> Deciding {
+    pub(crate) fn decide(&self, shared: &Shared, key: &Key<'_>) -> Deciding {
         let gcras = shared.gcras();
         let mut keys: Vec<Vec<u8>> = Vec::with_capacity(gcras.len());
         let mut base = Vec::with_capacity(self.prefix.len() + 48);
@@ -187,7 +187,6 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let script = self.script.clone();
         let timeout = self.timeout;
-        let shared = shared.clone();
         Box::pin(async move {
             let mut invocation = script.prepare_invoke();
             for k in &keys {
@@ -208,11 +207,7 @@ impl RedisStore {
                             .saturating_mul(1_000);
                         violated[i] = reply[2 + 2 * i] != 0;
                     }
-                    Some(Decision::from_debts(
-                        shared.gcras(),
-                        &debts[..n],
-                        &violated[..n],
-                    ))
+                    Some(Decision::from_debts(&debts[..n], &violated[..n]))
                 }
                 Ok(Ok(reply)) => {
                     tracing::warn!(len = reply.len(), "rate limit: unexpected reply from Redis");
