@@ -398,6 +398,14 @@ impl ErrorResponse {
         }
     }
 
+    #[cfg(any(
+        feature = "catch",
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker",
+        feature = "lifecycle",
+        feature = "rate-limit"
+    ))]
     /// The quota policies this 429 violated: the problem+json body then has the type
     /// `https://iana.org/assignments/http-problem-types#quota-exceeded` and a
     /// `violated-policies` member.
@@ -406,6 +414,14 @@ impl ErrorResponse {
         self
     }
 
+    #[cfg(any(
+        feature = "catch",
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker",
+        feature = "lifecycle",
+        feature = "rate-limit"
+    ))]
     /// The names of the violated quota policies (empty unless this is a 429 over quota).
     pub(crate) fn violated_policy_names(&self) -> &[Arc<str>] {
         &self.violated_policies
