@@ -240,3 +240,82 @@ mod redis_store {
         }
     }
 }
+
+/// The demo binary with `DEMO_REDIS_URL`, on a free port; killed on drop.
+#[cfg(feature = "redis")]
+struct DemoProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+#[cfg(feature = "redis")]
+impl DemoProcess {
+    fn spawn(redis_url: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(common::demo_binary())
+            .env("DEMO_ADDR", "127.0.0.1:0")
+            .env("DEMO_REDIS_URL", redis_url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the demo");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout
+            .read_line(&mut first)
+            .expect("the demo prints its address");
+        // Keep reading: a closed pipe would make the demo's next `println!` fail.
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        let addr = first
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        Self { child, addr }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn two_demos_on_one_redis_share_limited() {
+    let redis = common::redis::RedisServer::start();
+    let (a, b) = (
+        DemoProcess::spawn(&redis.url()),
+        DemoProcess::spawn(&redis.url()),
+    );
+    let c = client();
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
+        let reply = send(&c, request(addr, "/limited", None)).await.unwrap();
+        assert_eq!(reply.header("ratelimit-policy"), Some(r#""demo";q=5;w=10"#));
+        assert_well_formed_limited(&reply);
+        statuses.push(reply.status.as_u16());
+    }
+    // 5 per 10 s per client between the two demos: the quota lives in Redis.
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    assert!(redis
+        .command(&["EXISTS", "tower-5xx-demo:{ip:127.0.0.1}:demo"])
+        .starts_with(":1"));
+}
+
+#[cfg(feature = "redis")]
+fn assert_well_formed_limited(reply: &Reply) {
+    assert!(
+        matches!(reply.status.as_u16(), 200 | 429),
+        "{}",
+        reply.status
+    );
+    let status = items(reply.header("ratelimit").expect("RateLimit"));
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].0, "demo");
+}

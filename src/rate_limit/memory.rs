@@ -193,6 +193,23 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_requests_of_one_key_admit_exactly_the_burst() {
+        let store = std::sync::Arc::new(MemoryStore::new(1000));
+        let g = [gcra(100, 3600)];
+        let now = 1_000_000_000_000;
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..50).filter(|_| store.decide(42, &g, now).admit).count()
+                })
+            })
+            .collect();
+        let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(admitted, 100);
+    }
+
+    #[test]
     fn a_flood_of_distinct_keys_stays_within_the_capacity() {
         let capacity = 6_400;
         let store = MemoryStore::new(capacity);
