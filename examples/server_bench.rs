@@ -19,6 +19,7 @@
 use std::{
     net::SocketAddr,
     process::ExitCode,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -32,9 +33,11 @@ use tower_5xx::{
     catch::CatchLayer,
     lifecycle::{DrainLayer, Lifecycle},
     maintenance::{MaintenanceLayer, MaintenanceSwitch},
+    rate_limit::{Policy, RateLimitLayer, MAX_QUOTA},
     refuse::RefusalPolicy,
     shed::ShedLayer,
 };
+use tower_governor::{governor::GovernorConfigBuilder, GovernorLayer};
 use tower_http::catch_panic::CatchPanicLayer;
 
 const STACKS: &[&str] = &[
@@ -49,6 +52,11 @@ const STACKS: &[&str] = &[
     "breaker",
     "drain",
     "ours",
+    "bare-connect-info",
+    "ratelimit",
+    "ratelimit-plain",
+    "governor",
+    "governor-headers",
 ];
 
 /// A layer that does nothing: the cost of one more service in the stack.
@@ -117,6 +125,36 @@ fn drain_layer() -> DrainLayer {
     Lifecycle::new(Duration::from_secs(5), Duration::from_secs(10)).drain_layer()
 }
 
+/// One client, within quota: a million a second with bursts of a billion.
+fn rate_limit_layer(fields: bool) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .policy(Policy::new("bench", 1_000_000, Duration::from_secs(1)).burst(MAX_QUOTA))
+        .headers_within_quota(fields)
+        .build()
+        .expect("valid rate limit")
+}
+
+/// tower_governor keyed by the peer address, with a quota no run exhausts; with its
+/// `x-ratelimit-*` headers or without.
+fn governor_layer(headers: bool) -> Option<Router> {
+    let router = Router::new().route("/", get(|| async { "hello" }));
+    let mut builder = GovernorConfigBuilder::default();
+    builder.per_nanosecond(1).burst_size(u32::MAX);
+    Some(if headers {
+        router.layer(GovernorLayer::new(Arc::new(
+            builder.use_headers().finish()?,
+        )))
+    } else {
+        router.layer(GovernorLayer::new(Arc::new(builder.finish()?)))
+    })
+}
+
+/// The stacks that key on the client's address: served with axum's `ConnectInfo`, which adds
+/// its own cost per request (compare them with `bare-connect-info`).
+fn needs_connect_info(stack: &str) -> bool {
+    stack.starts_with("ratelimit") || stack.starts_with("governor") || stack == "bare-connect-info"
+}
+
 fn app(stack: &str) -> Option<Router> {
     let router = Router::new().route("/", get(|| async { "hello" }));
     Some(match stack {
@@ -145,6 +183,11 @@ fn app(stack: &str) -> Option<Router> {
                 .layer(shed_layer())
                 .layer(breaker_layer()),
         ),
+        "ratelimit" => router.layer(rate_limit_layer(true)),
+        "ratelimit-plain" => router.layer(rate_limit_layer(false)),
+        "bare-connect-info" => router,
+        "governor" => return governor_layer(false),
+        "governor-headers" => return governor_layer(true),
         _ => return None,
     })
 }
@@ -201,10 +244,19 @@ fn main() -> ExitCode {
         let addr = listener.local_addr().expect("bound listener's address");
         // The script reads this line; print it only once the socket accepts connections.
         println!("{addr}");
-        match axum::serve(listener, app)
+        let served = if needs_connect_info(&stack) {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
             .with_graceful_shutdown(shutdown_signal())
             .await
-        {
+        } else {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        };
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("server error: {e}");

@@ -37,13 +37,13 @@ pub fn retry_delay(cap: Duration, headers: &HeaderMap) -> Option<Duration> {
 /// The path as bypass prefixes are matched against it; `None` for an ambiguous path.
 #[cfg(feature = "maintenance")]
 pub fn normalize_path(path: &str) -> Option<String> {
-    crate::maintenance::bypass_fuzz::normalize_path(path)
+    crate::path_prefix::fuzz::normalize_path(path)
 }
 
 /// Whether `path` is `prefix` or below it, on a segment boundary.
 #[cfg(feature = "maintenance")]
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
-    crate::maintenance::bypass_fuzz::path_has_prefix(path, prefix)
+    crate::path_prefix::fuzz::path_has_prefix(path, prefix)
 }
 
 /// The client address behind trusted proxies, from `Forwarded` (`forwarded`) or
@@ -55,13 +55,13 @@ pub fn forwarded_client(
     peer: IpAddr,
     trusted: impl Fn(IpAddr) -> bool,
 ) -> Option<IpAddr> {
-    crate::maintenance::bypass_fuzz::forwarded_client(headers, forwarded, peer, trusted)
+    crate::client_ip::fuzz::forwarded_client(headers, forwarded, peer, trusted)
 }
 
 /// One node of a forwarding header as an address.
 #[cfg(feature = "maintenance")]
 pub fn parse_node(node: &str) -> Option<IpAddr> {
-    crate::maintenance::bypass_fuzz::parse_node(node)
+    crate::client_ip::fuzz::parse_node(node)
 }
 
 /// The most bytes of a sentinel file read.

@@ -80,7 +80,8 @@ impl InvalidConfig {
         feature = "shed",
         feature = "breaker",
         feature = "retry",
-        feature = "lifecycle"
+        feature = "lifecycle",
+        feature = "rate-limit"
     ))]
     pub(crate) fn new(setting: &'static str, message: &'static str) -> Self {
         Self { setting, message }

@@ -7,6 +7,7 @@
 //! | **500** Internal Server Error | an unexpected failure: a bug, a dependency call nobody planned for | [`catch`]: a service `Err`, a panic | retry idempotent requests with bounded exponential backoff and jitter |
 //! | **503** Service Unavailable | a known, often deliberate state: maintenance, overload, an open circuit breaker | the [`maintenance`], [`shed`] and [`breaker`] layers, always with `Retry-After`; [`catch`] for tower's `Overloaded` and `Elapsed` | wait `Retry-After` (capped), otherwise back off: [`retry`] does |
 //! | **502** / **504** | an upstream failed / timed out | [`catch`]: hyper-util's and reqwest's errors (features `hyper-util`, `reqwest`), your [`on_error`](catch::CatchLayer::on_error) rules | retry like 500 |
+//! | **429** Too Many Requests | one client is over its quota: the server is fine | [`rate_limit`], with `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields | wait `Retry-After` (or the `RateLimit` reset): [`retry`] does |
 //!
 //! Every response this crate generates carries `Cache-Control: no-store` and an
 //! [error id](ErrorId) (header [`x-error-id`](ERROR_ID_HEADER) and body) that is logged with the
@@ -80,6 +81,8 @@
 //! | `catch` | yes | [`catch::CatchLayer`]: errors and panics to 500, known tower errors to 503 |
 //! | `maintenance` | yes | [`maintenance::MaintenanceLayer`]: 503 + `Retry-After` while a switch is on, scheduled windows, bypass rules, sentinel file |
 //! | `axum` | no | [`maintenance::admin`] router (with `maintenance`); client-IP rules read axum's `ConnectInfo` |
+//! | `rate-limit` | yes | [`rate_limit::RateLimitLayer`]: per-client quotas (GCRA, in memory), 429 + `Retry-After` + the IETF `RateLimit-Policy` / `RateLimit` fields |
+//! | `redis` | no | with `rate-limit`: [`rate_limit::RedisStore`], one quota for a fleet in Redis |
 //! | `shed` | yes | [`shed::ShedLayer`]: concurrency limit (fixed, AIMD, gradient), bounded queue, 503 + `Retry-After` |
 //! | `breaker` | yes | [`breaker`]: circuit breakers (lock-free state machine, sliding windows), [`breaker::BreakerLayer`] answering 503 + `Retry-After` while open, [`breaker::KeyedBreakers`] |
 //! | `retry` | yes | [`retry::RetryLayer`]: client retries honouring `Retry-After`, budget, idempotency, client breakers (enables `breaker`) |
@@ -98,7 +101,8 @@
     feature = "maintenance",
     feature = "shed",
     feature = "breaker",
-    feature = "lifecycle"
+    feature = "lifecycle",
+    feature = "rate-limit"
 ))]
 macro_rules! inner_service_accessors {
     () => {
@@ -119,16 +123,21 @@ macro_rules! inner_service_accessors {
     };
 }
 mod body;
+#[cfg(any(feature = "maintenance", feature = "rate-limit"))]
+mod client_ip;
 pub mod error;
 #[cfg(any(feature = "catch", feature = "retry"))]
 mod error_chain;
 mod html;
+#[cfg(any(feature = "maintenance", feature = "rate-limit"))]
+mod path_prefix;
 #[cfg(any(
     feature = "catch",
     feature = "maintenance",
     feature = "shed",
     feature = "breaker",
-    feature = "lifecycle"
+    feature = "lifecycle",
+    feature = "rate-limit"
 ))]
 #[cfg_attr(
     docsrs,
@@ -137,7 +146,8 @@ mod html;
         feature = "maintenance",
         feature = "shed",
         feature = "breaker",
-        feature = "lifecycle"
+        feature = "lifecycle",
+        feature = "rate-limit"
     )))
 )]
 pub mod refuse;
@@ -165,6 +175,10 @@ pub mod lifecycle;
 #[cfg(feature = "maintenance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "maintenance")))]
 pub mod maintenance;
+
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub mod rate_limit;
 
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]

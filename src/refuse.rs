@@ -231,8 +231,47 @@ impl RefusalPolicy {
     where
         B: From<Bytes>,
     {
-        let (response, retry_after, error_id) =
-            self.build(status, reason, retry_after, detail, request, now);
+        self.respond_with(
+            meter,
+            status,
+            reason,
+            retry_after,
+            detail,
+            cause,
+            request,
+            now,
+            Vec::new(),
+        )
+    }
+
+    /// [`respond`](Self::respond) for a request over quota: `violated_policies` names the quota
+    /// policies it violated (the problem+json body says so, and the render hook sees them in
+    /// [`Refusal::violated_policies`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn respond_with<B>(
+        &self,
+        meter: &Meter,
+        status: StatusCode,
+        reason: Reason,
+        retry_after: Option<RetryAfter>,
+        detail: Option<Cow<'static, str>>,
+        cause: Option<&dyn fmt::Display>,
+        request: RequestView<'_>,
+        now: impl FnOnce() -> SystemTime,
+        violated_policies: Vec<Arc<str>>,
+    ) -> Response<B>
+    where
+        B: From<Bytes>,
+    {
+        let (response, retry_after, error_id) = self.build(
+            status,
+            reason,
+            retry_after,
+            detail,
+            request,
+            now,
+            violated_policies,
+        );
         meter.generated(status, reason);
         telemetry::event(
             meter,
@@ -249,8 +288,9 @@ impl RefusalPolicy {
         response
     }
 
-    /// The response of [`respond`](Self::respond), without counting or logging it, with the
-    /// `Retry-After` and error id it carries.
+    /// The response of [`respond_with`](Self::respond_with), without counting or logging it,
+    /// with the `Retry-After` and error id it carries.
+    #[allow(clippy::too_many_arguments)]
     fn build<B>(
         &self,
         status: StatusCode,
@@ -259,6 +299,7 @@ impl RefusalPolicy {
         detail: Option<Cow<'static, str>>,
         request: RequestView<'_>,
         now: impl FnOnce() -> SystemTime,
+        violated_policies: Vec<Arc<str>>,
     ) -> (Response<B>, Option<RetryAfter>, ErrorId)
     where
         B: From<Bytes>,
@@ -270,7 +311,9 @@ impl RefusalPolicy {
         } else {
             i.format
         };
-        let mut error = ErrorResponse::new(status, reason).format(format);
+        let mut error = ErrorResponse::new(status, reason)
+            .format(format)
+            .violated_policies(violated_policies);
         if let Some(ra) = retry_after {
             error = error.retry_after(ra);
         }
@@ -499,7 +542,8 @@ impl<'a> RequestView<'a> {
         feature = "maintenance",
         feature = "shed",
         feature = "breaker",
-        feature = "lifecycle"
+        feature = "lifecycle",
+        feature = "rate-limit"
     ))]
     pub(crate) fn of<B>(req: &'a http::Request<B>) -> Self {
         Self {
@@ -605,6 +649,13 @@ impl Refusal<'_> {
     /// not negotiate and the layer did not keep them).
     pub fn accept(&self) -> impl Iterator<Item = &HeaderValue> + '_ {
         self.request.accept()
+    }
+
+    /// The names of the quota policies a request over quota violated (a 429 of the
+    /// [rate limiter](crate::rate_limit)); empty for every other refusal. They are the names
+    /// listed in the response's `RateLimit-Policy` field.
+    pub fn violated_policies(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.error.violated_policy_names().iter().map(|n| &**n)
     }
 
     /// The crate's own response for this refusal, to decorate rather than replace.

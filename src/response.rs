@@ -1,6 +1,6 @@
 //! The generated error response every layer of this crate uses.
 
-use std::{borrow::Cow, fmt, time::SystemTime};
+use std::{borrow::Cow, fmt, sync::Arc, time::SystemTime};
 
 use bytes::Bytes;
 use http::{
@@ -357,7 +357,15 @@ pub struct ErrorResponse {
     detail: Option<Cow<'static, str>>,
     error_id: ErrorId,
     format: Format,
+    /// The quota policies a 429 violated (draft-ietf-httpapi-ratelimit-headers): when not
+    /// empty, the problem type is `quota-exceeded` with a `violated-policies` member.
+    violated_policies: Vec<Arc<str>>,
 }
+
+/// The problem type of a request over quota (draft-ietf-httpapi-ratelimit-headers, "Quota
+/// Exceeded" problem type).
+pub(crate) const QUOTA_EXCEEDED_TYPE: &str =
+    "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
 /// An RFC 9457 problem details object: the one `application/problem+json` renderer of the
 /// crate (generated responses and the maintenance admin router's errors).
@@ -372,6 +380,8 @@ pub(crate) struct Problem<'a> {
     pub(crate) error_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) retry_after: Option<u64>,
+    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
+    pub(crate) violated_policies: Option<Vec<&'a str>>,
 }
 
 impl Problem<'_> {
@@ -384,6 +394,7 @@ impl Problem<'_> {
             detail,
             error_id: None,
             retry_after: None,
+            violated_policies: None,
         }
     }
 
@@ -404,7 +415,37 @@ impl ErrorResponse {
             detail: None,
             error_id: ErrorId::new(),
             format: Format::Text,
+            violated_policies: Vec::new(),
         }
+    }
+
+    #[cfg(any(
+        feature = "catch",
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker",
+        feature = "lifecycle",
+        feature = "rate-limit"
+    ))]
+    /// The quota policies this 429 violated: the problem+json body then has the type
+    /// `https://iana.org/assignments/http-problem-types#quota-exceeded` and a
+    /// `violated-policies` member.
+    pub(crate) fn violated_policies(mut self, names: Vec<Arc<str>>) -> Self {
+        self.violated_policies = names;
+        self
+    }
+
+    #[cfg(any(
+        feature = "catch",
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker",
+        feature = "lifecycle",
+        feature = "rate-limit"
+    ))]
+    /// The names of the violated quota policies (empty unless this is a 429 over quota).
+    pub(crate) fn violated_policy_names(&self) -> &[Arc<str>] {
+        &self.violated_policies
     }
 
     /// Sets the `Retry-After` header. A delay under one second is sent as `1`: `Retry-After: 0`
@@ -478,17 +519,28 @@ impl ErrorResponse {
         match self.format {
             Format::Text => {
                 let mut s = format!("{code} {title}: {detail}\nerror id: {id}\n");
+                if !self.violated_policies.is_empty() {
+                    s.push_str("violated policies: ");
+                    s.push_str(&self.violated_policies.join(", "));
+                    s.push('\n');
+                }
                 if let Some(secs) = retry_secs {
                     s.push_str(&format!("retry after: {secs} s\n"));
                 }
                 Bytes::from(s)
             }
             Format::ProblemJson => {
-                let problem = Problem {
+                let mut problem = Problem {
                     error_id: Some(id.to_string()),
                     retry_after: retry_secs,
                     ..Problem::new(self.status, detail)
                 };
+                if !self.violated_policies.is_empty() {
+                    problem.ty = QUOTA_EXCEEDED_TYPE;
+                    problem.title = "Quota Exceeded";
+                    problem.violated_policies =
+                        Some(self.violated_policies.iter().map(|n| &**n).collect());
+                }
                 problem.to_bytes()
             }
             Format::Html => {

@@ -7,7 +7,6 @@ mod common;
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -17,53 +16,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{client, h2_client, request, BoxError, TestClient};
+use common::{client, demo_binary, h2_client, request, BoxError, TestClient};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 const DRAIN_DELAY: Duration = Duration::from_millis(1_500);
 const GRACE: Duration = Duration::from_millis(3_000);
-
-/// Builds the demo with this test's features and returns its path.
-fn demo_binary() -> PathBuf {
-    let features: Vec<&str> = [
-        ("catch", cfg!(feature = "catch")),
-        ("maintenance", cfg!(feature = "maintenance")),
-        ("shed", cfg!(feature = "shed")),
-        ("breaker", cfg!(feature = "breaker")),
-        ("retry", cfg!(feature = "retry")),
-        ("lifecycle", cfg!(feature = "lifecycle")),
-        ("lifecycle-serve", cfg!(feature = "lifecycle-serve")),
-        ("hyper-util", cfg!(feature = "hyper-util")),
-        ("axum", cfg!(feature = "axum")),
-        ("reqwest", cfg!(feature = "reqwest")),
-        ("reqwest-middleware", cfg!(feature = "reqwest-middleware")),
-    ]
-    .into_iter()
-    .filter_map(|(name, on)| on.then_some(name))
-    .collect();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "demo",
-            "--no-default-features",
-        ])
-        .args(["--features", &features.join(",")])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build --example demo failed");
-    // The test binary is target/<profile>/deps/lifecycle-<hash>; the example is beside deps.
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join("demo");
-    assert!(bin.exists(), "no demo binary at {}", bin.display());
-    bin
-}
 
 /// The demo process, its address, and its stdout lines with the instant each was read.
 struct Demo {

@@ -907,3 +907,71 @@ async fn fifty_clients_all_get_the_retry_the_server_invited() {
     );
     assert!(seen.lock().unwrap().values().all(|n| *n == 3));
 }
+
+fn canned(status: StatusCode, headers: &[(&'static str, &str)]) -> Canned {
+    Canned::Status(
+        status,
+        headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_without_retry_after_is_retried_after_its_ratelimit_reset() {
+    let script = Script::new([
+        canned(
+            StatusCode::TOO_MANY_REQUESTS,
+            &[("ratelimit", r#""burst";r=0;t=3, "daily";r=90;t=600"#)],
+        ),
+        canned(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &[("ratelimit", r#""burst";r=0;t=2"#)],
+        ),
+    ]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(
+        RetryPolicy::builder()
+            .max_attempts(3)
+            .backoff(fixed_backoff(100))
+            .build()
+            .unwrap(),
+    );
+    let (status, _) = call(&mut svc, get(addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let gaps = script.gaps();
+    assert_eq!(gaps.len(), 2);
+    // The exhausted policy's `t`, not the backoff and not the other policy's.
+    assert!(gaps[0] >= Duration::from_secs(3), "{gaps:?}");
+    assert!(gaps[0] < Duration::from_millis(3100), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_secs(2), "{gaps:?}");
+    assert!(gaps[1] < Duration::from_millis(2100), "{gaps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_wins_over_ratelimit_and_a_quota_left_is_no_wait() {
+    let script = Script::new([
+        canned(
+            StatusCode::TOO_MANY_REQUESTS,
+            &[("retry-after", "1"), ("ratelimit", r#""burst";r=0;t=30"#)],
+        ),
+        // A quota left (`r=1`): nothing to wait for but the backoff.
+        canned(
+            StatusCode::TOO_MANY_REQUESTS,
+            &[("ratelimit", r#""burst";r=1;t=30"#)],
+        ),
+    ]);
+    let addr = server(script.clone()).await;
+    let mut svc = retrying(
+        RetryPolicy::builder()
+            .max_attempts(3)
+            .backoff(fixed_backoff(100))
+            .build()
+            .unwrap(),
+    );
+    let (status, _) = call(&mut svc, get(addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let gaps = script.gaps();
+    assert!(gaps[0] >= Duration::from_secs(1), "{gaps:?}");
+    assert!(gaps[0] < Duration::from_millis(1100), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(100), "{gaps:?}");
+    assert!(gaps[1] < Duration::from_millis(200), "{gaps:?}");
+}

@@ -5,6 +5,7 @@
 //! DEMO_ADDR=127.0.0.1:8080 cargo run --example demo
 //! DEMO_DRAIN_DELAY_MS=1000 DEMO_GRACE_MS=2000 cargo run --example demo   # SIGTERM drain timings
 //! DEMO_REDIS_URL=redis://127.0.0.1:6379/ DEMO_ADMIN_TOKEN=s3cret cargo run --example demo   # fleet-wide maintenance
+//! DEMO_REDIS_URL=redis://127.0.0.1:6379/ cargo run --example demo   # /limited's quota in Redis
 //! ```
 //!
 //! It speaks HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on the same port. The routes are listed
@@ -13,6 +14,7 @@
 mod errors;
 mod flaky;
 mod lifecycle;
+mod limited;
 mod maintenance;
 mod metrics;
 mod proxy;
@@ -24,9 +26,10 @@ use axum::Router;
 use tower_5xx::catch::CatchLayer;
 
 /// The whole demo app. Each capability contributes its routes from its own module.
-fn app() -> Router {
+fn app(limited: Router) -> Router {
     let app = Router::new()
         .merge(errors::routes())
+        .merge(limited)
         .merge(flaky::routes())
         .merge(proxy::routes())
         .merge(shed::routes());
@@ -65,6 +68,13 @@ async fn main() {
         std::process::exit(2)
     }
     let prometheus = metrics::install();
+    let (limited, store) = match limited::routes().await {
+        Ok(routes) => routes,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1)
+        }
+    };
 
     println!("tower-5xx demo listening on http://{addr} (HTTP/1.1 and h2c)");
     println!();
@@ -72,6 +82,7 @@ async fn main() {
     proxy::print_help(addr);
     println!();
     shed::print_help(addr);
+    limited::print_help(addr, &store);
     println!();
     flaky::print_help(addr);
     println!();
@@ -86,7 +97,7 @@ async fn main() {
 
     // The probes and /metrics sit beside the app, outside its layers: never shed, in
     // maintenance or drained.
-    let app = app()
+    let app = app(limited)
         .layer(lifecycle.drain_layer())
         .merge(lifecycle::routes(&lifecycle))
         .merge(metrics::routes(prometheus));

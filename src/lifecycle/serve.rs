@@ -72,10 +72,10 @@ impl Lifecycle {
         {
             let mut closed = pin!(self.closed());
             loop {
-                let stream = tokio::select! {
+                let (stream, peer) = tokio::select! {
                     () = &mut closed => break,
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, _peer)) => stream,
+                        Ok(accepted) => accepted,
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -88,6 +88,7 @@ impl Lifecycle {
                 let http2 = Arc::new(AtomicBool::new(false));
                 let svc = Counted {
                     inner: service.clone(),
+                    peer,
                     in_flight: in_flight.clone(),
                     http2: http2.clone(),
                 };
@@ -140,11 +141,13 @@ impl Lifecycle {
     }
 }
 
-/// A connection's service: counts the requests in flight and notes whether the connection
-/// speaks HTTP/2.
+/// A connection's service: counts the requests in flight, notes whether the connection
+/// speaks HTTP/2, and puts the peer's address into each request's extensions (as a
+/// `SocketAddr`, where the maintenance allow-list and the rate limiter look for it).
 #[derive(Clone)]
 struct Counted<S> {
     inner: S,
+    peer: std::net::SocketAddr,
     in_flight: Arc<AtomicUsize>,
     http2: Arc<AtomicBool>,
 }
@@ -161,7 +164,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.peer);
         if req.version() == Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }

@@ -148,7 +148,7 @@ impl MaintenanceLayer {
     /// client. A peer outside every trusted net is the client itself, whatever its headers say.
     /// Default: no trusted proxies.
     pub fn trusted_proxy(mut self, net: impl Into<IpNet>) -> Self {
-        self.cfg().bypass.trusted.push(net.into().trunc());
+        self.cfg().bypass.ip.trust(net.into());
         self
     }
 
@@ -168,14 +168,14 @@ impl MaintenanceLayer {
     /// # let _ = layer;
     /// ```
     pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
-        self.cfg().bypass.forwarded_header = header;
+        self.cfg().bypass.ip.forwarded_header = header;
         self
     }
 
     /// How to find the peer address in a request's extensions, when it is stored as something
     /// other than a `SocketAddr` (or axum's `ConnectInfo<SocketAddr>` with the `axum` feature).
     pub fn peer_addr_from(mut self, peer: fn(&Extensions) -> Option<IpAddr>) -> Self {
-        self.cfg().bypass.peer = peer;
+        self.cfg().bypass.ip.peer = peer;
         self
     }
 

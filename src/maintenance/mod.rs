@@ -122,9 +122,9 @@ mod service;
 mod switch;
 
 pub use bypass::{BypassRequest, ForwardedHeader};
-pub use file::{FileState, SentinelFile};
 #[cfg(fuzzing)]
-pub(crate) use {bypass::fuzz as bypass_fuzz, file::fuzz as file_fuzz};
+pub(crate) use file::fuzz as file_fuzz;
+pub use file::{FileState, SentinelFile};
 /// Response future of [`Maintenance`]: the inner service's future, or a ready 503.
 pub type ResponseFuture<F, B> = crate::refuse::InnerOrRefused<F, B>;
 pub use ipnet::IpNet;

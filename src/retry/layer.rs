@@ -469,7 +469,7 @@ pub(crate) fn record_outcome(
     match response {
         None => permit.failure(),
         Some((status, headers)) => match status_outcome(status) {
-            Outcome::Failure => match server_wait(headers) {
+            Outcome::Failure => match server_wait(status, headers) {
                 Some(wait) if !wait.is_zero() => permit.failure_with_retry_after(wait),
                 _ => permit.failure(),
             },

@@ -175,7 +175,8 @@ impl fmt::Debug for Config {
 ///    reset with `REFUSED_STREAM`). The body must have been buffered. Attempts and budget remain.
 /// 3. **How long to wait?** The backoff delay, raised to the server's `Retry-After` when it
 ///    sent one (delta-seconds, or an HTTP-date read against the response's `Date` to cancel
-///    clock skew). A `Retry-After` above the cap (default 5 minutes), or a wait that would end
+///    clock skew), or, for a 429 or 503 without `Retry-After`, to the `t` of its `RateLimit`
+///    field's exhausted policies (`r=0`, draft-ietf-httpapi-ratelimit-headers). A `Retry-After` above the cap (default 5 minutes), or a wait that would end
 ///    past the deadline, returns the response at once instead of sleeping.
 ///
 /// The policy itself holds only shared configuration: what it knows about one request's
@@ -361,7 +362,7 @@ impl RetryPolicy {
                 (
                     RetryReason::Status(status),
                     Some(status),
-                    server_wait(headers),
+                    server_wait(status, headers),
                 )
             }
             AttemptOutcome::Error(_) => (RetryReason::Error, None, None),
@@ -451,8 +452,17 @@ impl RetryPolicy {
 /// The server's `Retry-After` as a wait, a date read against the response's `Date` when it has
 /// one (to cancel clock skew), else against the local clock. Unparseable values are ignored
 /// (the backoff applies), and every value is bounded by [`RetryAfter::MAX_DELAY`].
-pub(crate) fn server_wait(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?;
+///
+/// A 429 or 503 without `Retry-After` may still say when to come back in its `RateLimit`
+/// field (draft-ietf-httpapi-ratelimit-headers): the wait is then the longest `t` of the
+/// policies with no request left (`r=0`). `Retry-After` wins when both are present.
+pub(crate) fn server_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    let Some(value) = headers.get(header::RETRY_AFTER) else {
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            return ratelimit_wait(headers);
+        }
+        return None;
+    };
     let ra = RetryAfter::from_header_value(value).ok()?;
     let now = headers
         .get(header::DATE)
@@ -480,6 +490,103 @@ pub(crate) fn fuzz_retry_delay(cap: Duration, headers: &HeaderMap) -> Option<Dur
     };
     let outcome = AttemptOutcome::Response(StatusCode::SERVICE_UNAVAILABLE, headers);
     policy.decide_parts(&mut state, &request, outcome)
+}
+
+/// The `RateLimit` field (a structured-field list, possibly over several field lines): the
+/// longest `t` of its items with `r=0`, in seconds. `None` when no item is exhausted or the
+/// field is not a list that can be read (a malformed structured field is ignored whole).
+fn ratelimit_wait(headers: &HeaderMap) -> Option<Duration> {
+    let mut longest: Option<u64> = None;
+    for value in headers.get_all(RATELIMIT) {
+        let value = value.to_str().ok()?;
+        for member in split_members(value)? {
+            let (remaining, reset) = ratelimit_item(member)?;
+            if remaining == Some(0) {
+                if let Some(t) = reset {
+                    longest = Some(longest.map_or(t, |l| l.max(t)));
+                }
+            }
+        }
+    }
+    longest.map(|secs| Duration::from_secs(secs).min(RetryAfter::MAX_DELAY))
+}
+
+/// `RateLimit`.
+const RATELIMIT: header::HeaderName = header::HeaderName::from_static("ratelimit");
+
+/// The members of a structured-field list: split at commas outside quoted strings. `None` for
+/// an unterminated string.
+fn split_members(value: &str) -> Option<Vec<&str>> {
+    let mut members = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                members.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return None;
+    }
+    members.push(value[start..].trim());
+    Some(members)
+}
+
+/// The `r` and `t` parameters of one `RateLimit` item (`"name";r=0;t=7`). `None` when the item
+/// is malformed: no name, a parameter without a key, `r` or `t` not a non-negative integer.
+fn ratelimit_item(member: &str) -> Option<(Option<u64>, Option<u64>)> {
+    // The name: a string (which may hold ';') or a token.
+    let rest = if let Some(quoted) = member.strip_prefix('"') {
+        let mut escaped = false;
+        let end = quoted.char_indices().find_map(|(i, c)| match c {
+            _ if escaped => {
+                escaped = false;
+                None
+            }
+            '\\' => {
+                escaped = true;
+                None
+            }
+            '"' => Some(i),
+            _ => None,
+        })?;
+        &quoted[end + 1..]
+    } else {
+        let end = member.find(';').unwrap_or(member.len());
+        if end == 0 {
+            return None;
+        }
+        &member[end..]
+    };
+    let (mut remaining, mut reset) = (None, None);
+    for param in rest.split(';').skip(1) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (param.trim(), None),
+        };
+        if key.is_empty() {
+            return None;
+        }
+        let int = || -> Option<u64> {
+            let v = value?;
+            if v.is_empty() || v.len() > 15 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            v.parse().ok()
+        };
+        match key {
+            "r" => remaining = Some(int()?),
+            "t" => reset = Some(int()?),
+            _ => {}
+        }
+    }
+    Some((remaining, reset))
 }
 
 /// What the policy needs to know of a request, from any client's request type.
@@ -843,14 +950,65 @@ mod tests {
             header::RETRY_AFTER,
             "Sun, 06 Nov 1994 08:49:39 GMT".parse().unwrap(),
         );
-        assert_eq!(server_wait(&h), Some(Duration::from_secs(2)));
+        assert_eq!(
+            server_wait(StatusCode::SERVICE_UNAVAILABLE, &h),
+            Some(Duration::from_secs(2))
+        );
         h.insert(header::RETRY_AFTER, "garbage".parse().unwrap());
-        assert_eq!(server_wait(&h), None);
+        assert_eq!(server_wait(StatusCode::SERVICE_UNAVAILABLE, &h), None);
         h.insert(
             header::RETRY_AFTER,
             "99999999999999999999999".parse().unwrap(),
         );
-        assert_eq!(server_wait(&h), Some(RetryAfter::MAX_DELAY));
+        assert_eq!(
+            server_wait(StatusCode::SERVICE_UNAVAILABLE, &h),
+            Some(RetryAfter::MAX_DELAY)
+        );
+    }
+
+    #[test]
+    fn ratelimit_t_is_read_when_retry_after_is_absent() {
+        let wait = |status: u16, fields: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for f in fields {
+                h.append(RATELIMIT, f.parse().unwrap());
+            }
+            server_wait(StatusCode::from_u16(status).unwrap(), &h)
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(wait(429, &[r#""burst";r=0;t=7"#]), secs(7));
+        assert_eq!(wait(503, &[r#""burst";r=0;t=7"#]), secs(7));
+        // Only 429 and 503 are read.
+        assert_eq!(wait(500, &[r#""burst";r=0;t=7"#]), None);
+        // The longest wait of the exhausted policies, over several field lines.
+        assert_eq!(
+            wait(
+                429,
+                &[r#""a";r=0;t=3, "b;x";r=5;t=99"#, r#"c;r=0;t=9;pk=:AAA=:"#]
+            ),
+            secs(9)
+        );
+        // Nothing exhausted: no wait from the field.
+        assert_eq!(wait(429, &[r#""a";r=1;t=3"#]), None);
+        // Malformed: ignored whole.
+        for bad in [
+            r#""a;r=0;t=3"#,
+            r#""a";r=0;t=-3"#,
+            r#""a";r=0;t=1.5"#,
+            r#";r=0;t=3"#,
+            r#""a";r=0;t=99999999999999999999"#,
+            r#""a";r=x;t=3"#,
+        ] {
+            assert_eq!(wait(429, &[bad]), None, "{bad}");
+        }
+        // Retry-After wins.
+        let mut h = HeaderMap::new();
+        h.insert(RATELIMIT, r#""a";r=0;t=30"#.parse().unwrap());
+        h.insert(header::RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(
+            server_wait(StatusCode::TOO_MANY_REQUESTS, &h),
+            Some(Duration::from_secs(2))
+        );
     }
 
     #[test]

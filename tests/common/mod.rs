@@ -266,3 +266,45 @@ pub async fn raw_http1_get_until_closed(addr: SocketAddr, path: &str) -> Vec<u8>
     .expect("read failed");
     received
 }
+
+/// Builds the demo with this test's features and returns its path.
+pub fn demo_binary() -> std::path::PathBuf {
+    let features: Vec<&str> = [
+        ("catch", cfg!(feature = "catch")),
+        ("maintenance", cfg!(feature = "maintenance")),
+        ("shed", cfg!(feature = "shed")),
+        ("breaker", cfg!(feature = "breaker")),
+        ("retry", cfg!(feature = "retry")),
+        ("lifecycle", cfg!(feature = "lifecycle")),
+        ("lifecycle-serve", cfg!(feature = "lifecycle-serve")),
+        ("rate-limit", cfg!(feature = "rate-limit")),
+        ("redis", cfg!(feature = "redis")),
+        ("hyper-util", cfg!(feature = "hyper-util")),
+        ("axum", cfg!(feature = "axum")),
+        ("reqwest", cfg!(feature = "reqwest")),
+        ("reqwest-middleware", cfg!(feature = "reqwest-middleware")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "demo",
+            "--no-default-features",
+        ])
+        .args(["--features", &features.join(",")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build --example demo failed");
+    // The test binary is target/<profile>/deps/<test>-<hash>; the example is beside deps.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("demo");
+    assert!(bin.exists(), "no demo binary at {}", bin.display());
+    bin
+}

@@ -1,0 +1,311 @@
+//! The client's IP address, the one way every layer of the crate reads it: the peer address of
+//! the connection, or, when that peer is a trusted proxy, the address the proxy reports in the
+//! one header it is configured to write. Used by the maintenance allow-list and by the rate
+//! limiter's keys.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{
+    header::{HeaderName, FORWARDED},
+    Extensions, HeaderMap,
+};
+use ipnet::IpNet;
+
+/// `X-Forwarded-For`.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The header your trusted proxies write the client address into; the only one a layer reads.
+///
+/// It matters only for requests from a trusted proxy (`trusted_proxy` on
+/// the maintenance and rate-limit layers).
+///
+/// Name the header your proxies **write**, and only that one. Most proxies (nginx's
+/// `$proxy_add_x_forwarded_for`, AWS ALB, Envoy, HAProxy's `option forwardfor`) append to
+/// `X-Forwarded-For` and pass any other header from the client through untouched: were a layer
+/// to read `Forwarded` too, a client could write its own `Forwarded: for=<allowed address>` and
+/// be believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: <client>, <proxy1>, ...` (the default: what most proxies write).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=<client>, for=<proxy1>` (RFC 7239), for proxies configured to write it
+    /// (and to remove or append to what the client sent).
+    Forwarded,
+}
+
+/// How a layer finds the peer (TCP) address of a request in its extensions.
+pub(crate) type PeerFn = fn(&Extensions) -> Option<IpAddr>;
+
+/// The built-in peer lookup: a [`SocketAddr`] in the extensions (insert it yourself with plain
+/// hyper) or, with the `axum` feature, axum's `ConnectInfo<SocketAddr>`.
+pub(crate) fn default_peer(ext: &Extensions) -> Option<IpAddr> {
+    if let Some(addr) = ext.get::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
+    }
+    None
+}
+
+/// The rules that find a request's client IP: trusted proxies, the header they write, and where
+/// the peer address is.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientIpRules {
+    pub(crate) trusted: Vec<IpNet>,
+    pub(crate) forwarded_header: ForwardedHeader,
+    pub(crate) peer: PeerFn,
+}
+
+impl Default for ClientIpRules {
+    fn default() -> Self {
+        Self {
+            trusted: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
+            peer: default_peer,
+        }
+    }
+}
+
+impl ClientIpRules {
+    /// Trusts proxies in `net` (truncated to its network).
+    pub(crate) fn trust(&mut self, net: IpNet) {
+        self.trusted.push(net.trunc());
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client IP of a request: the peer address, or what a trusted peer reports. `None`
+    /// when there is no peer address or a trusted proxy's report cannot be read.
+    pub(crate) fn client_ip(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
+        let peer = (self.peer)(extensions)?.to_canonical();
+        if !self.is_trusted(peer) {
+            // Headers from an untrusted peer are whatever the client wants them to be.
+            return Some(peer);
+        }
+        forwarded_client(headers, self.forwarded_header, peer, |ip| {
+            self.is_trusted(ip)
+        })
+    }
+}
+
+/// [`forwarded_client`] and [`parse_node`] for the fuzz targets (`crate::__fuzz`).
+#[cfg(fuzzing)]
+pub(crate) mod fuzz {
+    use std::net::IpAddr;
+
+    use http::HeaderMap;
+
+    use super::ForwardedHeader;
+
+    pub(crate) fn forwarded_client(
+        headers: &HeaderMap,
+        forwarded: bool,
+        peer: IpAddr,
+        trusted: impl Fn(IpAddr) -> bool,
+    ) -> Option<IpAddr> {
+        let which = if forwarded {
+            ForwardedHeader::Forwarded
+        } else {
+            ForwardedHeader::XForwardedFor
+        };
+        super::forwarded_client(headers, which, peer, trusted)
+    }
+
+    pub(crate) fn parse_node(node: &str) -> Option<IpAddr> {
+        super::parse_node(node)
+    }
+}
+
+/// The client address reported by a chain of trusted proxies.
+///
+/// Reads `which` header only (the other one is whatever the client sent: proxies pass it through)
+/// and walks the hops right to left (nearest proxy first), skipping trusted proxies: the first
+/// untrusted hop is the client. Returns `peer` when there is no such header (the proxy itself is
+/// the client), `None` when a hop cannot be read (obfuscated, `unknown`, garbage: the client is
+/// unknown), and the leftmost hop when every hop is trusted.
+fn forwarded_client(
+    headers: &HeaderMap,
+    which: ForwardedHeader,
+    peer: IpAddr,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> Option<IpAddr> {
+    let mut hops: Vec<&str> = Vec::new();
+    if which == ForwardedHeader::Forwarded {
+        for value in headers.get_all(FORWARDED) {
+            let Ok(value) = value.to_str() else {
+                return None;
+            };
+            for element in value.split(',') {
+                let node = element.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    key.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| value.trim().trim_matches('"'))
+                });
+                match node {
+                    Some(node) => hops.push(node),
+                    // An element without `for=` says nothing about the client: unknown.
+                    None => return None,
+                }
+            }
+        }
+    } else {
+        for value in headers.get_all(X_FORWARDED_FOR) {
+            let Ok(value) = value.to_str() else {
+                return None;
+            };
+            hops.extend(value.split(',').map(str::trim));
+        }
+    }
+    if hops.is_empty() {
+        return Some(peer);
+    }
+    let mut leftmost = None;
+    for hop in hops.iter().rev() {
+        // An unreadable hop: the client is unknown.
+        let ip = parse_node(hop)?;
+        if !trusted(ip) {
+            return Some(ip);
+        }
+        leftmost = Some(ip);
+    }
+    leftmost
+}
+
+/// An address as proxies write it: `192.0.2.1`, `192.0.2.1:8080`, `2001:db8::1`,
+/// `[2001:db8::1]`, `[2001:db8::1]:8080`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(addr) = node.parse::<SocketAddr>() {
+        return Some(addr.ip().to_canonical());
+    }
+    node.strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
+    const FWD: ForwardedHeader = ForwardedHeader::Forwarded;
+
+    fn trusted_10(ip: IpAddr) -> bool {
+        "10.0.0.0/8".parse::<IpNet>().unwrap().contains(&ip)
+    }
+
+    #[test]
+    fn rules_believe_only_trusted_peers() {
+        let mut rules = ClientIpRules::default();
+        rules.trust("10.0.0.0/8".parse().unwrap());
+        let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        let mut ext = Extensions::new();
+        assert_eq!(rules.client_ip(&h, &ext), None, "no peer address");
+        ext.insert(SocketAddr::from(([10, 0, 0, 1], 1234)));
+        assert_eq!(rules.client_ip(&h, &ext), Some(ip("203.0.113.9")));
+        ext.insert(SocketAddr::from(([192, 0, 2, 7], 1234)));
+        assert_eq!(rules.client_ip(&h, &ext), Some(ip("192.0.2.7")));
+    }
+
+    #[test]
+    fn nodes() {
+        assert_eq!(parse_node("192.0.2.1"), Some(ip("192.0.2.1")));
+        assert_eq!(parse_node("192.0.2.1:80"), Some(ip("192.0.2.1")));
+        assert_eq!(parse_node("2001:db8::1"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_node("[2001:db8::1]"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_node("[2001:db8::1]:443"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_node("::ffff:192.0.2.1"), Some(ip("192.0.2.1")));
+        assert_eq!(parse_node("unknown"), None);
+        assert_eq!(parse_node("_hidden"), None);
+        assert_eq!(parse_node(""), None);
+    }
+
+    #[test]
+    fn xff_right_to_left_skipping_trusted() {
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, 198.51.100.2, 10.0.0.5")]);
+        assert_eq!(
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
+            Some(ip("198.51.100.2"))
+        );
+        // Split over two fields, in order.
+        let h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "10.0.0.7, 10.0.0.5"),
+        ]);
+        assert_eq!(
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
+            Some(ip("203.0.113.9"))
+        );
+        // All trusted: the leftmost.
+        let h = headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
+        assert_eq!(
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
+            Some(ip("10.0.0.1"))
+        );
+        // Garbage nearest to us: unknown.
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, nonsense")]);
+        assert_eq!(forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10), None);
+        assert_eq!(
+            forwarded_client(&HeaderMap::new(), XFF, ip("10.9.9.9"), trusted_10),
+            Some(ip("10.9.9.9"))
+        );
+    }
+
+    #[test]
+    fn only_the_configured_header_is_read() {
+        let h = headers(&[
+            ("x-forwarded-for", "192.0.2.200"),
+            (
+                "forwarded",
+                "for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\"",
+            ),
+        ]);
+        assert_eq!(
+            forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10),
+            Some(ip("2001:db8:cafe::17"))
+        );
+        assert_eq!(
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
+            Some(ip("192.0.2.200"))
+        );
+        // The header that is not configured is ignored even when it is the only one.
+        let h = headers(&[("forwarded", "for=192.0.2.60")]);
+        assert_eq!(
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
+            Some(ip("10.0.0.1"))
+        );
+        let h = headers(&[("x-forwarded-for", "192.0.2.60")]);
+        assert_eq!(
+            forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10),
+            Some(ip("10.0.0.1"))
+        );
+        let h = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10), None);
+        let h = headers(&[("forwarded", "proto=https")]);
+        assert_eq!(forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10), None);
+    }
+}

@@ -1,0 +1,434 @@
+//! Quota policies and the GCRA arithmetic every store shares.
+
+use std::{fmt::Write as _, sync::Arc, time::Duration};
+
+use http::HeaderValue;
+
+use crate::error::InvalidConfig;
+
+/// The most policies one layer enforces at once (each key keeps one timestamp per policy).
+pub const MAX_POLICIES: usize = 4;
+
+/// The largest quota or burst a policy may have: one billion.
+pub const MAX_QUOTA: u64 = 1_000_000_000;
+
+/// The longest window a policy may have: 366 days.
+pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// A quota policy: at most `quota` requests per `window` for each key, with bursts of up to
+/// [`burst`](Self::burst) requests (by default `quota`).
+///
+/// It is advertised in the `RateLimit-Policy` field as `"name";q=quota;w=window` (window in
+/// seconds), and the [`RateLimit`](super#the-fields) field reports each key's remaining quota
+/// under the same name.
+///
+/// Enforced with GCRA (the generic cell rate algorithm): requests are spaced
+/// `window / quota` apart on average, and a key that has been quiet may send up to `burst` at
+/// once. With the default burst this is a sliding window of `quota` requests per `window`
+/// that never resets all at once: a client that used its whole quota gets one request back
+/// every `window / quota`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_5xx::rate_limit::Policy;
+///
+/// // 10 per second on average, 20 at once after a quiet second.
+/// let burst = Policy::new("burst", 10, Duration::from_secs(1)).burst(20);
+/// // And 1,000 per hour.
+/// let hourly = Policy::new("hourly", 1000, Duration::from_secs(3600));
+/// # let _ = (burst, hourly);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub(crate) name: Arc<str>,
+    quota: u64,
+    window: Duration,
+    burst: Option<u64>,
+}
+
+impl Policy {
+    /// At most `quota` requests per `window` for each key. The name (printable ASCII, no `"`
+    /// or `\`, at most 64 characters) identifies the policy in the fields and in the 429's
+    /// `violated-policies`. Checked by the layer's `build`: the quota must be 1 to
+    /// [`MAX_QUOTA`], the window whole seconds from 1 s to [`MAX_WINDOW`] (the fields carry
+    /// seconds), and `window / quota` at least 1 µs.
+    pub fn new(name: impl Into<String>, quota: u64, window: Duration) -> Self {
+        Self {
+            name: Arc::from(name.into()),
+            quota,
+            window,
+            burst: None,
+        }
+    }
+
+    /// How many requests a key that has been quiet may send at once: 1 to [`MAX_QUOTA`].
+    /// Default: the quota.
+    pub fn burst(mut self, burst: u64) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests allowed per window.
+    pub fn quota(&self) -> u64 {
+        self.quota
+    }
+
+    /// The window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The burst size (the quota unless set).
+    pub fn burst_size(&self) -> u64 {
+        self.burst.unwrap_or(self.quota)
+    }
+
+    /// Checks the policy and gives its GCRA parameters.
+    pub(crate) fn gcra(&self) -> Result<Gcra, InvalidConfig> {
+        let name = &*self.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            return Err(InvalidConfig::new(
+                "policy name",
+                "must be 1 to 64 printable ASCII characters other than '\"' and '\\'",
+            ));
+        }
+        if !(1..=MAX_QUOTA).contains(&self.quota) {
+            return Err(InvalidConfig::new(
+                "policy quota",
+                "must be from 1 to 1,000,000,000",
+            ));
+        }
+        if !(1..=MAX_QUOTA).contains(&self.burst_size()) {
+            return Err(InvalidConfig::new(
+                "policy burst",
+                "must be from 1 to 1,000,000,000",
+            ));
+        }
+        if self.window < Duration::from_secs(1)
+            || self.window > MAX_WINDOW
+            || self.window.subsec_nanos() != 0
+        {
+            return Err(InvalidConfig::new(
+                "policy window",
+                "must be whole seconds, from 1 s to 366 days",
+            ));
+        }
+        let interval = self.window.as_secs() * NANOS_PER_SEC / self.quota;
+        if interval < 1_000 {
+            return Err(InvalidConfig::new(
+                "policy quota",
+                "must be at most one request per microsecond of the window",
+            ));
+        }
+        Ok(Gcra {
+            interval,
+            capacity: interval * self.burst_size(),
+        })
+    }
+
+    /// The policy as an item of `RateLimit-Policy`: `"name";q=10;w=1`.
+    fn write_item(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "\"{}\";q={};w={}",
+            self.name,
+            self.quota,
+            self.window.as_secs()
+        );
+    }
+}
+
+/// The `RateLimit-Policy` field value of a list of (checked) policies.
+pub(crate) fn policy_header(policies: &[Policy]) -> HeaderValue {
+    let mut out = String::new();
+    for (i, p) in policies.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        p.write_item(&mut out);
+    }
+    HeaderValue::try_from(out).expect("checked names are valid in a header")
+}
+
+/// GCRA parameters of one policy, in nanoseconds: the emission interval (`window / quota`)
+/// and the capacity (`burst * interval`: how far ahead of now a key's theoretical arrival time
+/// may run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Gcra {
+    pub(crate) interval: u64,
+    pub(crate) capacity: u64,
+}
+
+impl Gcra {
+    /// The verdict for one request at `now`, given the key's theoretical arrival time `tat`
+    /// (0 for a key never seen): the new TAT if it is admitted, and the key's debt (how far
+    /// its TAT runs ahead of now) after admitting it, or as it stands if not.
+    #[inline]
+    pub(crate) fn check(self, tat: u64, now: u64) -> Verdict {
+        let tat = tat.max(now);
+        let new_tat = tat.saturating_add(self.interval);
+        let debt_after = new_tat - now;
+        if debt_after <= self.capacity {
+            Verdict {
+                admit: true,
+                new_tat,
+                debt: debt_after,
+                debt_before: tat - now,
+            }
+        } else {
+            Verdict {
+                admit: false,
+                new_tat: tat,
+                debt: tat - now,
+                debt_before: tat - now,
+            }
+        }
+    }
+
+    /// What the fields say about a key with `debt` after the decision.
+    #[inline]
+    pub(crate) fn status(self, debt: u64, violated: bool) -> PolicyStatus {
+        if violated {
+            PolicyStatus {
+                remaining: 0,
+                reset: debt,
+                // The wait until one more request fits under the capacity.
+                wait: debt
+                    .saturating_add(self.interval)
+                    .saturating_sub(self.capacity),
+                violated: true,
+            }
+        } else {
+            PolicyStatus {
+                remaining: self.capacity.saturating_sub(debt) / self.interval,
+                reset: debt,
+                wait: 0,
+                violated: false,
+            }
+        }
+    }
+}
+
+/// One policy's verdict on one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub(crate) admit: bool,
+    pub(crate) new_tat: u64,
+    pub(crate) debt: u64,
+    /// The debt as it stands, without this request (what the fields report when another
+    /// policy refuses it).
+    pub(crate) debt_before: u64,
+}
+
+/// One policy's state for the response fields: remaining requests, nanoseconds until the key
+/// is back to its full burst, and (when violated) nanoseconds until the next request fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PolicyStatus {
+    pub(crate) remaining: u64,
+    pub(crate) reset: u64,
+    pub(crate) wait: u64,
+    pub(crate) violated: bool,
+}
+
+/// A decision over all the policies of a layer: whether the request is admitted, and each
+/// policy's debt (how far the key's TAT runs ahead of now) and verdict. Small (40 bytes) and
+/// cheap to make: what the fields say is computed from it only when they are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Decision {
+    pub(crate) admit: bool,
+    pub(crate) len: u8,
+    /// Bit `i`: policy `i` refused the request.
+    violated: u8,
+    debts: [u64; MAX_POLICIES],
+}
+
+impl Decision {
+    /// From each policy's debt and whether it was violated.
+    #[inline]
+    pub(crate) fn from_debts(debts: &[u64], violated: &[bool]) -> Self {
+        let mut d = Decision {
+            len: debts.len() as u8,
+            ..Decision::default()
+        };
+        for (i, (&debt, &v)) in debts.iter().zip(violated).enumerate() {
+            d.debts[i] = debt;
+            d.violated |= u8::from(v) << i;
+        }
+        d.admit = d.violated == 0;
+        d
+    }
+
+    /// What the fields say for each policy.
+    pub(crate) fn statuses<'a>(
+        &'a self,
+        gcras: &'a [Gcra],
+    ) -> impl Iterator<Item = PolicyStatus> + 'a {
+        gcras
+            .iter()
+            .take(usize::from(self.len))
+            .enumerate()
+            .map(|(i, g)| g.status(self.debts[i], self.violated & (1 << i) != 0))
+    }
+
+    /// The wait until the request would be admitted: the longest over the violated policies.
+    pub(crate) fn wait(&self, gcras: &[Gcra]) -> Duration {
+        Duration::from_nanos(self.statuses(gcras).map(|s| s.wait).max().unwrap_or(0))
+    }
+
+    /// The `RateLimit` field value: `"name";r=4;t=2` per policy, `t` in whole seconds rounded
+    /// up. Written into a stack buffer without `fmt` (this runs for every admitted request):
+    /// one allocation, the header value's own.
+    pub(crate) fn header(&self, policies: &[Policy], gcras: &[Gcra]) -> HeaderValue {
+        // At most 4 items of a 64-byte name, two 20-digit numbers and 12 bytes of syntax.
+        let mut buf = [0u8; 4 * (64 + 2 * 20 + 12)];
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        };
+        for (i, (s, p)) in self.statuses(gcras).zip(policies).enumerate() {
+            if i > 0 {
+                put(b", ");
+            }
+            put(b"\"");
+            put(p.name.as_bytes());
+            put(b"\";r=");
+            put(decimal(s.remaining, &mut [0; 20]));
+            put(b";t=");
+            put(decimal(s.reset.div_ceil(NANOS_PER_SEC), &mut [0; 20]));
+        }
+        HeaderValue::from_bytes(&buf[..len]).expect("checked names are valid in a header")
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn bad_policies_are_refused() {
+        let bad = [
+            Policy::new("", 10, S(1)),
+            Policy::new("a\"b", 10, S(1)),
+            Policy::new("a\\b", 10, S(1)),
+            Policy::new("é", 10, S(1)),
+            Policy::new("x".repeat(65), 10, S(1)),
+            Policy::new("p", 0, S(1)),
+            Policy::new("p", MAX_QUOTA + 1, S(1_000_000)),
+            Policy::new("p", u64::MAX, S(1)),
+            Policy::new("p", 10, Duration::ZERO),
+            Policy::new("p", 10, Duration::from_millis(500)),
+            Policy::new("p", 10, Duration::from_millis(1500)),
+            Policy::new("p", 10, MAX_WINDOW + S(1)),
+            Policy::new("p", 10, Duration::MAX),
+            Policy::new("p", 10, S(1)).burst(0),
+            Policy::new("p", 10, S(1)).burst(u64::MAX),
+            // Two million a second: more than one per microsecond.
+            Policy::new("p", 2_000_000, S(1)),
+        ];
+        for p in bad {
+            let e = p.gcra().unwrap_err();
+            assert!(e.setting().starts_with("policy"), "{p:?}: {e}");
+        }
+        let g = Policy::new("burst", 10, S(1)).burst(20).gcra().unwrap();
+        assert_eq!(g.interval, 100_000_000);
+        assert_eq!(g.capacity, 2_000_000_000);
+        assert!(Policy::new("p", MAX_QUOTA, MAX_WINDOW).gcra().is_ok());
+    }
+
+    #[test]
+    fn gcra_admits_the_burst_then_one_per_interval() {
+        let g = Policy::new("p", 5, S(10)).gcra().unwrap();
+        let mut tat = 0;
+        let now = 1_000 * NANOS_PER_SEC;
+        for i in 0..5 {
+            let v = g.check(tat, now);
+            assert!(v.admit, "request {i}");
+            tat = v.new_tat;
+            let s = g.status(v.debt, false);
+            assert_eq!(s.remaining, 4 - i);
+            assert_eq!(s.reset, (i + 1) * 2 * NANOS_PER_SEC);
+        }
+        let v = g.check(tat, now);
+        assert!(!v.admit);
+        assert_eq!(v.new_tat, tat, "a refusal costs nothing");
+        let s = g.status(v.debt, true);
+        assert_eq!(
+            (s.remaining, s.reset, s.wait),
+            (0, 10 * NANOS_PER_SEC, 2 * NANOS_PER_SEC)
+        );
+        // One interval later, exactly one more.
+        let later = now + 2 * NANOS_PER_SEC;
+        let v = g.check(tat, later);
+        assert!(v.admit);
+        assert!(!g.check(v.new_tat, later).admit);
+    }
+
+    #[test]
+    fn any_state_from_a_store_is_reported_without_overflow() {
+        let g = Policy::new("p", 5, S(10)).gcra().unwrap();
+        let s = g.status(u64::MAX, true);
+        assert_eq!((s.remaining, s.reset), (0, u64::MAX));
+        assert_eq!(s.wait, u64::MAX - g.capacity);
+        let d = Decision::from_debts(&[u64::MAX], &[true]);
+        assert_eq!(
+            d.header(&[Policy::new("p", 5, S(10))], &[g]),
+            "\"p\";r=0;t=18446744074"
+        );
+        assert!(g.check(u64::MAX, 0).debt == u64::MAX && !g.check(u64::MAX, 0).admit);
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn the_fields_are_structured_field_lists() {
+        let policies = [
+            Policy::new("burst", 10, S(1)).burst(20),
+            Policy::new("hourly", 1000, S(3600)),
+        ];
+        assert_eq!(
+            policy_header(&policies),
+            "\"burst\";q=10;w=1, \"hourly\";q=1000;w=3600"
+        );
+        let gcras: Vec<Gcra> = policies.iter().map(|p| p.gcra().unwrap()).collect();
+        let d = Decision::from_debts(&[2_000_000_000, 3_600_000_000], &[true, false]);
+        assert!(!d.admit);
+        assert_eq!(
+            d.header(&policies, &gcras),
+            "\"burst\";r=0;t=2, \"hourly\";r=999;t=4"
+        );
+        assert_eq!(d.wait(&gcras), Duration::from_millis(100));
+    }
+}

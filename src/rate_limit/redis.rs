@@ -1,0 +1,227 @@
+//! The Redis store: one quota for a fleet, one atomic GCRA decision per request.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    RedisError, Script,
+};
+
+use super::{
+    future::Deciding,
+    key::Key,
+    layer::Shared,
+    policy::{Decision, MAX_POLICIES},
+};
+use crate::error::InvalidConfig;
+
+/// The decision, atomically in Redis: for each policy (one key each, `KEYS[i]`, with its
+/// emission interval and capacity in microseconds in `ARGV[2i-1]`, `ARGV[2i]`), the GCRA check
+/// against Redis's own clock (`TIME`, so instances with skewed clocks agree). Only if every
+/// policy admits the request are the new theoretical arrival times stored, each expiring when
+/// it is no longer ahead of the clock. Returns `{admitted, debt_1, violated_1, ...}`, debts in
+/// microseconds (after the request if it was admitted, as they stand if it was not).
+const GCRA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {1}
+local new = {}
+local before = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local capacity = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  if tat < now then tat = now end
+  local after = tat + interval
+  before[i] = tat - now
+  if after - now <= capacity then
+    new[i] = after
+    out[2 * i] = after - now
+    out[2 * i + 1] = 0
+  else
+    out[1] = 0
+    out[2 * i] = tat - now
+    out[2 * i + 1] = 1
+  end
+end
+if out[1] == 0 then
+  for i = 1, #KEYS do
+    out[2 * i] = before[i]
+  end
+else
+  for i = 1, #KEYS do
+    local ttl = math.ceil((new[i] - now) / 1000) + 1
+    redis.call('SET', KEYS[i], string.format('%d', new[i]), 'PX', ttl)
+  end
+end
+return out
+";
+
+/// Quotas kept in Redis, shared by every instance that uses the same server and
+/// [prefix](Self::prefix). Give it to [`RateLimitBuilder::redis`](super::RateLimitBuilder::redis).
+///
+/// | setting | default |
+/// |---|---|
+/// | [`timeout`](Self::timeout) | **5 ms** per decision, connection included (on loopback or in one zone a decision takes well under 1 ms) |
+/// | on failure | **fail open**: the layer decides with its in-memory store, per instance ([`fail_closed`](Self::fail_closed) to answer 503 instead) |
+/// | [`prefix`](Self::prefix) | `tower-5xx:rl:` |
+///
+/// **One round trip per request**: a Lua script run with `EVALSHA` (loaded again by itself
+/// after a Redis restart) makes the whole decision atomically, so two instances sharing a
+/// quota admit at most that quota between them. It reads Redis's clock, not the instances'.
+/// Requests share one multiplexed connection ([`ConnectionManager`], which reconnects by
+/// itself in the background).
+///
+/// **A slow or dead Redis never stalls a request beyond the timeout and never causes a 500**:
+/// past it, the request is decided by the layer's in-memory store (the same policies, counted
+/// per instance, so a fleet of N admits up to N times the quota while Redis is away), or, with
+/// [`fail_closed`](Self::fail_closed), answered **503 + `Retry-After`** (the server cannot
+/// tell whether the client is within quota: that is not the client's fault, so not a 429).
+/// When Redis is back, decisions go back to it; a restarted Redis without persistence starts
+/// every client afresh.
+///
+/// Keys are `{prefix}{<client key>}:<policy name>`, with a hash tag so that one client's keys
+/// share a slot in a Redis Cluster. Each expires once its client is back to a full quota.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    script: Arc<Script>,
+    prefix: Arc<[u8]>,
+    timeout: Duration,
+    pub(crate) fail_closed: Option<Duration>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .field("timeout", &self.timeout)
+            .field("fail_closed", &self.fail_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis at `url` (`redis://host:port/db`) and keeps reconnecting when the
+    /// connection breaks. Connecting at start means the first request is already decided in
+    /// Redis.
+    ///
+    /// # Errors
+    ///
+    /// The URL is invalid or Redis cannot be reached within 1 s.
+    pub async fn connect(url: &str) -> Result<Self, RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            // Reconnect soon after an outage: 10 ms, 20 ms, ... up to 1 s between attempts.
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(3);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self::with_connection_manager(conn))
+    }
+
+    /// A store on a connection manager you configured yourself.
+    pub fn with_connection_manager(conn: ConnectionManager) -> Self {
+        Self {
+            conn,
+            script: Arc::new(Script::new(GCRA_LUA)),
+            prefix: Arc::from(&b"tower-5xx:rl:"[..]),
+            timeout: Duration::from_millis(5),
+            fail_closed: None,
+        }
+    }
+
+    /// The prefix of every key (default `tower-5xx:rl:`): instances with the same prefix share
+    /// quotas; use one per service or per layer.
+    pub fn prefix(mut self, prefix: impl AsRef<[u8]>) -> Self {
+        self.prefix = Arc::from(prefix.as_ref());
+        self
+    }
+
+    /// The longest a decision may take, connecting included. Default 5 ms; 100 µs to 10 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Answers **503 + `Retry-After`** (`retry_after` as the base wait, bounded and jittered by
+    /// the layer's refusal policy) when Redis cannot decide in time, instead of deciding in
+    /// memory. For quotas that protect something costly, where admitting N times the quota
+    /// during an outage is worse than refusing.
+    pub fn fail_closed(mut self, retry_after: Duration) -> Self {
+        self.fail_closed = Some(retry_after);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), InvalidConfig> {
+        if !(Duration::from_micros(100)..=Duration::from_secs(10)).contains(&self.timeout) {
+            return Err(InvalidConfig::new(
+                "redis timeout",
+                "must be from 100 µs to 10 s",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts one decision for `key`: `None` at the end if Redis failed or was too slow.
+    pub(crate) fn decide(&self, shared: &Shared, key: &Key<'_>) -> Deciding {
+        let gcras = shared.gcras();
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(gcras.len());
+        let mut base = Vec::with_capacity(self.prefix.len() + 48);
+        base.extend_from_slice(&self.prefix);
+        base.push(b'{');
+        key.write_redis(&mut base);
+        base.extend_from_slice(b"}:");
+        for p in shared.policies.iter() {
+            let mut k = base.clone();
+            k.extend_from_slice(p.name.as_bytes());
+            keys.push(k);
+        }
+        let mut args = [0u64; 2 * MAX_POLICIES];
+        for (i, g) in gcras.iter().enumerate() {
+            args[2 * i] = g.interval / 1_000;
+            args[2 * i + 1] = g.capacity / 1_000;
+        }
+        let n = gcras.len();
+        let mut conn = self.conn.clone();
+        let script = self.script.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let mut invocation = script.prepare_invoke();
+            for k in &keys {
+                invocation.key(k.as_slice());
+            }
+            for a in &args[..2 * n] {
+                invocation.arg(*a);
+            }
+            let reply =
+                tokio::time::timeout(timeout, invocation.invoke_async::<Vec<i64>>(&mut conn)).await;
+            match reply {
+                Ok(Ok(reply)) if reply.len() == 1 + 2 * n => {
+                    let mut debts = [0u64; MAX_POLICIES];
+                    let mut violated = [false; MAX_POLICIES];
+                    for i in 0..n {
+                        debts[i] = u64::try_from(reply[1 + 2 * i])
+                            .unwrap_or(0)
+                            .saturating_mul(1_000);
+                        violated[i] = reply[2 + 2 * i] != 0;
+                    }
+                    Some(Decision::from_debts(&debts[..n], &violated[..n]))
+                }
+                Ok(Ok(reply)) => {
+                    tracing::warn!(len = reply.len(), "rate limit: unexpected reply from Redis");
+                    None
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "rate limit: Redis failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(?timeout, "rate limit: Redis too slow");
+                    None
+                }
+            }
+        })
+    }
+}
