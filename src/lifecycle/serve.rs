@@ -37,7 +37,9 @@ impl Lifecycle {
     ///
     /// - requests arriving on open HTTP/1.1 connections get 503 + `Retry-After` + `Connection:
     ///   close` from the [drain layer](super::DrainLayer), **which you add** around your routes
-    ///   (not around `/readyz` and `/livez`: liveness answers 200 until the exit);
+    ///   (not around `/readyz` and `/livez`: liveness answers 200 until the exit); every
+    ///   HTTP/1.1 response, the probes' included, says `Connection: close`, so each such
+    ///   connection ends cleanly after its next answer;
     /// - idle HTTP/1.1 keep-alive connections stay open (closing one under a client that has
     ///   just sent a request is the reset this avoids); they close after a response saying
     ///   `Connection: close` (the drain layer's 503), when the client closes them, or at the
@@ -91,6 +93,7 @@ impl Lifecycle {
                     peer,
                     in_flight: in_flight.clone(),
                     http2: http2.clone(),
+                    lifecycle: self.clone(),
                 };
                 let builder = builder.clone();
                 let lifecycle = self.clone();
@@ -144,12 +147,18 @@ impl Lifecycle {
 /// A connection's service: counts the requests in flight, notes whether the connection
 /// speaks HTTP/2, and puts the peer's address into each request's extensions (as a
 /// `SocketAddr`, where the maintenance allow-list and the rate limiter look for it).
+///
+/// Once the listener has closed, every HTTP/1.1 response it sends says `Connection: close`,
+/// the ones of routes outside the drain layer too (`/readyz`, `/livez`): a client that keeps a
+/// connection busy with probes gets its answer and a clean close, rather than a reset at the
+/// grace deadline.
 #[derive(Clone)]
 struct Counted<S> {
     inner: S,
     peer: std::net::SocketAddr,
     in_flight: Arc<AtomicUsize>,
     http2: Arc<AtomicBool>,
+    lifecycle: Lifecycle,
 }
 
 impl<S, B> Service<Request<Incoming>> for Counted<S>
@@ -171,8 +180,10 @@ where
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         CountedFuture {
+            http1: req.version() <= Version::HTTP_11,
             future: self.inner.call(req),
             _guard: InFlight(self.in_flight.clone()),
+            lifecycle: self.lifecycle.clone(),
         }
     }
 }
@@ -190,13 +201,30 @@ pin_project! {
         #[pin]
         future: F,
         _guard: InFlight,
+        http1: bool,
+        lifecycle: Lifecycle,
     }
 }
 
-impl<F: Future> Future for CountedFuture<F> {
+impl<F, B> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.project().future.poll(cx)
+        let this = self.project();
+        let mut res = std::task::ready!(this.future.poll(cx));
+        if *this.http1
+            && this.lifecycle.inner.phase.load(Ordering::Relaxed) == super::state::CLOSING
+        {
+            if let Ok(res) = &mut res {
+                res.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+        }
+        Poll::Ready(res)
     }
 }
