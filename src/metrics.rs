@@ -13,7 +13,8 @@
 //!
 //! Every series of a layer carries `name="<name>"` when the layer was given a name
 //! (`CatchLayer::name`, `MaintenanceLayer::name`, `ShedLayerBuilder::name`,
-//! `BreakerBuilder::name`, `RetryPolicyBuilder::name`); unnamed layers leave the label out.
+//! `BreakerBuilder::name`, `RetryPolicyBuilder::name`, `RateLimitBuilder::name`); unnamed layers
+//! leave the label out.
 //! Label keys use the OpenTelemetry names where one exists (`http.response.status_code`,
 //! `error.type`); a Prometheus exporter writes them with underscores
 //! (`http_response_status_code`, `error_type`).

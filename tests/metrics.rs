@@ -8,7 +8,8 @@
     feature = "maintenance",
     feature = "shed",
     feature = "breaker",
-    feature = "retry"
+    feature = "retry",
+    feature = "rate-limit"
 ))]
 
 mod common;
@@ -32,6 +33,7 @@ use tower_5xx::{
     breaker::{BreakerLayer, CircuitBreaker},
     catch::CatchLayer,
     maintenance::{MaintenanceLayer, MaintenanceSwitch},
+    rate_limit::{Policy, RateLimitLayer},
     retry::{Backoff, Jitter, ReplayBody, RetryLayer, RetryPolicy},
     shed::ShedLayer,
 };
@@ -164,6 +166,16 @@ async fn a_known_mix_of_requests_is_counted_exactly_by_reason() {
             }),
         )
         .route(
+            "/limited",
+            get(|| async { "ok" }).layer(
+                RateLimitLayer::builder()
+                    .name("mix")
+                    .policy(Policy::new("two", 2, Duration::from_secs(60)))
+                    .build()
+                    .unwrap(),
+            ),
+        )
+        .route(
             "/metrics",
             get(move || std::future::ready(prometheus.render())),
         )
@@ -187,6 +199,14 @@ async fn a_known_mix_of_requests_is_counted_exactly_by_reason() {
     for _ in 0..2 {
         let reply = fetch(&c, addr, "/panic").await;
         assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    // Rate limited: two per minute per client, so the third of three is a 429.
+    for expected in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        assert_eq!(fetch(&c, addr, "/limited").await.status, expected);
     }
     // Shed: hold the one permit, then four requests find no room.
     let held = tokio::spawn({
@@ -243,6 +263,7 @@ async fn a_known_mix_of_requests_is_counted_exactly_by_reason() {
     assert_eq!(
         generated(&text, "mix"),
         vec![
+            ("429".to_owned(), "rate_limited".to_owned(), 1),
             ("500".to_owned(), "internal".to_owned(), 3),
             ("500".to_owned(), "panic".to_owned(), 2),
             ("503".to_owned(), "circuit_open".to_owned(), 6),
