@@ -1,8 +1,9 @@
 //! Quota policies and the GCRA arithmetic every store shares.
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{cell::RefCell, sync::Arc, time::Duration};
 
 use http::HeaderValue;
+use sfv::{key_ref, Integer, KeyRef, ListSerializer, StringRef};
 
 use crate::error::InvalidConfig;
 
@@ -137,29 +138,50 @@ impl Policy {
             capacity: interval * self.burst_size(),
         })
     }
-
-    /// The policy as an item of `RateLimit-Policy`: `"name";q=10;w=1`.
-    fn write_item(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            "\"{}\";q={};w={}",
-            self.name,
-            self.quota,
-            self.window.as_secs()
-        );
-    }
 }
 
-/// The `RateLimit-Policy` field value of a list of (checked) policies.
+/// The keys of the `RateLimit-Policy` and `RateLimit` parameters.
+const Q: &KeyRef = key_ref("q");
+const W: &KeyRef = key_ref("w");
+const R: &KeyRef = key_ref("r");
+const T: &KeyRef = key_ref("t");
+
+/// A checked policy's name as a structured-field string (`gcra` allows only what a string may
+/// hold).
+fn sf_name(p: &Policy) -> &StringRef {
+    StringRef::from_str(&p.name).expect("checked names are valid structured-field strings")
+}
+
+/// `n` as a structured-field integer: every number written here (a quota, a window, a reset
+/// of at most `u64::MAX` nanoseconds in seconds) is below the 15-digit limit.
+fn sf_int(n: u64) -> Integer {
+    Integer::try_from(n).expect("the numbers of a checked policy fit a structured-field integer")
+}
+
+/// The `RateLimit-Policy` field value of a list of (checked) policies: `"name";q=10;w=1` per
+/// policy, serialized by `sfv`.
+///
+/// It is constant per layer, so the layer computes it once when built
+/// (`Shared::policy_header`) and every response gets a clone of that
+/// value (a reference count): `sfv` writes into a growing `String` and `HeaderValue` checks
+/// and copies it, a few allocations that an admitted response must not pay each time.
 pub(crate) fn policy_header(policies: &[Policy]) -> HeaderValue {
-    let mut out = String::new();
-    for (i, p) in policies.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        p.write_item(&mut out);
+    let mut ser = ListSerializer::new();
+    for p in policies {
+        _ = ser
+            .bare_item(sf_name(p))
+            .parameter(Q, sf_int(p.quota))
+            .parameter(W, sf_int(p.window.as_secs()));
     }
-    HeaderValue::try_from(out).expect("checked names are valid in a header")
+    // `None` for no policy (an empty list is not serialized); a built layer has at least one.
+    let out = ser.finish().unwrap_or_default();
+    HeaderValue::try_from(out).expect("a structured field is a valid header value")
+}
+
+thread_local! {
+    /// The buffer `sfv` serializes the `RateLimit` field into, kept per thread so that writing
+    /// the field costs one allocation, the header value's own (as the hand-written field did).
+    static RATELIMIT_BUF: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// GCRA parameters of one policy, in nanoseconds: the emission interval (`window / quota`)
@@ -288,41 +310,22 @@ impl Decision {
     }
 
     /// The `RateLimit` field value: `"name";r=4;t=2` per policy, `t` in whole seconds rounded
-    /// up. Written into a stack buffer without `fmt` (this runs for every admitted request):
-    /// one allocation, the header value's own.
+    /// up, serialized by `sfv`. This runs for every admitted request: `sfv` writes into a
+    /// buffer kept per thread, and the one allocation is the header value's own.
     pub(crate) fn header(&self, policies: &[Policy], gcras: &[Gcra]) -> HeaderValue {
-        // At most 4 items of a 64-byte name, two 20-digit numbers and 12 bytes of syntax.
-        let mut buf = [0u8; 4 * (64 + 2 * 20 + 12)];
-        let mut len = 0;
-        let mut put = |bytes: &[u8]| {
-            buf[len..len + bytes.len()].copy_from_slice(bytes);
-            len += bytes.len();
-        };
-        for (i, (s, p)) in self.statuses(gcras).zip(policies).enumerate() {
-            if i > 0 {
-                put(b", ");
+        RATELIMIT_BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            let mut ser = ListSerializer::with_buffer(buf);
+            for (s, p) in self.statuses(gcras).zip(policies) {
+                _ = ser
+                    .bare_item(sf_name(p))
+                    .parameter(R, sf_int(s.remaining))
+                    .parameter(T, sf_int(s.reset.div_ceil(NANOS_PER_SEC)));
             }
-            put(b"\"");
-            put(p.name.as_bytes());
-            put(b"\";r=");
-            put(decimal(s.remaining, &mut [0; 20]));
-            put(b";t=");
-            put(decimal(s.reset.div_ceil(NANOS_PER_SEC), &mut [0; 20]));
-        }
-        HeaderValue::from_bytes(&buf[..len]).expect("checked names are valid in a header")
-    }
-}
-
-/// `n` in decimal, written at the end of `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
+            // `None` for no policy: the buffer stays empty.
+            let _ = ser.finish();
+            HeaderValue::from_str(buf).expect("a structured field is a valid header value")
+        })
     }
 }
 
@@ -406,13 +409,6 @@ mod tests {
     }
 
     #[test]
-    fn decimals() {
-        for n in [0, 7, 10, 99, 12345, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
-    }
-
-    #[test]
     fn the_fields_are_structured_field_lists() {
         let policies = [
             Policy::new("burst", 10, S(1)).burst(20),
@@ -430,5 +426,45 @@ mod tests {
             "\"burst\";r=0;t=2, \"hourly\";r=999;t=4"
         );
         assert_eq!(d.wait(&gcras), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_fields_parse_back_as_rfc_9651_lists() {
+        // A name with every character a policy may have: spaces, commas, semicolons, '='.
+        let policies = [
+            Policy::new("a b,c;d=e", 10, S(1)),
+            Policy::new("~!#$%&'()*+-./:<>?@[]^_`{|}", 1_000_000_000, MAX_WINDOW),
+        ];
+        let gcras: Vec<Gcra> = policies.iter().map(|p| p.gcra().unwrap()).collect();
+        let d = Decision::from_debts(&[u64::MAX, 0], &[true, false]);
+        for (field, keys) in [
+            (policy_header(&policies), ["q", "w"]),
+            (d.header(&policies, &gcras), ["r", "t"]),
+        ] {
+            let list: sfv::List = sfv::Parser::new(field.as_bytes()).parse().unwrap();
+            assert_eq!(list.len(), 2, "{field:?}");
+            for (member, p) in list.iter().zip(&policies) {
+                let sfv::ListEntry::Item(item) = member else {
+                    panic!("{field:?}")
+                };
+                assert_eq!(item.bare_item.as_string().unwrap().as_str(), p.name());
+                let got: Vec<&str> = item.params.keys().map(|k| k.as_str()).collect();
+                assert_eq!(got, keys);
+            }
+        }
+        assert_eq!(
+            policy_header(&policies),
+            r#""a b,c;d=e";q=10;w=1, "~!#$%&'()*+-./:<>?@[]^_`{|}";q=1000000000;w=31622400"#
+        );
+        assert_eq!(
+            d.header(&policies, &gcras),
+            r#""a b,c;d=e";r=0;t=18446744074, "~!#$%&'()*+-./:<>?@[]^_`{|}";r=1000000000;t=0"#
+        );
+        // The per-thread buffer is cleared between fields.
+        let one = Decision::from_debts(&[0], &[false]);
+        assert_eq!(
+            one.header(&policies[..1], &gcras[..1]),
+            r#""a b,c;d=e";r=10;t=0"#
+        );
     }
 }

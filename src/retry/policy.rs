@@ -494,17 +494,24 @@ pub(crate) fn fuzz_retry_delay(cap: Duration, headers: &HeaderMap) -> Option<Dur
 
 /// The `RateLimit` field (a structured-field list, possibly over several field lines): the
 /// longest `t` of its items with `r=0`, in seconds. `None` when no item is exhausted or the
-/// field is not a list that can be read (a malformed structured field is ignored whole).
+/// field is not a list that can be read: a malformed structured field is ignored whole
+/// (RFC 9651 section 4.2), and so is one with a member that is no `RateLimit` item.
+///
+/// Parsed by `sfv`: the lines are parsed in turn into one list, which is what combining them
+/// with commas would give.
 fn ratelimit_wait(headers: &HeaderMap) -> Option<Duration> {
-    let mut longest: Option<u64> = None;
+    let mut list = sfv::List::new();
     for value in headers.get_all(RATELIMIT) {
-        let value = value.to_str().ok()?;
-        for member in split_members(value)? {
-            let (remaining, reset) = ratelimit_item(member)?;
-            if remaining == Some(0) {
-                if let Some(t) = reset {
-                    longest = Some(longest.map_or(t, |l| l.max(t)));
-                }
+        sfv::Parser::new(value.as_bytes())
+            .parse_list_with_visitor(&mut list)
+            .ok()?;
+    }
+    let mut longest: Option<u64> = None;
+    for member in &list {
+        let (remaining, reset) = ratelimit_item(member)?;
+        if remaining == Some(0) {
+            if let Some(t) = reset {
+                longest = Some(longest.map_or(t, |l| l.max(t)));
             }
         }
     }
@@ -514,79 +521,23 @@ fn ratelimit_wait(headers: &HeaderMap) -> Option<Duration> {
 /// `RateLimit`.
 const RATELIMIT: header::HeaderName = header::HeaderName::from_static("ratelimit");
 
-/// The members of a structured-field list: split at commas outside quoted strings. `None` for
-/// an unterminated string.
-fn split_members(value: &str) -> Option<Vec<&str>> {
-    let mut members = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                members.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if quoted {
+/// The `r` and `t` parameters of one `RateLimit` member (`"name";r=0;t=7`), in any order and
+/// among any others. `None` when the member is no `RateLimit` item: an inner list, a name that
+/// is neither a string nor a token, `r` or `t` not a non-negative integer.
+fn ratelimit_item(member: &sfv::ListEntry) -> Option<(Option<u64>, Option<u64>)> {
+    let sfv::ListEntry::Item(item) = member else {
+        return None;
+    };
+    if item.bare_item.as_string().is_none() && item.bare_item.as_token().is_none() {
         return None;
     }
-    members.push(value[start..].trim());
-    Some(members)
-}
-
-/// The `r` and `t` parameters of one `RateLimit` item (`"name";r=0;t=7`). `None` when the item
-/// is malformed: no name, a parameter without a key, `r` or `t` not a non-negative integer.
-fn ratelimit_item(member: &str) -> Option<(Option<u64>, Option<u64>)> {
-    // The name: a string (which may hold ';') or a token.
-    let rest = if let Some(quoted) = member.strip_prefix('"') {
-        let mut escaped = false;
-        let end = quoted.char_indices().find_map(|(i, c)| match c {
-            _ if escaped => {
-                escaped = false;
-                None
-            }
-            '\\' => {
-                escaped = true;
-                None
-            }
-            '"' => Some(i),
-            _ => None,
-        })?;
-        &quoted[end + 1..]
-    } else {
-        let end = member.find(';').unwrap_or(member.len());
-        if end == 0 {
-            return None;
+    let int = |key: &str| -> Option<Option<u64>> {
+        match item.params.get(key) {
+            None => Some(None),
+            Some(value) => u64::try_from(value.as_integer()?).ok().map(Some),
         }
-        &member[end..]
     };
-    let (mut remaining, mut reset) = (None, None);
-    for param in rest.split(';').skip(1) {
-        let (key, value) = match param.split_once('=') {
-            Some((k, v)) => (k.trim(), Some(v.trim())),
-            None => (param.trim(), None),
-        };
-        if key.is_empty() {
-            return None;
-        }
-        let int = || -> Option<u64> {
-            let v = value?;
-            if v.is_empty() || v.len() > 15 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            v.parse().ok()
-        };
-        match key {
-            "r" => remaining = Some(int()?),
-            "t" => reset = Some(int()?),
-            _ => {}
-        }
-    }
-    Some((remaining, reset))
+    Some((int("r")?, int("t")?))
 }
 
 /// What the policy needs to know of a request, from any client's request type.
@@ -1000,6 +951,35 @@ mod tests {
             r#""a";r=x;t=3"#,
         ] {
             assert_eq!(wait(429, &[bad]), None, "{bad}");
+        }
+        // Read by `sfv` as RFC 9651 lists: parameters in any order and among unknown ones, a
+        // token name, whitespace around members, several field lines, a duplicate parameter
+        // (the last wins), a name holding a comma or an escaped quote.
+        assert_eq!(wait(429, &[r#""a";t=4;x=?1;r=0"#]), secs(4));
+        assert_eq!(wait(429, &[r#"burst;r=0;t=5;pk=:AAA=:;z="q""#]), secs(5));
+        assert_eq!(wait(429, &["  \"a\";r=0;t=2 ,\t\"b\";r=0;t=6  "]), secs(6));
+        assert_eq!(wait(429, &[r#""a";r=0;t=2"#, r#""b";r=0;t=8"#]), secs(8));
+        assert_eq!(wait(429, &[r#""a";r=0;t=2;t=11"#]), secs(11));
+        assert_eq!(wait(429, &[r#""a,\"b";r=0;t=3, "c";r=2;t=50"#]), secs(3));
+        // A `t` above the longest honoured wait is bounded.
+        assert_eq!(
+            wait(429, &[r#""a";r=0;t=999999999999999"#]),
+            Some(RetryAfter::MAX_DELAY)
+        );
+        // Malformed anywhere, over any line: the whole field is ignored, not just its item.
+        for bad in [
+            &[r#""a";r=0;t=7, "b";r=0;t=1.5"#][..],
+            &[r#""a";r=0;t=7, "b";r=0;t="3""#],
+            &[r#""a";r=0;t=7, "b";r=0;t=?1"#],
+            &[r#""a";r=0;t=7"#, r#""b";r=0;t=-1"#],
+            &[r#""a";r=0;t=7"#, r#""b";r=0;t=2,"#],
+            &[r#""a";r=0;t=7, ("b" "c");r=0;t=3"#],
+            &[r#""a";r=0;t=7, 5;r=0;t=3"#],
+            &[r#""a";r=0;t=7;R=1"#],
+            &[r#""a";r=0;t=7 "b""#],
+            &[r#""a";r=0;t=07x"#],
+        ] {
+            assert_eq!(wait(429, bad), None, "{bad:?}");
         }
         // Retry-After wins.
         let mut h = HeaderMap::new();
