@@ -217,6 +217,16 @@ impl RefusalPolicy {
     /// the generating layer's) and logged here, once, with `cause` (an error chain, a panic
     /// message) in the log only.
     #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(
+        not(any(
+            feature = "catch",
+            feature = "maintenance",
+            feature = "shed",
+            feature = "breaker",
+            feature = "lifecycle"
+        )),
+        allow(dead_code) // the rate limiter alone calls only `respond_with`
+    )]
     pub(crate) fn respond<B>(
         &self,
         meter: &Meter,

@@ -367,6 +367,7 @@ impl MaintenanceSwitch {
     }
 
     /// The Redis source this switch follows, if any: where the admin router writes.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))] // only the admin router writes
     pub(crate) fn redis_store(&self) -> Option<Arc<Store>> {
         lock(&self.shared().redis).as_ref().map(|f| f.store.clone())
     }
