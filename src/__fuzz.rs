@@ -21,10 +21,10 @@ pub fn fmt_http_date_clamped(t: SystemTime) -> String {
     crate::retry_after::fmt_http_date_clamped(t)
 }
 
-/// The retry client's reading of a response's `Retry-After` (against its `Date`, if any).
+/// The retry client's reading of a 503's `Retry-After` (against its `Date`, if any).
 #[cfg(feature = "retry")]
 pub fn server_wait(headers: &HeaderMap) -> Option<Duration> {
-    crate::retry::server_wait(headers)
+    crate::retry::server_wait(http::StatusCode::SERVICE_UNAVAILABLE, headers)
 }
 
 /// The delay the retry policy (default backoff, `cap` as its `retry_after_cap`) waits after a

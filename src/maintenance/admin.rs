@@ -50,10 +50,7 @@ use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, FromRequest, Request, State},
     http::{
-        header::{
-            AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
-            WWW_AUTHENTICATE,
-        },
+        header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE},
         HeaderMap, HeaderValue, StatusCode,
     },
     middleware::{self, Next},
@@ -365,7 +362,7 @@ fn store_unavailable() -> Response {
                 HeaderValue::from_static("application/problem+json"),
             ),
             (
-                RETRY_AFTER,
+                axum::http::header::RETRY_AFTER,
                 crate::RetryAfter::Delay(retry_after).to_header_value(),
             ),
         ],
