@@ -750,6 +750,53 @@ async fn exactly_the_configured_probes_get_through() {
 // ---------------------------------------------------------------------------------------------
 // Time from tokio's paused clock (the default clock), and slow calls.
 
+/// Slow-call detection is opt-in: by default a call that takes an hour and succeeds is a
+/// success, and the breaker never opens for slowness (only failures count).
+#[tokio::test(start_paused = true)]
+async fn slow_calls_are_not_counted_by_default() {
+    // A count window: calls an hour apart all stay in it.
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(3)
+        .sliding_window(SlidingWindow::Count(10))
+        .build()
+        .unwrap();
+    let svc = BreakerLayer::new(breaker.clone()).layer(service_fn(|_req: Request| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
+    }));
+    for _ in 0..5 {
+        let res = svc
+            .clone()
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let counts = breaker.window_counts();
+    assert_eq!((counts.calls, counts.slow_calls), (5, 0), "{counts:?}");
+    assert_eq!(breaker.state(), State::Closed);
+
+    // The same calls with a slow-call duration set are slow, and open it.
+    let timed = CircuitBreaker::builder()
+        .minimum_calls(3)
+        .sliding_window(SlidingWindow::Count(10))
+        .slow_call_duration(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let svc = BreakerLayer::new(timed.clone()).layer(service_fn(|_req: Request| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
+    }));
+    for _ in 0..3 {
+        let _ = svc
+            .clone()
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(timed.state(), State::Open);
+}
+
 #[tokio::test(start_paused = true)]
 async fn tokio_clock_and_slow_calls() {
     let breaker = CircuitBreaker::builder()

@@ -106,7 +106,7 @@ impl BreakerBuilder {
     /// | setting | default |
     /// |---|---|
     /// | failure rate threshold | 50 % |
-    /// | slow call duration / slow call rate threshold | 10 s / 100 % |
+    /// | slow call duration / slow call rate threshold | off (set a duration to count slow calls) / 100 % |
     /// | minimum calls | 20 (lowered to what a small count window is sure to hold) |
     /// | sliding window | time-based, 30 s, in 10 buckets (a count window of `n < 10` calls: `n`) |
     /// | open duration | 5 s, fixed (growth factor 1) capped at 60 s |
@@ -115,7 +115,7 @@ impl BreakerBuilder {
     pub fn new() -> Self {
         Self {
             failure_rate_threshold: 0.5,
-            slow_call_duration: Duration::from_secs(10),
+            slow_call_duration: Duration::MAX,
             slow_call_rate_threshold: 1.0,
             minimum_calls: None,
             window: SlidingWindow::Time(Duration::from_secs(30)),
@@ -137,8 +137,12 @@ impl BreakerBuilder {
         self
     }
 
-    /// A call that takes at least this long is slow. Default 10 s. [`build`](Self::build)
-    /// rejects zero (every call would be slow); `Duration::MAX` turns slow calls off.
+    /// A call that takes at least this long is slow. Default: off (`Duration::MAX`), so only
+    /// failures count, as in Polly and Envoy (resilience4j counts calls over 60 s). A breaker
+    /// that counts slow calls reads its clock twice per call, at the start and at the end; one
+    /// that does not reads it once, when the outcome is recorded. A timeout layer inside the
+    /// breaker (its `Elapsed` error is a failure) is the usual way to bound a call's time.
+    /// [`build`](Self::build) rejects zero (every call would be slow).
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
         self.slow_call_duration = duration;
         self

@@ -17,19 +17,15 @@ pin_project! {
     /// latency. Dropped before that (the client went away), nothing is recorded and a half-open
     /// probe slot is given back.
     pub struct ResponseFuture<F, C, B> {
+        // `None` once it completed, or when the breaker refused the call. A plain `Option` (not
+        // an enum with the refusal in it) lets the compiler write the inner future in place:
+        // the hot path copies nothing more than an identity layer does.
         #[pin]
-        state: State<F, B>,
+        future: Option<F>,
+        // The refusal (the cold path, boxed: a small future is cheaper to move).
+        rejected: Option<Box<Response<B>>>,
         permit: Option<Permit>,
         classifier: C,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, B> {
-        Running { #[pin] future: F },
-        // Boxed: the 503 path is cold, and a small future is cheaper to move on the hot path.
-        Rejected { response: Option<Box<Response<B>>> },
     }
 }
 
@@ -37,7 +33,8 @@ impl<F, C, B> ResponseFuture<F, C, B> {
     #[inline]
     pub(crate) fn running(future: F, permit: Permit, classifier: C) -> Self {
         Self {
-            state: State::Running { future },
+            future: Some(future),
+            rejected: None,
             permit: Some(permit),
             classifier,
         }
@@ -45,9 +42,8 @@ impl<F, C, B> ResponseFuture<F, C, B> {
 
     pub(crate) fn rejected(response: Response<B>, classifier: C) -> Self {
         Self {
-            state: State::Rejected {
-                response: Some(Box::new(response)),
-            },
+            future: None,
+            rejected: Some(Box::new(response)),
             permit: None,
             classifier,
         }
@@ -56,9 +52,10 @@ impl<F, C, B> ResponseFuture<F, C, B> {
 
 impl<F, C, B> fmt::Debug for ResponseFuture<F, C, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Running { .. } => "Running",
-            State::Rejected { .. } => "Rejected",
+        let state = match (&self.future, &self.rejected) {
+            (Some(_), _) => "Running",
+            (None, Some(_)) => "Rejected",
+            (None, None) => "Done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -75,18 +72,18 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.state.project() {
-            StateProj::Running { future } => {
-                let result = std::task::ready!(future.poll(cx));
-                if let Some(permit) = this.permit.take() {
-                    permit.record(this.classifier.classify(result.as_ref()));
-                }
-                Poll::Ready(result)
+        let mut this = self.project();
+        if let Some(future) = this.future.as_mut().as_pin_mut() {
+            let result = std::task::ready!(future.poll(cx));
+            this.future.set(None);
+            if let Some(permit) = this.permit.take() {
+                permit.record(this.classifier.classify(result.as_ref()));
             }
-            StateProj::Rejected { response } => Poll::Ready(Ok(*response
-                .take()
-                .expect("`ResponseFuture` polled after completion"))),
+            return Poll::Ready(result);
         }
+        Poll::Ready(Ok(*this
+            .rejected
+            .take()
+            .expect("`ResponseFuture` polled after completion")))
     }
 }

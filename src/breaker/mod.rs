@@ -2,8 +2,9 @@
 //!
 //! [`BreakerLayer`] guards a service (typically one that calls a dependency: a database, an
 //! upstream API) with a [`CircuitBreaker`]. While the breaker is closed, calls flow and their
-//! outcomes are recorded; when the failure rate or the slow-call rate of the sliding window
-//! reaches its threshold, the breaker opens, and requests are answered **503 Service
+//! outcomes are recorded; when the failure rate or the slow-call rate (opt-in: set
+//! [`slow_call_duration`](BreakerBuilder::slow_call_duration)) of the sliding window reaches
+//! its threshold, the breaker opens, and requests are answered **503 Service
 //! Unavailable** with `Retry-After` = the remaining open time (jittered) *without calling the
 //! service*. After the open duration, a fixed number of probe calls is let through (half-open);
 //! their outcomes decide between closed and open again (for a possibly longer time).

@@ -330,8 +330,24 @@ impl CircuitBreaker {
 
     #[inline]
     fn acquire(&self) -> Result<Permit, CircuitOpen> {
-        let now = self.now_nanos();
         let inner = &*self.inner;
+        let s = inner.state.0.load(Ordering::Acquire);
+        if tag(s) == CLOSED {
+            // The common case reads the clock only if it times calls (slow-call detection on);
+            // the outcome's bucket is placed by the clock read when it is recorded.
+            let start = if inner.config.slow_call_nanos == u64::MAX {
+                0
+            } else {
+                self.now_nanos()
+            };
+            return Ok(Permit::new(
+                self.clone(),
+                generation(s),
+                Kind::Normal,
+                start,
+            ));
+        }
+        let now = self.now_nanos();
         loop {
             let s = inner.state.0.load(Ordering::Acquire);
             let g = generation(s);
@@ -692,9 +708,10 @@ enum Kind {
 /// Permission to make one call; report its outcome with [`success`](Self::success),
 /// [`failure`](Self::failure) or [`record`](Self::record).
 ///
-/// The latency is measured from [`CircuitBreaker::try_acquire`] to the report, on the
-/// breaker's clock. Dropping a permit without reporting counts nothing (a half-open probe slot
-/// is given back, so another caller can probe).
+/// When the breaker counts slow calls, the latency is measured from
+/// [`CircuitBreaker::try_acquire`] to the report, on the breaker's clock. Dropping a permit
+/// without reporting counts nothing (a half-open probe slot is given back, so another caller
+/// can probe).
 #[must_use = "report the call's outcome through the permit"]
 pub struct Permit {
     breaker: CircuitBreaker,
@@ -730,11 +747,6 @@ impl Permit {
         self.kind == Kind::Probe
     }
 
-    /// Time since the permit was issued, on the breaker's clock.
-    pub fn elapsed(&self) -> Duration {
-        Duration::from_nanos(self.breaker.now_nanos().saturating_sub(self.start))
-    }
-
     /// The call succeeded.
     pub fn success(self) {
         self.record(Outcome::Success);
@@ -754,10 +766,12 @@ impl Permit {
     }
 
     /// Reports `outcome`.
+    #[inline]
     pub fn record(mut self, outcome: Outcome) {
         self.finish(outcome, None);
     }
 
+    #[inline]
     fn finish(&mut self, outcome: Outcome, hint: Option<Duration>) {
         self.done = true;
         if self.kind == Kind::Untracked {

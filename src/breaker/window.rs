@@ -114,6 +114,7 @@ impl Window {
     /// Records one outcome and returns the window's counts right after it, or `None` when the
     /// caller said it does not need them (`need_counts` false) and no bucket dropped out of the
     /// window on the way (summing the buckets is most of a record's cost).
+    #[inline]
     pub(crate) fn record(
         &self,
         now_nanos: u64,
@@ -137,6 +138,7 @@ impl Window {
     }
 
     /// Records one outcome into `epoch`'s bucket; see [`record`](Self::record).
+    #[inline]
     fn record_in(
         &self,
         epoch: u64,
