@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{
     header::{HeaderName, FORWARDED},
-    Extensions, HeaderMap,
+    Extensions, HeaderMap, Method, Request, Uri,
 };
 use ipnet::IpNet;
 
@@ -33,6 +33,57 @@ pub enum ForwardedHeader {
     /// `Forwarded: for=<client>, for=<proxy1>` (RFC 7239), for proxies configured to write it
     /// (and to remove or append to what the client sent).
     Forwarded,
+}
+
+/// A request as a user function sees it: a maintenance bypass predicate
+/// (`MaintenanceLayer::bypass_if`) or a rate-limit key function (`RateLimitBuilder::key_fn`).
+/// Borrowed parts of the request, and the client IP the layer would use.
+#[derive(Debug)]
+pub struct ClientRequest<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
+    rules: &'a ClientIpRules,
+}
+
+impl<'a> ClientRequest<'a> {
+    pub(crate) fn new<B>(req: &'a Request<B>, rules: &'a ClientIpRules) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+            rules,
+        }
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        self.method
+    }
+
+    /// The request URI.
+    pub fn uri(&self) -> &Uri {
+        self.uri
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+
+    /// The request extensions (where an authentication layer may have put the user).
+    pub fn extensions(&self) -> &Extensions {
+        self.extensions
+    }
+
+    /// The client's IP address as the layer determines it: the peer address, or, when the
+    /// peer is one of the layer's trusted proxies (`trusted_proxy`), the address that proxy
+    /// reports in its [`ForwardedHeader`]. `None` if unknown.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.rules.client_ip(self.headers, self.extensions)
+    }
 }
 
 /// How a layer finds the peer (TCP) address of a request in its extensions.

@@ -1,66 +1,17 @@
 //! Who gets through while maintenance is on: path prefixes, a secret header, client IPs (with
 //! trusted proxies), and a user predicate.
 
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{fmt, sync::Arc};
 
-use http::{header::HeaderName, Extensions, HeaderMap, Method, Request, Uri};
+use http::{header::HeaderName, Request};
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
-pub use crate::client_ip::ForwardedHeader;
+pub use crate::client_ip::{ClientRequest, ForwardedHeader};
 use crate::{client_ip::ClientIpRules, path_prefix::PathPrefixes, telemetry::BypassRule};
 
-/// A request as a bypass [predicate](super::MaintenanceLayer::bypass_if) sees it.
-#[derive(Debug)]
-pub struct BypassRequest<'a> {
-    pub(crate) method: &'a Method,
-    pub(crate) uri: &'a Uri,
-    pub(crate) headers: &'a HeaderMap,
-    pub(crate) extensions: &'a Extensions,
-    pub(crate) rules: &'a Bypass,
-}
-
-impl<'a> BypassRequest<'a> {
-    pub(crate) fn new<B>(req: &'a Request<B>, rules: &'a Bypass) -> Self {
-        Self {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-            extensions: req.extensions(),
-            rules,
-        }
-    }
-
-    /// The request method.
-    pub fn method(&self) -> &Method {
-        self.method
-    }
-
-    /// The request URI.
-    pub fn uri(&self) -> &Uri {
-        self.uri
-    }
-
-    /// The request headers.
-    pub fn headers(&self) -> &HeaderMap {
-        self.headers
-    }
-
-    /// The request extensions.
-    pub fn extensions(&self) -> &Extensions {
-        self.extensions
-    }
-
-    /// The client's IP address as the layer determines it: the peer address, or, when the peer is
-    /// a [trusted proxy](super::MaintenanceLayer::trusted_proxy), the address that proxy reports
-    /// in the [configured header](super::MaintenanceLayer::forwarded_header). `None` if unknown.
-    pub fn client_ip(&self) -> Option<IpAddr> {
-        self.rules.client_ip(self)
-    }
-}
-
 /// A user predicate.
-pub(crate) type Predicate = Arc<dyn Fn(&BypassRequest<'_>) -> bool + Send + Sync>;
+pub(crate) type Predicate = Arc<dyn Fn(&ClientRequest<'_>) -> bool + Send + Sync>;
 
 /// The bypass rules of a layer.
 #[derive(Clone, Default)]
@@ -113,9 +64,9 @@ impl Bypass {
         if self.allow.is_empty() && self.predicates.is_empty() {
             return None;
         }
-        let view = BypassRequest::new(req, self);
+        let view = ClientRequest::new(req, &self.ip);
         if !self.allow.is_empty() {
-            if let Some(ip) = self.client_ip(&view) {
+            if let Some(ip) = view.client_ip() {
                 if self.allow.iter().any(|net| net.contains(&ip)) {
                     return Some(BypassRule::Ip);
                 }
@@ -125,10 +76,6 @@ impl Bypass {
             .iter()
             .any(|p| p(&view))
             .then_some(BypassRule::Predicate)
-    }
-
-    fn client_ip(&self, req: &BypassRequest<'_>) -> Option<IpAddr> {
-        self.ip.client_ip(req.headers, req.extensions)
     }
 }
 

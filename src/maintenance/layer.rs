@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use tower_layer::Layer;
 
 use super::{
-    bypass::{Bypass, BypassRequest, ForwardedHeader},
+    bypass::{Bypass, ClientRequest, ForwardedHeader},
     Maintenance, MaintenanceNotice, MaintenanceSwitch,
 };
 use crate::{
@@ -183,7 +183,7 @@ impl MaintenanceLayer {
     /// maintenance is on, after the cheaper rules.
     pub fn bypass_if<F>(mut self, predicate: F) -> Self
     where
-        F: Fn(&BypassRequest<'_>) -> bool + Send + Sync + 'static,
+        F: Fn(&ClientRequest<'_>) -> bool + Send + Sync + 'static,
     {
         self.cfg().bypass.predicates.push(Arc::new(predicate));
         self

@@ -121,7 +121,7 @@ pub mod redis;
 mod service;
 mod switch;
 
-pub use bypass::{BypassRequest, ForwardedHeader};
+pub use bypass::{ClientRequest, ForwardedHeader};
 #[cfg(fuzzing)]
 pub(crate) use file::fuzz as file_fuzz;
 pub use file::{FileState, SentinelFile};

@@ -3,9 +3,9 @@
 
 use std::{fmt, net::IpAddr, sync::Arc};
 
-use http::{header::HeaderName, Extensions, HeaderMap, Method, Request, Uri};
+use http::{header::HeaderName, Request};
 
-use crate::client_ip::ClientIpRules;
+use crate::client_ip::{ClientIpRules, ClientRequest};
 
 /// A key of your own, returned by a [`key_fn`](super::RateLimitBuilder::key_fn): a string,
 /// bytes, a number or an IP address. Keys of different kinds never collide (`"1"` and `1`
@@ -56,57 +56,8 @@ impl From<&[u8]> for RateLimitKey {
     }
 }
 
-/// A request as a [`key_fn`](super::RateLimitBuilder::key_fn) sees it.
-#[derive(Debug)]
-pub struct KeyRequest<'a> {
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    extensions: &'a Extensions,
-    rules: &'a ClientIpRules,
-}
-
-impl<'a> KeyRequest<'a> {
-    pub(crate) fn new<B>(req: &'a Request<B>, rules: &'a ClientIpRules) -> Self {
-        Self {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-            extensions: req.extensions(),
-            rules,
-        }
-    }
-
-    /// The request method.
-    pub fn method(&self) -> &Method {
-        self.method
-    }
-
-    /// The request URI.
-    pub fn uri(&self) -> &Uri {
-        self.uri
-    }
-
-    /// The request headers.
-    pub fn headers(&self) -> &HeaderMap {
-        self.headers
-    }
-
-    /// The request extensions (where an authentication layer may have put the user).
-    pub fn extensions(&self) -> &Extensions {
-        self.extensions
-    }
-
-    /// The client's IP address as the layer determines it: the peer address, or, when the
-    /// peer is a [trusted proxy](super::RateLimitBuilder::trusted_proxy), the address that
-    /// proxy reports. `None` if unknown.
-    pub fn client_ip(&self) -> Option<IpAddr> {
-        self.rules.client_ip(self.headers, self.extensions)
-    }
-}
-
 /// A user key function.
-pub(crate) type KeyFn = Arc<dyn Fn(&KeyRequest<'_>) -> Option<RateLimitKey> + Send + Sync>;
+pub(crate) type KeyFn = Arc<dyn Fn(&ClientRequest<'_>) -> Option<RateLimitKey> + Send + Sync>;
 
 /// Where the layer takes a request's key from.
 #[derive(Clone, Default)]
@@ -155,7 +106,7 @@ impl<'a> Key<'a> {
                 Some(v) => Key::Bytes(v.as_bytes()),
                 None => Key::Missing,
             }),
-            KeySource::Fn(f) => match f(&KeyRequest::new(req, rules)) {
+            KeySource::Fn(f) => match f(&ClientRequest::new(req, rules)) {
                 Some(key) => Owned::Owned(key),
                 None => Owned::Borrowed(Key::Missing),
             },

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::{
-    key::{Key, KeyFn, KeyRequest, KeySource, RateLimitKey, Seed},
+    key::{Key, KeyFn, KeySource, RateLimitKey, Seed},
     memory::MemoryStore,
     policy::{policy_header, Decision, Gcra, Policy, MAX_POLICIES},
     RateLimit, RATELIMIT, RATELIMIT_POLICY,
@@ -154,7 +154,7 @@ impl RateLimitBuilder {
     /// quota with every other request without a key.
     pub fn key_fn<F>(mut self, f: F) -> Self
     where
-        F: Fn(&KeyRequest<'_>) -> Option<RateLimitKey> + Send + Sync + 'static,
+        F: Fn(&super::ClientRequest<'_>) -> Option<RateLimitKey> + Send + Sync + 'static,
     {
         let f: KeyFn = Arc::new(f);
         self.key = KeySource::Fn(f);

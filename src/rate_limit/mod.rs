@@ -106,10 +106,10 @@ mod service;
 
 use http::HeaderName;
 
-pub use crate::client_ip::ForwardedHeader;
+pub use crate::client_ip::{ClientRequest, ForwardedHeader};
 pub use future::ResponseFuture;
 pub use ipnet::IpNet;
-pub use key::{KeyRequest, RateLimitKey};
+pub use key::RateLimitKey;
 pub use layer::{RateLimitBuilder, RateLimitLayer};
 pub use policy::{Policy, MAX_POLICIES, MAX_QUOTA, MAX_WINDOW};
 #[cfg(feature = "redis")]
