@@ -33,12 +33,25 @@ impl Series {
     }
 }
 
+/// Where a panel's legend goes.
+#[derive(Clone, Copy)]
+pub(crate) enum Legend {
+    /// plotters' default.
+    MiddleRight,
+    UpperLeft,
+    LowerRight,
+}
+
 /// One chart of the grid.
 pub(crate) struct Panel {
     pub(crate) title: String,
     pub(crate) y_label: String,
     /// A logarithmic y axis (points at or below 0 are left out).
     pub(crate) log_y: bool,
+    /// Where the legend goes.
+    pub(crate) legend: Legend,
+    /// The top of a linear y axis, as a multiple of the highest point.
+    pub(crate) y_room: f64,
     pub(crate) series: Vec<Series>,
 }
 
@@ -48,12 +61,25 @@ impl Panel {
             title: title.to_owned(),
             y_label: y_label.to_owned(),
             log_y: false,
+            legend: Legend::MiddleRight,
+            y_room: 1.1,
             series,
         }
     }
 
     pub(crate) fn log_y(mut self) -> Self {
         self.log_y = true;
+        self
+    }
+
+    pub(crate) fn legend(mut self, position: Legend) -> Self {
+        self.legend = position;
+        self
+    }
+
+    /// Room above the highest point (a multiple of it, 1.1 by default): space for a legend.
+    pub(crate) fn y_room(mut self, factor: f64) -> Self {
+        self.y_room = factor;
         self
     }
 }
@@ -122,6 +148,11 @@ fn draw(
             }
             $chart
                 .configure_series_labels()
+                .position(match panel.legend {
+                    Legend::MiddleRight => SeriesLabelPosition::MiddleRight,
+                    Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+                    Legend::LowerRight => SeriesLabelPosition::LowerRight,
+                })
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()?;
@@ -134,7 +165,7 @@ fn draw(
         let mut chart = builder.build_cartesian_2d(x_min..x_max, (bottom..top).log_scale())?;
         lines!(chart, |p: &(f64, f64)| p.1 > 0.0);
     } else {
-        let top = points().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+        let top = points().map(|p| p.1).fold(1.0, f64::max) * panel.y_room;
         let mut chart = builder.build_cartesian_2d(x_min..x_max, 0.0..top)?;
         lines!(chart, |_: &(f64, f64)| true);
     }
