@@ -28,10 +28,18 @@
 //! - *failed*: original requests whose final answer was not a 2xx.
 //!
 //! Run with `cargo run --release --example retry_simulation` (32 scenarios, about 20 s).
+//!
+//! For each kind of outage it also writes an SVG plot, `retry-<outage>.svg`, of the requests the
+//! server received each second and of the original requests answered 2xx each second (by the
+//! second they completed in, retries included), for the fleet without a budget, with the shared
+//! budget, with a budget per client and with the client's `Retry-After` spread, against the
+//! original requests sent (the load without any retry). They go to `$RETRY_SIM_OUT` (default
+//! `docs`).
 
 use std::{
     convert::Infallible,
     future::Future,
+    path::{Path, PathBuf},
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -44,6 +52,10 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
+use plotters::style::{
+    colors::{BLACK, BLUE, GREEN, MAGENTA, RED},
+    RGBColor,
+};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_5xx::{
@@ -63,6 +75,11 @@ const SLOTS_PER_SEC: usize = 10;
 /// Requests the server admits per slot (3,000 per second).
 const CAPACITY_PER_SLOT: u32 = 300;
 const SEED: u64 = 0x5eed_6006;
+
+#[path = "common/plot.rs"]
+mod plot;
+
+use plot::{Legend, Panel, Series};
 
 /// What the server answers during the outage.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +109,16 @@ impl Outage {
                  server-side jitter",
                 jitter.as_secs_f64()
             ),
+        }
+    }
+
+    /// The plot's file name.
+    fn file_name(self) -> &'static str {
+        match self {
+            Outage::Unavailable { .. } => "retry-503-retry-after-2.svg",
+            Outage::Internal => "retry-500.svg",
+            Outage::UntilEnd { jitter } if jitter.is_zero() => "retry-503-until-end.svg",
+            Outage::UntilEnd { .. } => "retry-503-until-end-jittered.svg",
         }
     }
 }
@@ -228,6 +255,11 @@ struct Outcome {
     recover: Duration,
     failed: u32,
     originals: u32,
+    /// Per second: requests the server received, original requests sent, and original
+    /// requests that completed with a 2xx in that second.
+    load: Vec<f64>,
+    sent: Vec<f64>,
+    succeeded: Vec<f64>,
 }
 
 fn policy(jitter: Jitter, spread: Duration, budget: Option<Arc<RetryBudget>>) -> RetryPolicy {
@@ -323,6 +355,13 @@ async fn run(outage: Outage, scenario: Scenario) -> Outcome {
     let recover = bad_slot.map_or(Duration::ZERO, |s| SLOT * (s + 1 - end) as u32);
     let originals: u32 = stats.originals.iter().sum();
     let failed = originals - stats.succeeded.iter().sum::<u32>();
+    let seconds = (0..last).step_by(SLOTS_PER_SEC);
+    let per_second = |v: &[u32]| -> Vec<f64> {
+        seconds
+            .clone()
+            .map(|s| f64::from(sum(v, s..s + SLOTS_PER_SEC)))
+            .collect()
+    };
     Outcome {
         baseline_rps,
         amplification,
@@ -331,6 +370,9 @@ async fn run(outage: Outage, scenario: Scenario) -> Outcome {
         recover,
         failed,
         originals,
+        load: per_second(&stats.arrivals),
+        sent: per_second(&stats.originals),
+        succeeded: per_second(&stats.succeeded),
     }
 }
 
@@ -346,7 +388,62 @@ fn simulate(outage: Outage, scenario: Scenario) -> Outcome {
     rt.block_on(run(outage, scenario))
 }
 
-fn main() {
+/// The scenarios drawn in the plots, and their colors.
+const PLOTTED: [(usize, RGBColor); 4] = [(0, RED), (3, BLUE), (6, MAGENTA), (7, GREEN)];
+
+fn plot_outage(
+    out: &Path,
+    outage: Outage,
+    scenarios: &[Scenario],
+    outcomes: &[Outcome],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let lines = |value: fn(&Outcome) -> &Vec<f64>| -> Vec<Series> {
+        PLOTTED
+            .iter()
+            .map(|&(i, color)| {
+                Series::every(&scenarios[i].describe(), color, 1.0, value(&outcomes[i]))
+            })
+            .collect()
+    };
+    // The original requests alone: the load without retries, and the success of a server
+    // that never failed.
+    let sent = || Series::every("original requests sent", BLACK, 1.0, &outcomes[0].sent);
+    let mut load = lines(|o| &o.load);
+    load.push(sent());
+    let mut succeeded = lines(|o| &o.succeeded);
+    succeeded.push(sent());
+    plot::write(
+        &out.join(outage.file_name()),
+        &format!(
+            "{} (outage {} s to {} s)",
+            outage.describe(),
+            OUTAGE_START.as_secs(),
+            OUTAGE_END.as_secs()
+        ),
+        "seconds (virtual time)",
+        (900, 720),
+        1,
+        &[
+            Panel::new(
+                "Load on the server (attempts received)",
+                "requests / s",
+                load,
+            )
+            .legend(Legend::UpperLeft)
+            .y_room(1.6),
+            Panel::new(
+                "Original requests answered 2xx (after their retries), by completion",
+                "requests / s",
+                succeeded,
+            )
+            .legend(Legend::LowerRight),
+        ],
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    let out = PathBuf::from(std::env::var("RETRY_SIM_OUT").unwrap_or_else(|_| "docs".to_owned()));
+    let mut failed = false;
     let scenarios = [
         (Budget::None, Jitter::Full),
         (Budget::None, Jitter::None),
@@ -400,6 +497,7 @@ fn main() {
              after the outage (x normal) | time to recover | failed originals |"
         );
         println!("|---|---:|---:|---:|---:|---:|");
+        let mut outcomes = Vec::new();
         for &scenario in &scenarios {
             let o = simulate(outage, scenario);
             println!(
@@ -414,7 +512,24 @@ fn main() {
                 o.originals,
                 100.0 * f64::from(o.failed) / f64::from(o.originals),
             );
+            outcomes.push(o);
         }
         println!();
+        let written = std::fs::create_dir_all(&out)
+            .map_err(Into::into)
+            .and_then(|()| plot_outage(&out, outage, &scenarios, &outcomes));
+        if let Err(e) = written {
+            println!(
+                "cannot write {}: {e}",
+                out.join(outage.file_name()).display()
+            );
+            failed = true;
+        }
+    }
+    println!("plots written to {}", out.display());
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
     }
 }

@@ -45,7 +45,10 @@ use hyper_util::{
     server::conn::auto,
     service::TowerToHyperService,
 };
-use plotters::prelude::*;
+use plotters::style::{
+    colors::{BLACK, BLUE, GREEN, MAGENTA, RED},
+    RGBColor,
+};
 use tokio::net::TcpListener;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_5xx::{
@@ -54,6 +57,11 @@ use tower_5xx::{
     maintenance::{MaintenanceLayer, MaintenanceSwitch},
     shed::{ExemptPaths, ShedLayer},
 };
+
+#[path = "common/plot.rs"]
+mod plot;
+
+use plot::{Panel, Series};
 
 const LIMIT: usize = 4;
 const WORK: Duration = Duration::from_millis(20);
@@ -231,47 +239,23 @@ fn p99(samples: &mut [f64]) -> f64 {
 }
 
 fn plot(
-    path: &PathBuf,
+    path: &std::path::Path,
     title: &str,
     y_label: &str,
     series: &[(&str, RGBColor, Vec<f64>)],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (800, 360)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let len = series.iter().map(|s| s.2.len()).max().unwrap_or(1).max(2);
-    let top = series
+    let series = series
         .iter()
-        .flat_map(|s| s.2.iter().copied())
-        .fold(1.0, f64::max)
-        * 1.1;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..(len - 1) as f64, 0.0..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc(y_label)
-        .draw()?;
-    for (name, color, values) in series {
-        let color = *color;
-        chart
-            .draw_series(LineSeries::new(
-                values.iter().enumerate().map(|(i, v)| (i as f64, *v)),
-                color.stroke_width(2),
-            ))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+        .map(|(name, color, values)| Series::every(name, *color, 1.0, values))
+        .collect();
+    plot::write(
+        path,
+        title,
+        "seconds",
+        (800, 360),
+        1,
+        &[Panel::new(title, y_label, series)],
+    )
 }
 
 #[tokio::main]
