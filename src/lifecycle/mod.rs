@@ -101,10 +101,33 @@
 
 mod drain;
 pub mod error;
+#[cfg(any(feature = "lifecycle-serve", all(test, tower_5xx_loom)))]
+mod in_flight;
+#[cfg(all(test, tower_5xx_loom))]
+mod loom_model;
 mod probe;
 #[cfg(feature = "lifecycle-serve")]
 mod serve;
 mod state;
+
+/// The phase word and the in-flight count: loom's atomics while model-checking them
+/// (`RUSTFLAGS="--cfg tower_5xx_loom" cargo test --lib lifecycle::loom_model`), std's otherwise.
+mod sync {
+    #[cfg(all(test, tower_5xx_loom))]
+    pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+    #[cfg(all(not(all(test, tower_5xx_loom)), feature = "lifecycle-serve"))]
+    pub(crate) use std::sync::atomic::AtomicUsize;
+    #[cfg(not(all(test, tower_5xx_loom)))]
+    pub(crate) use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// A point where the model may switch threads, between two steps loom cannot see into (the
+    /// phase word's move and the watch channel's); nothing outside the model.
+    #[inline(always)]
+    pub(crate) fn step() {
+        #[cfg(all(test, tower_5xx_loom))]
+        loom::thread::yield_now();
+    }
+}
 
 pub use drain::{Drain, DrainLayer, ResponseFuture};
 pub use error::GraceExpired;
