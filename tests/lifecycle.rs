@@ -1,6 +1,8 @@
 //! The SIGTERM drain with a real process and a real signal: the demo binary is built and
 //! spawned on 127.0.0.1:0, clients keep sending over HTTP/1.1 keep-alive and h2c while
-//! `kill -TERM` hits it.
+//! `kill -TERM` hits it. Once with `Lifecycle::serve`, once with each of the documented few
+//! lines around `axum::serve(..).with_graceful_shutdown(..)` and hyper-util's
+//! `GracefulShutdown` (`DEMO_SERVE`), which treat the close phase differently.
 
 mod common;
 
@@ -32,8 +34,10 @@ struct Demo {
 }
 
 impl Demo {
-    fn spawn() -> Demo {
+    /// The demo serving with `server` (`DEMO_SERVE`: lifecycle, axum or hyper-util).
+    fn spawn(server: &str) -> Demo {
         let mut child = Command::new(demo_binary())
+            .env("DEMO_SERVE", server)
             .env("DEMO_ADDR", "127.0.0.1:0")
             .env("DEMO_DRAIN_DELAY_MS", DRAIN_DELAY.as_millis().to_string())
             .env("DEMO_GRACE_MS", GRACE.as_millis().to_string())
@@ -93,9 +97,14 @@ enum Outcome {
 }
 
 async fn outcome(client: &TestClient, req: Request<Full<Bytes>>) -> Outcome {
+    outcome_and_close(client, req).await.0
+}
+
+/// The outcome, and whether the response said `Connection: close`.
+async fn outcome_and_close(client: &TestClient, req: Request<Full<Bytes>>) -> (Outcome, bool) {
     match client.request(req).await {
-        Err(e) if e.is_connect() => Outcome::Refused,
-        Err(e) => Outcome::Broken(format!("{e:?}")),
+        Err(e) if e.is_connect() => (Outcome::Refused, false),
+        Err(e) => (Outcome::Broken(format!("{e:?}")), false),
         Ok(res) => {
             let status = res.status();
             let retry_after = res.headers().contains_key(http::header::RETRY_AFTER);
@@ -104,13 +113,14 @@ async fn outcome(client: &TestClient, req: Request<Full<Bytes>>) -> Outcome {
                 .get(http::header::CONNECTION)
                 .is_some_and(|v| v == "close");
             if let Err(e) = res.into_body().collect().await {
-                return Outcome::Broken(format!("body: {e:?}"));
+                return (Outcome::Broken(format!("body: {e:?}")), close);
             }
-            match status {
+            let outcome = match status {
                 StatusCode::OK => Outcome::Ok,
                 StatusCode::SERVICE_UNAVAILABLE if retry_after => Outcome::Unavailable { close },
                 other => Outcome::Broken(format!("{other} (Retry-After: {retry_after})")),
-            }
+            };
+            (outcome, close)
         }
     }
 }
@@ -154,7 +164,7 @@ fn broken(all: &[(Instant, Outcome)]) -> Vec<&Outcome> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_without_dropping_a_request() {
-    let mut demo = Demo::spawn();
+    let mut demo = Demo::spawn("lifecycle");
     let addr = demo.addr;
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -264,4 +274,211 @@ async fn sigterm_drains_without_dropping_a_request() {
     assert!(pos("draining:") < pos("closing:"));
     assert!(pos("closing:") < pos("exit:"));
     let _ = exited;
+}
+
+/// Waits for the demo's stdout line starting with `prefix`; every line read is kept in `seen`.
+fn wait_line(demo: &Demo, prefix: &str, seen: &mut Vec<String>) -> Instant {
+    loop {
+        let (at, line) = demo
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no {prefix:?} line in {seen:#?}"));
+        let found = line.starts_with(prefix);
+        seen.push(line);
+        if found {
+            return at;
+        }
+    }
+}
+
+/// The close phase under `axum::serve(..).with_graceful_shutdown(..)` or hyper-util's
+/// `GracefulShutdown`, as the module docs describe it ("What `axum::serve` does differently"):
+/// the drain delay is the same as with `Lifecycle::serve` (readiness 503 at once, every request
+/// served with 200), but at the close every connection is told to shut down gracefully:
+///
+/// - an idle HTTP/1.1 keep-alive connection is closed by the server at once, unanswered
+///   (`Lifecycle::serve` keeps it open and answers its next request with the drain layer's 503);
+/// - a busy one finishes its response, which says `Connection: close`, then closes;
+/// - HTTP/2 connections get a GOAWAY and their open streams finish;
+/// - so a client's next request opens a new connection and is refused. The drain layer's 503
+///   is reached only by a request read in the instant of the close, and a request written in
+///   that instant on a connection being closed fails (a reset, an incomplete message): at
+///   most one request per client, at the close.
+async fn graceful_shutdown_closes_idle_connections_at_the_close(server: &str) {
+    let mut demo = Demo::spawn(server);
+    let addr = demo.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut lines = Vec::new();
+    wait_line(&demo, "serving with", &mut lines);
+
+    let mut senders = Vec::new();
+    for c in [client(), client(), h2_client(), h2_client()] {
+        senders.push(tokio::spawn(keep_sending(c, addr, "/", stop.clone())));
+    }
+    let probe = tokio::spawn(keep_sending(client(), addr, "/readyz", stop.clone()));
+    let live = tokio::spawn(keep_sending(client(), addr, "/livez", stop.clone()));
+
+    let mut idle = idle_connection(addr).await.unwrap();
+    let res = idle
+        .send_request(Request::get("/").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.into_body().collect().await.unwrap();
+
+    // Slow requests started before the signal: HTTP/1.1, HTTP/1.1, h2c.
+    let mut slow = Vec::new();
+    for c in [client(), client(), h2_client()] {
+        slow.push(tokio::spawn(async move {
+            outcome_and_close(&c, request(addr, "/slow?ms=2500", None)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let signalled = Instant::now();
+    demo.sigterm();
+
+    // Still open half a second before the close.
+    tokio::time::sleep(DRAIN_DELAY - Duration::from_millis(500)).await;
+    assert!(
+        !idle.is_closed(),
+        "the idle connection closed while draining"
+    );
+
+    // At the close the server closes the idle connection, without a request on it.
+    let closed = wait_line(&demo, "closing:", &mut lines);
+    let drain_started = signalled + DRAIN_DELAY;
+    assert!(closed > drain_started, "closed after the drain delay");
+    while !idle.is_closed() {
+        assert!(
+            closed.elapsed() < Duration::from_secs(1),
+            "the idle connection is still open 1 s after the close"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(idle
+        .send_request(Request::get("/").body(Full::default()).unwrap())
+        .await
+        .is_err());
+
+    // The process exits 0 within drain_delay + grace + 1 s.
+    let limit = DRAIN_DELAY + GRACE + Duration::from_secs(1);
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(signalled.elapsed() < limit, "still running after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    wait_line(&demo, "exit:", &mut lines);
+    stop.store(true, Ordering::Relaxed);
+
+    // Slow requests finish with 200; on HTTP/1.1 hyper's graceful shutdown adds
+    // `Connection: close` (HTTP/2 has no such field).
+    let mut slow_seen = Vec::new();
+    for s in slow {
+        slow_seen.push(s.await.unwrap());
+    }
+    assert_eq!(
+        slow_seen,
+        [
+            (Outcome::Ok, true),
+            (Outcome::Ok, true),
+            (Outcome::Ok, false)
+        ],
+        "slow requests started before the signal (HTTP/1.1, HTTP/1.1, h2c)"
+    );
+
+    // Every request answered before the close is a 200 (or readiness' 503); each client
+    // ends refused; in between, within 250 ms of the close, come the requests that raced it.
+    let racing_until = closed + Duration::from_millis(250);
+    let check_client = |name: &str,
+                        seen: &[(Instant, Outcome)],
+                        during_drain: &dyn Fn(&Outcome) -> bool,
+                        at_close: &dyn Fn(&Outcome) -> bool| {
+        let (last_at, last) = seen.last().expect("at least one request");
+        assert_eq!(*last, Outcome::Refused, "{name}: ends refused");
+        assert!(*last_at > drain_started, "{name}: refused before the close");
+        let mut cut = 0;
+        for (at, o) in &seen[..seen.len() - 1] {
+            if *at <= drain_started {
+                assert!(during_drain(o), "{name}: {o:?} during the drain delay");
+            } else if *o != Outcome::Ok {
+                assert!(at_close(o), "{name}: {o:?} at the close");
+                assert!(*at < racing_until, "{name}: {o:?} long after the close");
+                // The last answer on an HTTP/1.1 connection, or the failure of its last request.
+                if matches!(o, Outcome::Unavailable { close: true } | Outcome::Broken(_)) {
+                    cut += 1;
+                }
+            }
+        }
+        assert!(
+            cut <= 1,
+            "{name}: {cut} requests cut at the close: {seen:?}"
+        );
+    };
+    let ok = |o: &Outcome| *o == Outcome::Ok;
+    // HTTP/1.1: the drain layer's 503 + Connection: close, or the failure of a request written
+    // as its connection closed.
+    let http1_at_close =
+        |o: &Outcome| matches!(o, Outcome::Unavailable { close: true } | Outcome::Broken(_));
+    // h2c: until the client has the server's GOAWAY, its new streams are still served, with the
+    // drain layer's 503 (no `Connection` field in HTTP/2).
+    let http2_at_close = |o: &Outcome| {
+        matches!(
+            o,
+            Outcome::Unavailable { close: false } | Outcome::Broken(_)
+        )
+    };
+    let mut all = Vec::new();
+    for (i, s) in senders.into_iter().enumerate() {
+        let seen = s.await.unwrap();
+        let at_close: &dyn Fn(&Outcome) -> bool = if i < 2 {
+            &http1_at_close
+        } else {
+            &http2_at_close
+        };
+        check_client(&format!("client {i}"), &seen, &ok, at_close);
+        assert!(
+            seen.iter()
+                .any(|(at, o)| *at > signalled && *at < drain_started && *o == Outcome::Ok),
+            "client {i} was served after the signal, during the drain delay"
+        );
+        all.extend(seen);
+    }
+    let live = live.await.unwrap();
+    check_client("liveness", &live, &ok, &|o| matches!(o, Outcome::Broken(_)));
+
+    // Readiness turned 503 (with Retry-After) at once, while requests were still served.
+    let probe = probe.await.unwrap();
+    check_client(
+        "readiness",
+        &probe,
+        &|o| matches!(o, Outcome::Ok | Outcome::Unavailable { close: false }),
+        &|o| matches!(o, Outcome::Unavailable { .. } | Outcome::Broken(_)),
+    );
+    let unready = probe
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::Unavailable { .. }))
+        .map(|(at, _)| *at)
+        .expect("readiness answered 503 while draining");
+    assert!(unready > signalled);
+    assert!(unready - signalled < Duration::from_millis(500), "at once");
+    assert!(all
+        .iter()
+        .any(|(at, o)| *at > unready && *at < drain_started && *o == Outcome::Ok));
+
+    let pos = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).unwrap();
+    assert!(pos("draining:") < pos("closing:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_axum_serve_closes_idle_connections_at_the_close() {
+    graceful_shutdown_closes_idle_connections_at_the_close("axum").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_hyper_util_graceful_shutdown_closes_idle_connections_at_the_close() {
+    graceful_shutdown_closes_idle_connections_at_the_close("hyper-util").await;
 }

@@ -1,9 +1,19 @@
 //! Readiness, liveness and the SIGTERM drain: `/readyz`, `/livez`, and the phases printed as
-//! they happen. `DEMO_DRAIN_DELAY_MS` and `DEMO_GRACE_MS` set the two durations.
+//! they happen. `DEMO_DRAIN_DELAY_MS` and `DEMO_GRACE_MS` set the two durations, `DEMO_SERVE`
+//! the server that drains: `lifecycle` (default, `Lifecycle::serve`), `axum`
+//! (`axum::serve(..).with_graceful_shutdown(..)`) or `hyper-util` (hyper-util's
+//! `GracefulShutdown`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, pin::pin, time::Duration};
 
 use axum::Router;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
 use tower_5xx::lifecycle::Lifecycle;
 
 fn millis(var: &str, default: u64) -> Duration {
@@ -23,6 +33,106 @@ pub(crate) fn from_env() -> Lifecycle {
         millis("DEMO_DRAIN_DELAY_MS", 3_000),
         millis("DEMO_GRACE_MS", 5_000),
     )
+}
+
+/// The server that runs the app and its drain, from `DEMO_SERVE`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Server {
+    /// `Lifecycle::serve`: idle HTTP/1.1 connections stay open through the close.
+    Lifecycle,
+    /// `axum::serve(..).with_graceful_shutdown(..)`, the few lines of the crate's docs.
+    Axum,
+    /// hyper-util's `GracefulShutdown` around its auto (HTTP/1.1 + h2c) connections.
+    HyperUtil,
+}
+
+impl Server {
+    /// `DEMO_SERVE`: `lifecycle` (default), `axum` or `hyper-util`.
+    pub(crate) fn from_env() -> Result<Server, String> {
+        match std::env::var("DEMO_SERVE").as_deref() {
+            Err(_) | Ok("lifecycle") => Ok(Server::Lifecycle),
+            Ok("axum") => Ok(Server::Axum),
+            Ok("hyper-util") => Ok(Server::HyperUtil),
+            Ok(other) => Err(format!(
+                "DEMO_SERVE={other:?}: expected lifecycle, axum or hyper-util"
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Server::Lifecycle => "Lifecycle::serve",
+            Server::Axum => "axum::serve",
+            Server::HyperUtil => "hyper-util GracefulShutdown",
+        }
+    }
+}
+
+/// Serves `app` on `listener` with `server` until SIGTERM or Ctrl-C, drains, and prints how
+/// it ended (`exit: ...`).
+pub(crate) async fn serve(
+    server: Server,
+    lifecycle: Lifecycle,
+    listener: TcpListener,
+    app: Router,
+) {
+    println!("serving with {}", server.name());
+    match server {
+        Server::Lifecycle => match lifecycle.serve(listener, app).await {
+            Ok(()) => println!("exit: every connection closed"),
+            Err(expired) => println!("exit: {expired}"),
+        },
+        Server::Axum => {
+            // The lines of the crate's docs (with the peer address for /limited's quota).
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            let server =
+                axum::serve(listener, app).with_graceful_shutdown(lifecycle.clone().on_signal());
+            match lifecycle.finish(server).await {
+                Ok(Ok(())) => println!("exit: every connection closed"),
+                Ok(Err(e)) => println!("exit: server error: {e}"),
+                Err(expired) => println!("exit: {expired}"),
+            }
+        }
+        Server::HyperUtil => match lifecycle
+            .finish(hyper_util_server(&lifecycle, listener, app))
+            .await
+        {
+            Ok(()) => println!("exit: every connection closed"),
+            Err(expired) => println!("exit: {expired}"),
+        },
+    }
+}
+
+/// hyper-util's accept loop with `GracefulShutdown`: when the lifecycle's shutdown future
+/// resolves (the close), the listener is dropped and every connection is told to shut down
+/// gracefully, as `axum::serve` does.
+async fn hyper_util_server(lifecycle: &Lifecycle, listener: TcpListener, app: Router) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(lifecycle.clone().on_signal());
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    continue;
+                }
+            },
+        };
+        // The peer address, where /limited's rate limiter looks for it.
+        let app = app.clone().map_request(move |mut req: http::Request<_>| {
+            req.extensions_mut().insert(peer);
+            req
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app))
+            .into_owned();
+        tokio::spawn(graceful.watch(conn));
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// The two probes. Merged beside the app, outside its maintenance, shed and catch layers.

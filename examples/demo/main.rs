@@ -4,6 +4,7 @@
 //! cargo run --example demo   # serves on 127.0.0.1:3000
 //! DEMO_ADDR=127.0.0.1:8080 cargo run --example demo
 //! DEMO_DRAIN_DELAY_MS=1000 DEMO_GRACE_MS=2000 cargo run --example demo   # SIGTERM drain timings
+//! DEMO_SERVE=axum cargo run --example demo   # drain with axum::serve (or hyper-util) instead of Lifecycle::serve
 //! DEMO_REDIS_URL=redis://127.0.0.1:6379/ DEMO_ADMIN_TOKEN=s3cret cargo run --example demo   # fleet-wide maintenance
 //! DEMO_REDIS_URL=redis://127.0.0.1:6379/ cargo run --example demo   # /limited's quota in Redis
 //! ```
@@ -63,6 +64,10 @@ async fn main() {
         .local_addr()
         .expect("a bound listener has an address");
     let lifecycle = lifecycle::from_env();
+    let server = lifecycle::Server::from_env().unwrap_or_else(|message| {
+        eprintln!("{message}");
+        std::process::exit(2)
+    });
     if let Err(message) = maintenance::check_env() {
         eprintln!("{message}");
         std::process::exit(2)
@@ -103,8 +108,5 @@ async fn main() {
         .merge(metrics::routes(prometheus));
     lifecycle::print_phases(&lifecycle);
     // Serves until SIGTERM or Ctrl-C, then drains.
-    match lifecycle.serve(listener, app).await {
-        Ok(()) => println!("exit: every connection closed"),
-        Err(expired) => println!("exit: {expired}"),
-    }
+    lifecycle::serve(server, lifecycle, listener, app).await;
 }

@@ -1,7 +1,7 @@
 //! [`DrainLayer`]: 503 + `Retry-After` + `Connection: close` once the listener is closed.
 
 use std::{
-    sync::{atomic::Ordering, Arc},
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -11,7 +11,7 @@ use http::{header::CONNECTION, HeaderValue, Request, Response, StatusCode, Versi
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{state::CLOSING, Lifecycle};
+use super::Lifecycle;
 use crate::{
     refuse::{RefusalPolicy, RequestView},
     telemetry::Meter,
@@ -109,9 +109,8 @@ where
     // copy of the whole response future.
     #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // Hot path: one relaxed load. A request racing the close either way is fine: served
-        // normally, or refused with a response the client can act on.
-        if self.config.lifecycle.inner.phase.load(Ordering::Relaxed) != CLOSING {
+        // Hot path: one relaxed load.
+        if !self.config.lifecycle.is_closed() {
             return ResponseFuture::inner(self.inner.call(req));
         }
         ResponseFuture::refused(self.config.refuse(&req))

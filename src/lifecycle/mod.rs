@@ -55,15 +55,25 @@
 //!
 //! ## What `axum::serve` does differently
 //!
-//! When its shutdown future resolves, `axum::serve` (like hyper-util's `GracefulShutdown`)
-//! calls `graceful_shutdown` on every connection: HTTP/1.1 connections that are idle are
-//! **closed at once**, and busy ones close after their current response. A client that sent a
-//! request on an idle keep-alive connection at that moment gets a reset or an "incomplete
-//! message" error instead of an answer, and the drain layer's 503 is rarely reached on HTTP/1.1.
-//! [`Lifecycle::serve`] leaves idle HTTP/1.1 connections open until the grace deadline, so every
-//! request that reaches the server is answered. With `axum::serve`, keep `drain_delay` long
-//! enough that load balancers have stopped sending before the close, and use clients that
-//! retry requests failed on a reused connection.
+//! The serving and draining phases are the same. When its shutdown future resolves (the
+//! close), `axum::serve` (like hyper-util's `GracefulShutdown`) calls `graceful_shutdown` on
+//! every connection:
+//!
+//! | at the close | `axum::serve`, hyper-util's `GracefulShutdown` | [`Lifecycle::serve`] |
+//! |---|---|---|
+//! | idle HTTP/1.1 keep-alive connection | **closed at once**, unanswered: the client's next request opens a new connection and is refused | kept open: its next request gets the drain layer's 503 + `Retry-After` + `Connection: close` |
+//! | busy HTTP/1.1 connection | its response finishes (hyper adds `Connection: close`), then it closes | the same |
+//! | HTTP/2 connection | GOAWAY; open streams finish; streams the client opens before it sees the GOAWAY get the drain layer's 503 | the same |
+//! | a request written on an HTTP/1.1 connection as it is closed | fails: a reset or an "incomplete message" error | cannot happen before the grace deadline |
+//!
+//! So with `axum::serve`, on HTTP/1.1 the drain layer's 503 is reached only by a request read
+//! in the instant of the close; every later one is refused at connect, and one that races the
+//! close may fail without an answer. [`Lifecycle::serve`] leaves idle HTTP/1.1 connections open
+//! until the grace deadline, so every request that reaches the server is answered. With
+//! `axum::serve`, keep `drain_delay` long enough that load balancers have stopped sending
+//! before the close, and use clients that retry requests failed on a reused connection.
+//! (`tests/lifecycle.rs` checks each column with the demo, `DEMO_SERVE=axum`, `hyper-util`
+//! and `lifecycle`, and real SIGTERMs.)
 //!
 //! # Kubernetes
 //!
@@ -91,10 +101,33 @@
 
 mod drain;
 pub mod error;
+#[cfg(any(feature = "lifecycle-serve", all(test, tower_5xx_loom)))]
+mod in_flight;
+#[cfg(all(test, tower_5xx_loom))]
+mod loom_model;
 mod probe;
 #[cfg(feature = "lifecycle-serve")]
 mod serve;
 mod state;
+
+/// The phase word and the in-flight count: loom's atomics while model-checking them
+/// (`RUSTFLAGS="--cfg tower_5xx_loom" cargo test --lib lifecycle::loom_model`), std's otherwise.
+mod sync {
+    #[cfg(all(test, tower_5xx_loom))]
+    pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+    #[cfg(all(not(all(test, tower_5xx_loom)), feature = "lifecycle-serve"))]
+    pub(crate) use std::sync::atomic::AtomicUsize;
+    #[cfg(not(all(test, tower_5xx_loom)))]
+    pub(crate) use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// A point where the model may switch threads, between two steps loom cannot see into (the
+    /// phase word's move and the watch channel's); nothing outside the model.
+    #[inline(always)]
+    pub(crate) fn step() {
+        #[cfg(all(test, tower_5xx_loom))]
+        loom::thread::yield_now();
+    }
+}
 
 pub use drain::{Drain, DrainLayer, ResponseFuture};
 pub use error::GraceExpired;

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     pin::{pin, Pin},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -26,7 +26,11 @@ use pin_project_lite::pin_project;
 use tokio::{net::TcpListener, task::JoinSet};
 use tower_service::Service;
 
-use super::{error::GraceExpired, Lifecycle};
+use super::{
+    error::GraceExpired,
+    in_flight::{self, InFlight},
+    Lifecycle,
+};
 use crate::BoxError;
 
 impl Lifecycle {
@@ -68,7 +72,7 @@ impl Lifecycle {
         B::Error: Into<BoxError>,
     {
         let signal = tokio::spawn(self.clone().on_signal());
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = InFlight::new();
         let builder = auto::Builder::new(TokioExecutor::new());
         let mut connections = JoinSet::new();
         {
@@ -125,7 +129,7 @@ impl Lifecycle {
                 next = connections.join_next() => if next.is_none() { break Ok(()) },
                 () = &mut grace_over => {
                     let expired = GraceExpired {
-                        in_flight: Some(in_flight.load(Ordering::Relaxed)),
+                        in_flight: Some(in_flight.count()),
                     };
                     tracing::warn!(
                         connections = connections.len(),
@@ -156,7 +160,7 @@ impl Lifecycle {
 struct Counted<S> {
     inner: S,
     peer: std::net::SocketAddr,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: InFlight,
     http2: Arc<AtomicBool>,
     lifecycle: Lifecycle,
 }
@@ -178,21 +182,13 @@ where
         if req.version() == Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = self.in_flight.enter();
         CountedFuture {
             http1: req.version() <= Version::HTTP_11,
             future: self.inner.call(req),
-            _guard: InFlight(self.in_flight.clone()),
+            _guard: guard,
             lifecycle: self.lifecycle.clone(),
         }
-    }
-}
-
-struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -200,7 +196,7 @@ pin_project! {
     struct CountedFuture<F> {
         #[pin]
         future: F,
-        _guard: InFlight,
+        _guard: in_flight::Guard,
         http1: bool,
         lifecycle: Lifecycle,
     }
@@ -215,9 +211,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let mut res = std::task::ready!(this.future.poll(cx));
-        if *this.http1
-            && this.lifecycle.inner.phase.load(Ordering::Relaxed) == super::state::CLOSING
-        {
+        if *this.http1 && this.lifecycle.is_closed() {
             if let Ok(res) = &mut res {
                 res.headers_mut().insert(
                     http::header::CONNECTION,

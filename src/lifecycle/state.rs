@@ -3,16 +3,17 @@
 use std::{
     fmt,
     future::IntoFuture,
-    sync::{
-        atomic::{AtomicU8, Ordering},
-        Arc, OnceLock,
-    },
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use tokio::{sync::watch, time::Instant};
 
-use super::{error::GraceExpired, Liveness, Readiness};
+use super::{
+    error::GraceExpired,
+    sync::{step, AtomicU8, Ordering},
+    Liveness, Readiness,
+};
 
 pub(crate) const SERVING: u8 = 0;
 pub(crate) const DRAINING: u8 = 1;
@@ -69,11 +70,11 @@ pub struct Lifecycle {
 
 pub(crate) struct Inner {
     /// The phase, read on every request by the drain layer (one relaxed load).
-    pub(crate) phase: AtomicU8,
+    phase: AtomicU8,
     drain_delay: Duration,
     grace: Duration,
     /// The phase again, for the tasks that wait on it.
-    changed: watch::Sender<Phase>,
+    pub(super) changed: watch::Sender<Phase>,
     /// When the listener closed (the phase became `Closing`), on tokio's clock.
     closed_at: OnceLock<Instant>,
 }
@@ -127,6 +128,14 @@ impl Lifecycle {
         Phase::from_u8(self.inner.phase.load(Ordering::Acquire))
     }
 
+    /// Whether the listener is closed, so that late requests are refused: the drain layer's
+    /// check, one relaxed load. A request racing the close either way is fine: served
+    /// normally, or refused with a response the client can act on.
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.phase.load(Ordering::Relaxed) == CLOSING
+    }
+
     /// Starts draining, as SIGTERM does: readiness answers 503 from now on. The shutdown
     /// future ([`on_signal`](Self::on_signal) or [`on_drain`](Self::on_drain)) then waits the
     /// drain delay and closes the listener. Calling it again does nothing.
@@ -149,6 +158,8 @@ impl Lifecycle {
         if before >= to_u8 {
             return false;
         }
+        // Another move may come between the two: the watch only moves forward too.
+        step();
         self.inner.changed.send_if_modified(|phase| {
             let moved = *phase < to;
             if moved {
