@@ -754,46 +754,39 @@ async fn exactly_the_configured_probes_get_through() {
 /// success, and the breaker never opens for slowness (only failures count).
 #[tokio::test(start_paused = true)]
 async fn slow_calls_are_not_counted_by_default() {
-    // A count window: calls an hour apart all stay in it.
-    let breaker = CircuitBreaker::builder()
-        .minimum_calls(3)
-        .sliding_window(SlidingWindow::Count(10))
-        .build()
-        .unwrap();
-    let svc = BreakerLayer::new(breaker.clone()).layer(service_fn(|_req: Request| async {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
-    }));
-    for _ in 0..5 {
-        let res = svc
-            .clone()
-            .oneshot(Request::new(axum::body::Body::empty()))
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
+    /// `calls` calls of an hour each through `breaker` (a count window: they all stay in it).
+    async fn hour_long_calls(breaker: &CircuitBreaker, calls: usize) {
+        let svc = BreakerLayer::new(breaker.clone()).layer(service_fn(|_req: Request| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
+        }));
+        for _ in 0..calls {
+            let res = svc
+                .clone()
+                .oneshot(Request::new(axum::body::Body::empty()))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
     }
+    let builder = || {
+        CircuitBreaker::builder()
+            .minimum_calls(3)
+            .sliding_window(SlidingWindow::Count(10))
+    };
+
+    let breaker = builder().build().unwrap();
+    hour_long_calls(&breaker, 5).await;
     let counts = breaker.window_counts();
     assert_eq!((counts.calls, counts.slow_calls), (5, 0), "{counts:?}");
     assert_eq!(breaker.state(), State::Closed);
 
     // The same calls with a slow-call duration set are slow, and open it.
-    let timed = CircuitBreaker::builder()
-        .minimum_calls(3)
-        .sliding_window(SlidingWindow::Count(10))
+    let timed = builder()
         .slow_call_duration(Duration::from_secs(60))
         .build()
         .unwrap();
-    let svc = BreakerLayer::new(timed.clone()).layer(service_fn(|_req: Request| async {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
-    }));
-    for _ in 0..3 {
-        let _ = svc
-            .clone()
-            .oneshot(Request::new(axum::body::Body::empty()))
-            .await
-            .unwrap();
-    }
+    hour_long_calls(&timed, 3).await;
     assert_eq!(timed.state(), State::Open);
 }
 

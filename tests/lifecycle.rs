@@ -145,6 +145,26 @@ async fn keep_sending(
     seen
 }
 
+/// The clients that keep sending through a drain: two over HTTP/1.1 keep-alive and two over
+/// h2c asking for `/`, one asking for `/readyz`, one for `/livez`.
+struct Traffic {
+    senders: Vec<tokio::task::JoinHandle<Vec<(Instant, Outcome)>>>,
+    probe: tokio::task::JoinHandle<Vec<(Instant, Outcome)>>,
+    live: tokio::task::JoinHandle<Vec<(Instant, Outcome)>>,
+}
+
+fn start_traffic(addr: SocketAddr, stop: &Arc<AtomicBool>) -> Traffic {
+    let senders = [client(), client(), h2_client(), h2_client()]
+        .into_iter()
+        .map(|c| tokio::spawn(keep_sending(c, addr, "/", stop.clone())))
+        .collect();
+    Traffic {
+        senders,
+        probe: tokio::spawn(keep_sending(client(), addr, "/readyz", stop.clone())),
+        live: tokio::spawn(keep_sending(client(), addr, "/livez", stop.clone())),
+    }
+}
+
 /// One HTTP/1.1 connection of our own, kept idle through the signal.
 async fn idle_connection(
     addr: SocketAddr,
@@ -168,14 +188,12 @@ async fn sigterm_drains_without_dropping_a_request() {
     let addr = demo.addr;
     let stop = Arc::new(AtomicBool::new(false));
 
-    // Clients that never stop: two over HTTP/1.1 keep-alive, two over h2c, and a readiness
-    // probe.
-    let mut senders = Vec::new();
-    for c in [client(), client(), h2_client(), h2_client()] {
-        senders.push(tokio::spawn(keep_sending(c, addr, "/", stop.clone())));
-    }
-    let probe = tokio::spawn(keep_sending(client(), addr, "/readyz", stop.clone()));
-    let live = tokio::spawn(keep_sending(client(), addr, "/livez", stop.clone()));
+    // Clients that never stop, and the probes.
+    let Traffic {
+        senders,
+        probe,
+        live,
+    } = start_traffic(addr, &stop);
 
     // An HTTP/1.1 connection used once, then left idle across the signal.
     let mut idle = idle_connection(addr).await.unwrap();
@@ -311,12 +329,11 @@ async fn graceful_shutdown_closes_idle_connections_at_the_close(server: &str) {
     let mut lines = Vec::new();
     wait_line(&demo, "serving with", &mut lines);
 
-    let mut senders = Vec::new();
-    for c in [client(), client(), h2_client(), h2_client()] {
-        senders.push(tokio::spawn(keep_sending(c, addr, "/", stop.clone())));
-    }
-    let probe = tokio::spawn(keep_sending(client(), addr, "/readyz", stop.clone()));
-    let live = tokio::spawn(keep_sending(client(), addr, "/livez", stop.clone()));
+    let Traffic {
+        senders,
+        probe,
+        live,
+    } = start_traffic(addr, &stop);
 
     let mut idle = idle_connection(addr).await.unwrap();
     let res = idle
