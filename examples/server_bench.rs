@@ -26,7 +26,8 @@ use std::{
 
 use axum::{error_handling::HandleErrorLayer, http::StatusCode, routing::get, BoxError, Router};
 use tower::{
-    limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer, Layer, Service, ServiceBuilder,
+    limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer, make::Shared, Layer, Service,
+    ServiceBuilder,
 };
 use tower_5xx::{
     breaker::{BreakerLayer, CircuitBreaker},
@@ -51,6 +52,9 @@ const STACKS: &[&str] = &[
     "shed",
     "breaker",
     "drain",
+    "bare-top",
+    "identity-top",
+    "drain-top",
     "ours",
     "bare-connect-info",
     "ratelimit",
@@ -185,7 +189,7 @@ fn app(stack: &str) -> Option<Router> {
         ),
         "ratelimit" => router.layer(rate_limit_layer(true)),
         "ratelimit-plain" => router.layer(rate_limit_layer(false)),
-        "bare-connect-info" => router,
+        "bare-connect-info" | "bare-top" | "identity-top" | "drain-top" => router,
         "governor" => return governor_layer(false),
         "governor-headers" => return governor_layer(true),
         _ => return None,
@@ -244,7 +248,29 @@ fn main() -> ExitCode {
         let addr = listener.local_addr().expect("bound listener's address");
         // The script reads this line; print it only once the socket accepts connections.
         println!("{addr}");
-        let served = if needs_connect_info(&stack) {
+        // The `-top` stacks wrap the whole router once, around `Router`'s own service (not
+        // each route, as `Router::layer` does): where a layer that only needs to see every
+        // request can sit.
+        let served = if stack.ends_with("-top") {
+            let shutdown = shutdown_signal();
+            match stack.as_str() {
+                "identity-top" => {
+                    axum::serve(listener, Shared::new(IdentityLayer.layer(app)))
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+                "drain-top" => {
+                    axum::serve(listener, Shared::new(drain_layer().layer(app)))
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+                _ => {
+                    axum::serve(listener, Shared::new(app))
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+            }
+        } else if needs_connect_info(&stack) {
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
