@@ -294,6 +294,9 @@ async fn open_loop(addr: SocketAddr, rate: f64, handle: Option<ShedHandle>) -> T
     let mut tasks = Vec::new();
     let mut limits = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
+    // After a stall, go on at the same pace rather than catch up in a burst (which would count
+    // the limit of that moment many times).
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while start.elapsed() < RUN {
         tick.tick().await;
         let now = start.elapsed();

@@ -99,8 +99,11 @@
 #![cfg_attr(
     not(all(
         feature = "axum",
-        feature = "redis",
+        feature = "hyper-util",
         feature = "lifecycle-serve",
+        feature = "metrics",
+        feature = "redis",
+        feature = "reqwest",
         feature = "reqwest-middleware"
     )),
     allow(rustdoc::broken_intra_doc_links)

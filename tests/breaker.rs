@@ -358,7 +358,7 @@ fn config() -> impl Strategy<Value = ModelConfig> {
         1u64..16,
         prop_oneof![Just(0.25), Just(0.5), Just(1.0)],
         prop_oneof![Just(0.5), Just(1.0)],
-        prop_oneof![Just(50_000_000u64), Just(500_000_000)],
+        prop_oneof![Just(50_000_000u64), Just(500_000_000), Just(u64::MAX)],
         (prop_oneof![Just(100u64), Just(1_000), Just(1_500)], 1u64..4),
         1u64..4,
     )

@@ -31,11 +31,20 @@ struct Demo {
     child: Child,
     addr: SocketAddr,
     lines: mpsc::Receiver<(Instant, String)>,
+    /// One demo at a time: each test's timing bounds assume the machine is not also running
+    /// another demo and its seven busy clients.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_DEMO_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Demo {
     /// The demo serving with `server` (`DEMO_SERVE`: lifecycle, axum or hyper-util).
     fn spawn(server: &str) -> Demo {
+        // A test that failed while it held the turn poisons the lock; the next one still runs.
+        let turn = ONE_DEMO_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut child = Command::new(demo_binary())
             .env("DEMO_SERVE", server)
             .env("DEMO_ADDR", "127.0.0.1:0")
@@ -63,7 +72,12 @@ impl Demo {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {first:?}"));
-        Demo { child, addr, lines }
+        Demo {
+            child,
+            addr,
+            lines,
+            _turn: turn,
+        }
     }
 
     fn sigterm(&self) {

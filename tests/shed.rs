@@ -321,6 +321,65 @@ async fn queued_request_is_shed_after_max_wait_without_calling_inner() {
     assert_eq!(handle.in_flight(), 0);
 }
 
+/// A queue that has not been empty for 100 ms is a standing queue: a request that joins it
+/// waits `standing_queue_wait`, not the whole `max_wait`; once the queue has emptied, a new
+/// request waits the full `max_wait` again.
+#[tokio::test(start_paused = true)]
+async fn a_request_joining_a_standing_queue_waits_the_shorter_time() {
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ShedLayer::builder()
+        .limit(1)
+        .max_queue(5)
+        .max_wait(Duration::from_millis(100))
+        .standing_queue_wait(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let svc = layer.layer(gated(gate.clone(), calls.clone()));
+    let mut holder = pin!(svc.clone().oneshot(Request::new(())));
+    assert!(poll_now(holder.as_mut()).is_pending());
+
+    let start = Instant::now();
+    // When a request joining at `at` ms is shed, in ms since the start.
+    let join = |at: u64| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+            let res = svc.oneshot(Request::new(())).await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            start.elapsed().as_millis()
+        })
+    };
+    // A joins the empty queue at 0 and B at 60 (the queue has held a waiter for 60 ms): each
+    // may wait 100 ms. A leaves at 100 with B still there, so at 120 the queue has not been
+    // empty for 120 ms: C, joining then, waits 20 ms. B leaves at 160, the queue is empty, and
+    // D, joining at 200, waits the whole 100 ms again.
+    let (a, b, c, d) = (join(0), join(60), join(120), join(200));
+    assert_eq!(
+        (
+            a.await.unwrap(),
+            b.await.unwrap(),
+            c.await.unwrap(),
+            d.await.unwrap()
+        ),
+        (100, 160, 140, 300)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "only the holder ran");
+
+    gate.open(1);
+    assert_eq!(holder.await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn standing_queue_wait_longer_than_max_wait_is_rejected() {
+    let err = ShedLayer::builder()
+        .max_wait(Duration::from_millis(100))
+        .standing_queue_wait(Duration::from_millis(101))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("standing_queue_wait"), "{err}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn queued_request_runs_when_a_permit_frees_before_the_deadline() {
     let gate = Gate::new();

@@ -116,7 +116,9 @@ async fn hyper_util_server(lifecycle: &Lifecycle, listener: TcpListener, app: Ro
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
                     eprintln!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },

@@ -446,7 +446,10 @@ impl CircuitBreaker {
             return;
         }
         let failure = outcome == Outcome::Failure;
-        let slow = latency >= config.slow_call_nanos;
+        // Off (`u64::MAX`): never slow, even with a clock reading at the top of its range (a
+        // permit of a breaker that does not time calls has no start, and its "latency" is the
+        // clock's reading).
+        let slow = config.slow_call_nanos != u64::MAX && latency >= config.slow_call_nanos;
         inner.metrics.call(match (failure, slow) {
             (true, _) => CallOutcome::Failure,
             (false, true) => CallOutcome::Slow,

@@ -14,6 +14,12 @@
 //! phase word's move from the watch channel's, so that another move can come between them;
 //! the close's instant is set before the phase moves, in the same step, and is not checked
 //! here (`the_phases_follow_the_drain_delay_then_the_grace` in `state.rs` checks its value).
+//!
+//! What the request model does not cover: how the serve loop learns of the close (it stops
+//! accepting through the watch channel, which loom does not model) and the drain layer's own
+//! relaxed load racing a close on another thread without a synchronising flag in between. The
+//! request model shows the layer refuses once it has seen the close, and that the count is
+//! exact whichever thread gives a place back.
 
 use std::{
     convert::Infallible,

@@ -76,7 +76,7 @@ impl<F, S, R, B> ResponseFuture<F, S, R, B> {
     }
 
     pub(crate) fn waiting(ticket: Ticket, service: S, request: R) -> Self {
-        let max_wait = ticket.shared().config.max_wait;
+        let max_wait = ticket.wait();
         Self {
             state: State::Waiting {
                 waiter: Box::pin(Waiter {
@@ -210,9 +210,7 @@ where
                 .saturating_duration_since(tokio::time::Instant::now());
             shared
                 .metrics
-                .waited(shared.config.max_wait.saturating_sub(left), || {
-                    shared.limit()
-                });
+                .waited(ticket.wait().saturating_sub(left), || shared.limit());
             let request = request.take().expect("polled after completion");
             match permit {
                 Some(permit) => {

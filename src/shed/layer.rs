@@ -88,6 +88,7 @@ impl<S, P: Clone> Layer<S> for ShedLayer<P> {
 /// | [`max_queue`](Self::max_queue) | **100** places |
 /// | [`low_priority_queue`](Self::low_priority_queue) | **half** of the queue |
 /// | [`max_wait`](Self::max_wait) | **200 ms**: a queue absorbs bursts shorter than a request; waiting much longer only adds latency the client may no longer wait for |
+/// | [`standing_queue_wait`](Self::standing_queue_wait) | **half of `max_wait`**, for a request that joins a queue that has not been empty for 100 ms |
 /// | [`refusal`](Self::refusal) | [`RefusalPolicy::default`]: the base wait is the time the backlog needs to drain at the observed rate |
 #[derive(Debug, Clone)]
 #[must_use]
@@ -95,6 +96,8 @@ pub struct ShedBuilder {
     config: Config,
     /// `None`: half of the queue.
     low_priority_queue: Option<usize>,
+    /// `None`: half of `max_wait`.
+    standing_wait: Option<Duration>,
     refusal: RefusalPolicy,
     name: Option<Arc<str>>,
 }
@@ -107,8 +110,10 @@ impl Default for ShedBuilder {
                 max_queue: 100,
                 low_priority_queue: 50,
                 max_wait: Duration::from_millis(200),
+                standing_wait: Duration::from_millis(100),
             },
             low_priority_queue: None,
+            standing_wait: None,
             refusal: RefusalPolicy::default(),
             name: None,
         }
@@ -145,6 +150,22 @@ impl ShedBuilder {
         self
     }
 
+    /// How long a request may wait when it joins a **standing queue**: one that has not been
+    /// empty for the last 100 ms. Default: half of [`max_wait`](Self::max_wait); at most
+    /// `max_wait` ([`build`](Self::build) rejects more); zero sheds such a request at once.
+    ///
+    /// A queue that empties now and then absorbs bursts, and `max_wait` bounds the wait. A queue
+    /// that never empties (sustained overload) absorbs nothing: every request that gets a place
+    /// waits nearly the whole `max_wait` before it runs, and its latency is the service's plus
+    /// that wait. With a shorter wait for those requests the queue still keeps every permit
+    /// busy (one is handed over as soon as it frees), while the accepted requests wait less.
+    /// This is the CoDel rule of Facebook's servers ("if the queue has not been empty for the
+    /// last 100 ms, time in the queue is limited to 5 ms"); tower's `LoadShed` has no queue.
+    pub fn standing_queue_wait(mut self, wait: Duration) -> Self {
+        self.standing_wait = Some(wait);
+        self
+    }
+
     /// Names this layer in its metrics (`name="<name>"` on every series, feature `metrics`) and
     /// in its log events, to tell several shed layers of one process apart.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
@@ -164,8 +185,8 @@ impl ShedBuilder {
     /// # Errors
     ///
     /// [`InvalidConfig`] when the limit's settings are invalid (see [`Fixed`](super::Fixed),
-    /// [`Aimd`](super::Aimd), [`Gradient`](super::Gradient)), or the low-priority share is
-    /// larger than the queue.
+    /// [`Aimd`](super::Aimd), [`Gradient`](super::Gradient)), the low-priority share is
+    /// larger than the queue, or the standing queue's wait is longer than `max_wait`.
     pub fn build(self) -> Result<ShedLayer, InvalidConfig> {
         let mut config = self.config;
         config.limit.validate()?;
@@ -178,6 +199,16 @@ impl ShedBuilder {
                 ))
             }
             Some(places) => places,
+        };
+        config.standing_wait = match self.standing_wait {
+            None => config.max_wait / 2,
+            Some(wait) if wait > config.max_wait => {
+                return Err(InvalidConfig::new(
+                    "standing_queue_wait",
+                    "must not be longer than max_wait",
+                ))
+            }
+            Some(wait) => wait,
         };
         Ok(ShedLayer {
             shared: Arc::new(Shared::new(config, self.refusal, Meter::new(self.name))),

@@ -42,7 +42,14 @@ pub(crate) struct Config {
     pub(crate) max_queue: usize,
     pub(crate) low_priority_queue: usize,
     pub(crate) max_wait: Duration,
+    /// The wait of a request that joins a standing queue (see [`STANDING_AFTER`]).
+    pub(crate) standing_wait: Duration,
 }
+
+/// A queue that has not been empty for this long is a standing queue: it no longer absorbs a
+/// burst, it only adds latency (CoDel's interval; Facebook's servers use the same rule), and a
+/// request that joins it may wait [`Config::standing_wait`] rather than the full `max_wait`.
+pub(crate) const STANDING_AFTER: Duration = Duration::from_millis(100);
 
 /// The current window of samples, in atomics so that recording is lock-free.
 #[derive(Debug)]
@@ -347,7 +354,13 @@ impl Shared {
         if waiters.len() >= cap {
             return None;
         }
-        let (id, grant) = waiters.push();
+        let now = tokio::time::Instant::now();
+        let wait = if waiters.nonempty_for(now) >= STANDING_AFTER {
+            self.config.standing_wait.min(self.config.max_wait)
+        } else {
+            self.config.max_wait
+        };
+        let (id, grant) = waiters.push(now);
         // From here, no new arrival takes a free permit; one released before this addition is
         // taken below (for the oldest waiter), one released after it is handed over by its
         // releaser, which waits for this lock.
@@ -362,6 +375,7 @@ impl Shared {
             shared: Arc::clone(self),
             id,
             grant,
+            wait,
             settled: false,
         })
     }
@@ -502,6 +516,8 @@ pub(crate) struct Ticket {
     shared: Arc<Shared>,
     id: u64,
     grant: oneshot::Receiver<Permit>,
+    /// How long this request may wait: `max_wait`, or the standing queue's wait.
+    wait: Duration,
     /// Out of the queue: the permit was received, or the ticket left.
     settled: bool,
 }
@@ -509,6 +525,11 @@ pub(crate) struct Ticket {
 impl Ticket {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// How long this request may wait for its permit.
+    pub(crate) fn wait(&self) -> Duration {
+        self.wait
     }
 
     /// The permit, once a releasing request or a higher limit handed it over. `None` if the
@@ -564,6 +585,7 @@ mod tests {
             max_queue: 8,
             low_priority_queue: 4,
             max_wait: Duration::from_secs(1),
+            standing_wait: Duration::from_secs(1),
         };
         Arc::new(Shared::new(
             config,

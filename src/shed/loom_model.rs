@@ -42,6 +42,7 @@ fn shared(limit: usize) -> Arc<Shared> {
         max_queue: 4,
         low_priority_queue: 2,
         max_wait: Duration::from_secs(1),
+        standing_wait: Duration::from_secs(1),
     };
     Arc::new(Shared::new(
         config,

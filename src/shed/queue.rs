@@ -7,7 +7,9 @@
 
 use std::collections::VecDeque;
 
-use tokio::sync::oneshot;
+use std::time::Duration;
+
+use tokio::{sync::oneshot, time::Instant};
 
 use super::limiter::Permit;
 
@@ -24,6 +26,8 @@ struct Waiter {
 pub(crate) struct WaitQueue {
     waiters: VecDeque<Waiter>,
     next_id: u64,
+    /// Since when the queue has held a waiter without a break (`None` while empty).
+    nonempty_since: Option<Instant>,
 }
 
 impl WaitQueue {
@@ -35,8 +39,17 @@ impl WaitQueue {
         self.waiters.is_empty()
     }
 
-    /// Joins at the back: the waiter's id, and where its permit will arrive.
-    pub(crate) fn push(&mut self) -> (u64, oneshot::Receiver<Permit>) {
+    /// How long the queue has held a waiter without a break, as of `now` (zero while empty).
+    pub(crate) fn nonempty_for(&self, now: Instant) -> Duration {
+        self.nonempty_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+
+    /// Joins at the back (at `now`): the waiter's id, and where its permit will arrive.
+    pub(crate) fn push(&mut self, now: Instant) -> (u64, oneshot::Receiver<Permit>) {
+        if self.waiters.is_empty() {
+            self.nonempty_since = Some(now);
+        }
         let id = self.next_id;
         self.next_id += 1;
         let (grant, receiver) = oneshot::channel();
@@ -50,6 +63,7 @@ impl WaitQueue {
         match self.waiters.binary_search_by_key(&id, |w| w.id) {
             Ok(index) => {
                 self.waiters.remove(index);
+                self.note_if_empty();
                 true
             }
             Err(_) => false,
@@ -63,10 +77,20 @@ impl WaitQueue {
             // A waiter removes itself before it drops its receiver, so this only fails if
             // that promise is broken; the next waiter gets the permit then.
             match waiter.grant.send(permit) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.note_if_empty();
+                    return Ok(());
+                }
                 Err(unsent) => permit = unsent,
             }
         }
+        self.note_if_empty();
         Err(permit)
+    }
+
+    fn note_if_empty(&mut self) {
+        if self.waiters.is_empty() {
+            self.nonempty_since = None;
+        }
     }
 }
