@@ -205,8 +205,12 @@ enum Protection {
     None,
     /// tower's `ConcurrencyLimit(WORKERS)` + `LoadShed`, the 503 made by `CatchLayer`.
     Tower,
-    /// `ShedLayer` with a fixed limit, a queue of `WORKERS / 2` and `MAX_WAIT`.
+    /// `ShedLayer` with a fixed limit, a queue of `WORKERS / 2` and `MAX_WAIT` (half of it for
+    /// a request that joins a standing queue: the default).
     Fixed(usize),
+    /// The same at `WORKERS`, with the whole `MAX_WAIT` in a standing queue too (for
+    /// comparison: the standing-queue rule off).
+    FixedFullWait,
     /// `ShedLayer` with a gradient limit from 32, the same queue and wait.
     Gradient,
 }
@@ -222,6 +226,10 @@ impl Protection {
             Protection::Fixed(limit) => format!(
                 "ShedLayer fixed at {limit}, one over the workers (for comparison; queue 4, max wait 10 ms)"
             ),
+            Protection::FixedFullWait => {
+                "ShedLayer fixed 8, standing-queue rule off (for comparison: the whole 10 ms)"
+                    .to_owned()
+            }
             Protection::Gradient => {
                 "ShedLayer gradient (initial 32, tolerance 1.1, queue 4, max wait 10 ms)".to_owned()
             }
@@ -234,20 +242,23 @@ impl Protection {
             Protection::None => "no shedding".to_owned(),
             Protection::Tower => "tower ConcurrencyLimit + LoadShed".to_owned(),
             Protection::Fixed(limit) => format!("ShedLayer fixed {limit}"),
+            Protection::FixedFullWait => "ShedLayer fixed 8, full wait".to_owned(),
             Protection::Gradient => "ShedLayer gradient".to_owned(),
         }
     }
 
     /// A server with this protection around a new backend, and the shed layer's handle.
     async fn serve(self) -> (SocketAddr, Option<ShedHandle>) {
-        let shed = |limit: Limit| {
+        let shed_waiting = |limit: Limit, standing: Duration| {
             ShedLayer::builder()
                 .limit(limit)
                 .max_queue(WORKERS / 2)
                 .max_wait(MAX_WAIT)
+                .standing_queue_wait(standing)
                 .build()
                 .unwrap()
         };
+        let shed = |limit: Limit| shed_waiting(limit, MAX_WAIT / 2);
         let layer = match self {
             Protection::None => return (serve(backend()).await, None),
             Protection::Tower => {
@@ -261,6 +272,7 @@ impl Protection {
             // A short queue with a short wait: enough to keep every worker busy between
             // arrivals, too short to add much latency.
             Protection::Fixed(limit) => shed(limit.into()),
+            Protection::FixedFullWait => shed_waiting(WORKERS.into(), MAX_WAIT),
             // Starts 4x too high and must find the workers' count from latency alone.
             Protection::Gradient => shed(
                 Gradient::new()
@@ -421,6 +433,7 @@ async fn at_load(factor: f64, capacity: f64) -> Vec<Row> {
     let protected = [
         Protection::Tower,
         Protection::Fixed(WORKERS),
+        Protection::FixedFullWait,
         Protection::Fixed(WORKERS + 1),
         Protection::Gradient,
     ];
@@ -526,7 +539,10 @@ fn plots(out: &Path, factor: f64, rows: &[Row]) -> Result<(), Box<dyn std::error
     )?;
     let panels: Vec<Panel> = rows
         .iter()
-        .filter(|r| r.protection != Protection::Fixed(WORKERS + 1))
+        .filter(|r| {
+            r.protection != Protection::Fixed(WORKERS + 1)
+                && r.protection != Protection::FixedFullWait
+        })
         .map(|r| {
             let t = &r.timeline;
             Panel::new(
