@@ -390,6 +390,13 @@ impl Config {
             .min(self.max_open_duration)
     }
 
+    /// Whether slow calls are counted (a `slow_call_duration` was set): only then does a
+    /// breaker time its calls.
+    #[inline]
+    pub(crate) fn counts_slow_calls(&self) -> bool {
+        self.slow_call_nanos != u64::MAX
+    }
+
     /// Whether `bad` out of `calls` reaches a threshold in parts per million (in 128 bits: a
     /// window's counts go up to 2^54).
     #[inline]

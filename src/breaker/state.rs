@@ -335,10 +335,10 @@ impl CircuitBreaker {
         if tag(s) == CLOSED {
             // The common case reads the clock only if it times calls (slow-call detection on);
             // the outcome's bucket is placed by the clock read when it is recorded.
-            let start = if inner.config.slow_call_nanos == u64::MAX {
-                0
-            } else {
+            let start = if inner.config.counts_slow_calls() {
                 self.now_nanos()
+            } else {
+                0
             };
             return Ok(Permit::new(
                 self.clone(),
@@ -446,10 +446,10 @@ impl CircuitBreaker {
             return;
         }
         let failure = outcome == Outcome::Failure;
-        // Off (`u64::MAX`): never slow, even with a clock reading at the top of its range (a
-        // permit of a breaker that does not time calls has no start, and its "latency" is the
-        // clock's reading).
-        let slow = config.slow_call_nanos != u64::MAX && latency >= config.slow_call_nanos;
+        // Off: never slow, even with a clock reading at the top of its range (a permit of a
+        // breaker that does not time calls has no start, and its "latency" is the clock's
+        // reading).
+        let slow = config.counts_slow_calls() && latency >= config.slow_call_nanos;
         inner.metrics.call(match (failure, slow) {
             (true, _) => CallOutcome::Failure,
             (false, true) => CallOutcome::Slow,

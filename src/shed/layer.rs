@@ -190,29 +190,36 @@ impl ShedBuilder {
     pub fn build(self) -> Result<ShedLayer, InvalidConfig> {
         let mut config = self.config;
         config.limit.validate()?;
-        config.low_priority_queue = match self.low_priority_queue {
-            None => config.max_queue / 2,
-            Some(places) if places > config.max_queue => {
-                return Err(InvalidConfig::new(
-                    "low_priority_queue",
-                    "must not be larger than max_queue",
-                ))
-            }
-            Some(places) => places,
-        };
-        config.standing_wait = match self.standing_wait {
-            None => config.max_wait / 2,
-            Some(wait) if wait > config.max_wait => {
-                return Err(InvalidConfig::new(
-                    "standing_queue_wait",
-                    "must not be longer than max_wait",
-                ))
-            }
-            Some(wait) => wait,
-        };
+        config.low_priority_queue = at_most(
+            self.low_priority_queue,
+            config.max_queue,
+            config.max_queue / 2,
+            ("low_priority_queue", "must not be larger than max_queue"),
+        )?;
+        config.standing_wait = at_most(
+            self.standing_wait,
+            config.max_wait,
+            config.max_wait / 2,
+            ("standing_queue_wait", "must not be longer than max_wait"),
+        )?;
         Ok(ShedLayer {
             shared: Arc::new(Shared::new(config, self.refusal, Meter::new(self.name))),
             priority: AllNormal,
         })
+    }
+}
+
+/// A setting that may not exceed `max`: `set` if within it, `unset` when not set, and the
+/// `(setting, rule)` error otherwise.
+fn at_most<T: PartialOrd>(
+    set: Option<T>,
+    max: T,
+    unset: T,
+    (setting, rule): (&'static str, &'static str),
+) -> Result<T, InvalidConfig> {
+    match set {
+        None => Ok(unset),
+        Some(value) if value > max => Err(InvalidConfig::new(setting, rule)),
+        Some(value) => Ok(value),
     }
 }

@@ -355,8 +355,9 @@ impl Shared {
             return None;
         }
         let now = tokio::time::Instant::now();
+        // `standing_wait <= max_wait`: the builder checks it.
         let wait = if waiters.nonempty_for(now) >= STANDING_AFTER {
-            self.config.standing_wait.min(self.config.max_wait)
+            self.config.standing_wait
         } else {
             self.config.max_wait
         };

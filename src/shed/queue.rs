@@ -5,9 +5,7 @@
 //! channel through which the permit is handed to it, so a permit never goes back to the pool
 //! while someone waits, and a new arrival cannot take it first.
 
-use std::collections::VecDeque;
-
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use tokio::{sync::oneshot, time::Instant};
 
