@@ -55,6 +55,7 @@ const STACKS: &[&str] = &[
     "bare-top",
     "identity-top",
     "drain-top",
+    "lifecycle",
     "ours",
     "bare-connect-info",
     "ratelimit",
@@ -189,7 +190,7 @@ fn app(stack: &str) -> Option<Router> {
         ),
         "ratelimit" => router.layer(rate_limit_layer(true)),
         "ratelimit-plain" => router.layer(rate_limit_layer(false)),
-        "bare-connect-info" | "bare-top" | "identity-top" | "drain-top" => router,
+        "bare-connect-info" | "bare-top" | "identity-top" | "drain-top" | "lifecycle" => router,
         "governor" => return governor_layer(false),
         "governor-headers" => return governor_layer(true),
         _ => return None,
@@ -251,7 +252,15 @@ fn main() -> ExitCode {
         // The `-top` stacks wrap the whole router once, around `Router`'s own service (not
         // each route, as `Router::layer` does): where a layer that only needs to see every
         // request can sit.
-        let served = if stack.ends_with("-top") {
+        let served = if stack == "lifecycle" {
+            // `Lifecycle::serve`: its own serve loop, the drain check in its per-connection
+            // service. Compare with `bare-connect-info` (both put the peer's address into
+            // every request).
+            let lifecycle = Lifecycle::new(Duration::ZERO, Duration::ZERO);
+            // `with_state(())` turns the handlers into routes once, as `axum::serve` does.
+            let _ = lifecycle.serve(listener, app.with_state(())).await;
+            Ok(())
+        } else if stack.ends_with("-top") {
             let shutdown = shutdown_signal();
             match stack.as_str() {
                 "identity-top" => {

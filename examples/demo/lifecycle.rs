@@ -78,7 +78,8 @@ pub(crate) async fn serve(
 ) {
     println!("serving with {}", server.name());
     match server {
-        Server::Lifecycle => match lifecycle.serve(listener, app).await {
+        // `with_state(())` turns the handlers into routes once, as `axum::serve` does.
+        Server::Lifecycle => match lifecycle.serve(listener, app.with_state(())).await {
             Ok(()) => println!("exit: every connection closed"),
             Err(expired) => println!("exit: {expired}"),
         },

@@ -51,7 +51,9 @@
 //! # }
 //! ```
 //!
-//! With feature `lifecycle-serve`, the last lines become `lifecycle.serve(listener, app).await`.
+//! With feature `lifecycle-serve`, the last lines become
+//! `lifecycle.serve(listener, app.with_state(())).await` (`with_state(())` turns the handlers
+//! into routes once, as `axum::serve` does; a `Router` called directly does it per request).
 //!
 //! ## What `axum::serve` does differently
 //!

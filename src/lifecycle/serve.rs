@@ -26,11 +26,7 @@ use pin_project_lite::pin_project;
 use tokio::{net::TcpListener, task::JoinSet};
 use tower_service::Service;
 
-use super::{
-    error::GraceExpired,
-    in_flight::{self, InFlight},
-    Lifecycle,
-};
+use super::{error::GraceExpired, in_flight::InFlight, Lifecycle};
 use crate::BoxError;
 
 impl Lifecycle {
@@ -55,8 +51,11 @@ impl Lifecycle {
     /// requests still running, also logged) at the deadline, after dropping what is left.
     /// Either way, return from `main` with status 0.
     ///
-    /// One `tower::Service` (an axum `Router`, say) is cloned per connection. Accept errors
-    /// (too many open files) are logged and retried after 100 ms.
+    /// One `tower::Service` is cloned per connection. For an axum `Router`, pass
+    /// `router.with_state(())`: it turns the handlers into routes once, as `axum::serve` does;
+    /// a `Router` called as it is does that for every request (an allocation and about 160
+    /// instructions each, `scripts/server-bench.sh`). Accept errors (too many open files) are
+    /// logged and retried after 100 ms.
     ///
     /// # Errors
     ///
@@ -91,16 +90,17 @@ impl Lifecycle {
                     // Reap finished connections so the set stays small.
                     Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 };
-                let http2 = Arc::new(AtomicBool::new(false));
+                let shared = Arc::new(Connection {
+                    peer,
+                    http2: AtomicBool::new(false),
+                    in_flight: in_flight.clone(),
+                    lifecycle: self.clone(),
+                });
                 let svc = Counted {
                     inner: service.clone(),
-                    peer,
-                    in_flight: in_flight.clone(),
-                    http2: http2.clone(),
-                    lifecycle: self.clone(),
+                    conn: shared.clone(),
                 };
                 let builder = builder.clone();
-                let lifecycle = self.clone();
                 connections.spawn(async move {
                     let conn = builder.serve_connection_with_upgrades(
                         TokioIo::new(stream),
@@ -109,11 +109,11 @@ impl Lifecycle {
                     let mut conn = pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => return,
-                        () = lifecycle.closed() => {}
+                        () = shared.lifecycle.closed() => {}
                     }
                     // HTTP/2: GOAWAY now, open streams finish. HTTP/1.1: nothing, the drain
                     // layer's `Connection: close` ends a connection on its next request.
-                    if http2.load(Ordering::Relaxed) {
+                    if shared.http2.load(Ordering::Relaxed) {
                         conn.as_mut().graceful_shutdown();
                     }
                     let _ = conn.await;
@@ -156,12 +156,20 @@ impl Lifecycle {
 /// the ones of routes outside the drain layer too (`/readyz`, `/livez`): a client that keeps a
 /// connection busy with probes gets its answer and a clean close, rather than a reset at the
 /// grace deadline.
+///
+/// hyper-util clones it for every request: what it shares is behind one `Arc`, so a clone is
+/// the inner service's clone and one reference count.
 #[derive(Clone)]
 struct Counted<S> {
     inner: S,
+    conn: Arc<Connection>,
+}
+
+/// What a connection's requests share.
+struct Connection {
     peer: std::net::SocketAddr,
+    http2: AtomicBool,
     in_flight: InFlight,
-    http2: Arc<AtomicBool>,
     lifecycle: Lifecycle,
 }
 
@@ -178,17 +186,33 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(self.peer);
+        req.extensions_mut().insert(self.conn.peer);
+        let http1 = req.version() <= Version::HTTP_11;
         if req.version() == Version::HTTP_2 {
-            self.http2.store(true, Ordering::Relaxed);
+            self.conn.http2.store(true, Ordering::Relaxed);
         }
-        let guard = self.in_flight.enter();
         CountedFuture {
-            http1: req.version() <= Version::HTTP_11,
             future: self.inner.call(req),
-            _guard: guard,
-            lifecycle: self.lifecycle.clone(),
+            guard: Guard::enter(&self.conn),
+            http1,
         }
+    }
+}
+
+/// One request in flight, counted until the guard is dropped (when its response future is
+/// done or dropped, on any thread).
+struct Guard(Arc<Connection>);
+
+impl Guard {
+    fn enter(conn: &Arc<Connection>) -> Self {
+        conn.in_flight.enter();
+        Self(conn.clone())
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.in_flight.exit();
     }
 }
 
@@ -196,9 +220,8 @@ pin_project! {
     struct CountedFuture<F> {
         #[pin]
         future: F,
-        _guard: in_flight::Guard,
+        guard: Guard,
         http1: bool,
-        lifecycle: Lifecycle,
     }
 }
 
@@ -211,7 +234,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let mut res = std::task::ready!(this.future.poll(cx));
-        if *this.http1 && this.lifecycle.is_closed() {
+        if *this.http1 && this.guard.0.lifecycle.is_closed() {
             if let Ok(res) = &mut res {
                 res.headers_mut().insert(
                     http::header::CONNECTION,
