@@ -1037,7 +1037,15 @@ fn variable_latency(
 async fn gradient_limit_falls_when_latency_rises_and_recovers() {
     let latency = Arc::new(AtomicU64::new(10));
     let layer = ShedLayer::builder()
-        .limit(Gradient::new().initial(20).floor(4).ceiling(60))
+        // No wait before probing again after the fall (the wait is unit-tested in
+        // `shed::limit`): a window is 100 ms, about ten rounds here.
+        .limit(
+            Gradient::new()
+                .initial(20)
+                .floor(4)
+                .ceiling(60)
+                .probe_after(0),
+        )
         .max_queue(0)
         .build()
         .unwrap();
@@ -1061,7 +1069,7 @@ async fn gradient_limit_falls_when_latency_rises_and_recovers() {
     assert!(loaded >= 4, "below the floor: {loaded}");
 
     latency.store(10, Ordering::SeqCst);
-    drive(&svc, &handle, 30).await;
+    drive(&svc, &handle, 60).await;
     assert!(
         handle.limit() > loaded,
         "limit did not recover: {}",

@@ -257,39 +257,46 @@ impl Aimd {
 /// minimum seen, which is what the service takes when nothing queues inside it) to the
 /// **sampled latency** (the average of the last window).
 ///
-/// At the end of each window:
+/// At the end of each window, with `limit` the limit the window ran under:
 ///
 /// ```text
-/// gradient  = clamp(tolerance * baseline / sampled, 0.5, 1.0)
-/// target    = limit * gradient + headroom * sqrt(limit)   if gradient == 1
-///           = limit * gradient                            otherwise
-/// new limit = limit * (1 - smoothing) + target * smoothing      (within floor..=ceiling)
+/// over tolerance (sampled > tolerance * baseline):
+///     new limit = min(limit, limit * max(baseline / sampled, 0.5))      at once
+/// within tolerance, for the probe_after-th window in a row or later (or before any shrink):
+///     target    = limit + headroom * sqrt(limit)
+///     new limit = limit * (1 - smoothing) + target * smoothing
+/// otherwise: unchanged                                                  (within floor..=ceiling)
 /// ```
 ///
-/// While latency stays within `tolerance` times the baseline, the gradient is 1 and the limit
-/// probes upward by the headroom; when requests start to queue inside the service, latency
-/// rises, the gradient falls below 1 and the limit shrinks toward what the service can run in
-/// parallel. Unlike Gradient2, which always adds its headroom (and so keeps a small queue inside
-/// the service for good), the headroom is only added while latency is within tolerance: the
-/// limit settles where latency is `tolerance` times the baseline. The limit does not grow in
-/// windows that used less than half of it.
+/// with two exceptions: the window right after a change of the limit ran partly under the old
+/// one, so it changes nothing (and does not count as calm); and at or below the last limit
+/// that was within tolerance, a single window over tolerance is taken for noise: the limit
+/// shrinks on the second one in a row.
+///
+/// When requests queue inside the service, latency rises past the tolerance and the limit
+/// drops at once to `limit * baseline / sampled`: by Little's law, what the service runs in
+/// parallel at its baseline speed. While latency stays within tolerance the limit probes
+/// upward by the headroom, every window until the first shrink, and after a shrink only once
+/// `probe_after` windows in a row were within tolerance. Unlike Gradient2, which always adds
+/// its headroom (and so keeps a small queue inside the service for good), headroom is never
+/// added while latency is over tolerance. The limit does not grow in windows that used less
+/// than half of it.
+///
+/// Why the wait: on a service with few workers, one request over them is a large step, and a
+/// costly one for the tail. With 8 workers, a limit of 9 raises the mean latency by only 1/8,
+/// but the request over the workers waits for one inside the service, where the queue's
+/// [`max_wait`](super::ShedBuilder::max_wait) does not bound it, for up to a whole service
+/// time. A limit that probed after every calm window would be one over the workers about half
+/// the time, and its p99 that of a fixed limit one over; with the default wait of 20 windows
+/// (2 s), a probe costs two windows one over in about 23 (`examples/overload.rs`).
 ///
 /// The baseline is the smallest window minimum seen; when windows stay slower, it drifts toward
 /// them by 1% per window, so a service whose normal speed changed (a new deployment, a colder
 /// cache) is re-learnt instead of being throttled forever (Envoy re-measures its minimum RTT
 /// periodically for the same reason).
 ///
-/// On a service with few workers, one request over them is a large step, and a costly one for
-/// the tail: with 8 workers, a limit of 9 raises the mean latency by only 1/8, but the request
-/// over the workers waits for one inside the service, where the queue's
-/// [`max_wait`](super::ShedBuilder::max_wait) does not bound it, for up to a whole service time.
-/// The limit probes upward whenever latency is within tolerance, so it spends much of its time
-/// one over (`examples/overload.rs`, tolerance 1.1 on 8 workers: at 9 about 80 % of the time),
-/// and the p99 of the accepted requests is then that of a fixed limit one over the workers.
-/// Where the service's parallelism is known, a [`Fixed`] limit at it keeps the tail tighter.
-///
 /// Defaults: initial 20, floor 1, ceiling 1000, tolerance 1.5, smoothing 0.2, headroom 1.0,
-/// windows of at least 100 ms and 10 samples.
+/// probe after 20 windows, windows of at least 100 ms and 10 samples.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
 pub struct Gradient {
@@ -299,6 +306,7 @@ pub struct Gradient {
     pub(crate) tolerance: f64,
     pub(crate) smoothing: f64,
     pub(crate) headroom: f64,
+    pub(crate) probe_after: u32,
     pub(crate) window: Duration,
     pub(crate) min_samples: u32,
 }
@@ -319,6 +327,7 @@ impl Gradient {
             tolerance: 1.5,
             smoothing: 0.2,
             headroom: 1.0,
+            probe_after: 20,
             window: DEFAULT_WINDOW,
             min_samples: DEFAULT_MIN_SAMPLES,
         }
@@ -333,7 +342,8 @@ impl Gradient {
         self
     }
 
-    /// How far each window moves the limit toward its target, in `(0, 1]`. Default 0.2.
+    /// How far each window of growth moves the limit toward its target, in `(0, 1]` (a
+    /// shrink is not smoothed). Default 0.2.
     pub fn smoothing(mut self, smoothing: f64) -> Self {
         self.smoothing = smoothing;
         self
@@ -342,6 +352,13 @@ impl Gradient {
     /// The growth allowance, in multiples of `sqrt(limit)` (at least 0). Default 1.0.
     pub fn headroom(mut self, headroom: f64) -> Self {
         self.headroom = headroom;
+        self
+    }
+
+    /// After a shrink, how many windows in a row must be within tolerance before the limit
+    /// probes upward again (0: probe after every window within tolerance). Default 20.
+    pub fn probe_after(mut self, windows: u32) -> Self {
+        self.probe_after = windows;
         self
     }
 }
@@ -364,6 +381,17 @@ pub(crate) struct Estimator {
     estimate: f64,
     /// Gradient only: the baseline latency in seconds (0 = none yet).
     baseline: f64,
+    /// Gradient only: windows in a row within tolerance since the last shrink (`None` before
+    /// the first shrink).
+    calm: Option<u32>,
+    /// Gradient only: the limit of the last window within tolerance (0: none yet).
+    calm_limit: f64,
+    /// Gradient only: whether the last window over tolerance was not acted on (a first
+    /// strike at or below the calm limit).
+    struck: bool,
+    /// Gradient only: whether the last window changed the limit in force, so that this one
+    /// ran partly under each.
+    changed: bool,
 }
 
 impl Estimator {
@@ -372,6 +400,10 @@ impl Estimator {
             limit,
             estimate: limit.initial() as f64,
             baseline: 0.0,
+            calm: None,
+            calm_limit: 0.0,
+            struck: false,
+            changed: false,
         }
     }
 
@@ -405,25 +437,55 @@ impl Estimator {
                     self.baseline += (min - self.baseline) * 0.01;
                 }
                 let limit = self.estimate;
-                let gradient = if sampled > 0.0 {
-                    (g.tolerance * self.baseline / sampled).clamp(0.5, 1.0)
+                // The limit the window's samples ran under.
+                let in_force = round(limit) as f64;
+                let ratio = if sampled > 0.0 {
+                    self.baseline / sampled
                 } else {
                     1.0
                 };
+                // The window after a change ran partly under the old limit: it is not a
+                // measure of the new one, so it neither shrinks, vouches nor probes.
+                let transition = std::mem::take(&mut self.changed);
+                if g.tolerance * ratio < 1.0 {
+                    if transition {
+                        self.calm = Some(0);
+                        return round(self.estimate);
+                    }
+                    // A limit that was within tolerance before shrinks on the second window
+                    // over it in a row, not on the first: one slow window at a limit the
+                    // service ran calmly is more likely noise than a queue.
+                    if in_force <= self.calm_limit && !std::mem::take(&mut self.struck) {
+                        self.struck = true;
+                        self.calm = Some(0);
+                        return round(self.estimate);
+                    }
+                    self.struck = false;
+                    // Requests queue inside the service: down at once to what it runs in
+                    // parallel at its baseline speed (Little's law), at most halving.
+                    self.calm = Some(0);
+                    let target = in_force * ratio.max(0.5);
+                    self.estimate = limit.min(target).clamp(g.floor as f64, g.ceiling as f64);
+                    self.changed = round(self.estimate) as f64 != in_force;
+                    return round(self.estimate);
+                }
+                self.struck = false;
+                if transition {
+                    return round(self.estimate);
+                }
                 let app_limited = (w.max_in_flight as f64) * 2.0 < limit;
-                if gradient >= 1.0 && app_limited {
+                let calm = self.calm.map(|c| c.saturating_add(1));
+                self.calm = calm;
+                self.calm_limit = in_force;
+                if app_limited || calm.is_some_and(|c| c < g.probe_after) {
                     return round(self.estimate);
                 }
                 // Probe for more only while latency is within tolerance: adding headroom when
                 // requests already queue inside the service would keep a queue there for good.
-                let headroom = if gradient >= 1.0 {
-                    g.headroom * limit.sqrt()
-                } else {
-                    0.0
-                };
-                let target = limit.mul_add(gradient, headroom);
+                let target = g.headroom.mul_add(limit.sqrt(), limit);
                 let next = limit.mul_add(1.0 - g.smoothing, target * g.smoothing);
                 self.estimate = next.clamp(g.floor as f64, g.ceiling as f64);
+                self.changed = round(self.estimate) as f64 != in_force;
                 round(self.estimate)
             }
         }
@@ -467,7 +529,11 @@ mod tests {
 
     #[test]
     fn gradient_follows_baseline_over_sample() {
-        let g = Gradient::new().initial(20).floor(2).ceiling(100);
+        let g = Gradient::new()
+            .initial(20)
+            .floor(2)
+            .ceiling(100)
+            .probe_after(10);
         let mut e = Estimator::new(g.into());
         // Steady latency at the baseline, fully used: the limit grows.
         let first = e.update(&window(10, 10, 0, 20));
@@ -480,9 +546,53 @@ mod tests {
             last = next;
         }
         assert!(last < 20, "limit did not shrink: {last}");
-        // Back to the baseline: it grows again.
-        let grown = e.update(&window(10, 10, 0, last));
-        assert!(grown > last);
+        // Back to the baseline: it grows again, once `probe_after` (10) windows were calm.
+        for _ in 0..9 {
+            assert_eq!(e.update(&window(10, 10, 0, last)), last);
+        }
+        // From the tenth on, every calm window probes (from the floor of 2, in steps of a
+        // fifth of sqrt(2): the third one rounds up).
+        let grown: Vec<usize> = (0..3).map(|_| e.update(&window(10, 10, 0, last))).collect();
+        assert!(grown[2] > last, "{grown:?} from {last}");
+    }
+
+    #[test]
+    fn gradient_shrinks_to_the_parallelism_at_once_and_waits_before_probing_again() {
+        // 8 workers, 40 ms each: at a limit of 9 one request waits inside (45 ms on average).
+        let g = Gradient::new().initial(9).tolerance(1.1).probe_after(3);
+        let mut e = Estimator::new(g.into());
+        let mut next = |mean, limit| e.update(&window(mean, 40, 0, limit));
+        assert_eq!(next(45, 9), 8, "9 * 40 / 45 = 8, not smoothed");
+        // The window after a change ran partly under the old limit: it decides nothing.
+        assert_eq!(next(40, 8), 8, "transition");
+        // Within tolerance: no probe until the third calm window.
+        assert_eq!(next(40, 8), 8);
+        assert_eq!(next(40, 8), 8);
+        assert_eq!(next(40, 8), 9, "the third calm window probes");
+        assert_eq!(next(45, 9), 9, "transition");
+        assert_eq!(
+            next(45, 9),
+            8,
+            "over tolerance above the calm limit: at once"
+        );
+        assert_eq!(next(45, 8), 8, "transition");
+        assert_eq!(next(40, 8), 8, "and the wait starts again");
+        // At the limit that was calm, one slow window is taken for noise; two in a row shrink.
+        assert_eq!(next(48, 8), 8, "first strike");
+        assert_eq!(next(40, 8), 8);
+        assert_eq!(next(48, 8), 8, "a first strike again");
+        assert_eq!(next(48, 8), 7, "the second in a row: 8 * 40 / 48");
+
+        // Without a wait (0), every calm window that is not a transition probes.
+        let mut e = Estimator::new(g.probe_after(0).into());
+        let mut next = |mean, limit| e.update(&window(mean, 40, 0, limit));
+        assert_eq!(next(45, 9), 8);
+        assert_eq!(next(40, 8), 8, "transition");
+        assert_eq!(next(40, 8), 9, "probe");
+        assert_eq!(next(40, 9), 9, "transition");
+        // Calm at 9: each window probes (9.2 still rounds to 9, so no transition).
+        assert_eq!(next(40, 9), 9);
+        assert_eq!(next(40, 9), 10);
     }
 
     #[test]
