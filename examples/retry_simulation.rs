@@ -57,7 +57,7 @@ use plotters::style::{
     RGBColor,
 };
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 use tower_5xx::{
     retry::{Backoff, Jitter, ReplayBody, RetryBudget, RetryLayer, RetryPolicy},
     ErrorResponse, Reason, ResponseBody, RetryAfter,

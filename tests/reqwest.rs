@@ -116,7 +116,7 @@ async fn hyper_and_reqwest_share_one_breaker_per_origin() {
     use bytes::Bytes;
     use http_body_util::Full;
     use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceBuilder;
     use tower_5xx::{
         breaker::{CircuitBreaker, KeyedBreakers, SlidingWindow},
         retry::{Origin, ReplayBody, RetryLayer},

@@ -146,6 +146,61 @@ pub struct Retry<S> {
 
 type Inner<S> = tower::retry::Retry<RetryPolicy, Attempt<S>>;
 
+impl<S> Retry<S> {
+    /// Sends one request and returns its response future: what [`tower::ServiceExt::oneshot`]
+    /// does (this inherent method is found first, so `svc.oneshot(req)` calls it), with an
+    /// error that says what is wrong when the client under the layer does not take
+    /// [`ReplayBody`]. Through the trait, rustc resolves the method before it knows the
+    /// request's type and reports only that "the method `oneshot` exists for struct
+    /// `Retry<..>`, but its trait bounds were not satisfied" (E0599); here the request is known,
+    /// and the error is [`RetryClient`]'s (E0277), which names `ReplayBody` and the fix.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+    /// use tower::ServiceBuilder;
+    /// use tower_5xx::retry::{ReplayBody, RetryLayer, RetryPolicy};
+    ///
+    /// # async fn run() -> Result<(), tower_5xx::BoxError> {
+    /// let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(RetryLayer::new(RetryPolicy::default()))
+    ///     .service(client);
+    /// let request = http::Request::get("http://127.0.0.1:8080/").body(Full::new(Bytes::new()))?;
+    /// let response = svc.oneshot(request).await?;
+    /// # drop(response); Ok(()) }
+    /// ```
+    ///
+    /// A client of plain `Full<Bytes>` bodies fails with E0277, "the client under `RetryLayer`
+    /// must take `Request<ReplayBody<Full<Bytes>>>`":
+    ///
+    /// ```compile_fail,E0277
+    /// # use bytes::Bytes;
+    /// # use http_body_util::Full;
+    /// # use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+    /// # use tower::{ServiceBuilder, ServiceExt};
+    /// # use tower_5xx::retry::{RetryLayer, RetryPolicy};
+    /// # async fn run() {
+    /// let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(RetryLayer::new(RetryPolicy::default()))
+    ///     .service(client);
+    /// let request = http::Request::get("http://127.0.0.1:8080/").body(Full::new(Bytes::new())).unwrap();
+    /// let _ = svc.oneshot(request).await;
+    /// # }
+    /// ```
+    pub fn oneshot<B>(mut self, req: Request<B>) -> ResponseFuture<Inner<S>, B>
+    where
+        S: RetryClient<B>,
+        B: Body + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        // `poll_ready` is always ready: readiness is checked per attempt, on a clone.
+        Service::call(&mut self, req)
+    }
+}
+
 /// The clients [`RetryLayer`] can wrap, for requests of body `B`: a `Clone` service of
 /// `Request<ReplayBody<B>>` that answers `http::Response<_>` and whose error converts into
 /// [`BoxError`]. Every such service implements it; nothing else can.
@@ -168,9 +223,11 @@ type Inner<S> = tower::retry::Retry<RetryPolicy, Attempt<S>>;
 ///            `Request<Full<Bytes>>`
 /// ```
 ///
-/// A method call (`svc.oneshot(request)`, `svc.ready()`) is resolved before the request's type
-/// is known, so rustc reports only that `Retry<Client<HttpConnector, Full<Bytes>>>` is not a
-/// `Service<_>` (E0599): the cause is the same.
+/// [`Retry::oneshot`] knows the request's type too, so `svc.oneshot(request)` gets the same
+/// error. Other method calls of `tower::ServiceExt` (`svc.ready()`) are resolved before the
+/// request's type is known, so rustc reports only that
+/// `Retry<Client<HttpConnector, Full<Bytes>>>` is not a `Service<_>` (E0599): the cause is the
+/// same.
 ///
 /// The fix, a client of `ReplayBody` bodies, called with plain ones:
 ///

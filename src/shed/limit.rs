@@ -269,9 +269,9 @@ impl Aimd {
 /// ```
 ///
 /// with two exceptions: the window right after a change of the limit ran partly under the old
-/// one, so it changes nothing (and does not count as calm); and at or below the last limit
-/// that was within tolerance, a single window over tolerance is taken for noise: the limit
-/// shrinks on the second one in a row.
+/// one, so it does not count as calm, probe, or (after a shrink, while its latency still shows
+/// the old limit) shrink; and at or below the last limit that was within tolerance, a single
+/// window over tolerance is taken for noise: the limit shrinks on the second one in a row.
 ///
 /// When requests queue inside the service, latency rises past the tolerance and the limit
 /// drops at once to `limit * baseline / sampled`: by Little's law, what the service runs in
@@ -287,8 +287,9 @@ impl Aimd {
 /// but the request over the workers waits for one inside the service, where the queue's
 /// [`max_wait`](super::ShedBuilder::max_wait) does not bound it, for up to a whole service
 /// time. A limit that probed after every calm window would be one over the workers about half
-/// the time, and its p99 that of a fixed limit one over; with the default wait of 20 windows
-/// (2 s), a probe costs two windows one over in about 23 (`examples/overload.rs`).
+/// the time, and its p99 that of a fixed limit one over. With the default wait of 50 windows
+/// (5 s), a probe costs one or two windows one over in about 52: under about 4 % of the
+/// requests, of which one in nine waits inside (`examples/overload.rs`).
 ///
 /// The baseline is the smallest window minimum seen; when windows stay slower, it drifts toward
 /// them by 1% per window, so a service whose normal speed changed (a new deployment, a colder
@@ -296,7 +297,7 @@ impl Aimd {
 /// periodically for the same reason).
 ///
 /// Defaults: initial 20, floor 1, ceiling 1000, tolerance 1.5, smoothing 0.2, headroom 1.0,
-/// probe after 20 windows, windows of at least 100 ms and 10 samples.
+/// probe after 50 windows, windows of at least 100 ms and 10 samples.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
 pub struct Gradient {
@@ -327,7 +328,7 @@ impl Gradient {
             tolerance: 1.5,
             smoothing: 0.2,
             headroom: 1.0,
-            probe_after: 20,
+            probe_after: 50,
             window: DEFAULT_WINDOW,
             min_samples: DEFAULT_MIN_SAMPLES,
         }
@@ -356,7 +357,10 @@ impl Gradient {
     }
 
     /// After a shrink, how many windows in a row must be within tolerance before the limit
-    /// probes upward again (0: probe after every window within tolerance). Default 20.
+    /// probes upward again (0: probe after every window within tolerance). Default 50 (5 s of
+    /// the default 100 ms windows). Only the first probe waits: while latency stays within
+    /// tolerance, every later window probes too, so a service that got faster is followed
+    /// at the usual pace.
     pub fn probe_after(mut self, windows: u32) -> Self {
         self.probe_after = windows;
         self
@@ -389,9 +393,9 @@ pub(crate) struct Estimator {
     /// Gradient only: whether the last window over tolerance was not acted on (a first
     /// strike at or below the calm limit).
     struck: bool,
-    /// Gradient only: whether the last window changed the limit in force, so that this one
-    /// ran partly under each.
-    changed: bool,
+    /// Gradient only: whether the last window lowered (`Some(false)`) or raised (`Some(true)`)
+    /// the limit in force, so that this one ran partly under each.
+    changed: Option<bool>,
 }
 
 impl Estimator {
@@ -403,7 +407,7 @@ impl Estimator {
             calm: None,
             calm_limit: 0.0,
             struck: false,
-            changed: false,
+            changed: None,
         }
     }
 
@@ -445,10 +449,13 @@ impl Estimator {
                     1.0
                 };
                 // The window after a change ran partly under the old limit: it is not a
-                // measure of the new one, so it neither shrinks, vouches nor probes.
-                let transition = std::mem::take(&mut self.changed);
+                // measure of the new one, so it neither vouches for it nor probes. After a
+                // shrink its latency still shows the old, higher limit, so it does not shrink
+                // either; after a raise it shows less than the new limit's, so when even that
+                // is over tolerance, the raise was one too many.
+                let transition = self.changed.take();
                 if g.tolerance * ratio < 1.0 {
-                    if transition {
+                    if transition == Some(false) {
                         self.calm = Some(0);
                         return round(self.estimate);
                     }
@@ -466,11 +473,11 @@ impl Estimator {
                     self.calm = Some(0);
                     let target = in_force * ratio.max(0.5);
                     self.estimate = limit.min(target).clamp(g.floor as f64, g.ceiling as f64);
-                    self.changed = round(self.estimate) as f64 != in_force;
+                    self.changed = (round(self.estimate) as f64 != in_force).then_some(false);
                     return round(self.estimate);
                 }
                 self.struck = false;
-                if transition {
+                if transition.is_some() {
                     return round(self.estimate);
                 }
                 let app_limited = (w.max_in_flight as f64) * 2.0 < limit;
@@ -485,7 +492,7 @@ impl Estimator {
                 let target = g.headroom.mul_add(limit.sqrt(), limit);
                 let next = limit.mul_add(1.0 - g.smoothing, target * g.smoothing);
                 self.estimate = next.clamp(g.floor as f64, g.ceiling as f64);
-                self.changed = round(self.estimate) as f64 != in_force;
+                self.changed = (round(self.estimate) as f64 > in_force).then_some(true);
                 round(self.estimate)
             }
         }
@@ -569,14 +576,27 @@ mod tests {
         assert_eq!(next(40, 8), 8);
         assert_eq!(next(40, 8), 8);
         assert_eq!(next(40, 8), 9, "the third calm window probes");
-        assert_eq!(next(45, 9), 9, "transition");
+        assert_eq!(
+            next(42, 9),
+            9,
+            "the window after the raise: within, no decision"
+        );
         assert_eq!(
             next(45, 9),
             8,
             "over tolerance above the calm limit: at once"
         );
-        assert_eq!(next(45, 8), 8, "transition");
+        assert_eq!(next(45, 8), 8, "the window after a shrink: over, ignored");
         assert_eq!(next(40, 8), 8, "and the wait starts again");
+        assert_eq!(next(40, 8), 8);
+        assert_eq!(next(40, 8), 9, "probe");
+        assert_eq!(
+            next(45, 9),
+            8,
+            "the window after a raise, over even so: at once"
+        );
+        assert_eq!(next(40, 8), 8, "the window after a shrink");
+        assert_eq!(next(40, 8), 8, "calm at 8");
         // At the limit that was calm, one slow window is taken for noise; two in a row shrink.
         assert_eq!(next(48, 8), 8, "first strike");
         assert_eq!(next(40, 8), 8);
