@@ -191,9 +191,10 @@ where
         if req.version() == Version::HTTP_2 {
             self.conn.http2.store(true, Ordering::Relaxed);
         }
+        let guard = Guard::enter(&self.conn);
         CountedFuture {
             future: self.inner.call(req),
-            guard: Guard::enter(&self.conn),
+            guard,
             http1,
         }
     }

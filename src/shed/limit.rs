@@ -289,7 +289,8 @@ impl Aimd {
 /// time. A limit that probed after every calm window would be one over the workers about half
 /// the time, and its p99 that of a fixed limit one over. With the default wait of 50 windows
 /// (5 s), a probe costs one or two windows one over in about 52: under about 4 % of the
-/// requests, of which one in nine waits inside (`examples/overload.rs`).
+/// requests, of which one in nine waits inside (`examples/overload.rs`). Where the service's
+/// parallelism is known, a [`Fixed`] limit at it never goes over to find it.
 ///
 /// The baseline is the smallest window minimum seen; when windows stay slower, it drifts toward
 /// them by 1% per window, so a service whose normal speed changed (a new deployment, a colder
@@ -385,9 +386,9 @@ pub(crate) struct Estimator {
     estimate: f64,
     /// Gradient only: the baseline latency in seconds (0 = none yet).
     baseline: f64,
-    /// Gradient only: windows in a row within tolerance since the last shrink (`None` before
-    /// the first shrink).
-    calm: Option<u32>,
+    /// Gradient only: windows in a row within tolerance since the last shrink (`u32::MAX`
+    /// before the first shrink: as calm as can be).
+    calm: u32,
     /// Gradient only: the limit of the last window within tolerance (0: none yet).
     calm_limit: f64,
     /// Gradient only: whether the last window over tolerance was not acted on (a first
@@ -404,7 +405,7 @@ impl Estimator {
             limit,
             estimate: limit.initial() as f64,
             baseline: 0.0,
-            calm: None,
+            calm: u32::MAX,
             calm_limit: 0.0,
             struck: false,
             changed: None,
@@ -456,21 +457,21 @@ impl Estimator {
                 let transition = self.changed.take();
                 if g.tolerance * ratio < 1.0 {
                     if transition == Some(false) {
-                        self.calm = Some(0);
+                        self.calm = 0;
                         return round(self.estimate);
                     }
                     // A limit that was within tolerance before shrinks on the second window
                     // over it in a row, not on the first: one slow window at a limit the
                     // service ran calmly is more likely noise than a queue.
-                    if in_force <= self.calm_limit && !std::mem::take(&mut self.struck) {
+                    if in_force <= self.calm_limit && !self.struck {
                         self.struck = true;
-                        self.calm = Some(0);
+                        self.calm = 0;
                         return round(self.estimate);
                     }
                     self.struck = false;
                     // Requests queue inside the service: down at once to what it runs in
                     // parallel at its baseline speed (Little's law), at most halving.
-                    self.calm = Some(0);
+                    self.calm = 0;
                     let target = in_force * ratio.max(0.5);
                     self.estimate = limit.min(target).clamp(g.floor as f64, g.ceiling as f64);
                     self.changed = (round(self.estimate) as f64 != in_force).then_some(false);
@@ -481,10 +482,9 @@ impl Estimator {
                     return round(self.estimate);
                 }
                 let app_limited = (w.max_in_flight as f64) * 2.0 < limit;
-                let calm = self.calm.map(|c| c.saturating_add(1));
-                self.calm = calm;
+                self.calm = self.calm.saturating_add(1);
                 self.calm_limit = in_force;
-                if app_limited || calm.is_some_and(|c| c < g.probe_after) {
+                if app_limited || self.calm < g.probe_after {
                     return round(self.estimate);
                 }
                 // Probe for more only while latency is within tolerance: adding headroom when
