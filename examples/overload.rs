@@ -511,13 +511,15 @@ fn report(factor: f64, rate: f64, rows: &[Row], unloaded_p99: Duration) -> bool 
     all_met
 }
 
-const COLORS: [RGBColor; 5] = [RED, BLACK, BLUE, CYAN, MAGENTA];
+/// One colour per protection (six rows: none, tower, fixed, fixed with the whole wait, fixed at
+/// 9, gradient); cycled, so that a row added later is drawn rather than silently dropped.
+const COLORS: [RGBColor; 6] = [RED, BLACK, BLUE, CYAN, MAGENTA, RGBColor(0, 150, 0)];
 
 fn plots(out: &Path, factor: f64, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
     let step = BUCKET.as_secs_f64();
     let each = |value: fn(&Timeline) -> &Vec<f64>| -> Vec<Series> {
         rows.iter()
-            .zip(COLORS)
+            .zip(COLORS.into_iter().cycle())
             .map(|(r, color)| Series::every(&r.protection.short(), color, step, value(&r.timeline)))
             .collect()
     };

@@ -352,17 +352,21 @@ async fn a_request_joining_a_standing_queue_waits_the_shorter_time() {
     };
     // A joins the empty queue at 0 and B at 60 (the queue has held a waiter for 60 ms): each
     // may wait 100 ms. A leaves at 100 with B still there, so at 120 the queue has not been
-    // empty for 120 ms: C, joining then, waits 20 ms. B leaves at 160, the queue is empty, and
-    // D, joining at 200, waits the whole 100 ms again.
-    let (a, b, c, d) = (join(0), join(60), join(120), join(200));
+    // empty for 120 ms: C, joining then, waits 20 ms. B leaves at 160 and the queue is empty,
+    // but B timed out: D, joining at 180, still finds a standing queue and waits 20 ms (a queue
+    // under sustained overload empties whenever several requests finish at once; its waiters
+    // keep timing out). The last timeout is D's at 200: E, joining at 320 an empty queue in
+    // which nobody timed out for 120 ms, waits the whole 100 ms again.
+    let (a, b, c, d, e) = (join(0), join(60), join(120), join(180), join(320));
     assert_eq!(
         (
             a.await.unwrap(),
             b.await.unwrap(),
             c.await.unwrap(),
-            d.await.unwrap()
+            d.await.unwrap(),
+            e.await.unwrap()
         ),
-        (100, 160, 140, 300)
+        (100, 160, 140, 200, 420)
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1, "only the holder ran");
 

@@ -47,10 +47,49 @@ impl Default for TokioClock {
     }
 }
 
+impl TokioClock {
+    /// [`now`](Clock::now) in nanoseconds (saturating after 584 years), without the 128-bit
+    /// arithmetic of `Duration::as_nanos`.
+    #[inline]
+    fn nanos(&self) -> u64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.origin);
+        elapsed
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(elapsed.subsec_nanos()))
+    }
+}
+
 impl Clock for TokioClock {
     #[inline]
     fn now(&self) -> Duration {
         tokio::time::Instant::now().saturating_duration_since(self.origin)
+    }
+}
+
+/// The clock a breaker reads: the default [`TokioClock`] without a virtual call (a closed
+/// breaker reads its clock on every call), any other through its trait object.
+#[derive(Debug, Clone)]
+pub(crate) enum BreakerClock {
+    Tokio(TokioClock),
+    Other(Arc<dyn Clock>),
+}
+
+impl BreakerClock {
+    pub(crate) fn new<C: Clock>(clock: C) -> Self {
+        match (&clock as &dyn std::any::Any).downcast_ref::<TokioClock>() {
+            Some(tokio) => BreakerClock::Tokio(*tokio),
+            None => BreakerClock::Other(Arc::new(clock)),
+        }
+    }
+
+    /// The clock's reading in nanoseconds (saturating, 584 years).
+    #[inline]
+    pub(crate) fn nanos(&self) -> u64 {
+        match self {
+            BreakerClock::Tokio(clock) => clock.nanos(),
+            BreakerClock::Other(clock) => u64::try_from(clock.now().as_nanos()).unwrap_or(u64::MAX),
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use super::error::BreakerConfigError;
 use super::{
-    clock::{Clock, TokioClock},
+    clock::{BreakerClock, Clock, TokioClock},
     CircuitBreaker, Transition,
 };
 
@@ -70,7 +70,7 @@ pub struct BreakerBuilder {
     pub(crate) max_open_duration: Duration,
     pub(crate) half_open_probes: u32,
     pub(crate) name: Option<Arc<str>>,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: BreakerClock,
     pub(crate) on_transition: Option<TransitionCallback>,
 }
 
@@ -125,7 +125,7 @@ impl BreakerBuilder {
             max_open_duration: Duration::from_secs(60),
             half_open_probes: 3,
             name: None,
-            clock: Arc::new(TokioClock::new()),
+            clock: BreakerClock::Tokio(TokioClock::new()),
             on_transition: None,
         }
     }
@@ -223,7 +223,7 @@ impl BreakerBuilder {
 
     /// The clock. Default [`TokioClock`] (works with `tokio::time::pause()`).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = BreakerClock::new(clock);
         self
     }
 
@@ -356,7 +356,7 @@ pub(crate) struct Config {
     pub(crate) max_open_duration: Duration,
     pub(crate) half_open_probes: u32,
     pub(crate) name: Option<Arc<str>>,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: BreakerClock,
     pub(crate) on_transition: Option<TransitionCallback>,
 }
 

@@ -127,7 +127,7 @@ impl<K: Hash + Eq + Clone + fmt::Debug> KeyedBreakers<K> {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.config.clock.now().as_nanos()).unwrap_or(u64::MAX)
+        self.config.clock.nanos()
     }
 
     fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &RwLock<HashMap<K, Entry>> {

@@ -257,7 +257,7 @@ impl CircuitBreaker {
     /// A breaker named `name` in logs and transitions; its metrics carry the configured name
     /// only (a keyed breaker's name includes its key, an unbounded label value).
     pub(crate) fn with_name(config: Arc<Config>, name: Option<Arc<str>>) -> Self {
-        let origin = clock_nanos(&*config.clock) / NANOS_PER_MS * NANOS_PER_MS;
+        let origin = config.clock.nanos() / NANOS_PER_MS * NANOS_PER_MS;
         Self {
             inner: Arc::new(Inner {
                 state: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
@@ -274,7 +274,7 @@ impl CircuitBreaker {
 
     #[inline]
     fn now_nanos(&self) -> u64 {
-        clock_nanos(&*self.inner.config.clock)
+        self.inner.config.clock.nanos()
     }
 
     /// When the open state of word `s` ends, on the breaker's clock (nanoseconds).
@@ -690,12 +690,6 @@ impl CircuitBreaker {
             });
         }
     }
-}
-
-/// A clock's reading in nanoseconds (saturating, 584 years).
-#[inline]
-fn clock_nanos(clock: &dyn super::Clock) -> u64 {
-    u64::try_from(clock.now().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -88,7 +88,7 @@ impl<S, P: Clone> Layer<S> for ShedLayer<P> {
 /// | [`max_queue`](Self::max_queue) | **100** places |
 /// | [`low_priority_queue`](Self::low_priority_queue) | **half** of the queue |
 /// | [`max_wait`](Self::max_wait) | **200 ms**: a queue absorbs bursts shorter than a request; waiting much longer only adds latency the client may no longer wait for |
-/// | [`standing_queue_wait`](Self::standing_queue_wait) | **half of `max_wait`**, for a request that joins a queue that has not been empty for 100 ms |
+/// | [`standing_queue_wait`](Self::standing_queue_wait) | **half of `max_wait`**, for a request that joins a standing queue: one that has not been empty for 100 ms, or in which a waiter timed out in the last 100 ms |
 /// | [`refusal`](Self::refusal) | [`RefusalPolicy::default`]: the base wait is the time the backlog needs to drain at the observed rate |
 #[derive(Debug, Clone)]
 #[must_use]
@@ -151,13 +151,15 @@ impl ShedBuilder {
     }
 
     /// How long a request may wait when it joins a **standing queue**: one that has not been
-    /// empty for the last 100 ms. Default: half of [`max_wait`](Self::max_wait); at most
+    /// empty for the last 100 ms, or in which a waiter gave up at its deadline in the last
+    /// 100 ms (a queue under sustained overload still empties whenever several requests finish
+    /// at once, but its waiters keep timing out). Default: half of [`max_wait`](Self::max_wait); at most
     /// `max_wait` ([`build`](Self::build) rejects more); zero sheds such a request at once.
     ///
     /// A queue that empties now and then absorbs bursts, and `max_wait` bounds the wait. A queue
     /// that never empties (sustained overload) absorbs nothing: every request that gets a place
     /// waits nearly the whole `max_wait` before it runs, and its latency is the service's plus
-    /// that wait. With a shorter wait for those requests the queue still keeps every permit
+    /// that wait (nearly the whole `max_wait` at the tail). With a shorter wait for those requests the queue still keeps every permit
     /// busy (one is handed over as soon as it frees), while the accepted requests wait less.
     /// This is the CoDel rule of Facebook's servers ("if the queue has not been empty for the
     /// last 100 ms, time in the queue is limited to 5 ms"); tower's `LoadShed` has no queue.

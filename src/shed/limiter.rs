@@ -46,9 +46,12 @@ pub(crate) struct Config {
     pub(crate) standing_wait: Duration,
 }
 
-/// A queue that has not been empty for this long is a standing queue: it no longer absorbs a
-/// burst, it only adds latency (CoDel's interval; Facebook's servers use the same rule), and a
-/// request that joins it may wait [`Config::standing_wait`] rather than the full `max_wait`.
+/// A queue that has not been empty for this long, or in which a waiter gave up at its deadline
+/// this recently, is a standing queue: it no longer absorbs a burst, it only adds latency
+/// (CoDel's interval; Facebook's servers use the same rule), and a request that joins it may
+/// wait [`Config::standing_wait`] rather than the full `max_wait`. (A queue under sustained
+/// overload still empties now and then, whenever several requests finish at once; its waiters
+/// keep timing out.)
 pub(crate) const STANDING_AFTER: Duration = Duration::from_millis(100);
 
 /// The current window of samples, in atomics so that recording is lock-free.
@@ -356,7 +359,7 @@ impl Shared {
         }
         let now = tokio::time::Instant::now();
         // `standing_wait <= max_wait`: the builder checks it.
-        let wait = if waiters.nonempty_for(now) >= STANDING_AFTER {
+        let wait = if waiters.is_standing(now, STANDING_AFTER) {
             self.config.standing_wait
         } else {
             self.config.max_wait
@@ -547,6 +550,7 @@ impl Ticket {
         self.settled = true;
         let mut waiters = self.shared.waiters();
         if waiters.remove(self.id) {
+            waiters.note_timeout(tokio::time::Instant::now());
             self.shared.left_queue(1);
             drop(waiters);
             self.shared.publish();

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | a permit is free and nobody is queued | the request runs (two atomic loads and one compare-and-swap; no lock, no allocation) |
 //! | no free permit, or others already waiting, and room in the queue | the request waits, first come first served, up to [`max_wait`](ShedBuilder::max_wait): a permit released while requests wait is handed to the oldest of them, never to a new arrival |
-//! | the same, but the queue has not been empty for 100 ms (a standing queue: sustained overload) | it waits at most [`standing_queue_wait`](ShedBuilder::standing_queue_wait) (default half of `max_wait`): the permits stay busy, the accepted requests wait less (CoDel) |
+//! | the same, but the queue has not been empty for 100 ms, or a waiter timed out in the last 100 ms (a standing queue: sustained overload) | it waits at most [`standing_queue_wait`](ShedBuilder::standing_queue_wait) (default half of `max_wait`): the permits stay busy, the accepted requests wait less (CoDel) |
 //! | the queue is full, or the wait ran out | **503** with `Retry-After`, `Cache-Control: no-store`, an error id, [`Reason::Shed`](crate::Reason::Shed) in the extensions |
 //! | the request is [`Priority::Exempt`] (health checks, admin) | runs at once, never shed, not counted |
 //! | the request is [`Priority::Low`] | may only use part of the queue, so it is shed first |

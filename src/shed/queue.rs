@@ -26,6 +26,8 @@ pub(crate) struct WaitQueue {
     next_id: u64,
     /// Since when the queue has held a waiter without a break (`None` while empty).
     nonempty_since: Option<Instant>,
+    /// When a waiter last gave up at its deadline without a permit.
+    timed_out_at: Option<Instant>,
 }
 
 impl WaitQueue {
@@ -38,9 +40,25 @@ impl WaitQueue {
     }
 
     /// How long the queue has held a waiter without a break, as of `now` (zero while empty).
-    pub(crate) fn nonempty_for(&self, now: Instant) -> Duration {
+    fn nonempty_for(&self, now: Instant) -> Duration {
         self.nonempty_since
             .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+
+    /// Whether the queue is standing as of `now`: it has held a waiter without a break for
+    /// `after`, or a waiter gave up at its deadline within `after` (the queue did not drain
+    /// in time: under sustained overload it can still empty now and then, when several
+    /// requests finish at once).
+    pub(crate) fn is_standing(&self, now: Instant, after: Duration) -> bool {
+        self.nonempty_for(now) >= after
+            || self
+                .timed_out_at
+                .is_some_and(|at| now.saturating_duration_since(at) < after)
+    }
+
+    /// Notes that a waiter gave up at its deadline, at `now`.
+    pub(crate) fn note_timeout(&mut self, now: Instant) {
+        self.timed_out_at = Some(now);
     }
 
     /// Joins at the back (at `now`): the waiter's id, and where its permit will arrive.
