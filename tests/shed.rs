@@ -321,9 +321,10 @@ async fn queued_request_is_shed_after_max_wait_without_calling_inner() {
     assert_eq!(handle.in_flight(), 0);
 }
 
-/// A queue that has not been empty for 100 ms is a standing queue: a request that joins it
-/// waits `standing_queue_wait`, not the whole `max_wait`; once the queue has emptied, a new
-/// request waits the full `max_wait` again.
+/// A queue that has not been empty for 100 ms, or in which a waiter timed out in the last
+/// 100 ms, is a standing queue: a request that joins it waits `standing_queue_wait`, not the
+/// whole `max_wait`; once the queue has emptied and nobody timed out for 100 ms, a new request
+/// waits the full `max_wait` again.
 #[tokio::test(start_paused = true)]
 async fn a_request_joining_a_standing_queue_waits_the_shorter_time() {
     let gate = Gate::new();

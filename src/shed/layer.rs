@@ -153,13 +153,14 @@ impl ShedBuilder {
     /// How long a request may wait when it joins a **standing queue**: one that has not been
     /// empty for the last 100 ms, or in which a waiter gave up at its deadline in the last
     /// 100 ms (a queue under sustained overload still empties whenever several requests finish
-    /// at once, but its waiters keep timing out). Default: half of [`max_wait`](Self::max_wait); at most
-    /// `max_wait` ([`build`](Self::build) rejects more); zero sheds such a request at once.
+    /// at once, but its waiters keep timing out). Default: half of
+    /// [`max_wait`](Self::max_wait); at most `max_wait` ([`build`](Self::build) rejects more);
+    /// zero sheds such a request at once.
     ///
     /// A queue that empties now and then absorbs bursts, and `max_wait` bounds the wait. A queue
     /// that never empties (sustained overload) absorbs nothing: every request that gets a place
     /// waits nearly the whole `max_wait` before it runs, and its latency is the service's plus
-    /// that wait (nearly the whole `max_wait` at the tail). With a shorter wait for those requests the queue still keeps every permit
+    /// that wait. With a shorter wait for those requests the queue still keeps every permit
     /// busy (one is handed over as soon as it frees), while the accepted requests wait less.
     /// This is the CoDel rule of Facebook's servers ("if the queue has not been empty for the
     /// last 100 ms, time in the queue is limited to 5 ms"); tower's `LoadShed` has no queue.
