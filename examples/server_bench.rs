@@ -56,6 +56,7 @@ const STACKS: &[&str] = &[
     "identity-top",
     "drain-top",
     "lifecycle",
+    "lifecycle-drain",
     "ours",
     "bare-connect-info",
     "ratelimit",
@@ -190,7 +191,8 @@ fn app(stack: &str) -> Option<Router> {
         ),
         "ratelimit" => router.layer(rate_limit_layer(true)),
         "ratelimit-plain" => router.layer(rate_limit_layer(false)),
-        "bare-connect-info" | "bare-top" | "identity-top" | "drain-top" | "lifecycle" => router,
+        "bare-connect-info" | "bare-top" | "identity-top" | "drain-top" | "lifecycle"
+        | "lifecycle-drain" => router,
         "governor" => return governor_layer(false),
         "governor-headers" => return governor_layer(true),
         _ => return None,
@@ -252,11 +254,16 @@ fn main() -> ExitCode {
         // The `-top` stacks wrap the whole router once, around `Router`'s own service (not
         // each route, as `Router::layer` does): where a layer that only needs to see every
         // request can sit.
-        let served = if stack == "lifecycle" {
-            // `Lifecycle::serve`: its own serve loop, the drain check in its per-connection
-            // service. Compare with `bare-connect-info` (both put the peer's address into
-            // every request).
+        let served = if stack.starts_with("lifecycle") {
+            // `Lifecycle::serve`: its own serve loop; with `-drain`, the drain layer on the
+            // routes too, as the docs set it up. Compare with `bare-connect-info` (both put
+            // the peer's address into every request).
             let lifecycle = Lifecycle::new(Duration::ZERO, Duration::ZERO);
+            let app = if stack == "lifecycle-drain" {
+                app.layer(lifecycle.drain_layer())
+            } else {
+                app
+            };
             // `with_state(())` turns the handlers into routes once, as `axum::serve` does.
             let _ = lifecycle.serve(listener, app.with_state(())).await;
             Ok(())

@@ -508,3 +508,107 @@ async fn sigterm_with_axum_serve_closes_idle_connections_at_the_close() {
 async fn sigterm_with_hyper_util_graceful_shutdown_closes_idle_connections_at_the_close() {
     graceful_shutdown_closes_idle_connections_at_the_close("hyper-util").await;
 }
+
+/// `Lifecycle::serve` answers the closing phase's late requests itself, with no drain layer
+/// on the routes: 503 + `Retry-After` + `Connection: close` without calling the handler,
+/// except on the exempt paths (the probes by default), which are served.
+#[tokio::test]
+async fn lifecycle_serve_refuses_late_requests_itself_except_on_exempt_paths() {
+    use std::{future::IntoFuture, sync::atomic::AtomicUsize};
+
+    use axum::{routing::get, Router};
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    async fn send(
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        path: &str,
+    ) -> (StatusCode, bool, bool) {
+        let res = sender
+            .send_request(Request::get(path).body(Full::default()).unwrap())
+            .await
+            .expect("an answer, not a reset");
+        let status = res.status();
+        let headers = res.headers().clone();
+        res.into_body().collect().await.expect("a whole body");
+        (
+            status,
+            headers.contains_key(http::header::RETRY_AFTER),
+            headers
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v == "close"),
+        )
+    }
+
+    for (exempt, served) in [
+        (None, ["/livez", "/readyz"].as_slice()),
+        (Some(vec!["/status"]), ["/status"].as_slice()),
+    ] {
+        let lifecycle = Lifecycle::new(Duration::ZERO, Duration::from_secs(30));
+        let handled = Arc::new(AtomicUsize::new(0));
+        let ok = |handled: Arc<AtomicUsize>| {
+            get(move || {
+                handled.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            })
+        };
+        let app = Router::new()
+            .route("/", ok(handled.clone()))
+            .route("/livez", ok(handled.clone()))
+            .route("/readyz", ok(handled.clone()))
+            .route("/status", ok(handled.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = lifecycle.serve(listener, app.with_state(()));
+        let server = match &exempt {
+            Some(paths) => server.exempt(paths.clone()),
+            None => server,
+        };
+        let server = tokio::spawn(server.retry_after(Duration::from_secs(7)).into_future());
+
+        // One kept-alive connection per path, opened while serving.
+        let mut senders = Vec::new();
+        for path in ["/", "/livez", "/readyz", "/status"] {
+            let mut sender = idle_connection(addr).await.unwrap();
+            assert_eq!(
+                send(&mut sender, path).await,
+                (StatusCode::OK, false, false)
+            );
+            senders.push((path, sender));
+        }
+        let before = handled.load(Ordering::SeqCst);
+
+        lifecycle.start_drain();
+        lifecycle.closed().await;
+        assert_eq!(lifecycle.phase(), Phase::Closing);
+        let mut refused = 0;
+        for (path, sender) in &mut senders {
+            let (status, retry_after, close) = send(sender, path).await;
+            assert!(
+                close,
+                "{path}: every HTTP/1.1 answer closes once the listener is"
+            );
+            if served.contains(path) {
+                assert_eq!((status, retry_after), (StatusCode::OK, false), "{path}");
+            } else {
+                assert_eq!(
+                    (status, retry_after),
+                    (StatusCode::SERVICE_UNAVAILABLE, true),
+                    "{path}"
+                );
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 4 - served.len());
+        assert_eq!(
+            handled.load(Ordering::SeqCst) - before,
+            served.len(),
+            "a refused request never reaches its handler"
+        );
+        // Each connection was told to close: the server is done before the grace deadline.
+        drop(senders);
+        let done = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server returns once its connections are closed");
+        assert!(done.unwrap().is_ok());
+    }
+}

@@ -78,8 +78,14 @@ pub(crate) async fn serve(
 ) {
     println!("serving with {}", server.name());
     match server {
-        // `with_state(())` turns the handlers into routes once, as `axum::serve` does.
-        Server::Lifecycle => match lifecycle.serve(listener, app.with_state(())).await {
+        // `with_state(())` turns the handlers into routes once, as `axum::serve` does. The
+        // serve loop answers the closing phase's late requests itself (the drain layer on the
+        // app's routes is there for the other two servers), except on these paths.
+        Server::Lifecycle => match lifecycle
+            .serve(listener, app.with_state(()))
+            .exempt(["/readyz", "/livez", "/metrics"])
+            .await
+        {
             Ok(()) => println!("exit: every connection closed"),
             Err(expired) => println!("exit: {expired}"),
         },

@@ -68,6 +68,15 @@ impl DrainLayer {
     }
 }
 
+impl DrainLayer {
+    /// The 503 for `req` (what [`Drain`] answers in the closing phase); `Lifecycle::serve`
+    /// answers with it too.
+    #[cfg(feature = "lifecycle-serve")]
+    pub(crate) fn refuse<B: From<Bytes>, ReqBody>(&self, req: &Request<ReqBody>) -> Response<B> {
+        self.config.refuse(req)
+    }
+}
+
 impl<S> Layer<S> for DrainLayer {
     type Service = Drain<S>;
 

@@ -19,8 +19,11 @@
 //!   .with_graceful_shutdown(..)` and wrap the server in [`Lifecycle::finish`] for the grace
 //!   deadline.
 //! - [`Lifecycle::serve`] (feature `lifecycle-serve`) does all of it with its own small serve
-//!   loop, and keeps idle HTTP/1.1 keep-alive connections open until a request on them gets
-//!   `Connection: close` or the grace deadline comes, which `axum::serve` cannot (below).
+//!   loop: it answers the late requests itself (no drain layer needed; the probes' paths are
+//!   [exempt](Serve::exempt)), and keeps idle HTTP/1.1 keep-alive connections open until a
+//!   request on them gets `Connection: close` or the grace deadline comes, which
+//!   `axum::serve` cannot (below). It costs fewer instructions per request than `axum::serve`
+//!   with `ConnectInfo`.
 //!
 //! # Example: axum
 //!
@@ -53,7 +56,9 @@
 //!
 //! With feature `lifecycle-serve`, the last lines become
 //! `lifecycle.serve(listener, app.with_state(())).await` (`with_state(())` turns the handlers
-//! into routes once, as `axum::serve` does; a `Router` called directly does it per request).
+//! into routes once, as `axum::serve` does; a `Router` called directly does it per request),
+//! and the drain layer can go: the serve loop answers the late requests itself, except on
+//! `/readyz` and `/livez` ([`Serve::exempt`] names other probe paths).
 //!
 //! ## What `axum::serve` does differently
 //!
@@ -63,9 +68,9 @@
 //!
 //! | at the close | `axum::serve`, hyper-util's `GracefulShutdown` | [`Lifecycle::serve`] |
 //! |---|---|---|
-//! | idle HTTP/1.1 keep-alive connection | **closed at once**, unanswered: the client's next request opens a new connection and is refused | kept open: its next request gets the drain layer's 503 + `Retry-After` + `Connection: close` |
+//! | idle HTTP/1.1 keep-alive connection | **closed at once**, unanswered: the client's next request opens a new connection and is refused | kept open: its next request gets the 503 + `Retry-After` + `Connection: close` |
 //! | busy HTTP/1.1 connection | its response finishes (hyper adds `Connection: close`), then it closes | the same |
-//! | HTTP/2 connection | GOAWAY; open streams finish; streams the client opens before it sees the GOAWAY get the drain layer's 503 | the same |
+//! | HTTP/2 connection | GOAWAY; open streams finish; streams the client opens before it sees the GOAWAY get the drain layer's 503 | the same (the serve loop's 503) |
 //! | a request written on an HTTP/1.1 connection as it is closed | fails: a reset or an "incomplete message" error | cannot happen before the grace deadline |
 //!
 //! So with `axum::serve`, on HTTP/1.1 the drain layer's 503 is reached only by a request read
@@ -134,4 +139,6 @@ mod sync {
 pub use drain::{Drain, DrainLayer, ResponseFuture};
 pub use error::GraceExpired;
 pub use probe::{Liveness, Readiness};
+#[cfg(feature = "lifecycle-serve")]
+pub use serve::Serve;
 pub use state::{Lifecycle, Phase};

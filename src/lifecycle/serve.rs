@@ -3,7 +3,8 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
+    fmt,
+    future::{poll_fn, Future, IntoFuture},
     pin::{pin, Pin},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -20,14 +21,13 @@ use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
-    service::TowerToHyperService,
 };
 use pin_project_lite::pin_project;
 use tokio::{net::TcpListener, task::JoinSet};
 use tower_service::Service;
 
-use super::{error::GraceExpired, in_flight::InFlight, Lifecycle};
-use crate::BoxError;
+use super::{error::GraceExpired, in_flight::InFlight, DrainLayer, Lifecycle};
+use crate::{refuse::RefusalPolicy, BoxError};
 
 impl Lifecycle {
     /// Serves `service` on `listener` (HTTP/1.1 and h2c, hyper-util's auto builder) and runs
@@ -35,21 +35,23 @@ impl Lifecycle {
     /// readiness turns 503 at once and requests are served normally for the drain delay; then
     /// the listener closes and, until the grace deadline,
     ///
-    /// - requests arriving on open HTTP/1.1 connections get 503 + `Retry-After` + `Connection:
-    ///   close` from the [drain layer](super::DrainLayer), **which you add** around your routes
-    ///   (not around `/readyz` and `/livez`: liveness answers 200 until the exit); every
-    ///   HTTP/1.1 response, the probes' included, says `Connection: close`, so each such
-    ///   connection ends cleanly after its next answer;
+    /// - requests arriving on open connections get **503** + `Retry-After` (+ `Connection:
+    ///   close` on HTTP/1.1) from the serve loop itself, the drain layer's answer, without
+    ///   reaching `service`; except the [exempt paths](Serve::exempt), `/readyz` and `/livez`
+    ///   by default, which are served (liveness answers 200 until the exit). Every HTTP/1.1
+    ///   response, the probes' included, says `Connection: close`, so each such connection
+    ///   ends cleanly after its next answer. (A [`DrainLayer`](super::DrainLayer) is not
+    ///   needed here; one that is there anyway never refuses first.)
     /// - idle HTTP/1.1 keep-alive connections stay open (closing one under a client that has
     ///   just sent a request is the reset this avoids); they close after a response saying
-    ///   `Connection: close` (the drain layer's 503), when the client closes them, or at the
-    ///   deadline;
+    ///   `Connection: close`, when the client closes them, or at the deadline;
     /// - HTTP/2 connections get a GOAWAY at once, and their open streams finish;
     /// - in-flight requests finish.
     ///
-    /// It returns `Ok` once every connection is closed, or [`GraceExpired`] (with the number of
-    /// requests still running, also logged) at the deadline, after dropping what is left.
-    /// Either way, return from `main` with status 0.
+    /// Await the returned [`Serve`] (after its optional settings). It returns `Ok` once every
+    /// connection is closed, or [`GraceExpired`] (with the number of requests still running,
+    /// also logged) at the deadline, after dropping what is left. Either way, return from
+    /// `main` with status 0.
     ///
     /// One `tower::Service` is cloned per connection. For an axum `Router`, pass
     /// `router.with_state(())`: it turns the handlers into routes once, as `axum::serve` does;
@@ -57,25 +59,139 @@ impl Lifecycle {
     /// instructions each, `scripts/server-bench.sh`). Accept errors (too many open files) are
     /// logged and retried after 100 ms.
     ///
-    /// # Errors
+    /// While serving, the drain-aware path is one relaxed atomic load per request, and the
+    /// loop costs fewer instructions per request than `axum::serve` with `ConnectInfo`
+    /// (BENCHMARKS.md, `lifecycle` against `bare-connect-info`).
     ///
-    /// [`GraceExpired`] when the grace period ran out with connections still open.
-    pub async fn serve<S, B>(&self, listener: TcpListener, service: S) -> Result<(), GraceExpired>
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use axum::{routing::get, Router};
+    /// use tower_5xx::lifecycle::Lifecycle;
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let lifecycle = Lifecycle::new(Duration::from_secs(10), Duration::from_secs(20));
+    /// let app = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .route_service("/readyz", lifecycle.readiness())
+    ///     .route_service("/livez", lifecycle.liveness());
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+    /// if let Err(expired) = lifecycle
+    ///     .serve(listener, app.with_state(()))
+    ///     .retry_after(Duration::from_secs(2))
+    ///     .await
+    /// {
+    ///     eprintln!("{expired}"); // still exit 0: the shutdown was orderly
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn serve<S>(&self, listener: TcpListener, service: S) -> Serve<S> {
+        Serve {
+            lifecycle: self.clone(),
+            listener,
+            service,
+            drain: self.drain_layer(),
+            exempt: vec!["/readyz".to_owned(), "/livez".to_owned()],
+        }
+    }
+}
+
+/// The server of [`Lifecycle::serve`]: set what its late requests get, then `.await` it.
+#[must_use = "a server does nothing until it is awaited"]
+pub struct Serve<S> {
+    lifecycle: Lifecycle,
+    listener: TcpListener,
+    service: S,
+    drain: DrainLayer,
+    exempt: Vec<String>,
+}
+
+impl<S> fmt::Debug for Serve<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Serve")
+            .field("lifecycle", &self.lifecycle)
+            .field("listener", &self.listener)
+            .field("drain", &self.drain)
+            .field("exempt", &self.exempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Serve<S> {
+    /// The base wait of the closing phase's 503 (the refusal policy bounds and jitters it), as
+    /// [`DrainLayer::retry_after`]. Default 1 s: the client should retry soon, elsewhere.
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.drain = self.drain.retry_after(retry_after);
+        self
+    }
+
+    /// How the closing phase's 503 is made, as [`DrainLayer::refusal`]. Default
+    /// [`RefusalPolicy::default`].
+    pub fn refusal(mut self, policy: RefusalPolicy) -> Self {
+        self.drain = self.drain.refusal(policy);
+        self
+    }
+
+    /// The request paths served as usual in the closing phase, in place of the default
+    /// `/readyz` and `/livez`: the probes' paths. A path matches exactly (`Uri::path`, no
+    /// query); an empty list refuses everything.
+    pub fn exempt<I, P>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.exempt = paths.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+impl<S, B> IntoFuture for Serve<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<(), GraceExpired>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+impl<S> Serve<S> {
+    async fn run<B>(self) -> Result<(), GraceExpired>
     where
         S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
             + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
+        B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let signal = tokio::spawn(self.clone().on_signal());
+        let Self {
+            lifecycle,
+            listener,
+            service,
+            drain,
+            exempt,
+        } = self;
+        let refusal = Arc::new(Refusal {
+            drain,
+            exempt: exempt.into_boxed_slice(),
+        });
+        let this = &lifecycle;
+        let signal = tokio::spawn(this.clone().on_signal());
         let in_flight = InFlight::new();
         let builder = auto::Builder::new(TokioExecutor::new());
         let mut connections = JoinSet::new();
         {
-            let mut closed = pin!(self.closed());
+            let mut closed = pin!(this.closed());
             loop {
                 let (stream, peer) = tokio::select! {
                     () = &mut closed => break,
@@ -94,7 +210,8 @@ impl Lifecycle {
                     peer,
                     http2: AtomicBool::new(false),
                     in_flight: in_flight.clone(),
-                    lifecycle: self.clone(),
+                    lifecycle: this.clone(),
+                    refusal: refusal.clone(),
                 });
                 let svc = Counted {
                     inner: service.clone(),
@@ -102,14 +219,34 @@ impl Lifecycle {
                 };
                 let builder = builder.clone();
                 connections.spawn(async move {
-                    let conn = builder.serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        TowerToHyperService::new(svc),
-                    );
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     let mut conn = pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        () = shared.lifecycle.closed() => {}
+                    // Polled on every wake-up of the connection, so kept cheap: once the
+                    // close is registered (the first poll), one atomic load.
+                    let mut closing = pin!(shared.lifecycle.inner.closing.notified());
+                    let mut registered = false;
+                    let served = poll_fn(|cx| {
+                        if conn.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(true);
+                        }
+                        if !registered {
+                            // Registers this task's waker, which never changes (the future
+                            // stays in this task). `notify_waiters` comes after the phase is
+                            // stored, so the load below cannot miss the close.
+                            registered = true;
+                            if closing.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(false);
+                            }
+                        }
+                        if shared.lifecycle.is_closed() {
+                            Poll::Ready(false)
+                        } else {
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                    if served {
+                        return;
                     }
                     // HTTP/2: GOAWAY now, open streams finish. HTTP/1.1: nothing, the drain
                     // layer's `Connection: close` ends a connection on its next request.
@@ -123,7 +260,7 @@ impl Lifecycle {
         drop(listener);
         let open = connections.len();
         tracing::info!(open, "listener closed; waiting for open connections");
-        let mut grace_over = pin!(self.grace_over());
+        let mut grace_over = pin!(this.grace_over());
         let outcome = loop {
             tokio::select! {
                 next = connections.join_next() => if next.is_none() { break Ok(()) },
@@ -152,14 +289,14 @@ impl Lifecycle {
 /// speaks HTTP/2, and puts the peer's address into each request's extensions (as a
 /// `SocketAddr`, where the maintenance allow-list and the rate limiter look for it).
 ///
-/// Once the listener has closed, every HTTP/1.1 response it sends says `Connection: close`,
-/// the ones of routes outside the drain layer too (`/readyz`, `/livez`): a client that keeps a
-/// connection busy with probes gets its answer and a clean close, rather than a reset at the
-/// grace deadline.
+/// Once the listener has closed, it answers 503 itself but on the exempt paths, and every
+/// HTTP/1.1 response it sends says `Connection: close`, the exempt paths' too: a client that
+/// keeps a connection busy with probes gets its answer and a clean close, rather than a reset
+/// at the grace deadline.
 ///
-/// hyper-util clones it for every request: what it shares is behind one `Arc`, so a clone is
-/// the inner service's clone and one reference count.
-#[derive(Clone)]
+/// A `hyper` service (called through `&self`), so the only per-request clones are the inner
+/// service's (a `tower::Service` needs `&mut self`) and the one reference count the request's
+/// guard holds.
 struct Counted<S> {
     inner: S,
     conn: Arc<Connection>,
@@ -171,30 +308,59 @@ struct Connection {
     http2: AtomicBool,
     in_flight: InFlight,
     lifecycle: Lifecycle,
+    refusal: Arc<Refusal>,
 }
 
-impl<S, B> Service<Request<Incoming>> for Counted<S>
+/// The closing phase's answer, shared by every connection.
+struct Refusal {
+    drain: DrainLayer,
+    exempt: Box<[String]>,
+}
+
+impl Refusal {
+    /// The 503 for `req`, or `None` for an exempt path.
+    fn refuse<B: From<Bytes>>(&self, req: &Request<Incoming>) -> Option<Response<B>> {
+        let path = req.uri().path();
+        if self.exempt.iter().any(|exempt| exempt == path) {
+            return None;
+        }
+        Some(self.drain.refuse(req))
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Counted<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
+    B: From<Bytes>,
 {
     type Response = Response<B>;
     type Error = Infallible;
-    type Future = CountedFuture<S::Future>;
+    type Future = CountedFuture<S, B>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(self.conn.peer);
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() <= Version::HTTP_11;
         if req.version() == Version::HTTP_2 {
             self.conn.http2.store(true, Ordering::Relaxed);
         }
-        let guard = Guard::enter(&self.conn);
+        // The drain-aware path while serving: one relaxed load.
+        let refused = if self.conn.lifecycle.is_closed() {
+            self.conn.refusal.refuse(&req)
+        } else {
+            None
+        };
+        let state = match refused {
+            None => {
+                req.extensions_mut().insert(self.conn.peer);
+                State::NotReady {
+                    service: self.inner.clone(),
+                    req: Some(req),
+                }
+            }
+            Some(res) => State::Refused { res: Some(res) },
+        };
         CountedFuture {
-            future: self.inner.call(req),
-            guard,
+            state,
+            guard: Guard::enter(&self.conn),
             http1,
         }
     }
@@ -218,23 +384,48 @@ impl Drop for Guard {
 }
 
 pin_project! {
-    struct CountedFuture<F> {
+    /// The inner service's readiness, then its call (as `tower::util::Oneshot`), counted; or
+    /// the closing phase's 503.
+    struct CountedFuture<S: Service<Request<Incoming>>, B> {
         #[pin]
-        future: F,
+        state: State<S, S::Future, B>,
         guard: Guard,
         http1: bool,
     }
 }
 
-impl<F, B> Future for CountedFuture<F>
-where
-    F: Future<Output = Result<Response<B>, Infallible>>,
-{
-    type Output = F::Output;
+pin_project! {
+    #[project = StateProj]
+    enum State<S, F, B> {
+        NotReady { service: S, req: Option<Request<Incoming>> },
+        Called { #[pin] future: F },
+        Refused { res: Option<Response<B>> },
+    }
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let mut res = std::task::ready!(this.future.poll(cx));
+impl<S, B> Future for CountedFuture<S, B>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Output = Result<Response<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let mut res = loop {
+            match this.state.as_mut().project() {
+                StateProj::NotReady { service, req } => {
+                    let Ok(()) = std::task::ready!(service.poll_ready(cx));
+                    let req = req.take().expect("polled after the call");
+                    let future = service.call(req);
+                    this.state.set(State::Called { future });
+                }
+                StateProj::Called { future } => break std::task::ready!(future.poll(cx)),
+                StateProj::Refused { res } => {
+                    // Its `Connection: close` is set already (HTTP/1.1).
+                    return Poll::Ready(Ok(res.take().expect("polled after completion")));
+                }
+            }
+        };
         if *this.http1 && this.guard.0.lifecycle.is_closed() {
             if let Ok(res) = &mut res {
                 res.headers_mut().insert(

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant,
+};
 
 use super::{
     error::GraceExpired,
@@ -75,6 +78,11 @@ pub(crate) struct Inner {
     grace: Duration,
     /// The phase again, for the tasks that wait on it.
     pub(super) changed: watch::Sender<Phase>,
+    /// Notified once, when the phase becomes `Closing` (after the phase is stored): the
+    /// per-connection wait of `Lifecycle::serve`, which costs one atomic load per wake-up
+    /// where a watch receiver costs a lock.
+    #[cfg_attr(not(feature = "lifecycle-serve"), allow(dead_code))]
+    pub(super) closing: Notify,
     /// When the listener closed (the phase became `Closing`), on tokio's clock.
     closed_at: OnceLock<Instant>,
 }
@@ -108,6 +116,7 @@ impl Lifecycle {
                 drain_delay,
                 grace,
                 changed,
+                closing: Notify::new(),
                 closed_at: OnceLock::new(),
             }),
         }
@@ -167,6 +176,9 @@ impl Lifecycle {
             }
             moved
         });
+        if to == Phase::Closing {
+            self.inner.closing.notify_waiters();
+        }
         true
     }
 
