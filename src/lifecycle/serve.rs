@@ -248,8 +248,8 @@ impl<S> Serve<S> {
                     if served {
                         return;
                     }
-                    // HTTP/2: GOAWAY now, open streams finish. HTTP/1.1: nothing, the drain
-                    // layer's `Connection: close` ends a connection on its next request.
+                    // HTTP/2: GOAWAY now, open streams finish. HTTP/1.1: nothing, the
+                    // `Connection: close` of its next response ends it.
                     if shared.http2.load(Ordering::Relaxed) {
                         conn.as_mut().graceful_shutdown();
                     }

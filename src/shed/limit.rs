@@ -273,6 +273,11 @@ impl Aimd {
 /// the old limit) shrink; and at or below the last limit that was within tolerance, a single
 /// window over tolerance is taken for noise: the limit shrinks on the second one in a row.
 ///
+/// A probe that fails (the limit shrinks back from a value that was never within tolerance)
+/// doubles the wait before the next one, up to 8 x `probe_after`; a probe that holds, or a
+/// shrink from a limit that had been calm (the service slowed down), brings it back to
+/// `probe_after`.
+///
 /// When requests queue inside the service, latency rises past the tolerance and the limit
 /// drops at once to `limit * baseline / sampled`: by Little's law, what the service runs in
 /// parallel at its baseline speed. While latency stays within tolerance the limit probes
@@ -288,9 +293,11 @@ impl Aimd {
 /// [`max_wait`](super::ShedBuilder::max_wait) does not bound it, for up to a whole service
 /// time. A limit that probed after every calm window would be one over the workers about half
 /// the time, and its p99 that of a fixed limit one over. With the default wait of 50 windows
-/// (5 s), a probe costs one or two windows one over in about 52: under about 4 % of the
-/// requests, of which one in nine waits inside (`examples/overload.rs`). Where the service's
-/// parallelism is known, a [`Fixed`] limit at it never goes over to find it.
+/// (5 s), a first probe costs one or two windows one over in about 52: under about 4 % of the
+/// requests, of which one in nine waits inside (`examples/overload.rs`); on a service whose
+/// parallelism stays the same, the failed probes back off to one in about 400 windows (40 s).
+/// Where the service's parallelism is known, a [`Fixed`] limit at it never goes over to find
+/// it.
 ///
 /// The baseline is the smallest window minimum seen; when windows stay slower, it drifts toward
 /// them by 1% per window, so a service whose normal speed changed (a new deployment, a colder
@@ -361,7 +368,8 @@ impl Gradient {
     /// probes upward again (0: probe after every window within tolerance). Default 50 (5 s of
     /// the default 100 ms windows). Only the first probe waits: while latency stays within
     /// tolerance, every later window probes too, so a service that got faster is followed
-    /// at the usual pace.
+    /// at the usual pace. After a failed probe the wait doubles, up to 8 times this; a probe
+    /// that holds, or a shrink from a limit that had been calm, resets it.
     pub fn probe_after(mut self, windows: u32) -> Self {
         self.probe_after = windows;
         self
@@ -397,7 +405,14 @@ pub(crate) struct Estimator {
     /// Gradient only: whether the last window lowered (`Some(false)`) or raised (`Some(true)`)
     /// the limit in force, so that this one ran partly under each.
     changed: Option<bool>,
+    /// Gradient only: the calm windows the next probe waits for: `probe_after`, doubled after
+    /// each probe that failed (up to [`PROBE_BACKOFF`] times), back to `probe_after` after a
+    /// probe that held or a shrink from a limit that had been calm.
+    probe_wait: u32,
 }
+
+/// How many times `probe_after` the wait before a probe may grow to, after failed probes.
+const PROBE_BACKOFF: u32 = 8;
 
 impl Estimator {
     pub(crate) fn new(limit: Limit) -> Self {
@@ -409,6 +424,10 @@ impl Estimator {
             calm_limit: 0.0,
             struck: false,
             changed: None,
+            probe_wait: match limit {
+                Limit::Gradient(g) => g.probe_after,
+                Limit::Fixed(_) | Limit::Aimd(_) => 0,
+            },
         }
     }
 
@@ -469,6 +488,17 @@ impl Estimator {
                         return round(self.estimate);
                     }
                     self.struck = false;
+                    // Shrinking from a limit that was never calm: a probe (or the growth
+                    // before the first shrink) went one too far, so the next probe waits
+                    // twice as long; shrinking from a calm limit: the service slowed down, and
+                    // probing resumes at the usual pace once it is calm again.
+                    self.probe_wait = if self.calm_limit > 0.0 && in_force > self.calm_limit {
+                        self.probe_wait
+                            .saturating_mul(2)
+                            .min(g.probe_after.saturating_mul(PROBE_BACKOFF))
+                    } else {
+                        g.probe_after
+                    };
                     // Requests queue inside the service: down at once to what it runs in
                     // parallel at its baseline speed (Little's law), at most halving.
                     self.calm = 0;
@@ -483,8 +513,12 @@ impl Estimator {
                 }
                 let app_limited = (w.max_in_flight as f64) * 2.0 < limit;
                 self.calm = self.calm.saturating_add(1);
+                if in_force > self.calm_limit {
+                    // Calm above the last calm limit: a probe held.
+                    self.probe_wait = g.probe_after;
+                }
                 self.calm_limit = in_force;
-                if app_limited || self.calm < g.probe_after {
+                if app_limited || self.calm < self.probe_wait {
                     return round(self.estimate);
                 }
                 // Probe for more only while latency is within tolerance: adding headroom when
@@ -587,9 +621,11 @@ mod tests {
             "over tolerance above the calm limit: at once"
         );
         assert_eq!(next(45, 8), 8, "the window after a shrink: over, ignored");
-        assert_eq!(next(40, 8), 8, "and the wait starts again");
-        assert_eq!(next(40, 8), 8);
-        assert_eq!(next(40, 8), 9, "probe");
+        // The probe failed: the next one waits twice as long (6 calm windows).
+        for i in 1..6 {
+            assert_eq!(next(40, 8), 8, "calm window {i} of 6");
+        }
+        assert_eq!(next(40, 8), 9, "the sixth calm window probes");
         assert_eq!(
             next(45, 9),
             8,
@@ -602,6 +638,11 @@ mod tests {
         assert_eq!(next(40, 8), 8);
         assert_eq!(next(48, 8), 8, "a first strike again");
         assert_eq!(next(48, 8), 7, "the second in a row: 8 * 40 / 48");
+        // A shrink from a calm limit (the service slowed down): the wait is 3 again, not 24.
+        // The transition, two calm windows, the third probes (6.67 -> 7.18, still 7), the
+        // fourth probes on (7.72): 8 after five windows.
+        let grew_after = (1..=30).find(|_| next(40, 7) > 7);
+        assert_eq!(grew_after, Some(5));
 
         // Without a wait (0), every calm window that is not a transition probes.
         let mut e = Estimator::new(g.probe_after(0).into());
@@ -613,6 +654,45 @@ mod tests {
         // Calm at 9: each window probes (9.2 still rounds to 9, so no transition).
         assert_eq!(next(40, 9), 9);
         assert_eq!(next(40, 9), 10);
+    }
+
+    #[test]
+    fn gradient_backs_off_failed_probes_up_to_eight_times_and_resets_when_one_holds() {
+        let g = Gradient::new().initial(9).tolerance(1.1).probe_after(2);
+        let mut e = Estimator::new(g.into());
+        let mut next = |mean, limit| e.update(&window(mean, 40, 0, limit));
+        assert_eq!(next(45, 9), 8);
+        assert_eq!(next(40, 8), 8, "transition");
+        // Probes keep failing: the calm windows before each one go 2, 4, 8, 16, 16.
+        for wait in [2, 4, 8, 16, 16] {
+            for i in 1..wait {
+                assert_eq!(next(40, 8), 8, "calm window {i} of {wait}");
+            }
+            assert_eq!(next(40, 8), 9, "probe after {wait} calm windows");
+            assert_eq!(next(42, 9), 9, "transition");
+            assert_eq!(next(45, 9), 8, "failed");
+            assert_eq!(next(45, 8), 8, "transition");
+        }
+        // The service got faster: the next probe (after 16) holds, and from then on every calm
+        // window probes, as before the first shrink; a later failure waits 2 x 2 again.
+        for _ in 1..16 {
+            assert_eq!(next(40, 8), 8);
+        }
+        assert_eq!(next(40, 8), 9, "probe");
+        assert_eq!(next(40, 9), 9, "transition");
+        assert_eq!(
+            next(40, 9),
+            9,
+            "calm at 9: held; it probes on (8.57 -> 9.15)"
+        );
+        assert_eq!(next(40, 9), 10, "and on (9.75)");
+        assert_eq!(next(40, 10), 10, "transition");
+        assert_eq!(next(50, 10), 8, "failed: 10 * 40 / 50");
+        assert_eq!(next(50, 8), 8, "transition");
+        for i in 1..4 {
+            assert_eq!(next(40, 8), 8, "calm window {i} of 4");
+        }
+        assert_eq!(next(40, 8), 9, "the fourth calm window probes");
     }
 
     #[test]
