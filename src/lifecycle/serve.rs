@@ -159,129 +159,117 @@ where
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
-    }
-}
-
-impl<S> Serve<S> {
-    async fn run<B>(self) -> Result<(), GraceExpired>
-    where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let Self {
-            lifecycle,
-            listener,
-            service,
-            drain,
-            exempt,
-        } = self;
-        let refusal = Arc::new(Refusal {
-            drain,
-            exempt: exempt.into_boxed_slice(),
-        });
-        let this = &lifecycle;
-        let signal = tokio::spawn(this.clone().on_signal());
-        let in_flight = InFlight::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let mut connections = JoinSet::new();
-        {
-            let mut closed = pin!(this.closed());
-            loop {
-                let (stream, peer) = tokio::select! {
-                    () = &mut closed => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    // Reap finished connections so the set stays small.
-                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                };
-                let shared = Arc::new(Connection {
-                    peer,
-                    http2: AtomicBool::new(false),
-                    in_flight: in_flight.clone(),
-                    lifecycle: this.clone(),
-                    refusal: refusal.clone(),
-                });
-                let svc = Counted {
-                    inner: service.clone(),
-                    conn: shared.clone(),
-                };
-                let builder = builder.clone();
-                connections.spawn(async move {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    let mut conn = pin!(conn);
-                    // Polled on every wake-up of the connection, so kept cheap: once the
-                    // close is registered (the first poll), one atomic load.
-                    let mut closing = pin!(shared.lifecycle.inner.closing.notified());
-                    let mut registered = false;
-                    let served = poll_fn(|cx| {
-                        if conn.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(true);
-                        }
-                        if !registered {
-                            // Registers this task's waker, which never changes (the future
-                            // stays in this task). `notify_waiters` comes after the phase is
-                            // stored, so the load below cannot miss the close.
-                            registered = true;
-                            if closing.as_mut().poll(cx).is_ready() {
-                                return Poll::Ready(false);
+        Box::pin(async move {
+            let Self {
+                lifecycle,
+                listener,
+                service,
+                drain,
+                exempt,
+            } = self;
+            let refusal = Arc::new(Refusal {
+                drain,
+                exempt: exempt.into_boxed_slice(),
+            });
+            let this = &lifecycle;
+            let signal = tokio::spawn(this.clone().on_signal());
+            let in_flight = InFlight::new();
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut connections = JoinSet::new();
+            {
+                let mut closed = pin!(this.closed());
+                loop {
+                    let (stream, peer) = tokio::select! {
+                        () = &mut closed => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok(accepted) => accepted,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
                             }
-                        }
-                        if shared.lifecycle.is_closed() {
-                            Poll::Ready(false)
-                        } else {
-                            Poll::Pending
-                        }
-                    })
-                    .await;
-                    if served {
-                        return;
-                    }
-                    // HTTP/2: GOAWAY now, open streams finish. HTTP/1.1: nothing, the
-                    // `Connection: close` of its next response ends it.
-                    if shared.http2.load(Ordering::Relaxed) {
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    let _ = conn.await;
-                });
-            }
-        }
-        drop(listener);
-        let open = connections.len();
-        tracing::info!(open, "listener closed; waiting for open connections");
-        let mut grace_over = pin!(this.grace_over());
-        let outcome = loop {
-            tokio::select! {
-                next = connections.join_next() => if next.is_none() { break Ok(()) },
-                () = &mut grace_over => {
-                    let expired = GraceExpired {
-                        in_flight: Some(in_flight.count()),
+                        },
+                        // Reap finished connections so the set stays small.
+                        Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                     };
-                    tracing::warn!(
-                        connections = connections.len(),
-                        "{expired}; closing what is left"
-                    );
-                    connections.abort_all();
-                    break Err(expired);
+                    let shared = Arc::new(Connection {
+                        peer,
+                        http2: AtomicBool::new(false),
+                        in_flight: in_flight.clone(),
+                        lifecycle: this.clone(),
+                        refusal: refusal.clone(),
+                    });
+                    let svc = Counted {
+                        inner: service.clone(),
+                        conn: shared.clone(),
+                    };
+                    let builder = builder.clone();
+                    connections.spawn(async move {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        let mut conn = pin!(conn);
+                        // Polled on every wake-up of the connection, so kept cheap: once the
+                        // close is registered (the first poll), one atomic load.
+                        let mut closing = pin!(shared.lifecycle.inner.closing.notified());
+                        let mut registered = false;
+                        let served = poll_fn(|cx| {
+                            if conn.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(true);
+                            }
+                            if !registered {
+                                // Registers this task's waker, which never changes (the future
+                                // stays in this task). `notify_waiters` comes after the phase is
+                                // stored, so the load below cannot miss the close.
+                                registered = true;
+                                if closing.as_mut().poll(cx).is_ready() {
+                                    return Poll::Ready(false);
+                                }
+                            }
+                            if shared.lifecycle.is_closed() {
+                                Poll::Ready(false)
+                            } else {
+                                Poll::Pending
+                            }
+                        })
+                        .await;
+                        if served {
+                            return;
+                        }
+                        // HTTP/2: GOAWAY now, open streams finish. HTTP/1.1: nothing, the
+                        // `Connection: close` of its next response ends it.
+                        if shared.http2.load(Ordering::Relaxed) {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        let _ = conn.await;
+                    });
                 }
             }
-        };
-        signal.abort();
-        if outcome.is_ok() {
-            tracing::info!("every connection closed; shutdown complete");
-        }
-        outcome
+            drop(listener);
+            let open = connections.len();
+            tracing::info!(open, "listener closed; waiting for open connections");
+            let mut grace_over = pin!(this.grace_over());
+            let outcome = loop {
+                tokio::select! {
+                    next = connections.join_next() => if next.is_none() { break Ok(()) },
+                    () = &mut grace_over => {
+                        let expired = GraceExpired {
+                            in_flight: Some(in_flight.count()),
+                        };
+                        tracing::warn!(
+                            connections = connections.len(),
+                            "{expired}; closing what is left"
+                        );
+                        connections.abort_all();
+                        break Err(expired);
+                    }
+                }
+            };
+            signal.abort();
+            if outcome.is_ok() {
+                tracing::info!("every connection closed; shutdown complete");
+            }
+            outcome
+        })
     }
 }
 

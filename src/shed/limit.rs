@@ -182,7 +182,8 @@ macro_rules! adaptive_limit_settings {
         }
 
         /// A window closes after at least `duration` and `min_samples` samples (at least 1).
-        /// Default 100 ms and 10 samples.
+        /// Default 100 ms and 10 samples. (A [`Gradient`]'s two windows after a raise close at
+        /// `min_samples` alone.)
         pub fn window(mut self, duration: Duration, min_samples: u32) -> Self {
             self.window = duration;
             self.min_samples = min_samples;
@@ -273,10 +274,12 @@ impl Aimd {
 /// the old limit) shrink; and at or below the last limit that was within tolerance, a single
 /// window over tolerance is taken for noise: the limit shrinks on the second one in a row.
 ///
-/// A probe that fails (the limit shrinks back from a value that was never within tolerance)
-/// doubles the wait before the next one, up to 8 x `probe_after`; a probe that holds, or a
-/// shrink from a limit that had been calm (the service slowed down), brings it back to
-/// `probe_after`.
+/// The two windows after a raise (its transition, and the one that judges it) close as soon
+/// as they hold `min_samples`, however short: a probe that fails costs as few requests as it
+/// can. A probe that fails (the limit shrinks back from a value that was never within
+/// tolerance) doubles the wait before the next one, up to 8 x `probe_after`; a probe that
+/// holds, or a shrink from a limit that had been calm (the service slowed down), brings it
+/// back to `probe_after`.
 ///
 /// When requests queue inside the service, latency rises past the tolerance and the limit
 /// drops at once to `limit * baseline / sampled`: by Little's law, what the service runs in
@@ -293,9 +296,9 @@ impl Aimd {
 /// [`max_wait`](super::ShedBuilder::max_wait) does not bound it, for up to a whole service
 /// time. A limit that probed after every calm window would be one over the workers about half
 /// the time, and its p99 that of a fixed limit one over. With the default wait of 50 windows
-/// (5 s), a first probe costs one or two windows one over in about 52: under about 4 % of the
-/// requests, of which one in nine waits inside (`examples/overload.rs`); on a service whose
-/// parallelism stays the same, the failed probes back off to one in about 400 windows (40 s).
+/// (5 s), a first probe costs two short windows one over (about 20 requests with the default
+/// 10 samples) in about 52 windows (`examples/overload.rs`); on a service whose parallelism
+/// stays the same, the failed probes back off to one in about 400 windows (40 s).
 /// Where the service's parallelism is known, a [`Fixed`] limit at it never goes over to find
 /// it.
 ///
@@ -409,6 +412,10 @@ pub(crate) struct Estimator {
     /// each probe that failed (up to [`PROBE_BACKOFF`] times), back to `probe_after` after a
     /// probe that held or a shrink from a limit that had been calm.
     probe_wait: u32,
+    /// Gradient only: how many of the next windows judge a raise (the transition and the one
+    /// after it): they close at `min_samples`, however short, so a probe that fails costs
+    /// as few requests as it can.
+    quick: u8,
 }
 
 /// How many times `probe_after` the wait before a probe may grow to, after failed probes.
@@ -428,7 +435,14 @@ impl Estimator {
                 Limit::Gradient(g) => g.probe_after,
                 Limit::Fixed(_) | Limit::Aimd(_) => 0,
             },
+            quick: 0,
         }
+    }
+
+    /// Whether the next window closes as soon as it has `min_samples`, whatever its length:
+    /// it judges a raise of the limit.
+    pub(crate) fn quick(&self) -> bool {
+        self.quick > 0
     }
 
     /// Takes a limit set from outside (a handle) as the new starting point.
@@ -453,6 +467,7 @@ impl Estimator {
                 round(self.estimate)
             }
             Limit::Gradient(g) => {
+                self.quick = self.quick.saturating_sub(1);
                 let sampled = w.mean.as_secs_f64();
                 let min = w.min.as_secs_f64();
                 if self.baseline <= 0.0 || min < self.baseline {
@@ -505,6 +520,7 @@ impl Estimator {
                     let target = in_force * ratio.max(0.5);
                     self.estimate = limit.min(target).clamp(g.floor as f64, g.ceiling as f64);
                     self.changed = (round(self.estimate) as f64 != in_force).then_some(false);
+                    self.quick = 0;
                     return round(self.estimate);
                 }
                 self.struck = false;
@@ -527,6 +543,9 @@ impl Estimator {
                 let next = limit.mul_add(1.0 - g.smoothing, target * g.smoothing);
                 self.estimate = next.clamp(g.floor as f64, g.ceiling as f64);
                 self.changed = (round(self.estimate) as f64 > in_force).then_some(true);
+                if self.changed.is_some() {
+                    self.quick = 2;
+                }
                 round(self.estimate)
             }
         }
@@ -693,6 +712,46 @@ mod tests {
             assert_eq!(next(40, 8), 8, "calm window {i} of 4");
         }
         assert_eq!(next(40, 8), 9, "the fourth calm window probes");
+    }
+
+    #[test]
+    fn the_two_windows_after_a_raise_are_quick_and_a_shrink_ends_them() {
+        let g = Gradient::new().initial(9).tolerance(1.1).probe_after(1);
+        let mut e = Estimator::new(g.into());
+        let next = |e: &mut Estimator, mean| {
+            let limit = e.update(&window(mean, 40, 0, 9));
+            (limit, e.quick())
+        };
+        assert_eq!(next(&mut e, 45), (8, false), "a shrink: full windows");
+        assert_eq!(next(&mut e, 40), (8, false), "transition");
+        assert_eq!(
+            next(&mut e, 40),
+            (9, true),
+            "a probe: the next window is quick"
+        );
+        assert_eq!(
+            next(&mut e, 42),
+            (9, true),
+            "transition: within, the next one too"
+        );
+        assert_eq!(next(&mut e, 45), (8, false), "failed: full windows again");
+        // A raise judged over tolerance in its transition window ends them at once too.
+        assert_eq!(next(&mut e, 40), (8, false), "transition after the shrink");
+        assert_eq!(
+            next(&mut e, 40),
+            (8, false),
+            "calm 1 of 2 (the wait doubled)"
+        );
+        assert_eq!(next(&mut e, 40), (9, true), "probe");
+        assert_eq!(
+            next(&mut e, 46),
+            (8, false),
+            "over even in the transition: shrunk"
+        );
+        // Fixed and AIMD limits never have quick windows.
+        let mut fixed = Estimator::new(Limit::from(8));
+        fixed.update(&window(40, 40, 0, 8));
+        assert!(!fixed.quick());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::{sync::oneshot, time::Instant};
 use super::{
     limit::{Estimator, Limit, WindowStats},
     queue::WaitQueue,
-    sync::{fence, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering},
+    sync::{fence, AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering},
     Priority,
 };
 use crate::{
@@ -118,6 +118,8 @@ struct Adaptive {
     window_len: Duration,
     min_samples: u32,
     drop_latency: Option<Duration>,
+    /// The estimator is judging a raise: the window closes at `min_samples`, however short.
+    quick: AtomicBool,
     /// Only taken with `try_lock` by the request that closes a window: never waited on.
     estimator: Mutex<Estimator>,
 }
@@ -140,6 +142,7 @@ impl Shared {
                 window_len,
                 min_samples,
                 drop_latency: config.limit.drop_latency(),
+                quick: AtomicBool::new(false),
                 estimator: Mutex::new(Estimator::new(config.limit)),
             });
         Self {
@@ -448,7 +451,9 @@ impl Shared {
         }
         let now = self.nanos_since_epoch(now);
         let opened = w.start.load(Ordering::Relaxed);
-        if now.saturating_sub(opened) < a.window_len.as_nanos() as u64 {
+        if now.saturating_sub(opened) < a.window_len.as_nanos() as u64
+            && !a.quick.load(Ordering::Relaxed)
+        {
             return;
         }
         // Close the window. Whoever holds the lock is already doing it.
@@ -469,6 +474,7 @@ impl Shared {
         };
         w.start.store(now, Ordering::Relaxed);
         let next = estimator.update(&stats);
+        a.quick.store(estimator.quick(), Ordering::Relaxed);
         drop(estimator);
         tracing::trace!(
             samples = stats.count,
@@ -680,6 +686,66 @@ mod tests {
         shared.set_limit(usize::MAX);
         assert_eq!(shared.limit(), Load::MAX_LIMIT);
         assert_eq!(shared.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_windows_judging_a_raise_close_at_min_samples_however_short() {
+        use crate::shed::Gradient;
+        let config = Config {
+            limit: Gradient::new()
+                .initial(9)
+                .tolerance(1.1)
+                .probe_after(1)
+                .window(Duration::from_millis(100), 10)
+                .into(),
+            max_queue: 8,
+            low_priority_queue: 4,
+            max_wait: Duration::from_secs(1),
+            standing_wait: Duration::from_secs(1),
+        };
+        let shared = Arc::new(Shared::new(
+            config,
+            RefusalPolicy::default(),
+            Meter::default(),
+        ));
+        // Ten requests, five of `first` ms and five of `rest` ms, finishing now.
+        let window = |first: u64, rest: u64| {
+            // Five in flight: the limit is used, so a calm window may probe.
+            let _busy: Vec<_> = (0..4).map(|_| take(&shared)).collect();
+            for i in 0..10 {
+                let _permit = take(&shared);
+                let ms = if i < 5 { first } else { rest };
+                shared.record(Instant::now() - Duration::from_millis(ms), false);
+            }
+        };
+        let full = Duration::from_millis(100);
+        tokio::time::advance(full).await;
+        window(40, 50);
+        assert_eq!(
+            shared.limit(),
+            8,
+            "a mean of 45 over the baseline of 40: 9 * 40 / 45"
+        );
+        tokio::time::advance(full).await;
+        window(40, 40); // the transition
+        tokio::time::advance(full).await;
+        window(40, 40);
+        assert_eq!(shared.limit(), 9, "a calm window: probe");
+        // No time passes: the two windows that judge the raise close at ten samples each.
+        window(42, 42);
+        assert_eq!(shared.limit(), 9, "the transition, within tolerance");
+        window(45, 45);
+        assert_eq!(
+            shared.limit(),
+            8,
+            "over tolerance at 9: back to 8 within the instant"
+        );
+        // Back to full windows: more samples at once close nothing (closing, these three
+        // would be the transition, a first strike and a shrink to 5).
+        window(60, 60);
+        window(60, 60);
+        window(60, 60);
+        assert_eq!(shared.limit(), 8, "a full window needs its 100 ms");
     }
 
     #[tokio::test]

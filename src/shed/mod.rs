@@ -99,12 +99,12 @@ mod service;
 mod sync {
     #[cfg(all(test, tower_5xx_loom))]
     pub(crate) use loom::sync::{
-        atomic::{fence, AtomicU64, AtomicUsize, Ordering},
+        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Mutex, MutexGuard,
     };
     #[cfg(not(all(test, tower_5xx_loom)))]
     pub(crate) use std::sync::{
-        atomic::{fence, AtomicU64, AtomicUsize, Ordering},
+        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Mutex, MutexGuard,
     };
 }
