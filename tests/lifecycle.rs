@@ -522,7 +522,7 @@ async fn lifecycle_serve_refuses_late_requests_itself_except_on_exempt_paths() {
     async fn send(
         sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
         path: &str,
-    ) -> (StatusCode, bool, bool) {
+    ) -> (StatusCode, Option<u64>, bool) {
         let res = sender
             .send_request(Request::get(path).body(Full::default()).unwrap())
             .await
@@ -532,7 +532,9 @@ async fn lifecycle_serve_refuses_late_requests_itself_except_on_exempt_paths() {
         res.into_body().collect().await.expect("a whole body");
         (
             status,
-            headers.contains_key(http::header::RETRY_AFTER),
+            headers
+                .get(http::header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap()),
             headers
                 .get(http::header::CONNECTION)
                 .is_some_and(|v| v == "close"),
@@ -569,12 +571,18 @@ async fn lifecycle_serve_refuses_late_requests_itself_except_on_exempt_paths() {
         let mut senders = Vec::new();
         for path in ["/", "/livez", "/readyz", "/status"] {
             let mut sender = idle_connection(addr).await.unwrap();
-            assert_eq!(
-                send(&mut sender, path).await,
-                (StatusCode::OK, false, false)
-            );
+            assert_eq!(send(&mut sender, path).await, (StatusCode::OK, None, false));
             senders.push((path, sender));
         }
+        // And an h2c connection that has not sent a request yet.
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut h2, h2_conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let h2_conn = tokio::spawn(h2_conn);
         let before = handled.load(Ordering::SeqCst);
 
         lifecycle.start_drain();
@@ -588,17 +596,32 @@ async fn lifecycle_serve_refuses_late_requests_itself_except_on_exempt_paths() {
                 "{path}: every HTTP/1.1 answer closes once the listener is"
             );
             if served.contains(path) {
-                assert_eq!((status, retry_after), (StatusCode::OK, false), "{path}");
+                assert_eq!((status, retry_after), (StatusCode::OK, None), "{path}");
             } else {
-                assert_eq!(
-                    (status, retry_after),
-                    (StatusCode::SERVICE_UNAVAILABLE, true),
-                    "{path}"
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+                // The base of 7 s plus the default policy's jitter of up to 1 s.
+                assert!(
+                    retry_after.is_some_and(|s| (7..=8).contains(&s)),
+                    "{path}: Retry-After {retry_after:?}"
                 );
                 refused += 1;
             }
         }
         assert_eq!(refused, 4 - served.len());
+        // The h2c connection's first request is refused (no `Connection` field on HTTP/2),
+        // then its GOAWAY ends it, long before the 30 s deadline.
+        let res = h2
+            .send_request(Request::get("/").body(Full::default()).unwrap())
+            .await
+            .expect("an h2 answer, not a reset");
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().contains_key(http::header::RETRY_AFTER));
+        assert!(res.headers().get(http::header::CONNECTION).is_none());
+        tokio::time::timeout(Duration::from_secs(10), h2_conn)
+            .await
+            .expect("the GOAWAY closes the h2c connection")
+            .unwrap()
+            .expect("a clean close");
         assert_eq!(
             handled.load(Ordering::SeqCst) - before,
             served.len(),

@@ -41,11 +41,14 @@ impl Lifecycle {
     ///   by default, which are served (liveness answers 200 until the exit). Every HTTP/1.1
     ///   response, the probes' included, says `Connection: close`, so each such connection
     ///   ends cleanly after its next answer. (A [`DrainLayer`](super::DrainLayer) is not
-    ///   needed here; one that is there anyway never refuses first.)
+    ///   needed here; one that is there anyway answers the same way. These 503s do not pass
+    ///   through the service's own middleware, access logs included: like the drain layer's,
+    ///   they are counted in the crate's metrics with the reason `draining`.)
     /// - idle HTTP/1.1 keep-alive connections stay open (closing one under a client that has
     ///   just sent a request is the reset this avoids); they close after a response saying
     ///   `Connection: close`, when the client closes them, or at the deadline;
-    /// - HTTP/2 connections get a GOAWAY at once, and their open streams finish;
+    /// - HTTP/2 connections get a GOAWAY at once (one that has not sent a request yet, after
+    ///   its first, refused), and their open streams finish;
     /// - in-flight requests finish.
     ///
     /// Await the returned [`Serve`] (after its optional settings). It returns `Ok` once every
@@ -235,12 +238,24 @@ where
                         if served {
                             return;
                         }
-                        // HTTP/2: GOAWAY now, open streams finish. HTTP/1.1: nothing, the
-                        // `Connection: close` of its next response ends it.
-                        if shared.http2.load(Ordering::Relaxed) {
-                            conn.as_mut().graceful_shutdown();
-                        }
-                        let _ = conn.await;
+                        // HTTP/2: GOAWAY, open streams finish; a connection not yet known to
+                        // speak it (no request so far) gets its GOAWAY after the first one,
+                        // which is refused. HTTP/1.1: nothing, the `Connection: close` of its
+                        // next response ends it.
+                        let mut goaway = false;
+                        let _ = poll_fn(|cx| loop {
+                            if !goaway && shared.http2.load(Ordering::Relaxed) {
+                                goaway = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            let polled = conn.as_mut().poll(cx);
+                            // Poll again if this poll's request told us it is HTTP/2.
+                            if polled.is_ready() || goaway || !shared.http2.load(Ordering::Relaxed)
+                            {
+                                return polled;
+                            }
+                        })
+                        .await;
                     });
                 }
             }

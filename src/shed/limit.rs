@@ -182,8 +182,9 @@ macro_rules! adaptive_limit_settings {
         }
 
         /// A window closes after at least `duration` and `min_samples` samples (at least 1).
-        /// Default 100 ms and 10 samples. (A [`Gradient`]'s two windows after a raise close at
-        /// `min_samples` alone.)
+        /// Default 100 ms and 10 samples. (A [`Gradient`]'s two windows after a raise close
+        /// after `min_samples` and one average latency, however short: with a small
+        /// `min_samples`, a few requests decide a probe, and noise fails more of them.)
         pub fn window(mut self, duration: Duration, min_samples: u32) -> Self {
             self.window = duration;
             self.min_samples = min_samples;
@@ -275,8 +276,9 @@ impl Aimd {
 /// window over tolerance is taken for noise: the limit shrinks on the second one in a row.
 ///
 /// The two windows after a raise (its transition, and the one that judges it) close as soon
-/// as they hold `min_samples`, however short: a probe that fails costs as few requests as it
-/// can. A probe that fails (the limit shrinks back from a value that was never within
+/// as they hold `min_samples` and have lasted one average latency (so that the judging one
+/// sees requests admitted under the new limit), however short: a probe that fails costs as few
+/// requests as it can. A probe that fails (the limit shrinks back from a value that was never within
 /// tolerance) doubles the wait before the next one, up to 8 x `probe_after`; a probe that
 /// holds, or a shrink from a limit that had been calm (the service slowed down), brings it
 /// back to `probe_after`.
@@ -413,8 +415,8 @@ pub(crate) struct Estimator {
     /// probe that held or a shrink from a limit that had been calm.
     probe_wait: u32,
     /// Gradient only: how many of the next windows judge a raise (the transition and the one
-    /// after it): they close at `min_samples`, however short, so a probe that fails costs
-    /// as few requests as it can.
+    /// after it): they close at `min_samples` and one average latency, however short, so a
+    /// probe that fails costs as few requests as it can.
     quick: u8,
 }
 
@@ -439,15 +441,19 @@ impl Estimator {
         }
     }
 
-    /// Whether the next window closes as soon as it has `min_samples`, whatever its length:
-    /// it judges a raise of the limit.
+    /// Whether the next window closes as soon as it has `min_samples` and has lasted one
+    /// average latency: it judges a raise of the limit.
     pub(crate) fn quick(&self) -> bool {
         self.quick > 0
     }
 
-    /// Takes a limit set from outside (a handle) as the new starting point.
+    /// Takes a limit set from outside (a handle) as the new starting point: not a probe, so
+    /// no quick windows judge it, and a shrink from it does not back the probes off.
     pub(crate) fn reset_to(&mut self, limit: usize) {
         self.estimate = limit as f64;
+        self.quick = 0;
+        self.changed = None;
+        self.calm_limit = self.calm_limit.max(limit as f64);
     }
 
     /// The next limit after a window.
@@ -507,7 +513,12 @@ impl Estimator {
                     // before the first shrink) went one too far, so the next probe waits
                     // twice as long; shrinking from a calm limit: the service slowed down, and
                     // probing resumes at the usual pace once it is calm again.
-                    self.probe_wait = if self.calm_limit > 0.0 && in_force > self.calm_limit {
+                    // (Before the first shrink, the growth's last step is not a probe: the
+                    // first probe waits `probe_after`.)
+                    self.probe_wait = if self.calm != u32::MAX
+                        && self.calm_limit > 0.0
+                        && in_force > self.calm_limit
+                    {
                         self.probe_wait
                             .saturating_mul(2)
                             .min(g.probe_after.saturating_mul(PROBE_BACKOFF))
@@ -748,6 +759,21 @@ mod tests {
             (8, false),
             "over even in the transition: shrunk"
         );
+        // A limit set through a handle is no probe: no quick windows, and one slow window at
+        // it is a first strike, not a failed probe.
+        assert_eq!(next(&mut e, 40), (8, false), "transition after the shrink");
+        for _ in 0..8 {
+            if next(&mut e, 40).1 {
+                break;
+            }
+        }
+        assert!(e.quick(), "probing again");
+        e.reset_to(12);
+        assert!(!e.quick());
+        let wait = e.probe_wait;
+        assert_eq!(e.update(&window(46, 40, 0, 12)), 12, "first strike");
+        assert_eq!(e.update(&window(46, 40, 0, 12)), 10, "second: 12 * 40 / 46");
+        assert!(e.probe_wait <= wait, "not backed off");
         // Fixed and AIMD limits never have quick windows.
         let mut fixed = Estimator::new(Limit::from(8));
         fixed.update(&window(40, 40, 0, 8));

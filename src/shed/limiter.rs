@@ -118,7 +118,8 @@ struct Adaptive {
     window_len: Duration,
     min_samples: u32,
     drop_latency: Option<Duration>,
-    /// The estimator is judging a raise: the window closes at `min_samples`, however short.
+    /// The estimator is judging a raise: the window closes at `min_samples` and one average
+    /// latency, however short.
     quick: AtomicBool,
     /// Only taken with `try_lock` by the request that closes a window: never waited on.
     estimator: Mutex<Estimator>,
@@ -192,6 +193,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .reset_to(limit);
+            adaptive.quick.store(false, Ordering::Relaxed);
         }
         self.store_limit(limit);
     }
@@ -451,9 +453,14 @@ impl Shared {
         }
         let now = self.nanos_since_epoch(now);
         let opened = w.start.load(Ordering::Relaxed);
-        if now.saturating_sub(opened) < a.window_len.as_nanos() as u64
-            && !a.quick.load(Ordering::Relaxed)
-        {
+        // A window judging a raise needs only one average latency (this request's is in it):
+        // by then the requests admitted under the old limit have finished.
+        let len = if a.quick.load(Ordering::Relaxed) {
+            self.latency_ns.load(Ordering::Relaxed)
+        } else {
+            a.window_len.as_nanos() as u64
+        };
+        if now.saturating_sub(opened) < len {
             return;
         }
         // Close the window. Whoever holds the lock is already doing it.
@@ -689,7 +696,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_windows_judging_a_raise_close_at_min_samples_however_short() {
+    async fn the_windows_judging_a_raise_close_after_min_samples_and_one_latency() {
         use crate::shed::Gradient;
         let config = Config {
             limit: Gradient::new()
@@ -731,14 +738,20 @@ mod tests {
         tokio::time::advance(full).await;
         window(40, 40);
         assert_eq!(shared.limit(), 9, "a calm window: probe");
-        // No time passes: the two windows that judge the raise close at ten samples each.
+        // The two windows that judge the raise close at ten samples and one average latency
+        // (about 40 ms here), not 100 ms.
+        let latency = Duration::from_millis(50);
+        tokio::time::advance(latency).await;
         window(42, 42);
         assert_eq!(shared.limit(), 9, "the transition, within tolerance");
+        window(45, 45);
+        assert_eq!(shared.limit(), 9, "ten samples, but not one latency yet");
+        tokio::time::advance(latency).await;
         window(45, 45);
         assert_eq!(
             shared.limit(),
             8,
-            "over tolerance at 9: back to 8 within the instant"
+            "over tolerance at 9: back to 8 after half a full window"
         );
         // Back to full windows: more samples at once close nothing (closing, these three
         // would be the transition, a first strike and a shrink to 5).
