@@ -255,9 +255,10 @@ fn main() -> ExitCode {
         // each route, as `Router::layer` does): where a layer that only needs to see every
         // request can sit.
         let served = if stack.starts_with("lifecycle") {
-            // `Lifecycle::serve`: its own serve loop; with `-drain`, the drain layer on the
-            // routes too, as the docs set it up. Compare with `bare-connect-info` (both put
-            // the peer's address into every request).
+            // `Lifecycle::serve`: its own serve loop, which answers the closing phase itself;
+            // with `-drain`, a drain layer left on the routes as well (not needed there: what
+            // it costs). Compare with `bare-connect-info` (both put the peer's address into
+            // every request).
             let lifecycle = Lifecycle::new(Duration::ZERO, Duration::ZERO);
             let app = if stack == "lifecycle-drain" {
                 app.layer(lifecycle.drain_layer())

@@ -14,7 +14,8 @@
 //!   axum, add them with `route_service` *after* those `.layer(..)` calls (a `Router::layer`
 //!   wraps only the routes added before it), or merge them into the outer router.
 //! - [`DrainLayer`] ([`Lifecycle::drain_layer`]) answers the late requests of the closing
-//!   phase. While serving, it costs one relaxed atomic load per request.
+//!   phase on `axum::serve` or hyper-util ([`Lifecycle::serve`] answers them itself). While
+//!   serving, it costs one relaxed atomic load per request.
 //! - [`Lifecycle::on_signal`] is the shutdown future: give it to `axum::serve(..)
 //!   .with_graceful_shutdown(..)` and wrap the server in [`Lifecycle::finish`] for the grace
 //!   deadline.

@@ -277,11 +277,12 @@ impl Aimd {
 ///
 /// The two windows after a raise (its transition, and the one that judges it) close as soon
 /// as they hold `min_samples` and have lasted one average latency (so that the judging one
-/// sees requests admitted under the new limit), however short: a probe that fails costs as few
-/// requests as it can. A probe that fails (the limit shrinks back from a value that was never within
-/// tolerance) doubles the wait before the next one, up to 8 x `probe_after`; a probe that
-/// holds, or a shrink from a limit that had been calm (the service slowed down), brings it
-/// back to `probe_after`.
+/// sees requests admitted under the new limit), however short: a probe that fails costs as
+/// few requests as it can. A probe that fails (the limit shrinks back from a value that was
+/// never within tolerance) doubles the wait before the next one, up to 8 x `probe_after`; a
+/// probe that holds, or a shrink from a limit that had been calm (the service slowed down),
+/// brings it back to `probe_after`. The first shrink after the start-up growth and a limit
+/// set through the handle do not count as failed probes.
 ///
 /// When requests queue inside the service, latency rises past the tolerance and the limit
 /// drops at once to `limit * baseline / sampled`: by Little's law, what the service runs in
