@@ -106,9 +106,11 @@ impl<S, C: Clone> Layer<S> for BreakerLayer<C> {
     fn layer(&self, inner: S) -> Self::Service {
         Breaker {
             inner,
-            breaker: self.breaker.clone(),
-            classifier: self.classifier.clone(),
-            refusal: self.refusal.clone(),
+            shared: std::sync::Arc::new(super::service::Shared {
+                breaker: self.breaker.clone(),
+                classifier: self.classifier.clone(),
+                refusal: self.refusal.clone(),
+            }),
         }
     }
 }

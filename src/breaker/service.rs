@@ -1,4 +1,7 @@
-use std::task::{Context, Poll};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -18,13 +21,30 @@ use crate::{
 ///
 /// The breaker decides in `call`, not in `poll_ready`, so the layer works on a single axum
 /// route too (axum routes are always ready).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[must_use]
 pub struct Breaker<S, C = DefaultOutcomeClassifier> {
     pub(crate) inner: S,
+    // One `Arc` for everything but the inner service: axum clones the service for every
+    // request, and each `Arc` costs a count up and down.
+    pub(crate) shared: Arc<Shared<C>>,
+}
+
+/// What the services of one [`BreakerLayer`] share.
+#[derive(Debug)]
+pub(crate) struct Shared<C> {
     pub(crate) breaker: CircuitBreaker,
     pub(crate) classifier: C,
     pub(crate) refusal: RefusalPolicy,
+}
+
+impl<S: Clone, C> Clone for Breaker<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
 }
 
 impl<S> Breaker<S, DefaultOutcomeClassifier> {
@@ -37,7 +57,7 @@ impl<S> Breaker<S, DefaultOutcomeClassifier> {
 impl<S, C> Breaker<S, C> {
     /// The breaker.
     pub fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
+        &self.shared.breaker
     }
 
     inner_service_accessors!();
@@ -62,15 +82,16 @@ where
     // future more (about 70 instructions per request in `scripts/server-bench.sh`).
     #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        match self.breaker.try_acquire() {
+        let shared = &*self.shared;
+        match shared.breaker.try_acquire() {
             Ok(permit) => {
-                ResponseFuture::running(self.inner.call(req), permit, self.classifier.clone())
+                ResponseFuture::running(self.inner.call(req), permit, shared.classifier.clone())
             }
             Err(open) => {
                 // The base wait is the breaker's remaining open time; the policy bounds and
                 // jitters it.
-                let response: Response<ResBody> = self.refusal.respond(
-                    &self.breaker.inner.metrics.meter,
+                let response: Response<ResBody> = shared.refusal.respond(
+                    &shared.breaker.inner.metrics.meter,
                     StatusCode::SERVICE_UNAVAILABLE,
                     Reason::CircuitOpen,
                     Some(RetryAfter::Delay(open.retry_after())),
@@ -79,7 +100,7 @@ where
                     RequestView::of(&req),
                     std::time::SystemTime::now,
                 );
-                ResponseFuture::rejected(response, self.classifier.clone())
+                ResponseFuture::rejected(response, shared.classifier.clone())
             }
         }
     }

@@ -36,7 +36,7 @@ impl RequestParts {
             method: req.method().clone(),
             path: req.uri().path_and_query().cloned(),
             accept: if negotiate {
-                req.headers().get(ACCEPT).cloned()
+                req.headers().get(&ACCEPT).cloned()
             } else {
                 None
             },
