@@ -449,12 +449,18 @@ impl Estimator {
     }
 
     /// Takes a limit set from outside (a handle) as the new starting point: not a probe, so
-    /// no quick windows judge it, and a shrink from it does not back the probes off.
+    /// no quick windows judge it, and a shrink from it does not back the probes off. The
+    /// window in progress ran partly under the old limit, so it is a transition (it neither
+    /// vouches for the new limit nor probes from it), and the probes wait `probe_after` again.
     pub(crate) fn reset_to(&mut self, limit: usize) {
+        let old = round(self.estimate);
         self.estimate = limit as f64;
         self.quick = 0;
-        self.changed = None;
+        self.changed = (limit != old).then_some(limit > old);
         self.calm_limit = self.calm_limit.max(limit as f64);
+        if let Limit::Gradient(g) = self.limit {
+            self.probe_wait = g.probe_after;
+        }
     }
 
     /// The next limit after a window.
@@ -779,6 +785,44 @@ mod tests {
         let mut fixed = Estimator::new(Limit::from(8));
         fixed.update(&window(40, 40, 0, 8));
         assert!(!fixed.quick());
+    }
+
+    #[test]
+    fn a_limit_set_through_a_handle_starts_with_a_transition_and_resets_the_probe_wait() {
+        let g = Gradient::new().initial(9).tolerance(1.1).probe_after(2);
+        let mut e = Estimator::new(g.into());
+        let next = |e: &mut Estimator, mean, limit| e.update(&window(mean, 40, 0, limit));
+        // As in the test above: the first shrink, two calm windows, a probe that fails.
+        assert_eq!(next(&mut e, 45, 9), 8);
+        assert_eq!(next(&mut e, 40, 8), 8, "transition");
+        assert_eq!(next(&mut e, 40, 8), 8);
+        assert_eq!(next(&mut e, 40, 8), 9, "the second calm window probes");
+        assert_eq!(
+            next(&mut e, 45, 9),
+            8,
+            "over even in the transition: shrunk"
+        );
+        assert_eq!(e.probe_wait, 4, "failed probe: the wait doubled");
+
+        e.reset_to(12);
+        assert_eq!(e.probe_wait, 2, "the wait starts over");
+        // The window in progress ran partly under 8: a transition, not a calm window.
+        assert_eq!(next(&mut e, 40, 12), 12, "transition");
+        assert_eq!(next(&mut e, 40, 12), 12, "calm 1 of 2");
+        assert!(!e.quick());
+        assert!(next(&mut e, 40, 12) > 12, "calm 2 of 2: probes");
+        assert!(e.quick());
+
+        // Set to what it already is: nothing in progress changed, so no transition.
+        let mut e = Estimator::new(g.probe_after(0).into());
+        assert_eq!(next(&mut e, 45, 9), 8);
+        assert_eq!(next(&mut e, 40, 8), 8, "transition");
+        e.reset_to(8);
+        assert_eq!(
+            next(&mut e, 40, 8),
+            9,
+            "probes at once (no wait, no transition)"
+        );
     }
 
     #[test]

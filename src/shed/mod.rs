@@ -135,7 +135,8 @@ impl ShedHandle {
     /// (`usize::MAX` for "no limit") means that. If it grew, the new permits go to the oldest queued
     /// requests at once; if it shrank, requests already running finish (their permits retire
     /// instead of going to the queue) and new ones wait. An adaptive limit continues from this
-    /// value.
+    /// value; a [`Gradient`] takes the window in progress for a transition (it ran partly under
+    /// the old limit) and waits its `probe_after` calm windows before probing, as after start-up.
     pub fn set_limit(&self, limit: usize) {
         self.shared.set_limit(limit);
     }
