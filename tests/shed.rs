@@ -1132,3 +1132,71 @@ fn public_types_are_send_and_sync() {
             .oneshot(AxumRequest::new(axum::body::Body::empty())),
     );
 }
+
+/// A gradient limit in front of a service whose requests differ in cost (5 and 15 ms in turn)
+/// but never queue inside it: that is not overload, so the limit must stay above what the 16
+/// clients need and shed nothing. (Compared with the fastest request, the average looked three
+/// times over the baseline, and the default gradient fell to 1 in under a second.)
+#[tokio::test(start_paused = true)]
+async fn a_gradient_limit_does_not_take_mixed_latencies_for_a_queue() {
+    let layer = ShedLayer::builder()
+        .limit(Gradient::new())
+        .max_queue(64)
+        .max_wait(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicU64::new(0));
+    let svc = layer.layer(service_fn(move |_req: Request<Body>| {
+        let n = calls.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let ms = if n % 2 == 0 { 5 } else { 15 };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }
+    }));
+    let shed = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (svc, shed, ok) = (svc.clone(), shed.clone(), ok.clone());
+            tokio::spawn(async move {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(10) {
+                    let res = svc
+                        .clone()
+                        .oneshot(Request::new(Body::empty()))
+                        .await
+                        .unwrap();
+                    match res.status() {
+                        StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => shed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    let mut limits = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        limits.push(handle.limit());
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(
+        shed.load(Ordering::Relaxed),
+        0,
+        "limits each second: {limits:?}"
+    );
+    assert!(
+        limits.iter().all(|&l| l >= 16),
+        "limits each second: {limits:?}"
+    );
+    // 16 clients, 10 ms on average: about 16,000 requests in 10 s.
+    assert!(
+        ok.load(Ordering::Relaxed) > 15_000,
+        "{}",
+        ok.load(Ordering::Relaxed)
+    );
+}
