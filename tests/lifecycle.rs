@@ -635,3 +635,63 @@ async fn lifecycle_serve_refuses_late_requests_itself_except_on_exempt_paths() {
         assert!(done.unwrap().is_ok());
     }
 }
+
+/// An upgrade (a WebSocket handshake) read before the close and answered after it keeps its
+/// `Connection: upgrade`: the serve loop's `Connection: close` is for the other answers.
+#[tokio::test]
+async fn lifecycle_serve_leaves_a_101_answered_after_the_close_alone() {
+    use std::{convert::Infallible, future::IntoFuture};
+
+    use axum::body::Body;
+    use http::Response;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower_5xx::lifecycle::Lifecycle;
+
+    let lifecycle = Lifecycle::new(Duration::ZERO, Duration::from_secs(30));
+    let handler_lifecycle = lifecycle.clone();
+    let (called, mut handler_called) = tokio::sync::mpsc::unbounded_channel();
+    let app = tower::service_fn(move |_req: Request<hyper::body::Incoming>| {
+        let lifecycle = handler_lifecycle.clone();
+        let _ = called.send(());
+        async move {
+            lifecycle.closed().await;
+            let res = Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(http::header::CONNECTION, "upgrade")
+                .header(http::header::UPGRADE, "websocket")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                .body(Body::empty())
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio::spawn(lifecycle.serve(listener, app).into_future());
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: test\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+              sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // The handler holds the request until the listener is closed.
+    handler_called.recv().await.unwrap();
+    lifecycle.start_drain();
+    let mut head = Vec::new();
+    let mut chunk = [0; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("the 101 in time")
+            .unwrap();
+        assert!(n > 0, "closed before the head: {head:?}");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    assert!(!head.contains("close"), "{head}");
+}

@@ -70,7 +70,7 @@
 //! | at the close | `axum::serve`, hyper-util's `GracefulShutdown` | [`Lifecycle::serve`] |
 //! |---|---|---|
 //! | idle HTTP/1.1 keep-alive connection | **closed at once**, unanswered: the client's next request opens a new connection and is refused | kept open: its next request gets the 503 + `Retry-After` + `Connection: close` |
-//! | busy HTTP/1.1 connection | its response finishes (hyper adds `Connection: close`), then it closes | the same |
+//! | busy HTTP/1.1 connection | its response finishes (hyper adds `Connection: close`), then it closes | a response that starts after the close says `Connection: close`, and the connection closes after it; one whose head went out before the close (a streamed body) finishes, and the connection then stays open like an idle one |
 //! | HTTP/2 connection | GOAWAY; open streams finish; streams the client opens before it sees the GOAWAY get the drain layer's 503 | the same (the serve loop's 503) |
 //! | a request written on an HTTP/1.1 connection as it is closed | fails: a reset or an "incomplete message" error | cannot happen before the grace deadline |
 //!

@@ -15,7 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::{
@@ -49,7 +49,11 @@ impl Lifecycle {
     ///   `Connection: close`, when the client closes them, or at the deadline;
     /// - HTTP/2 connections get a GOAWAY at once (one that has not sent a request yet, after
     ///   its first, refused), and their open streams finish;
-    /// - in-flight requests finish.
+    /// - in-flight requests finish. A response whose head went out before the close (a
+    ///   streamed body) cannot say `Connection: close` any more: its connection then stays
+    ///   open like an idle one. A `101 Switching Protocols` keeps its `Connection: upgrade`;
+    ///   an upgraded connection (a WebSocket) leaves this loop once upgraded, so close those
+    ///   yourself when [`Lifecycle::closed`] resolves.
     ///
     /// Await the returned [`Serve`] (after its optional settings). It returns `Ok` once every
     /// connection is closed, or [`GraceExpired`] (with the number of requests still running,
@@ -430,11 +434,15 @@ where
             }
         };
         if *this.http1 && this.guard.0.lifecycle.is_closed() {
+            // Not on a 101: its `Connection: upgrade` is what switches the protocol, and the
+            // connection leaves hyper (and this loop) once it is upgraded.
             if let Ok(res) = &mut res {
-                res.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
+                if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    res.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
             }
         }
         Poll::Ready(res)

@@ -187,13 +187,13 @@ impl Shared {
     pub(crate) fn set_limit(self: &Arc<Self>, limit: usize) {
         let limit = limit.max(1);
         if let Some(adaptive) = &self.adaptive {
-            // Off the hot path: waiting here is fine.
-            adaptive
-                .estimator
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .reset_to(limit);
+            // Off the hot path: waiting here is fine. The limit is stored under the lock, so
+            // that a window closing meanwhile stores its estimate before this one, not after.
+            let mut estimator = adaptive.estimator.lock().unwrap_or_else(|e| e.into_inner());
+            estimator.reset_to(limit);
             adaptive.quick.store(false, Ordering::Relaxed);
+            self.store_limit(limit);
+            return;
         }
         self.store_limit(limit);
     }
@@ -482,6 +482,9 @@ impl Shared {
         w.start.store(now, Ordering::Relaxed);
         let next = estimator.update(&stats);
         a.quick.store(estimator.quick(), Ordering::Relaxed);
+        // Stored under the lock, as `set_limit` stores: a limit set through the handle while
+        // this window closed is not overwritten by the estimate it replaced.
+        self.store_limit(next);
         drop(estimator);
         tracing::trace!(
             samples = stats.count,
@@ -489,7 +492,6 @@ impl Shared {
             limit = next,
             "shed: adaptive limit window closed"
         );
-        self.store_limit(next);
     }
 
     fn nanos_since_epoch(&self, now: Instant) -> u64 {
