@@ -1200,3 +1200,68 @@ async fn a_gradient_limit_does_not_take_mixed_latencies_for_a_queue() {
         ok.load(Ordering::Relaxed)
     );
 }
+
+/// The same mixed service behind 8 workers (a pool: requests over 8 wait inside it), with 32
+/// clients: the gradient limit, started 4x too high, finds the pool's size and keeps every
+/// worker busy.
+#[tokio::test(start_paused = true)]
+async fn a_gradient_limit_finds_the_parallelism_of_a_service_with_mixed_latencies() {
+    let layer = ShedLayer::builder()
+        .limit(Gradient::new().initial(32))
+        .max_queue(64)
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let workers = Arc::new(Semaphore::new(8));
+    let calls = Arc::new(AtomicU64::new(0));
+    let svc = layer.layer(service_fn(move |_req: Request<Body>| {
+        let workers = workers.clone();
+        let n = calls.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let _worker = workers.acquire().await.unwrap();
+            let ms = if n % 2 == 0 { 5 } else { 15 };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }
+    }));
+    let ok = Arc::new(AtomicU64::new(0));
+    let run = Duration::from_secs(30);
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (svc, ok) = (svc.clone(), ok.clone());
+            tokio::spawn(async move {
+                let start = Instant::now();
+                while start.elapsed() < run {
+                    let res = svc
+                        .clone()
+                        .oneshot(Request::new(Body::empty()))
+                        .await
+                        .unwrap();
+                    if res.status() == StatusCode::OK {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut limits = Vec::new();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        limits.push(handle.limit());
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    // From the third second on: at the pool's size, or probing a little over it (the default
+    // tolerance of 1.5 lets the average grow by half before it shrinks).
+    assert!(
+        limits[2..].iter().all(|l| (8..=12).contains(l)),
+        "limits each second: {limits:?}"
+    );
+    // 8 workers, 10 ms on average: 800 requests a second; at least 95 % of it.
+    let per_second = ok.load(Ordering::Relaxed) / 30;
+    assert!(per_second >= 760, "{per_second}/s; limits {limits:?}");
+}

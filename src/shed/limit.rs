@@ -259,17 +259,19 @@ impl Aimd {
 /// the service takes when nothing queues inside it) to the **sampled latency** (the last
 /// window's).
 ///
-/// Two statistics of each window are compared, each with its own baseline, and the worse ratio
-/// decides: the window's **average** against the lowest window average seen, and its **fastest
-/// request** against the fastest seen. The average sees a shallow queue (every request waits a
-/// little); the fastest request sees a deep one even before a calm window has taught the
-/// average (right after start-up from a limit far too high). A service whose requests merely
-/// differ (fast and slow endpoints, cache hits and misses) keeps both ratios near 1 whatever
-/// its spread: comparing the average with the fastest request would take that spread for a
-/// queue. The first window only teaches the baselines.
+/// The window's **average** is compared with the lowest window average seen; until the first
+/// window within tolerance, its **fastest request** is also compared with the fastest seen, and
+/// the worse ratio decides. The average sees a shallow queue (every request waits a little);
+/// the fastest request sees a deep one before a calm window has taught the average (right
+/// after start-up from a limit far too high), and is dropped after it because the fastest of a
+/// window of widely varying requests is noise. A service whose requests merely differ (fast
+/// and slow endpoints, cache hits and misses) keeps the ratio near 1 whatever its spread:
+/// comparing the average with the fastest request, as this limit did before, took that spread
+/// for a queue. The first window only teaches the baselines.
 ///
 /// At the end of each window, with `limit` the limit the window ran under and `ratio` =
-/// min(average baseline / average, fastest baseline / fastest):
+/// average baseline / average (before the first calm window, the lower of that and fastest
+/// baseline / fastest):
 ///
 /// ```text
 /// over tolerance (tolerance * ratio < 1):
@@ -322,7 +324,10 @@ impl Aimd {
 /// same reason). A window's average is only as steady as its sample count allows: for a
 /// service whose requests differ widely in cost, raise `min_samples` (the average of 10 mixed
 /// requests varies by a sixth from window to window, which a tolerance of 1.5 tolerates only
-/// just; of 50, by a fourteenth).
+/// just; of 50, by a fourteenth). Service times as spread as an exponential distribution
+/// (a standard deviation as large as the mean) are too noisy for it at the default window
+/// (a test with 8 such workers drifted from 8 down to 1 within a minute, the lowest
+/// average sinking with the noise): use [`Aimd`] or a [`Fixed`] limit there.
 ///
 /// Defaults: initial 20, floor 1, ceiling 1000, tolerance 1.5, smoothing 0.2, headroom 1.0,
 /// probe after 50 windows, windows of at least 100 ms and 10 samples.
@@ -506,8 +511,8 @@ impl Estimator {
                 // average against the fastest request would take a service whose requests
                 // merely differ, fast and slow endpoints, for one with a queue.) The average
                 // sees a shallow queue (every request waits a little); the fastest request
-                // sees a deep one even before any calm window has taught the average, as
-                // right after start-up from a limit far too high.
+                // sees a deep one before any calm window has taught the average, as right
+                // after start-up from a limit far too high.
                 let first = self.baseline <= 0.0;
                 self.baseline = follow_low(self.baseline, sampled, 0.25);
                 self.baseline_min = follow_low(self.baseline_min, min, 0.25);
@@ -519,11 +524,17 @@ impl Estimator {
                 let limit = self.estimate;
                 // The limit the window's samples ran under.
                 let in_force = round(limit) as f64;
-                let ratio = if sampled > 0.0 && min > 0.0 {
-                    (self.baseline / sampled).min(self.baseline_min / min)
+                let mut ratio = if sampled > 0.0 {
+                    self.baseline / sampled
                 } else {
                     1.0
                 };
+                // The fastest request only until the first calm window: after it, the average
+                // has a no-queue value to compare with, and the fastest of a window of widely
+                // varying requests (exponential service times) is too noisy to judge by.
+                if self.calm_limit <= 0.0 && min > 0.0 {
+                    ratio = ratio.min(self.baseline_min / min);
+                }
                 // The window after a change ran partly under the old limit: it is not a
                 // measure of the new one, so it neither vouches for it nor probes. After a
                 // shrink its latency still shows the old, higher limit, so it does not shrink
@@ -607,9 +618,9 @@ fn follow_low(baseline: f64, value: f64, down: f64) -> f64 {
     if baseline <= 0.0 {
         value
     } else if value < baseline {
-        baseline + (value - baseline) * down
+        (value - baseline).mul_add(down, baseline)
     } else {
-        baseline + (value - baseline) * 0.01
+        (value - baseline).mul_add(0.01, baseline)
     }
 }
 
