@@ -313,12 +313,12 @@ impl Aimd {
 /// **Only for services whose requests cost about the same.** The baseline is the fastest
 /// request, and the sampled latency an average, so a service whose requests merely differ
 /// (fast and slow endpoints, cache hits and misses, a long tail) looks queued in every window
-/// and is throttled down to the floor: in a test, 16 clients of a service of 5 and 15 ms
-/// requests were held at a limit of 1. Put such routes behind a [`Fixed`] or an [`Aimd`]
-/// limit, or give each kind of request its own layer. (Comparing the average with the lowest
-/// window average instead, and the fastest request with the fastest seen, fixed that case but
-/// let the limit climb without bound over a standing queue in simulation; no rule tried yet
-/// does both without measuring the service at a low limit, as Envoy does.)
+/// and is throttled down to the floor: in a review's test, 16 clients of a service of 5 and
+/// 15 ms requests were held at a limit of 1. Put such routes behind a [`Fixed`] or an
+/// [`Aimd`] limit, or give each kind of request its own layer. (Comparing the average with
+/// the lowest window average instead, and the fastest request with the fastest seen, fixed
+/// that case but let the limit climb without bound over a standing queue in simulation; no
+/// rule tried yet does both without measuring the service at a low limit, as Envoy does.)
 ///
 /// Defaults: initial 20, floor 1, ceiling 1000, tolerance 1.5, smoothing 0.2, headroom 1.0,
 /// probe after 50 windows, windows of at least 100 ms and 10 samples.
@@ -461,7 +461,8 @@ impl Estimator {
     /// Takes a limit set from outside (a handle) as the new starting point: not a probe, so
     /// no quick windows judge it, and a shrink from it does not back the probes off. The
     /// window in progress ran partly under the old limit, so it is a transition (it neither
-    /// vouches for the new limit nor probes from it), and the probes wait `probe_after` again.
+    /// vouches for the new limit nor probes from it), and the probes wait `probe_after` calm
+    /// windows again, counted from zero.
     pub(crate) fn reset_to(&mut self, limit: usize) {
         let old = round(self.estimate);
         self.estimate = limit as f64;
