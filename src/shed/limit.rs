@@ -876,6 +876,93 @@ mod tests {
         assert!(highest > shrunk, "probed again: {shrunk} -> {highest}");
     }
 
+    /// A closed-loop simulation: `workers` workers serve a FIFO queue, `service(n)` ms each; as
+    /// many requests run as the limit lets in (clients always waiting); windows close every
+    /// 100 ms with at least 10 samples. The limit at the end of each window, with its time.
+    fn simulate(
+        g: Gradient,
+        workers: usize,
+        seconds: f64,
+        mut service: impl FnMut(u64) -> f64,
+    ) -> Vec<(f64, usize)> {
+        use std::{cmp::Reverse, collections::BinaryHeap};
+        let mut e = Estimator::new(g.into());
+        let mut limit = g.initial;
+        let (mut now, mut n) = (0.0_f64, 0_u64);
+        let mut queue = std::collections::VecDeque::new(); // admission times
+        let mut running = BinaryHeap::new(); // (Reverse(finish in us), admission time in us)
+        let mut in_flight = 0;
+        let us = |t: f64| (t * 1e6) as u64;
+        let (mut count, mut sum, mut min, mut max_in_flight, mut opened) =
+            (0_u64, 0.0, f64::MAX, 0, 0.0);
+        let mut limits = Vec::new();
+        while now < seconds {
+            while in_flight < limit {
+                in_flight += 1;
+                queue.push_back(now);
+            }
+            max_in_flight = max_in_flight.max(in_flight);
+            while running.len() < workers {
+                let Some(admitted) = queue.pop_front() else {
+                    break;
+                };
+                n += 1;
+                let finish = now + service(n) / 1e3;
+                running.push((Reverse(us(finish)), us(admitted)));
+            }
+            let (Reverse(finish), admitted) = running.pop().expect("a request runs");
+            now = finish as f64 / 1e6;
+            in_flight -= 1;
+            let latency = (finish - admitted) as f64 / 1e6;
+            (count, sum, min) = (count + 1, sum + latency, min.min(latency));
+            if now - opened >= 0.1 && count >= 10 {
+                limit = e.update(&WindowStats {
+                    count,
+                    mean: Duration::from_secs_f64(sum / count as f64),
+                    min: Duration::from_secs_f64(min),
+                    drops: 0,
+                    max_in_flight,
+                });
+                limits.push((now, limit));
+                (count, sum, min, max_in_flight, opened) = (0, 0.0, f64::MAX, 0, now);
+            }
+        }
+        limits
+    }
+
+    #[test]
+    fn gradient_never_climbs_over_a_standing_queue() {
+        // A rule whose baseline follows the average latency learns the queue it causes, and
+        // climbs with it (two such rules reached the ceiling of 1000 here, 125 times the
+        // service time). The limit must stay near the workers, whatever its start.
+        for (workers, initial) in [(8, 200), (8, 20), (100, 20)] {
+            let g = Gradient::new().initial(initial);
+            let limits = simulate(g, workers, 120.0, |_| 10.0);
+            let late: Vec<usize> = limits.iter().filter(|l| l.0 > 10.0).map(|l| l.1).collect();
+            let highest = *late.iter().max().unwrap();
+            // A probe may reach the tolerance's 1.5 times the workers before it fails.
+            assert!(
+                highest <= workers * 2,
+                "{workers} workers, initial {initial}: up to {highest}"
+            );
+            let settled = late.iter().filter(|&&l| l >= workers).count();
+            assert!(
+                settled * 10 >= late.len() * 9,
+                "{workers} workers, initial {initial}: below the workers too often"
+            );
+        }
+        // Spread service times (8 to 12 ms) do not make it climb either.
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        let limits = simulate(Gradient::new(), 8, 120.0, |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            4.0f64.mul_add((x >> 11) as f64 / (1u64 << 53) as f64, 8.0)
+        });
+        let highest = limits.iter().filter(|l| l.0 > 10.0).map(|l| l.1).max();
+        assert!(highest <= Some(12), "uniform 8-12 ms: up to {highest:?}");
+    }
+
     #[test]
     fn gradient_respects_floor_and_idle_windows() {
         let mut e = Estimator::new(Gradient::new().initial(4).floor(3).into());
