@@ -186,15 +186,15 @@ impl Shared {
     /// Sets the limit from outside; an adaptive algorithm continues from this value.
     pub(crate) fn set_limit(self: &Arc<Self>, limit: usize) {
         let limit = limit.max(1);
-        if let Some(adaptive) = &self.adaptive {
-            // Off the hot path: waiting here is fine. The limit is stored under the lock, so
-            // that a window closing meanwhile stores its estimate before this one, not after.
+        // Off the hot path: waiting for the lock is fine. The limit is stored while it is
+        // held, so that a window closing meanwhile stores its estimate before this one, not
+        // after.
+        let _estimator = self.adaptive.as_ref().map(|adaptive| {
             let mut estimator = adaptive.estimator.lock().unwrap_or_else(|e| e.into_inner());
             estimator.reset_to(limit);
             adaptive.quick.store(false, Ordering::Relaxed);
-            self.store_limit(limit);
-            return;
-        }
+            estimator
+        });
         self.store_limit(limit);
     }
 
