@@ -1038,9 +1038,55 @@ fn variable_latency(
     })
 }
 
+/// A service of as many workers as `workers` has permits, 10 ms each; requests over them wait
+/// inside it, first come, first served (paused time makes it exact).
+fn worker_pool(
+    workers: Arc<Semaphore>,
+) -> impl Service<
+    Request<()>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |_req: Request<()>| {
+        let workers = workers.clone();
+        async move {
+            let _worker = workers.acquire().await.expect("never closed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }
+    })
+}
+
+/// `clients` clients sending requests back to back for `time`; a shed one tries again 10 ms
+/// later.
+async fn closed_loop<S>(svc: &S, clients: usize, time: Duration)
+where
+    S: Service<Request<()>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let end = Instant::now() + time;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+                    if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn gradient_limit_falls_when_latency_rises_and_recovers() {
-    let latency = Arc::new(AtomicU64::new(10));
+async fn gradient_limit_falls_when_requests_queue_and_recovers() {
+    let workers = Arc::new(Semaphore::new(40));
     let layer = ShedLayer::builder()
         // No wait before probing again after the fall (the wait is unit-tested in
         // `shed::limit`): a window is 100 ms, about ten rounds here.
@@ -1055,17 +1101,20 @@ async fn gradient_limit_falls_when_latency_rises_and_recovers() {
         .build()
         .unwrap();
     let handle = layer.handle();
-    let svc = layer.layer(variable_latency(latency.clone(), Arc::default()));
+    let svc = layer.layer(worker_pool(workers.clone()));
 
-    drive(&svc, &handle, 30).await;
+    // (The first windows measure the baseline at a lower limit.)
+    closed_loop(&svc, 64, Duration::from_secs(3)).await;
     let steady = handle.limit();
     assert!(
         steady > 20,
         "a fast, fully used service earns a higher limit: {steady}"
     );
 
-    latency.store(50, Ordering::SeqCst);
-    drive(&svc, &handle, 40).await;
+    // Down to 8 workers: requests over them queue inside the service, and latency grows with
+    // the limit.
+    assert_eq!(workers.forget_permits(32), 32);
+    closed_loop(&svc, 64, Duration::from_secs(6)).await;
     let loaded = handle.limit();
     assert!(
         loaded < steady / 2,
@@ -1073,8 +1122,8 @@ async fn gradient_limit_falls_when_latency_rises_and_recovers() {
     );
     assert!(loaded >= 4, "below the floor: {loaded}");
 
-    latency.store(10, Ordering::SeqCst);
-    drive(&svc, &handle, 60).await;
+    workers.add_permits(32);
+    closed_loop(&svc, 64, Duration::from_secs(6)).await;
     assert!(
         handle.limit() > loaded,
         "limit did not recover: {}",

@@ -60,6 +60,9 @@ impl Limit {
                 if !(g.smoothing > 0.0 && g.smoothing <= 1.0) {
                     return Err(InvalidConfig::new("smoothing", "must be in (0, 1]"));
                 }
+                if g.remeasure_after == 0 {
+                    return Err(InvalidConfig::new("remeasure_after", "must be at least 1"));
+                }
                 if !(g.headroom >= 0.0 && g.headroom.is_finite()) {
                     return Err(InvalidConfig::new(
                         "headroom",
@@ -256,10 +259,37 @@ impl Aimd {
 
 /// A gradient limit in the spirit of Netflix concurrency-limits' `Gradient2` and Envoy's
 /// adaptive concurrency filter: the limit follows the ratio of the **baseline latency** (the
-/// minimum seen, which is what the service takes when nothing queues inside it) to the
-/// **sampled latency** (the average of the last window).
+/// mean latency measured at a lower limit, what a request takes when none waits inside the
+/// service) to the **sampled latency** (the mean of the requests since the last judgement).
 ///
-/// At the end of each window, with `limit` the limit the window ran under:
+/// **Measuring the baseline.** The first window, and then every `remeasure_after` windows
+/// (the gap doubling while measurements agree, up to 12 times), the limit drops to
+/// `limit / (1.1 * tolerance)` (0.6 of it with the default tolerance; a quarter the first
+/// time, as the initial limit is a guess; never under the floor) until the requests admitted before have finished, and the mean
+/// latency of the next `min_samples` requests or more (until the mean is known within 5 %,
+/// up to 30 x `min_samples`) is the new baseline. Then the limit is back, and judged against
+/// the fresh baseline at once. Like Envoy's minimum-RTT measurement, this costs a short dip
+/// (two windows at the lower limit, about 2 % of the time with the defaults) and compares like
+/// with like: a mean with a mean, so a service whose requests differ in cost (fast and slow
+/// endpoints, cache hits and misses, a long tail) is not taken for a queued one. A baseline
+/// judged against the fastest request ever seen, as this limit did before, held such a
+/// service at a limit of 1; one that followed the window averages learnt the queue it caused
+/// and climbed without bound. A measurement comes sooner when the baseline looks out of date:
+/// when requests get faster than the baseline by more than the tolerance; when a limit that
+/// was calm is over tolerance twice in a row, or any limit is over twice the baseline (the
+/// service may have slowed down rather than queued: measured again first, a slower service
+/// keeps its limit, a queue is shrunk on the way back); and five windows after a measurement
+/// whose half limit queued too (twice the latency at twice the limit).
+///
+/// **Judging.** Samples gather window after window until their mean is two standard
+/// errors (of both means) over or within the tolerance: at once for requests that all take
+/// the same time; for widely spread ones up to 20 x `min_samples`, then the mean as it is
+/// decides, and a shrink on a mean that is not sure goes no lower than the last limit that
+/// was within tolerance. A probe is judged on the window that judges it, sure or not (one
+/// request over the service's parallelism is right at the tolerance, and waiting to be sure
+/// would keep it there), and fails also when latency grew with the limit by more than half
+/// of what the added requests would add if they all queued (Little's law: from 8 to 9 over
+/// 8 workers, a ninth of a service time on average), whatever the tolerance. At each judgement, with `limit` the limit the samples ran under:
 ///
 /// ```text
 /// over tolerance (sampled > tolerance * baseline):
@@ -271,18 +301,20 @@ impl Aimd {
 /// ```
 ///
 /// with two exceptions: the window right after a change of the limit ran partly under the old
-/// one, so it does not count as calm, probe, or (after a shrink, while its latency still shows
-/// the old limit) shrink; and at or below the last limit that was within tolerance, a single
-/// window over tolerance is taken for noise: the limit shrinks on the second one in a row.
+/// one, so it is judged alone and does not count as calm, probe, or (after a shrink, while its
+/// latency still shows the old limit) shrink; and at or below the last limit that was within
+/// tolerance, a single judgement over tolerance (by less than twice the baseline) is taken for
+/// noise, and the second in a row measures the baseline again (above), or shrinks if a
+/// measurement came since the last judgement within tolerance.
 ///
 /// The two windows after a raise (its transition, and the one that judges it) close as soon
 /// as they hold `min_samples` and have lasted one average latency (so that the judging one
 /// sees requests admitted under the new limit), however short: a probe that fails costs as
 /// few requests as it can. A probe that fails (the limit shrinks back from a value that was
 /// never within tolerance) doubles the wait before the next one, up to 8 x `probe_after`; a
-/// probe that holds, or a shrink from a limit that had been calm (the service slowed down),
-/// brings it back to `probe_after`. The first shrink after the start-up growth and a limit
-/// set through the handle do not count as failed probes.
+/// probe that holds, or a shrink from a limit that had been calm, brings it back to
+/// `probe_after`. The first shrink after the start-up growth or after a measurement, and a
+/// limit set through the handle, do not count as failed probes.
 ///
 /// When requests queue inside the service, latency rises past the tolerance and the limit
 /// drops at once to `limit * baseline / sampled`: by Little's law, what the service runs in
@@ -291,7 +323,9 @@ impl Aimd {
 /// `probe_after` windows in a row were within tolerance. Unlike Gradient2, which always adds
 /// its headroom (and so keeps a small queue inside the service for good), headroom is never
 /// added while latency is over tolerance. The limit does not grow in windows that used less
-/// than half of it.
+/// than half of it. Within the default tolerance of 1.5 a limit may settle up to half over
+/// the service's parallelism (a mean latency up to 1.5 times the baseline); a tolerance of
+/// 1.1 keeps it within one or two of it for requests that cost the same.
 ///
 /// Why the wait: on a service with few workers, one request over them is a large step, and a
 /// costly one for the tail. With 8 workers, a limit of 9 raises the mean latency by only 1/8,
@@ -305,23 +339,9 @@ impl Aimd {
 /// Where the service's parallelism is known, a [`Fixed`] limit at it never goes over to find
 /// it.
 ///
-/// The baseline is the smallest window minimum seen; when windows stay slower, it drifts toward
-/// them by 1% per window, so a service whose normal speed changed (a new deployment, a colder
-/// cache) is re-learnt instead of being throttled forever (Envoy re-measures its minimum RTT
-/// periodically for the same reason).
-///
-/// **Only for services whose requests cost about the same.** The baseline is the fastest
-/// request, and the sampled latency an average, so a service whose requests merely differ
-/// (fast and slow endpoints, cache hits and misses, a long tail) looks queued in every window
-/// and is throttled down to the floor: in a review's test, 16 clients of a service of 5 and
-/// 15 ms requests were held at a limit of 1. Put such routes behind a [`Fixed`] or an
-/// [`Aimd`] limit, or give each kind of request its own layer. (Comparing the average with
-/// the lowest window average instead, and the fastest request with the fastest seen, fixed
-/// that case but let the limit climb without bound over a standing queue in simulation; no
-/// rule tried yet does both without measuring the service at a low limit, as Envoy does.)
-///
 /// Defaults: initial 20, floor 1, ceiling 1000, tolerance 1.5, smoothing 0.2, headroom 1.0,
-/// probe after 50 windows, windows of at least 100 ms and 10 samples.
+/// probe after 50 windows, measure again after 50 windows, windows of at least 100 ms and 10
+/// samples.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
 pub struct Gradient {
@@ -332,6 +352,7 @@ pub struct Gradient {
     pub(crate) smoothing: f64,
     pub(crate) headroom: f64,
     pub(crate) probe_after: u32,
+    pub(crate) remeasure_after: u32,
     pub(crate) window: Duration,
     pub(crate) min_samples: u32,
 }
@@ -353,6 +374,7 @@ impl Gradient {
             smoothing: 0.2,
             headroom: 1.0,
             probe_after: 50,
+            remeasure_after: 50,
             window: DEFAULT_WINDOW,
             min_samples: DEFAULT_MIN_SAMPLES,
         }
@@ -390,6 +412,15 @@ impl Gradient {
         self.probe_after = windows;
         self
     }
+
+    /// How many windows after a measurement of the baseline the next one comes (at least 1).
+    /// The gap doubles while measurements agree, up to 12 times this, and is back to this
+    /// after one that disagreed. Default 50 (5 s of the default windows, then up to 60 s,
+    /// Envoy's default interval).
+    pub fn remeasure_after(mut self, windows: u32) -> Self {
+        self.remeasure_after = windows;
+        self
+    }
 }
 
 /// What one window of samples saw.
@@ -397,7 +428,8 @@ impl Gradient {
 pub(crate) struct WindowStats {
     pub(crate) count: u64,
     pub(crate) mean: Duration,
-    pub(crate) min: Duration,
+    /// The sum of the squared latencies, in seconds squared.
+    pub(crate) sum_sq: f64,
     pub(crate) drops: u64,
     pub(crate) max_in_flight: usize,
 }
@@ -408,13 +440,17 @@ pub(crate) struct Estimator {
     limit: Limit,
     /// The limit as a real number, so that small steps accumulate.
     estimate: f64,
-    /// Gradient only: the baseline latency in seconds (0 = none yet).
-    baseline: f64,
+    /// Gradient only: the latency samples of the last measurement (none yet: count 0).
+    baseline: Samples,
+    /// Gradient only: the samples since the last judgement, while none was sure.
+    pending: Samples,
     /// Gradient only: windows in a row within tolerance since the last shrink (`u32::MAX`
     /// before the first shrink: as calm as can be).
     calm: u32,
     /// Gradient only: the limit of the last window within tolerance (0: none yet).
     calm_limit: f64,
+    /// Gradient only: the mean latency of the last judgement within tolerance (seconds).
+    calm_mean: f64,
     /// Gradient only: whether the last window over tolerance was not acted on (a first
     /// strike at or below the calm limit).
     struck: bool,
@@ -429,7 +465,45 @@ pub(crate) struct Estimator {
     /// after it): they close at `min_samples` and one average latency, however short, so a
     /// probe that fails costs as few requests as it can.
     quick: u8,
+    /// Gradient only: where the measurement of the baseline stands.
+    measure: Measure,
+    /// Gradient only: the estimate to go back to after a measurement.
+    resume: f64,
+    /// Gradient only: whether the next judgement is the first after a measurement.
+    resumed: bool,
+    /// Gradient only: windows since the last measurement ended.
+    since_measure: u32,
+    /// Gradient only: windows between measurements (doubling from `remeasure_after`).
+    measure_every: u32,
 }
+
+/// The baseline measurement of a gradient limit: the limit is lowered, the requests
+/// admitted above it are let finish, and the mean latency of the next requests is the
+/// baseline (what a request costs when none waits inside the service).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Measure {
+    Idle,
+    /// So many completions still to let pass (those admitted under the old limit).
+    Drain(u64),
+    /// The samples so far.
+    Sample(Samples),
+}
+
+/// The most the gap between measurements grows to, in multiples of `remeasure_after`.
+const MEASURE_BACKOFF: u32 = 12;
+/// Windows after a measurement during which its baseline is trusted: a limit over tolerance
+/// then shrinks without another measurement.
+const MEASURE_FRESH: u32 = 10;
+/// Windows before measuring again after a measurement that found a lower baseline.
+const MEASURE_AGAIN: u32 = 5;
+/// Samples a measurement averages, in multiples of `min_samples`: at least this many, and
+/// more until the mean is known within 5 % (two standard errors ~10 %), up to the maximum.
+const MEASURE_SAMPLES: u64 = 1;
+const MEASURE_SAMPLES_MAX: u64 = 10;
+/// Samples a judgement may gather, in multiples of `min_samples`, before giving up unsure.
+const UNSURE_SAMPLES_MAX: u64 = 20;
+/// How many standard errors a mean must be from the tolerated latency to be judged.
+const CONFIDENCE: f64 = 2.0;
 
 /// How many times `probe_after` the wait before a probe may grow to, after failed probes.
 const PROBE_BACKOFF: u32 = 8;
@@ -439,9 +513,11 @@ impl Estimator {
         Self {
             limit,
             estimate: limit.initial() as f64,
-            baseline: 0.0,
+            baseline: Samples::default(),
+            pending: Samples::default(),
             calm: u32::MAX,
             calm_limit: 0.0,
+            calm_mean: 0.0,
             struck: false,
             changed: None,
             probe_wait: match limit {
@@ -449,6 +525,14 @@ impl Estimator {
                 Limit::Fixed(_) | Limit::Aimd(_) => 0,
             },
             quick: 0,
+            measure: Measure::Idle,
+            resume: 0.0,
+            resumed: false,
+            since_measure: 0,
+            measure_every: match limit {
+                Limit::Gradient(g) => g.remeasure_after,
+                Limit::Fixed(_) | Limit::Aimd(_) => 0,
+            },
         }
     }
 
@@ -467,6 +551,7 @@ impl Estimator {
         let old = round(self.estimate);
         self.estimate = limit as f64;
         self.quick = 0;
+        self.measure = Measure::Idle;
         self.changed = (limit != old).then_some(limit > old);
         self.calm_limit = self.calm_limit.max(limit as f64);
         if let Limit::Gradient(g) = self.limit {
@@ -491,96 +576,320 @@ impl Estimator {
                 self.estimate = next.clamp(a.floor as f64, a.ceiling as f64);
                 round(self.estimate)
             }
-            Limit::Gradient(g) => {
-                self.quick = self.quick.saturating_sub(1);
-                let sampled = w.mean.as_secs_f64();
-                let min = w.min.as_secs_f64();
-                if self.baseline <= 0.0 || min < self.baseline {
-                    self.baseline = min;
+            Limit::Gradient(g) => self.gradient(&g, w),
+        }
+    }
+
+    /// A gradient limit's next limit after a window.
+    fn gradient(&mut self, g: &Gradient, w: &WindowStats) -> usize {
+        // Whether this window judges a raise (a probe).
+        let probing = self.quick > 0;
+        self.quick = self.quick.saturating_sub(1);
+        match self.measure {
+            Measure::Drain(left) => {
+                self.measure = if left > w.count {
+                    Measure::Drain(left - w.count)
                 } else {
-                    self.baseline += (min - self.baseline) * 0.01;
-                }
-                let limit = self.estimate;
-                // The limit the window's samples ran under.
-                let in_force = round(limit) as f64;
-                let ratio = if sampled > 0.0 {
-                    self.baseline / sampled
-                } else {
-                    1.0
+                    Measure::Sample(Samples::default())
                 };
-                // The window after a change ran partly under the old limit: it is not a
-                // measure of the new one, so it neither vouches for it nor probes. After a
-                // shrink its latency still shows the old, higher limit, so it does not shrink
-                // either; after a raise it shows less than the new limit's, so when even that
-                // is over tolerance, the raise was one too many.
-                let transition = self.changed.take();
-                if g.tolerance * ratio < 1.0 {
-                    if transition == Some(false) {
-                        self.calm = 0;
-                        return round(self.estimate);
-                    }
-                    // A limit that was within tolerance before shrinks on the second window
-                    // over it in a row, not on the first: one slow window at a limit the
-                    // service ran calmly is more likely noise than a queue.
-                    if in_force <= self.calm_limit && !self.struck {
-                        // Noise neither counts as calm nor restarts the count: a slow window
-                        // every few seconds (a collection pause, a cron job) must not keep
-                        // the limit from ever probing again.
-                        self.struck = true;
-                        return round(self.estimate);
-                    }
-                    self.struck = false;
-                    // Shrinking from a limit that was never calm: a probe (or the growth
-                    // before the first shrink) went one too far, so the next probe waits
-                    // twice as long; shrinking from a calm limit: the service slowed down, and
-                    // probing resumes at the usual pace once it is calm again.
-                    // (Before the first shrink, the growth's last step is not a probe: the
-                    // first probe waits `probe_after`.)
-                    self.probe_wait = if self.calm != u32::MAX
-                        && self.calm_limit > 0.0
-                        && in_force > self.calm_limit
-                    {
-                        self.probe_wait
-                            .saturating_mul(2)
-                            .min(g.probe_after.saturating_mul(PROBE_BACKOFF))
-                    } else {
-                        g.probe_after
-                    };
-                    // Requests queue inside the service: down at once to what it runs in
-                    // parallel at its baseline speed (Little's law), at most halving.
-                    self.calm = 0;
-                    let target = in_force * ratio.max(0.5);
-                    self.estimate = limit.min(target).clamp(g.floor as f64, g.ceiling as f64);
-                    self.changed = (round(self.estimate) as f64 != in_force).then_some(false);
-                    self.quick = 0;
+                return round(self.estimate);
+            }
+            Measure::Sample(mut acc) => {
+                acc.add(w);
+                let enough = acc.count >= MEASURE_SAMPLES * u64::from(g.min_samples)
+                    && acc.sq_error() <= 0.0025 * acc.mean() * acc.mean();
+                if !enough && acc.count < MEASURE_SAMPLES_MAX * u64::from(g.min_samples) {
+                    self.measure = Measure::Sample(acc);
                     return round(self.estimate);
                 }
-                self.struck = false;
-                if transition.is_some() {
-                    return round(self.estimate);
+                // A baseline within a tenth of the last one: the next measurement twice as far
+                // off (up to 12 x `remeasure_after`); a different one: sooner.
+                let steady = self.baseline.count > 0
+                    && (acc.mean() - self.baseline.mean()).abs() <= 0.1 * self.baseline.mean();
+                self.measure_every = if steady {
+                    self.measure_every
+                        .saturating_mul(2)
+                        .min(g.remeasure_after.saturating_mul(MEASURE_BACKOFF))
+                } else if self.baseline.count > 0 && acc.mean() < self.baseline.mean() {
+                    // Lower than before by more than a tenth: the last one may have queued
+                    // (or the service got faster).
+                    MEASURE_AGAIN.min(g.remeasure_after)
+                } else {
+                    g.remeasure_after
+                };
+                self.baseline = acc;
+                self.resumed = true;
+                self.measure = Measure::Idle;
+                self.since_measure = 0;
+                let low = round(self.estimate);
+                self.estimate = self.resume;
+                self.changed = (round(self.estimate) > low).then_some(true);
+                return round(self.estimate);
+            }
+            Measure::Idle => {
+                self.since_measure = self.since_measure.saturating_add(1);
+                if self.baseline.count == 0 || self.since_measure >= self.measure_every {
+                    return self.start_measuring(g, w, false);
                 }
-                let app_limited = (w.max_in_flight as f64) * 2.0 < limit;
-                self.calm = self.calm.saturating_add(1);
-                if in_force > self.calm_limit {
-                    // Calm above the last calm limit: a probe held.
-                    self.probe_wait = g.probe_after;
-                }
-                self.calm_limit = in_force;
-                if app_limited || self.calm < self.probe_wait {
-                    return round(self.estimate);
-                }
-                // Probe for more only while latency is within tolerance: adding headroom when
-                // requests already queue inside the service would keep a queue there for good.
-                let target = g.headroom.mul_add(limit.sqrt(), limit);
-                let next = limit.mul_add(1.0 - g.smoothing, target * g.smoothing);
-                self.estimate = next.clamp(g.floor as f64, g.ceiling as f64);
-                self.changed = (round(self.estimate) as f64 > in_force).then_some(true);
-                if self.changed.is_some() {
-                    self.quick = 2;
-                }
-                round(self.estimate)
             }
         }
+        let limit = self.estimate;
+        // The limit the window's samples ran under.
+        let in_force = round(limit) as f64;
+        // The window after a change ran partly under the old limit: it is not a measure of the
+        // new one, so it neither vouches for it nor probes, and is judged alone. After a
+        // shrink its latency still shows the old, higher limit, so it does not shrink either;
+        // after a raise it shows less than the new limit's, so when even that is over
+        // tolerance, the raise was one too many.
+        let transition = self.changed.take();
+        let verdict = if transition.is_some() {
+            self.pending = Samples::default();
+            let mut alone = Samples::default();
+            alone.add(w);
+            self.judge(g, &alone)
+        } else {
+            self.pending.add(w);
+            let verdict = self.judge(g, &self.pending);
+            // A probe is judged on the window that judges it, sure or not: one request over
+            // the service's parallelism is right at the tolerance, and waiting to be sure
+            // would keep it there for many windows (the p99 of a limit one over).
+            if verdict == Verdict::Unsure
+                && !probing
+                && self.pending.count < UNSURE_SAMPLES_MAX * u64::from(g.min_samples)
+            {
+                // Not sure yet: more samples.
+                return round(self.estimate);
+            }
+            verdict
+        };
+        // Whether no judgement since the last measurement found the limit within tolerance
+        // or changed it.
+        let resumed = self.resumed;
+        let s_mean = if transition.is_some() {
+            w.mean.as_secs_f64()
+        } else {
+            self.pending.mean()
+        };
+        let windows = std::mem::take(&mut self.pending).windows.max(1);
+        if verdict == Verdict::Faster && transition.is_none() {
+            // The service got faster than its baseline: measure it again, or a queue would
+            // pass for normal until the next measurement.
+            return self.start_measuring(g, w, false);
+        }
+        let over = match verdict {
+            Verdict::Over(ratio) => Some(ratio),
+            Verdict::Within | Verdict::Faster => None,
+            // Still not sure after many samples, or judging a probe: the mean as it is
+            // decides.
+            Verdict::Unsure if transition.is_none() || probing => {
+                let ratio = self.baseline.mean() / s_mean;
+                (g.tolerance * ratio < 1.0).then_some(ratio)
+            }
+            // (A transition that is no probe's decides only when sure.)
+            Verdict::Unsure => None,
+        };
+        // A probe also fails when latency grew with the limit: by Little's law, requests that
+        // all find a free worker take as long as before, and ones that queue add their share
+        // of a service time. More than half that share is a queue, whatever the tolerance
+        // (one request over 8 workers adds 1/8, under a tolerance of 1.1 measured on a
+        // baseline with noise in it).
+        let over = match over {
+            None if probing && self.calm_mean > 0.0 && in_force > self.calm_limit => {
+                let added = (in_force - self.calm_limit) / self.calm_limit;
+                (s_mean > self.calm_mean * 0.5f64.mul_add(added, 1.0))
+                    .then(|| self.baseline.mean() / s_mean)
+            }
+            over => over,
+        };
+        if let Some(ratio) = over {
+            if transition == Some(false) {
+                self.calm = 0;
+                return round(self.estimate);
+            }
+            // A limit that was within tolerance before shrinks on the second judgement over
+            // it in a row, not on the first: one slow window at a limit the service ran
+            // calmly is more likely noise than a queue. Twice the baseline's latency is no
+            // noise.
+            let calm_before = in_force <= self.calm_limit && ratio >= 0.6;
+            if calm_before && !self.struck {
+                // Noise neither counts as calm nor restarts the count: a slow window every
+                // few seconds (a collection pause, a cron job) must not keep the limit from
+                // ever probing again.
+                self.struck = true;
+                return round(self.estimate);
+            }
+            self.struck = false;
+            if (calm_before || ratio < 0.6) && !resumed && self.since_measure >= MEASURE_FRESH {
+                // Slow twice in a row at a limit that was calm, or far slower at once: the
+                // service may have slowed down rather than queued, and the baseline be out of
+                // date. Measure it again first (at a lower limit, which also drains any
+                // queue); back at this limit, a queue shrinks it (without another
+                // measurement).
+                self.calm = 0;
+                return self.start_measuring(g, w, ratio < 0.6);
+            }
+            // Shrinking from a limit that was never calm: a probe (or the growth before the
+            // first shrink) went one too far, so the next probe waits twice as long;
+            // shrinking from a calm limit: the service slowed down, and probing resumes at
+            // the usual pace once it is calm again. (Before the first shrink, the growth's
+            // last step is not a probe: the first probe waits `probe_after`.)
+            self.probe_wait = if !resumed
+                && self.calm != u32::MAX
+                && self.calm_limit > 0.0
+                && in_force > self.calm_limit
+            {
+                self.probe_wait
+                    .saturating_mul(2)
+                    .min(g.probe_after.saturating_mul(PROBE_BACKOFF))
+            } else {
+                g.probe_after
+            };
+            if resumed && ratio < 0.6 {
+                // Back from a measurement, twice its latency at twice its limit: the half
+                // limit was over the service's parallelism too, so the baseline is too high.
+                // Measure again soon, under what this shrink leaves.
+                self.since_measure = 0;
+                self.measure_every = MEASURE_AGAIN.min(g.remeasure_after);
+            }
+            // Requests queue inside the service: down at once to what it runs in parallel at
+            // its baseline speed (Little's law), at most halving; on a mean that is not sure
+            // (a probe's), not under the last calm limit.
+            self.calm = 0;
+            let mut target = in_force * ratio.max(0.5);
+            if !matches!(verdict, Verdict::Over(_)) {
+                target = target.max(self.calm_limit);
+            }
+            self.estimate = limit.min(target).clamp(g.floor as f64, g.ceiling as f64);
+            self.changed = (round(self.estimate) as f64 != in_force).then_some(false);
+            self.quick = 0;
+            if self.changed.is_some() {
+                self.resumed = false;
+            }
+            return round(self.estimate);
+        }
+        self.struck = false;
+        if transition.is_some() {
+            return round(self.estimate);
+        }
+        self.resumed = false;
+        let app_limited = (w.max_in_flight as f64) * 2.0 < limit;
+        self.calm = self.calm.saturating_add(windows);
+        if in_force > self.calm_limit {
+            // Calm above the last calm limit: a probe held.
+            self.probe_wait = g.probe_after;
+        }
+        self.calm_limit = in_force;
+        self.calm_mean = s_mean;
+        if app_limited || self.calm < self.probe_wait {
+            return round(self.estimate);
+        }
+        // Probe for more only while latency is within tolerance: adding headroom when
+        // requests already queue inside the service would keep a queue there for good.
+        let target = g.headroom.mul_add(limit.sqrt(), limit);
+        let next = limit.mul_add(1.0 - g.smoothing, target * g.smoothing);
+        self.estimate = next.clamp(g.floor as f64, g.ceiling as f64);
+        self.changed = (round(self.estimate) as f64 > in_force).then_some(true);
+        if self.changed.is_some() {
+            self.quick = 2;
+        }
+        round(self.estimate)
+    }
+
+    /// Lowers the limit (to a quarter of it when `deep`, or the first time; not under the
+    /// floor) to measure the baseline.
+    fn start_measuring(&mut self, g: &Gradient, w: &WindowStats, deep: bool) -> usize {
+        self.resume = self.estimate;
+        // A limit within tolerance is at most `tolerance` times the service's parallelism
+        // (latency grows with the limit above it), so `limit / (1.1 * tolerance)` is under
+        // it: nothing queues inside the service while measuring. At a quarter the first time
+        // (the initial limit is a guess, often well over the service) and when latency is
+        // far over tolerance (the service may have lost most of its parallelism).
+        let limit = round(self.estimate);
+        let low = if deep || self.baseline.count == 0 {
+            limit / 4
+        } else {
+            round(limit as f64 / (1.1 * g.tolerance)).min(limit - 1)
+        };
+        let low = low.max(g.floor);
+        self.estimate = low as f64;
+        self.measure = Measure::Drain(w.max_in_flight as u64);
+        self.changed = None;
+        self.quick = 0;
+        self.pending = Samples::default();
+        low
+    }
+
+    /// What the samples `s` say against the baseline, each verdict only when the mean is
+    /// [`CONFIDENCE`] standard errors (of both means) past its bound.
+    fn judge(&self, g: &Gradient, s: &Samples) -> Verdict {
+        let (mean, base) = (s.mean(), self.baseline.mean());
+        if mean <= 0.0 {
+            return Verdict::Within;
+        }
+        let tolerated = g.tolerance * base;
+        let error = CONFIDENCE
+            * g.tolerance
+                .powi(2)
+                .mul_add(self.baseline.sq_error(), s.sq_error())
+                .sqrt();
+        if mean - error > tolerated {
+            Verdict::Over(base / mean)
+        } else if (mean + error) * g.tolerance < base {
+            Verdict::Faster
+        } else if mean + error <= tolerated {
+            Verdict::Within
+        } else {
+            Verdict::Unsure
+        }
+    }
+}
+
+/// What a judgement of latency samples found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    /// Over tolerance: requests queue inside the service. The baseline over the mean.
+    Over(f64),
+    /// Within tolerance.
+    Within,
+    /// Faster than the baseline by more than the tolerance: the baseline is out of date.
+    Faster,
+    /// Not sure yet.
+    Unsure,
+}
+
+/// Latency samples summed: their count, sum and sum of squares (seconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Samples {
+    count: u64,
+    sum: f64,
+    sum_sq: f64,
+    windows: u32,
+}
+
+impl Samples {
+    fn add(&mut self, w: &WindowStats) {
+        self.count += w.count;
+        self.sum = (w.count as f64).mul_add(w.mean.as_secs_f64(), self.sum);
+        self.sum_sq += w.sum_sq;
+        self.windows = self.windows.saturating_add(1);
+    }
+
+    fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
+    }
+
+    /// The squared standard error of the mean.
+    fn sq_error(&self) -> f64 {
+        if self.count < 2 {
+            return 0.0;
+        }
+        let n = self.count as f64;
+        let variance = (self.sum_sq - self.sum * self.sum / n).max(0.0) / (n - 1.0);
+        variance / n
     }
 }
 
@@ -593,67 +902,205 @@ fn round(x: f64) -> usize {
 mod tests {
     use super::*;
 
-    fn window(mean_ms: u64, min_ms: u64, drops: u64, max_in_flight: usize) -> WindowStats {
+    fn window(mean_ms: u64, drops: u64, max_in_flight: usize) -> WindowStats {
         WindowStats {
             count: 10,
             mean: Duration::from_millis(mean_ms),
-            min: Duration::from_millis(min_ms),
+            // Ten requests alike: no spread.
+            sum_sq: 10.0 * (mean_ms as f64 / 1e3).powi(2),
             drops,
             max_in_flight,
         }
     }
 
-    #[test]
-    fn aimd_grows_when_used_and_backs_off_on_drops() {
-        let mut e = Estimator::new(Aimd::new().initial(10).ceiling(12).into());
-        assert_eq!(e.update(&window(5, 5, 0, 10)), 11);
-        assert_eq!(e.update(&window(5, 5, 0, 11)), 12);
-        assert_eq!(e.update(&window(5, 5, 0, 12)), 12, "ceiling");
-        // Unused limit: no growth.
-        let mut e = Estimator::new(Aimd::new().initial(10).into());
-        assert_eq!(e.update(&window(5, 5, 0, 2)), 10);
-        // A drop: multiplicative decrease, down to the floor.
-        let mut e = Estimator::new(Aimd::new().initial(10).floor(8).into());
-        assert_eq!(e.update(&window(5, 5, 1, 10)), 9);
-        assert_eq!(e.update(&window(5, 5, 1, 10)), 8);
-        assert_eq!(e.update(&window(5, 5, 1, 10)), 8, "floor");
+    /// Lets `e` measure its baseline: a window of `first` ms at `limit` starts the measurement
+    /// (the limit halves), then windows of `mean` ms at the half limit run until it is done.
+    /// The limit it goes back to.
+    fn measure(e: &mut Estimator, first: u64, limit: usize, mean: u64) -> usize {
+        let low = e.update(&window(first, 0, limit));
+        assert!(matches!(e.measure, Measure::Drain(_)), "measuring at {low}");
+        let mut next = low;
+        while e.measure != Measure::Idle {
+            assert_eq!(next, low, "the limit stays low while measuring");
+            next = e.update(&window(mean, 0, low));
+        }
+        next
+    }
+
+    /// `workers` workers of `ms` each behind the limit, clients always waiting: the mean
+    /// latency at a limit (a queue inside the service above the workers).
+    fn service(workers: usize, ms: u64) -> impl Fn(usize) -> u64 {
+        move |limit| ms * limit.max(workers) as u64 / workers as u64
     }
 
     #[test]
-    fn gradient_follows_baseline_over_sample() {
+    fn aimd_grows_when_used_and_backs_off_on_drops() {
+        let mut e = Estimator::new(Aimd::new().initial(10).ceiling(12).into());
+        assert_eq!(e.update(&window(5, 0, 10)), 11);
+        assert_eq!(e.update(&window(5, 0, 11)), 12);
+        assert_eq!(e.update(&window(5, 0, 12)), 12, "ceiling");
+        // Unused limit: no growth.
+        let mut e = Estimator::new(Aimd::new().initial(10).into());
+        assert_eq!(e.update(&window(5, 0, 2)), 10);
+        // A drop: multiplicative decrease, down to the floor.
+        let mut e = Estimator::new(Aimd::new().initial(10).floor(8).into());
+        assert_eq!(e.update(&window(5, 1, 10)), 9);
+        assert_eq!(e.update(&window(5, 1, 10)), 8);
+        assert_eq!(e.update(&window(5, 1, 10)), 8, "floor");
+    }
+
+    #[test]
+    fn gradient_measures_its_baseline_at_half_the_limit_and_again_later() {
+        let g = Gradient::new()
+            .initial(20)
+            .probe_after(1000)
+            .remeasure_after(10);
+        let mut e = Estimator::new(g.into());
+        // The first window starts a measurement at a quarter of the limit (the initial limit
+        // is a guess; later ones at limit / (1.1 * tolerance)): the requests in flight (up to 20) finish
+        // first (two windows of ten), then the mean of the next ten samples (all alike:
+        // known well enough) is the baseline, and the limit is back.
+        let mut limits = vec![e.update(&window(30, 0, 20))];
+        while e.measure != Measure::Idle {
+            limits.push(e.update(&window(10, 0, 5)));
+        }
+        assert_eq!(limits, [5, 5, 5, 20]);
+        assert!((e.baseline.mean() - 0.010).abs() < 1e-9, "{:?}", e.baseline);
+        // Back at 20, three times the baseline: a queue. (The window after the measurement
+        // is a transition, but over tolerance even so: at once, at most halving.)
+        assert_eq!(e.update(&window(30, 0, 20)), 10);
+        // The next measurement comes ten windows after the last; one that agrees doubles
+        // the gap, one that found the service slower brings it back to ten.
+        let mut starts = Vec::new();
+        for i in 0..100 {
+            let slower = i >= 40;
+            let mean = if slower { 20 } else { 10 };
+            if e.measure == Measure::Idle {
+                e.update(&window(mean, 0, 10));
+                if e.measure != Measure::Idle {
+                    starts.push(i);
+                }
+            } else {
+                e.update(&window(mean, 0, 5));
+            }
+        }
+        // That shrink found twice the latency at twice the limit, so the half limit had
+        // queued too: measured again five windows later (4). From then on ten windows apart
+        // (16, each measurement taking two), twenty once one agreed (38); the service turned
+        // slower during that one, which measured 20 ms: ten again (50), which agreed: twenty
+        // (72).
+        assert_eq!(starts, [4, 16, 38, 50, 72]);
+        assert!(
+            (e.baseline.mean() - 0.020).abs() < 1e-9,
+            "re-learnt: {:?}",
+            e.baseline
+        );
+        // The floor holds while measuring too.
+        let mut e = Estimator::new(Gradient::new().initial(4).floor(3).into());
+        assert_eq!(e.update(&window(10, 0, 4)), 3);
+    }
+
+    #[test]
+    fn gradient_relearns_the_baseline_of_a_service_that_slowed_down_or_sped_up() {
         let g = Gradient::new()
             .initial(20)
             .floor(2)
             .ceiling(100)
-            .probe_after(10);
+            .probe_after(10)
+            .remeasure_after(1000);
         let mut e = Estimator::new(g.into());
+        assert_eq!(measure(&mut e, 10, 20, 10), 20);
+        assert_eq!(e.update(&window(10, 0, 20)), 20, "the transition");
         // Steady latency at the baseline, fully used: the limit grows.
-        let first = e.update(&window(10, 10, 0, 20));
-        assert!(first > 20, "{first}");
-        // Latency five times the baseline: the limit shrinks, window after window.
-        let mut last = first;
-        for _ in 0..10 {
-            let next = e.update(&window(50, 50, 0, last));
-            assert!(next <= last, "{next} > {last}");
-            last = next;
+        let mut grown = e.update(&window(10, 0, 20));
+        assert!(grown > 20, "{grown}");
+        for _ in 0..3 {
+            grown = e.update(&window(10, 0, grown));
         }
-        assert!(last < 20, "limit did not shrink: {last}");
-        // Back to the baseline: it grows again, once `probe_after` (10) windows were calm.
-        for _ in 0..9 {
-            assert_eq!(e.update(&window(10, 10, 0, last)), last);
+        // Calm, but barely used: no more probes.
+        for _ in 0..12 {
+            assert_eq!(e.update(&window(10, 0, 1)), grown);
         }
-        // From the tenth on, every calm window probes (from the floor of 2, in steps of a
-        // fifth of sqrt(2): the third one rounds up).
-        let grown: Vec<usize> = (0..3).map(|_| e.update(&window(10, 10, 0, last))).collect();
-        assert!(grown[2] > last, "{grown:?} from {last}");
+        // The service takes 1.6 times as long at any limit: not a queue. The first slow
+        // window is taken for noise, the second starts a measurement, which finds the new
+        // speed: the limit stays.
+        assert_eq!(e.update(&window(16, 0, grown)), grown, "first strike");
+        assert_eq!(measure(&mut e, 16, grown, 16), grown);
+        assert_eq!(
+            e.update(&window(16, 0, grown)),
+            grown,
+            "within the new baseline"
+        );
+        assert_eq!(e.update(&window(16, 0, grown)), grown);
+        // Five times faster: far under the baseline, which is out of date: measured again at
+        // once.
+        let low = e.update(&window(3, 0, grown));
+        assert_eq!(low, measured_at(grown), "measuring");
+        assert_eq!(measure_rest(&mut e, low, 3), grown);
+        assert!((e.baseline.mean() - 0.003).abs() < 1e-9);
+        assert_eq!(e.update(&window(3, 0, grown)), grown, "the transition");
+        // (That measurement found a lower baseline, so another follows five windows later.)
+        settle(&mut e, 3, grown);
+        // Five times slower at once (twice the baseline and more is no noise): measured again
+        // at once, at a quarter (the service may have lost most of its parallelism), which
+        // finds the new speed: the limit stays.
+        let low = e.update(&window(15, 0, grown));
+        assert_eq!(low, grown / 4, "measuring");
+        assert_eq!(measure_rest(&mut e, low, 15), grown);
+        settle(&mut e, 15, grown);
+        // Five times slower again, but only at the full limit: a deep queue. Measured again
+        // at once, then halved at once on the way back.
+        let low = e.update(&window(75, 0, grown));
+        assert_eq!(measure_rest(&mut e, low, 15), grown);
+        assert_eq!(e.update(&window(75, 0, grown)), grown / 2, "halved");
+    }
+
+    /// Calm windows of `mean` ms (the limit barely used), measurements included, until no
+    /// measurement happened for twelve windows (longer than one is trusted without another);
+    /// the limit must stay `limit` throughout.
+    fn settle(e: &mut Estimator, mean: u64, limit: usize) {
+        let mut quiet = 0;
+        for _ in 0..200 {
+            let next = e.update(&window(mean, 0, 1));
+            if e.measure == Measure::Idle {
+                assert_eq!(next, limit, "calm");
+                quiet += 1;
+                if quiet == 12 {
+                    return;
+                }
+            } else {
+                assert_eq!(measure_rest(e, next, mean), limit);
+                quiet = 0;
+            }
+        }
+        panic!("measuring without end");
+    }
+
+    /// Where a measurement from `limit` runs with the default tolerance (1.5).
+    fn measured_at(limit: usize) -> usize {
+        (limit as f64 / 1.65).round() as usize
+    }
+
+    /// Runs the rest of a measurement under way at `low`, with windows of `mean` ms.
+    fn measure_rest(e: &mut Estimator, low: usize, mean: u64) -> usize {
+        let mut next = low;
+        while e.measure != Measure::Idle {
+            next = e.update(&window(mean, 0, low));
+        }
+        next
     }
 
     #[test]
     fn gradient_shrinks_to_the_parallelism_at_once_and_waits_before_probing_again() {
         // 8 workers, 40 ms each: at a limit of 9 one request waits inside (45 ms on average).
-        let g = Gradient::new().initial(9).tolerance(1.1).probe_after(3);
+        let g = Gradient::new()
+            .initial(9)
+            .tolerance(1.1)
+            .probe_after(3)
+            .remeasure_after(1000);
         let mut e = Estimator::new(g.into());
-        let mut next = |mean, limit| e.update(&window(mean, 40, 0, limit));
+        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let mut next = |mean, limit| e.update(&window(mean, 0, limit));
         assert_eq!(next(45, 9), 8, "9 * 40 / 45 = 8, not smoothed");
         // The window after a change ran partly under the old limit: it decides nothing.
         assert_eq!(next(40, 8), 8, "transition");
@@ -684,20 +1131,30 @@ mod tests {
         );
         assert_eq!(next(40, 8), 8, "the window after a shrink");
         assert_eq!(next(40, 8), 8, "calm at 8");
-        // At the limit that was calm, one slow window is taken for noise; two in a row shrink.
+        // At the limit that was calm, one slow window is taken for noise; the second in a row
+        // measures the baseline again. Still 40 ms at the lower limit: a queue, so back at 8
+        // the limit shrinks on the second slow window (the first could still be noise).
         assert_eq!(next(48, 8), 8, "first strike");
         assert_eq!(next(40, 8), 8);
         assert_eq!(next(48, 8), 8, "a first strike again");
-        assert_eq!(next(48, 8), 7, "the second in a row: 8 * 40 / 48");
-        // A shrink from a calm limit (the service slowed down): the wait is 3 again, not 24.
-        // The transition, two calm windows, the third probes (6.67 -> 7.18, still 7), the
-        // fourth probes on (7.72): 8 after five windows.
+        assert_eq!(measure(&mut e, 48, 8, 40), 8);
+        let mut next = |mean, limit| e.update(&window(mean, 0, limit));
+        assert_eq!(next(48, 8), 8, "a first strike, after a measurement too");
+        assert_eq!(
+            next(48, 8),
+            7,
+            "the second: 8 * 40 / 48 (no other measurement)"
+        );
+        // A shrink from a calm limit (a queue found by a measurement): the wait is 3 again,
+        // not 24. The transition, two calm windows, the third probes (6.67 -> 7.18, still
+        // 7), the fourth probes on (7.72): 8 after five windows.
         let grew_after = (1..=30).find(|_| next(40, 7) > 7);
         assert_eq!(grew_after, Some(5));
 
         // Without a wait (0), every calm window that is not a transition probes.
         let mut e = Estimator::new(g.probe_after(0).into());
-        let mut next = |mean, limit| e.update(&window(mean, 40, 0, limit));
+        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let mut next = |mean, limit| e.update(&window(mean, 0, limit));
         assert_eq!(next(45, 9), 8);
         assert_eq!(next(40, 8), 8, "transition");
         assert_eq!(next(40, 8), 9, "probe");
@@ -709,9 +1166,14 @@ mod tests {
 
     #[test]
     fn gradient_backs_off_failed_probes_up_to_eight_times_and_resets_when_one_holds() {
-        let g = Gradient::new().initial(9).tolerance(1.1).probe_after(2);
+        let g = Gradient::new()
+            .initial(9)
+            .tolerance(1.1)
+            .probe_after(2)
+            .remeasure_after(1000);
         let mut e = Estimator::new(g.into());
-        let mut next = |mean, limit| e.update(&window(mean, 40, 0, limit));
+        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let mut next = |mean, limit| e.update(&window(mean, 0, limit));
         assert_eq!(next(45, 9), 8);
         assert_eq!(next(40, 8), 8, "transition");
         // Probes keep failing: the calm windows before each one go 2, 4, 8, 16, 16.
@@ -748,10 +1210,16 @@ mod tests {
 
     #[test]
     fn the_two_windows_after_a_raise_are_quick_and_a_shrink_ends_them() {
-        let g = Gradient::new().initial(9).tolerance(1.1).probe_after(1);
+        let g = Gradient::new()
+            .initial(9)
+            .tolerance(1.1)
+            .probe_after(1)
+            .remeasure_after(1000);
         let mut e = Estimator::new(g.into());
+        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        assert!(!e.quick(), "back from a measurement: no probe");
         let next = |e: &mut Estimator, mean| {
-            let limit = e.update(&window(mean, 40, 0, 9));
+            let limit = e.update(&window(mean, 0, 9));
             (limit, e.quick())
         };
         assert_eq!(next(&mut e, 45), (8, false), "a shrink: full windows");
@@ -792,20 +1260,33 @@ mod tests {
         e.reset_to(12);
         assert!(!e.quick());
         let wait = e.probe_wait;
-        assert_eq!(e.update(&window(46, 40, 0, 12)), 12, "first strike");
-        assert_eq!(e.update(&window(46, 40, 0, 12)), 10, "second: 12 * 40 / 46");
+        assert_eq!(
+            e.update(&window(46, 0, 12)),
+            12,
+            "the transition, over: a first strike"
+        );
+        assert_eq!(
+            e.update(&window(46, 0, 12)),
+            10,
+            "second: measures again, at 12 / 1.21"
+        );
         assert!(e.probe_wait <= wait, "not backed off");
         // Fixed and AIMD limits never have quick windows.
         let mut fixed = Estimator::new(Limit::from(8));
-        fixed.update(&window(40, 40, 0, 8));
+        fixed.update(&window(40, 0, 8));
         assert!(!fixed.quick());
     }
 
     #[test]
     fn a_limit_set_through_a_handle_starts_with_a_transition_and_resets_the_probe_wait() {
-        let g = Gradient::new().initial(9).tolerance(1.1).probe_after(2);
+        let g = Gradient::new()
+            .initial(9)
+            .tolerance(1.1)
+            .probe_after(2)
+            .remeasure_after(1000);
         let mut e = Estimator::new(g.into());
-        let next = |e: &mut Estimator, mean, limit| e.update(&window(mean, 40, 0, limit));
+        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let next = |e: &mut Estimator, mean, limit| e.update(&window(mean, 0, limit));
         // As in the test above: the first shrink, two calm windows, a probe that fails.
         assert_eq!(next(&mut e, 45, 9), 8);
         assert_eq!(next(&mut e, 40, 8), 8, "transition");
@@ -829,10 +1310,11 @@ mod tests {
 
         // After a long calm stretch too, the count of calm windows starts over.
         let mut e = Estimator::new(g.probe_after(5).into());
+        assert_eq!(measure(&mut e, 45, 9, 40), 9);
         assert_eq!(next(&mut e, 45, 9), 8);
         for _ in 0..100 {
             // Calm, but with the limit barely used: no probe, the count goes on.
-            e.update(&window(40, 40, 0, 1));
+            e.update(&window(40, 0, 1));
         }
         e.reset_to(12);
         assert_eq!(next(&mut e, 40, 12), 12, "transition");
@@ -843,6 +1325,7 @@ mod tests {
 
         // Set to what it already is: nothing in progress changed, so no transition.
         let mut e = Estimator::new(g.probe_after(0).into());
+        assert_eq!(measure(&mut e, 45, 9, 40), 9);
         assert_eq!(next(&mut e, 45, 9), 8);
         assert_eq!(next(&mut e, 40, 8), 8, "transition");
         e.reset_to(8);
@@ -851,26 +1334,39 @@ mod tests {
             9,
             "probes at once (no wait, no transition)"
         );
+
+        // Set during a measurement: the measurement is dropped, the handle's limit stands.
+        let mut e = Estimator::new(g.into());
+        assert_eq!(e.update(&window(40, 0, 9)), 2, "measuring");
+        e.reset_to(16);
+        assert_eq!(e.measure, Measure::Idle);
+        assert_eq!(
+            next(&mut e, 40, 16),
+            4,
+            "no baseline yet: measures at 16 / 4"
+        );
     }
 
     #[test]
     fn one_slow_window_now_and_then_does_not_stop_the_probes() {
-        // After a slowdown shrank the limit, the service is back to normal but for one slow
-        // window in every 40 (a collection pause): each is a first strike, taken for noise,
-        // which does not restart the count of calm windows, so the limit probes again.
-        let mut e = Estimator::new(Gradient::new().initial(64).into());
-        let mut limit = 64;
-        for _ in 0..20 {
-            limit = e.update(&window(10, 10, 0, limit));
-        }
-        for _ in 0..10 {
-            limit = e.update(&window(40, 10, 0, limit));
+        // A service of 32 workers of 10 ms loses half of them for a while: the limit shrinks
+        // toward 16. With all 32 back, but one slow window in every 40 (a collection pause,
+        // the first at once), each slow window is a first strike, taken for noise, which does
+        // not restart the count of calm windows (under 40 with a restart, short of the 50
+        // a probe waits for), so the limit probes up again.
+        let g = Gradient::new().initial(32).remeasure_after(10_000);
+        let mut e = Estimator::new(g.into());
+        let mut limit = measure(&mut e, 10, 32, 10);
+        for _ in 0..60 {
+            limit = e.update(&window(service(16, 10)(limit), 0, limit));
         }
         let shrunk = limit;
+        assert!(shrunk < 32, "shrunk: {shrunk}");
         let mut highest = 0;
         for i in 0..2000 {
-            let mean = if i % 40 == 39 { 16 } else { 10 };
-            limit = e.update(&window(mean, 10, 0, limit));
+            let at = service(32, 10)(limit);
+            let mean = if i % 40 == 0 { at * 16 / 10 } else { at };
+            limit = e.update(&window(mean, 0, limit));
             highest = highest.max(limit);
         }
         assert!(highest > shrunk, "probed again: {shrunk} -> {highest}");
@@ -895,6 +1391,7 @@ mod tests {
         let us = |t: f64| (t * 1e6) as u64;
         let (mut count, mut sum, mut min, mut max_in_flight, mut opened) =
             (0_u64, 0.0, f64::MAX, 0, 0.0);
+        let mut sum_sq = 0.0;
         let mut limits = Vec::new();
         while now < seconds {
             while in_flight < limit {
@@ -915,16 +1412,18 @@ mod tests {
             in_flight -= 1;
             let latency = (finish - admitted) as f64 / 1e6;
             (count, sum, min) = (count + 1, sum + latency, min.min(latency));
+            sum_sq = latency.mul_add(latency, sum_sq);
             if now - opened >= 0.1 && count >= 10 {
                 limit = e.update(&WindowStats {
                     count,
                     mean: Duration::from_secs_f64(sum / count as f64),
-                    min: Duration::from_secs_f64(min),
+                    sum_sq,
                     drops: 0,
                     max_in_flight,
                 });
                 limits.push((now, limit));
                 (count, sum, min, max_in_flight, opened) = (0, 0.0, f64::MAX, 0, now);
+                sum_sq = 0.0;
             }
         }
         limits
@@ -960,23 +1459,91 @@ mod tests {
             4.0f64.mul_add((x >> 11) as f64 / (1u64 << 53) as f64, 8.0)
         });
         let highest = limits.iter().filter(|l| l.0 > 10.0).map(|l| l.1).max();
-        assert!(highest <= Some(12), "uniform 8-12 ms: up to {highest:?}");
+        assert!(highest <= Some(16), "uniform 8-12 ms: up to {highest:?}");
+    }
+
+    /// A seeded pseudo-random number in `[0, 1)`, and one of a standard normal distribution.
+    fn randomness(seed: u64) -> (impl FnMut() -> f64, impl FnMut() -> f64) {
+        let next = move |x: &mut u64| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            (*x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (mut a, mut b) = (seed, seed.rotate_left(32) ^ 0x5851_F42D_4C95_7F2D);
+        let uniform = move || next(&mut a);
+        let normal = move || {
+            let (u, v) = (next(&mut b).max(1e-12), next(&mut b));
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        };
+        (uniform, normal)
+    }
+
+    #[test]
+    fn gradient_holds_near_the_workers_when_requests_differ_in_cost() {
+        // Judged against the fastest request, as the gradient once was, a service whose
+        // requests merely differ looks queued in every window: these fell to a limit of 1.
+        // Against a mean measured at a lower limit, and only when the difference is sure,
+        // they stay near the workers: not far under (throughput), not far over (latency).
+        let (mut uniform, mut normal) = randomness(0x9E37_79B9_7F4A_7C15);
+        for workers in [8, 32] {
+            let names = [
+                "5 or 15 ms",
+                "2 ms, 1 in 10 50 ms",
+                "log-normal, sigma 0.3",
+                "log-normal, sigma 1",
+            ];
+            for (case, name) in names.into_iter().enumerate() {
+                let service = |_| match case {
+                    0 if uniform() < 0.5 => 5.0,
+                    0 => 15.0,
+                    1 if uniform() < 0.9 => 2.0,
+                    1 => 50.0,
+                    2 => 10.0 * (0.3 * normal()).exp(),
+                    _ => 10.0 * normal().exp(),
+                };
+                let limits = simulate(Gradient::new(), workers, 120.0, service);
+                let mut late: Vec<usize> =
+                    limits.iter().filter(|l| l.0 > 10.0).map(|l| l.1).collect();
+                late.sort_unstable();
+                let n = late.len();
+                let (p10, p50) = (late[n / 10], late[n / 2]);
+                let over_twice = late.iter().filter(|&&l| l > 2 * workers).count();
+                eprintln!(
+                    "{name}, {workers} workers: p10 {p10} p50 {p50} max {}",
+                    late[n - 1]
+                );
+                assert!(p10 * 2 >= workers, "{name}, {workers} workers: p10 {p10}");
+                assert!(
+                    p50 * 4 >= workers * 3,
+                    "{name}, {workers} workers: p50 {p50}"
+                );
+                assert!(
+                    p50 * 2 <= workers * 3,
+                    "{name}, {workers} workers: p50 {p50}"
+                );
+                assert!(
+                    over_twice * 20 <= n,
+                    "{name}, {workers} workers: over twice {over_twice} of {n}"
+                );
+            }
+        }
     }
 
     #[test]
     fn gradient_respects_floor_and_idle_windows() {
         let mut e = Estimator::new(Gradient::new().initial(4).floor(3).into());
+        assert_eq!(measure(&mut e, 100, 4, 100), 4);
+        // Ten times the baseline, whatever the limit: the floor holds whatever happens.
         for _ in 0..50 {
-            e.update(&window(100, 100, 0, 4));
+            assert!(e.update(&window(1000, 0, 4)) >= 3);
         }
-        // Baseline drifted toward 100 ms, but the floor holds whatever happens.
-        assert!(e.update(&window(1000, 1000, 0, 4)) >= 3);
-        let mut idle = Estimator::new(Gradient::new().initial(30).into());
-        assert_eq!(
-            idle.update(&window(10, 10, 0, 3)),
-            30,
-            "app-limited: no growth"
-        );
+        let g = Gradient::new().initial(30).remeasure_after(1000);
+        let mut idle = Estimator::new(g.into());
+        assert_eq!(measure(&mut idle, 10, 3, 10), 30);
+        for _ in 0..100 {
+            assert_eq!(idle.update(&window(10, 0, 3)), 30, "app-limited: no growth");
+        }
     }
 
     #[test]

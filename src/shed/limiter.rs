@@ -61,7 +61,8 @@ struct Window {
     start: AtomicU64,
     count: AtomicU64,
     sum_ns: AtomicU64,
-    min_ns: AtomicU64,
+    /// Squared latencies summed, in microseconds squared.
+    sum_sq_us: AtomicU64,
     drops: AtomicU64,
     max_in_flight: AtomicUsize,
 }
@@ -136,7 +137,7 @@ impl Shared {
                     start: AtomicU64::new(0),
                     count: AtomicU64::new(0),
                     sum_ns: AtomicU64::new(0),
-                    min_ns: AtomicU64::new(u64::MAX),
+                    sum_sq_us: AtomicU64::new(0),
                     drops: AtomicU64::new(0),
                     max_in_flight: AtomicUsize::new(0),
                 },
@@ -440,7 +441,11 @@ impl Shared {
         let w = &a.window;
         let dropped = failed || a.drop_latency.is_some_and(|max| latency > max);
         w.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        w.min_ns.fetch_min(ns, Ordering::Relaxed);
+        // Microseconds squared, each at most 2^48 (latencies over 16.8 s count as 16.8 s):
+        // the sum overflows only past 65,536 samples of 16.8 s in one window. (Only the
+        // gradient limit reads it, for the spread of latencies.)
+        let us = (ns / 1_000).min(1 << 24);
+        w.sum_sq_us.fetch_add(us * us, Ordering::Relaxed);
         // This request still holds its permit, so it is counted.
         w.max_in_flight
             .fetch_max(self.in_flight(), Ordering::Relaxed);
@@ -475,7 +480,7 @@ impl Shared {
         let stats = WindowStats {
             count,
             mean: Duration::from_nanos(sum / count.max(1)),
-            min: Duration::from_nanos(w.min_ns.swap(u64::MAX, Ordering::Relaxed)),
+            sum_sq: w.sum_sq_us.swap(0, Ordering::Relaxed) as f64 * 1e-12,
             drops: w.drops.swap(0, Ordering::Relaxed),
             max_in_flight: w.max_in_flight.swap(0, Ordering::Relaxed),
         };
@@ -727,9 +732,26 @@ mod tests {
                 shared.record(Instant::now() - Duration::from_millis(ms), false);
             }
         };
+        // Ten requests of `ms` ms, one at a time.
+        let quiet = |ms: u64| {
+            for _ in 0..10 {
+                let _permit = take(&shared);
+                shared.record(Instant::now() - Duration::from_millis(ms), false);
+            }
+        };
         let full = Duration::from_millis(100);
+        // The first window starts a measurement of the baseline at a quarter of the limit:
+        // one window lets the requests in flight finish, the next one's mean is the baseline.
         tokio::time::advance(full).await;
-        window(40, 50);
+        window(40, 40);
+        assert_eq!(shared.limit(), 2, "measuring");
+        for _ in 0..2 {
+            tokio::time::advance(full).await;
+            quiet(40);
+        }
+        assert_eq!(shared.limit(), 9, "measured");
+        tokio::time::advance(full).await;
+        window(45, 45);
         assert_eq!(
             shared.limit(),
             8,
