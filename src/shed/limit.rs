@@ -265,31 +265,37 @@ impl Aimd {
 /// **Measuring the baseline.** The first window, and then every `remeasure_after` windows
 /// (the gap doubling while measurements agree, up to 12 times), the limit drops to
 /// `limit / (1.1 * tolerance)` (0.6 of it with the default tolerance; a quarter the first
-/// time, as the initial limit is a guess; never under the floor) until the requests admitted before have finished, and the mean
-/// latency of the next `min_samples` requests or more (until the mean is known within 5 %,
-/// up to 30 x `min_samples`) is the new baseline. Then the limit is back, and judged against
-/// the fresh baseline at once. Like Envoy's minimum-RTT measurement, this costs a short dip
-/// (two windows at the lower limit, about 2 % of the time with the defaults) and compares like
-/// with like: a mean with a mean, so a service whose requests differ in cost (fast and slow
-/// endpoints, cache hits and misses, a long tail) is not taken for a queued one. A baseline
-/// judged against the fastest request ever seen, as this limit did before, held such a
-/// service at a limit of 1; one that followed the window averages learnt the queue it caused
-/// and climbed without bound. A measurement comes sooner when the baseline looks out of date:
-/// when requests get faster than the baseline by more than the tolerance; when a limit that
-/// was calm is over tolerance twice in a row, or any limit is over twice the baseline (the
-/// service may have slowed down rather than queued: measured again first, a slower service
-/// keeps its limit, a queue is shrunk on the way back); and five windows after a measurement
-/// whose half limit queued too (twice the latency at twice the limit).
+/// time, as the initial limit is a guess; never under the floor) until the requests admitted
+/// before have finished, and the mean latency of the next `min_samples` requests or more
+/// (until the mean is known within 5 %, up to 10 x `min_samples`) is the new baseline. Then
+/// the limit is back, and judged against the fresh baseline once as many requests as it lets
+/// in have finished (those admitted at the lower limit finish first, and a queue builds up
+/// only as new ones come in). Like Envoy's minimum-RTT measurement, this costs a short dip
+/// (about two windows at the lower limit) and compares like with like: a mean with a mean,
+/// so a service whose requests differ in cost (fast and slow endpoints, cache hits and
+/// misses, a long tail) is not taken for a queued one. A baseline judged against the fastest
+/// request ever seen, as this limit did before, held such a service at a limit of 1; one that
+/// followed the window averages learnt the queue it caused and climbed without bound. A
+/// measurement comes sooner when the baseline looks out of date: when requests get faster
+/// than the baseline by more than the tolerance; when a limit that was calm is over tolerance
+/// twice in a row, or over twice the baseline (then at a quarter of it), unless the last
+/// measurement is under 10 windows old (the service may have slowed down rather than queued:
+/// measured again first, a slower service keeps its limit, a queue is shrunk on the way
+/// back); and five windows after a measurement whose lower limit queued too (twice the
+/// latency at twice the limit). A limit that was never calm (a probe, a start far over the
+/// service) is shrunk at once instead.
 ///
 /// **Judging.** Samples gather window after window until their mean is two standard
 /// errors (of both means) over or within the tolerance: at once for requests that all take
 /// the same time; for widely spread ones up to 20 x `min_samples`, then the mean as it is
 /// decides, and a shrink on a mean that is not sure goes no lower than the last limit that
-/// was within tolerance. A probe is judged on the window that judges it, sure or not (one
-/// request over the service's parallelism is right at the tolerance, and waiting to be sure
-/// would keep it there), and fails also when latency grew with the limit by more than half
-/// of what the added requests would add if they all queued (Little's law: from 8 to 9 over
-/// 8 workers, a ninth of a service time on average), whatever the tolerance. At each judgement, with `limit` the limit the samples ran under:
+/// was within tolerance. A probe is judged on the window that judges it: it fails when that
+/// window is surely over tolerance, or when its latency grew with the limit by more than half
+/// of what the added requests would add if they all queued (Little's law: from 8 to 9 over 8
+/// workers, a ninth of a service time on average), whatever the tolerance (one over 8 workers
+/// is right at a tolerance of 1.1). That growth must be sure for latencies that vary widely
+/// (a coefficient of variation over 1/2); for ones that do not, the window's mean decides
+/// (ten samples cannot make a ninth of a service time sure). At each judgement, with `limit` the limit the samples ran under:
 ///
 /// ```text
 /// over tolerance (sampled > tolerance * baseline):
@@ -449,8 +455,8 @@ pub(crate) struct Estimator {
     calm: u32,
     /// Gradient only: the limit of the last window within tolerance (0: none yet).
     calm_limit: f64,
-    /// Gradient only: the mean latency of the last judgement within tolerance (seconds).
-    calm_mean: f64,
+    /// Gradient only: the samples of the last judgement within tolerance.
+    calm_samples: Samples,
     /// Gradient only: whether the last window over tolerance was not acted on (a first
     /// strike at or below the calm limit).
     struck: bool,
@@ -469,8 +475,11 @@ pub(crate) struct Estimator {
     measure: Measure,
     /// Gradient only: the estimate to go back to after a measurement.
     resume: f64,
-    /// Gradient only: whether the next judgement is the first after a measurement.
+    /// Gradient only: whether no judgement since the last measurement found the limit
+    /// within tolerance or changed it.
     resumed: bool,
+    /// Gradient only: completions to let pass, unjudged, after a measurement.
+    skip: u64,
     /// Gradient only: windows since the last measurement ended.
     since_measure: u32,
     /// Gradient only: windows between measurements (doubling from `remeasure_after`).
@@ -517,7 +526,7 @@ impl Estimator {
             pending: Samples::default(),
             calm: u32::MAX,
             calm_limit: 0.0,
-            calm_mean: 0.0,
+            calm_samples: Samples::default(),
             struck: false,
             changed: None,
             probe_wait: match limit {
@@ -528,6 +537,7 @@ impl Estimator {
             measure: Measure::Idle,
             resume: 0.0,
             resumed: false,
+            skip: 0,
             since_measure: 0,
             measure_every: match limit {
                 Limit::Gradient(g) => g.remeasure_after,
@@ -552,6 +562,7 @@ impl Estimator {
         self.estimate = limit as f64;
         self.quick = 0;
         self.measure = Measure::Idle;
+        self.skip = 0;
         self.changed = (limit != old).then_some(limit > old);
         self.calm_limit = self.calm_limit.max(limit as f64);
         if let Limit::Gradient(g) = self.limit {
@@ -602,17 +613,20 @@ impl Estimator {
                     self.measure = Measure::Sample(acc);
                     return round(self.estimate);
                 }
-                // A baseline within a tenth of the last one: the next measurement twice as far
-                // off (up to 12 x `remeasure_after`); a different one: sooner.
+                // A baseline within a tenth of the last one, or not surely different from it:
+                // the next measurement twice as far off (up to 12 x `remeasure_after`); a
+                // different one: sooner.
+                let diff = (acc.mean() - self.baseline.mean()).abs();
                 let steady = self.baseline.count > 0
-                    && (acc.mean() - self.baseline.mean()).abs() <= 0.1 * self.baseline.mean();
+                    && (diff <= 0.1 * self.baseline.mean()
+                        || diff <= CONFIDENCE * (acc.sq_error() + self.baseline.sq_error()).sqrt());
                 self.measure_every = if steady {
                     self.measure_every
                         .saturating_mul(2)
                         .min(g.remeasure_after.saturating_mul(MEASURE_BACKOFF))
                 } else if self.baseline.count > 0 && acc.mean() < self.baseline.mean() {
-                    // Lower than before by more than a tenth: the last one may have queued
-                    // (or the service got faster).
+                    // Surely lower than before, by more than a tenth: the last one may have
+                    // queued (or the service got faster).
                     MEASURE_AGAIN.min(g.remeasure_after)
                 } else {
                     g.remeasure_after
@@ -621,9 +635,12 @@ impl Estimator {
                 self.resumed = true;
                 self.measure = Measure::Idle;
                 self.since_measure = 0;
-                let low = round(self.estimate);
                 self.estimate = self.resume;
-                self.changed = (round(self.estimate) > low).then_some(true);
+                // Back at the full limit, the requests admitted at the low one finish first,
+                // and a queue builds up only as the new ones come in: judge the limit from
+                // the requests admitted after as many as it lets in.
+                self.skip = round(self.estimate) as u64;
+                self.changed = None;
                 return round(self.estimate);
             }
             Measure::Idle => {
@@ -632,6 +649,10 @@ impl Estimator {
                     return self.start_measuring(g, w, false);
                 }
             }
+        }
+        if self.skip > 0 {
+            self.skip = self.skip.saturating_sub(w.count);
+            return round(self.estimate);
         }
         let limit = self.estimate;
         // The limit the window's samples ran under.
@@ -665,12 +686,15 @@ impl Estimator {
         // Whether no judgement since the last measurement found the limit within tolerance
         // or changed it.
         let resumed = self.resumed;
-        let s_mean = if transition.is_some() {
-            w.mean.as_secs_f64()
+        let judged = if transition.is_some() {
+            let mut alone = Samples::default();
+            alone.add(w);
+            alone
         } else {
-            self.pending.mean()
+            std::mem::take(&mut self.pending)
         };
-        let windows = std::mem::take(&mut self.pending).windows.max(1);
+        let (s_mean, s_error) = (judged.mean(), judged.sq_error());
+        let windows = judged.windows.max(1);
         if verdict == Verdict::Faster && transition.is_none() {
             // The service got faster than its baseline: measure it again, or a queue would
             // pass for normal until the next measurement.
@@ -679,13 +703,12 @@ impl Estimator {
         let over = match verdict {
             Verdict::Over(ratio) => Some(ratio),
             Verdict::Within | Verdict::Faster => None,
-            // Still not sure after many samples, or judging a probe: the mean as it is
-            // decides.
-            Verdict::Unsure if transition.is_none() || probing => {
+            // Still not sure after many samples: the mean as it is decides.
+            Verdict::Unsure if transition.is_none() && !probing => {
                 let ratio = self.baseline.mean() / s_mean;
                 (g.tolerance * ratio < 1.0).then_some(ratio)
             }
-            // (A transition that is no probe's decides only when sure.)
+            // (A transition, or a probe, decides on the tolerance only when sure.)
             Verdict::Unsure => None,
         };
         // A probe also fails when latency grew with the limit: by Little's law, requests that
@@ -694,9 +717,19 @@ impl Estimator {
         // (one request over 8 workers adds 1/8, under a tolerance of 1.1 measured on a
         // baseline with noise in it).
         let over = match over {
-            None if probing && self.calm_mean > 0.0 && in_force > self.calm_limit => {
+            None if probing && self.calm_samples.count > 0 && in_force > self.calm_limit => {
                 let added = (in_force - self.calm_limit) / self.calm_limit;
-                (s_mean > self.calm_mean * 0.5f64.mul_add(added, 1.0))
+                // Sure, for latencies that vary widely (a coefficient of variation over 1/2,
+                // estimated from the window); for ones that do not, the window's mean as it
+                // is: ten samples cannot make a ninth of a service time sure, and a limit one
+                // over the workers would pass.
+                let spread = s_error * judged.count as f64 / (s_mean * s_mean);
+                let error = if spread > 0.25 {
+                    CONFIDENCE * (s_error + self.calm_samples.sq_error()).sqrt()
+                } else {
+                    0.0
+                };
+                (s_mean - error > self.calm_samples.mean() * 0.5f64.mul_add(added, 1.0))
                     .then(|| self.baseline.mean() / s_mean)
             }
             over => over,
@@ -710,7 +743,8 @@ impl Estimator {
             // it in a row, not on the first: one slow window at a limit the service ran
             // calmly is more likely noise than a queue. Twice the baseline's latency is no
             // noise.
-            let calm_before = in_force <= self.calm_limit && ratio >= 0.6;
+            let was_calm = in_force <= self.calm_limit;
+            let calm_before = was_calm && ratio >= 0.6;
             if calm_before && !self.struck {
                 // Noise neither counts as calm nor restarts the count: a slow window every
                 // few seconds (a collection pause, a cron job) must not keep the limit from
@@ -719,12 +753,13 @@ impl Estimator {
                 return round(self.estimate);
             }
             self.struck = false;
-            if (calm_before || ratio < 0.6) && !resumed && self.since_measure >= MEASURE_FRESH {
+            if was_calm && !resumed && self.since_measure >= MEASURE_FRESH {
                 // Slow twice in a row at a limit that was calm, or far slower at once: the
                 // service may have slowed down rather than queued, and the baseline be out of
                 // date. Measure it again first (at a lower limit, which also drains any
                 // queue); back at this limit, a queue shrinks it (without another
-                // measurement).
+                // measurement). A limit that was never calm (a probe, a start far over the
+                // service) shrinks at once.
                 self.calm = 0;
                 return self.start_measuring(g, w, ratio < 0.6);
             }
@@ -779,7 +814,7 @@ impl Estimator {
             self.probe_wait = g.probe_after;
         }
         self.calm_limit = in_force;
-        self.calm_mean = s_mean;
+        self.calm_samples = judged;
         if app_limited || self.calm < self.probe_wait {
             return round(self.estimate);
         }
@@ -924,7 +959,12 @@ mod tests {
             assert_eq!(next, low, "the limit stays low while measuring");
             next = e.update(&window(mean, 0, low));
         }
-        next
+        // Back at the limit, the requests admitted at the low one pass unjudged.
+        let back = next;
+        while e.skip > 0 {
+            assert_eq!(e.update(&window(mean, 0, back)), back);
+        }
+        back
     }
 
     /// `workers` workers of `ms` each behind the limit, clients always waiting: the mean
@@ -966,8 +1006,10 @@ mod tests {
         }
         assert_eq!(limits, [5, 5, 5, 20]);
         assert!((e.baseline.mean() - 0.010).abs() < 1e-9, "{:?}", e.baseline);
-        // Back at 20, three times the baseline: a queue. (The window after the measurement
-        // is a transition, but over tolerance even so: at once, at most halving.)
+        // Back at 20, the next 20 completions (two windows) pass unjudged; then three times
+        // the baseline: a queue, shrunk at once, at most halving.
+        assert_eq!(e.update(&window(30, 0, 20)), 20);
+        assert_eq!(e.update(&window(30, 0, 20)), 20);
         assert_eq!(e.update(&window(30, 0, 20)), 10);
         // The next measurement comes ten windows after the last; one that agrees doubles
         // the gap, one that found the service slower brings it back to ten.
@@ -1010,7 +1052,6 @@ mod tests {
             .remeasure_after(1000);
         let mut e = Estimator::new(g.into());
         assert_eq!(measure(&mut e, 10, 20, 10), 20);
-        assert_eq!(e.update(&window(10, 0, 20)), 20, "the transition");
         // Steady latency at the baseline, fully used: the limit grows.
         let mut grown = e.update(&window(10, 0, 20));
         assert!(grown > 20, "{grown}");
@@ -1038,7 +1079,6 @@ mod tests {
         assert_eq!(low, measured_at(grown), "measuring");
         assert_eq!(measure_rest(&mut e, low, 3), grown);
         assert!((e.baseline.mean() - 0.003).abs() < 1e-9);
-        assert_eq!(e.update(&window(3, 0, grown)), grown, "the transition");
         // (That measurement found a lower baseline, so another follows five windows later.)
         settle(&mut e, 3, grown);
         // Five times slower at once (twice the baseline and more is no noise): measured again
@@ -1086,6 +1126,9 @@ mod tests {
         let mut next = low;
         while e.measure != Measure::Idle {
             next = e.update(&window(mean, 0, low));
+        }
+        while e.skip > 0 {
+            e.update(&window(mean, 0, next));
         }
         next
     }

@@ -750,6 +750,10 @@ mod tests {
             quiet(40);
         }
         assert_eq!(shared.limit(), 9, "measured");
+        // Back at 9, the next nine completions pass unjudged (those admitted at 2 first).
+        tokio::time::advance(full).await;
+        window(40, 40);
+        assert_eq!(shared.limit(), 9);
         tokio::time::advance(full).await;
         window(45, 45);
         assert_eq!(
