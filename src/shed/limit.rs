@@ -663,36 +663,31 @@ impl Estimator {
         // after a raise it shows less than the new limit's, so when even that is over
         // tolerance, the raise was one too many.
         let transition = self.changed.take();
-        let verdict = if transition.is_some() {
+        // The samples judged: the transition's window alone, or all gathered since the last
+        // judgement.
+        let judged = if transition.is_some() {
             self.pending = Samples::default();
             let mut alone = Samples::default();
             alone.add(w);
-            self.judge(g, &alone)
+            alone
         } else {
             self.pending.add(w);
-            let verdict = self.judge(g, &self.pending);
-            // A probe is judged on the window that judges it, sure or not: one request over
-            // the service's parallelism is right at the tolerance, and waiting to be sure
-            // would keep it there for many windows (the p99 of a limit one over).
-            if verdict == Verdict::Unsure
+            // A probe is judged on the window that judges it, without waiting for more
+            // samples: waiting would keep a limit one over the service's parallelism in
+            // force for many windows (the p99 of a limit one over).
+            if self.judge(g, &self.pending) == Verdict::Unsure
                 && !probing
                 && self.pending.count < UNSURE_SAMPLES_MAX * u64::from(g.min_samples)
             {
                 // Not sure yet: more samples.
                 return round(self.estimate);
             }
-            verdict
+            std::mem::take(&mut self.pending)
         };
+        let verdict = self.judge(g, &judged);
         // Whether no judgement since the last measurement found the limit within tolerance
         // or changed it.
         let resumed = self.resumed;
-        let judged = if transition.is_some() {
-            let mut alone = Samples::default();
-            alone.add(w);
-            alone
-        } else {
-            std::mem::take(&mut self.pending)
-        };
         let (s_mean, s_error) = (judged.mean(), judged.sq_error());
         let windows = judged.windows.max(1);
         if verdict == Verdict::Faster && transition.is_none() {
@@ -967,6 +962,22 @@ mod tests {
         back
     }
 
+    /// The gradient most window-by-window tests judge with: 8 workers of 40 ms behind a limit
+    /// of 9 (one over), a tolerance of 1.1, no measurement but the first in their span.
+    fn eight_workers() -> Gradient {
+        Gradient::new()
+            .initial(9)
+            .tolerance(1.1)
+            .remeasure_after(1000)
+    }
+
+    /// An estimator for `g` (initial 9) that measured its baseline of 40 ms and is back at 9.
+    fn measured(g: Gradient) -> Estimator {
+        let mut e = Estimator::new(g.into());
+        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        e
+    }
+
     /// `workers` workers of `ms` each behind the limit, clients always waiting: the mean
     /// latency at a limit (a queue inside the service above the workers).
     fn service(workers: usize, ms: u64) -> impl Fn(usize) -> u64 {
@@ -1136,13 +1147,8 @@ mod tests {
     #[test]
     fn gradient_shrinks_to_the_parallelism_at_once_and_waits_before_probing_again() {
         // 8 workers, 40 ms each: at a limit of 9 one request waits inside (45 ms on average).
-        let g = Gradient::new()
-            .initial(9)
-            .tolerance(1.1)
-            .probe_after(3)
-            .remeasure_after(1000);
-        let mut e = Estimator::new(g.into());
-        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let g = eight_workers().probe_after(3);
+        let mut e = measured(g);
         let mut next = |mean, limit| e.update(&window(mean, 0, limit));
         assert_eq!(next(45, 9), 8, "9 * 40 / 45 = 8, not smoothed");
         // The window after a change ran partly under the old limit: it decides nothing.
@@ -1195,8 +1201,7 @@ mod tests {
         assert_eq!(grew_after, Some(5));
 
         // Without a wait (0), every calm window that is not a transition probes.
-        let mut e = Estimator::new(g.probe_after(0).into());
-        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let mut e = measured(g.probe_after(0));
         let mut next = |mean, limit| e.update(&window(mean, 0, limit));
         assert_eq!(next(45, 9), 8);
         assert_eq!(next(40, 8), 8, "transition");
@@ -1209,13 +1214,8 @@ mod tests {
 
     #[test]
     fn gradient_backs_off_failed_probes_up_to_eight_times_and_resets_when_one_holds() {
-        let g = Gradient::new()
-            .initial(9)
-            .tolerance(1.1)
-            .probe_after(2)
-            .remeasure_after(1000);
-        let mut e = Estimator::new(g.into());
-        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let g = eight_workers().probe_after(2);
+        let mut e = measured(g);
         let mut next = |mean, limit| e.update(&window(mean, 0, limit));
         assert_eq!(next(45, 9), 8);
         assert_eq!(next(40, 8), 8, "transition");
@@ -1253,13 +1253,8 @@ mod tests {
 
     #[test]
     fn the_two_windows_after_a_raise_are_quick_and_a_shrink_ends_them() {
-        let g = Gradient::new()
-            .initial(9)
-            .tolerance(1.1)
-            .probe_after(1)
-            .remeasure_after(1000);
-        let mut e = Estimator::new(g.into());
-        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let g = eight_workers().probe_after(1);
+        let mut e = measured(g);
         assert!(!e.quick(), "back from a measurement: no probe");
         let next = |e: &mut Estimator, mean| {
             let limit = e.update(&window(mean, 0, 9));
@@ -1322,13 +1317,8 @@ mod tests {
 
     #[test]
     fn a_limit_set_through_a_handle_starts_with_a_transition_and_resets_the_probe_wait() {
-        let g = Gradient::new()
-            .initial(9)
-            .tolerance(1.1)
-            .probe_after(2)
-            .remeasure_after(1000);
-        let mut e = Estimator::new(g.into());
-        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let g = eight_workers().probe_after(2);
+        let mut e = measured(g);
         let next = |e: &mut Estimator, mean, limit| e.update(&window(mean, 0, limit));
         // As in the test above: the first shrink, two calm windows, a probe that fails.
         assert_eq!(next(&mut e, 45, 9), 8);
@@ -1352,8 +1342,7 @@ mod tests {
         assert!(e.quick());
 
         // After a long calm stretch too, the count of calm windows starts over.
-        let mut e = Estimator::new(g.probe_after(5).into());
-        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let mut e = measured(g.probe_after(5));
         assert_eq!(next(&mut e, 45, 9), 8);
         for _ in 0..100 {
             // Calm, but with the limit barely used: no probe, the count goes on.
@@ -1367,8 +1356,7 @@ mod tests {
         assert!(next(&mut e, 40, 12) > 12, "calm 5 of 5: probes");
 
         // Set to what it already is: nothing in progress changed, so no transition.
-        let mut e = Estimator::new(g.probe_after(0).into());
-        assert_eq!(measure(&mut e, 45, 9, 40), 9);
+        let mut e = measured(g.probe_after(0));
         assert_eq!(next(&mut e, 45, 9), 8);
         assert_eq!(next(&mut e, 40, 8), 8, "transition");
         e.reset_to(8);
