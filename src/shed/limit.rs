@@ -755,7 +755,7 @@ impl Estimator {
                             && low > g.floor as f64
                         {
                             self.resume = self.estimate;
-                            self.before = (acc, low, w.max_in_flight as f64 >= low);
+                            self.before = (acc, low, w.max_in_flight as f64 == low);
                             return self.lower(g, w, true);
                         }
                     }
