@@ -372,16 +372,7 @@ impl Row {
         let mut limits = BTreeMap::<usize, u32>::new();
         let mut p99_rounds = Vec::new();
         for trace in traces {
-            let round: Vec<Duration> = trace
-                .requests
-                .iter()
-                .filter(|(at, _)| *at >= WARM_UP)
-                .filter_map(|(_, outcome)| match outcome {
-                    Outcome::Ok(d) => Some(*d),
-                    _ => None,
-                })
-                .collect();
-            p99_rounds.push(p99(round));
+            let mut round = Vec::new();
             for (limit, count) in &trace.limits {
                 *limits.entry(*limit).or_default() += count;
             }
@@ -399,7 +390,10 @@ impl Row {
                 }
                 n += 1;
                 match outcome {
-                    Outcome::Ok(d) => ok.push(d),
+                    Outcome::Ok(d) => {
+                        ok.push(d);
+                        round.push(d);
+                    }
                     Outcome::Shed(d) => {
                         shed += 1;
                         shed_lat.push(d);
@@ -408,6 +402,7 @@ impl Row {
                     Outcome::Other => {}
                 }
             }
+            p99_rounds.push(p99(round));
         }
         let rounds = traces.len() as f64;
         let per_sec = 1.0 / BUCKET.as_secs_f64() / rounds;
@@ -471,6 +466,12 @@ async fn at_load(factor: f64, capacity: f64) -> Vec<Row> {
     rows
 }
 
+/// A row's p99 of each round, as "a / b / c".
+fn by_round(r: &Row) -> String {
+    let rounds: Vec<String> = r.p99_rounds.iter().map(|d| format!("{d:.1?}")).collect();
+    rounds.join(" / ")
+}
+
 /// Prints the table and the targets; `true` if every target is met.
 fn report(factor: f64, rate: f64, rows: &[Row], unloaded_p99: Duration) -> bool {
     println!("#### {factor}x: {rate:.0} req/s offered");
@@ -498,12 +499,6 @@ fn report(factor: f64, rate: f64, rows: &[Row], unloaded_p99: Duration) -> bool 
         let goodput_met = r.goodput >= 0.95;
         let p99_met = r.p99_ok <= bound;
         all_met &= goodput_met && p99_met;
-        let rounds: Vec<String> = r.p99_rounds.iter().map(|d| format!("{d:.1?}")).collect();
-        let tower_rounds: Vec<String> = rows[1]
-            .p99_rounds
-            .iter()
-            .map(|d| format!("{d:.1?}"))
-            .collect();
         println!(
             "- {}: goodput {:.1}% {} 95%: {}; p99 {:.1?} {} tower's {:.1?} + max wait {:?} = {:.1?}: {} (by round: {}; tower's {})",
             r.protection.short(),
@@ -516,8 +511,8 @@ fn report(factor: f64, rate: f64, rows: &[Row], unloaded_p99: Duration) -> bool 
             MAX_WAIT,
             bound,
             if p99_met { "met" } else { "MISSED" },
-            rounds.join(" / "),
-            tower_rounds.join(" / "),
+            by_round(r),
+            by_round(&rows[1]),
         );
     }
     for r in rows.iter().filter(|r| !r.limits.is_empty()) {

@@ -1078,9 +1078,8 @@ impl Spread {
         if w.count < 2 {
             return;
         }
-        let n = w.count as f64;
-        let mean = w.mean.as_secs_f64();
-        let variance = (n * mean).mul_add(-mean, w.sum_sq).max(0.0) / (n - 1.0);
+        let window = Samples::of(w);
+        let (n, mean, variance) = (w.count as f64, window.mean(), window.variance());
         let total = self.weight + n;
         self.variance = self.variance.mul_add(self.weight, variance * n) / total;
         self.sq_mean = self.sq_mean.mul_add(self.weight, mean * mean * n) / total;
@@ -1164,14 +1163,18 @@ impl Samples {
         }
     }
 
-    /// The squared standard error of the mean.
-    fn sq_error(&self) -> f64 {
+    /// The sample variance (0 under two samples).
+    fn variance(&self) -> f64 {
         if self.count < 2 {
             return 0.0;
         }
         let n = self.count as f64;
-        let variance = (self.sum_sq - self.sum * self.sum / n).max(0.0) / (n - 1.0);
-        variance / n
+        (self.sum_sq - self.sum * self.sum / n).max(0.0) / (n - 1.0)
+    }
+
+    /// The squared standard error of the mean.
+    fn sq_error(&self) -> f64 {
+        self.variance() / self.count.max(1) as f64
     }
 }
 

@@ -25,8 +25,8 @@
 //! [`Aimd`] (additive increase, multiplicative decrease on slow or failed requests); or
 //! [`Gradient`] (after Netflix's Gradient2 and Envoy's adaptive concurrency: the limit follows
 //! the ratio of a baseline latency, measured now and then at a lower limit, to the sampled
-//! latency). Adaptive limits have a floor and a
-//! ceiling, and their current value is observable through [`ShedHandle::limit`].
+//! latency). Adaptive limits have a floor and a ceiling, and their current value is
+//! observable through [`ShedHandle::limit`].
 //!
 //! **Cancellation and panics**: a permit is given back (or handed to the oldest waiter) when
 //! the response future is dropped, on every path (success, error, a panic in `call` or in the
