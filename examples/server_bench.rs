@@ -30,7 +30,7 @@ use tower::{
     ServiceBuilder,
 };
 use tower_5xx::{
-    breaker::{BreakerLayer, CircuitBreaker},
+    breaker::{BreakerLayer, CircuitBreaker, SlidingWindow},
     catch::CatchLayer,
     lifecycle::{DrainLayer, Lifecycle},
     maintenance::{MaintenanceLayer, MaintenanceSwitch},
@@ -51,6 +51,7 @@ const STACKS: &[&str] = &[
     "maintenance",
     "shed",
     "breaker",
+    "breaker-count",
     "drain",
     "bare-top",
     "identity-top",
@@ -126,6 +127,17 @@ fn breaker_layer() -> BreakerLayer {
     BreakerLayer::new(CircuitBreaker::builder().build().expect("default breaker"))
 }
 
+/// A breaker with a count window of 100 calls (resilience4j's default), closed: it records
+/// outcomes without reading its clock.
+fn breaker_count_layer() -> BreakerLayer {
+    BreakerLayer::new(
+        CircuitBreaker::builder()
+            .sliding_window(SlidingWindow::Count(100))
+            .build()
+            .expect("count-window breaker"),
+    )
+}
+
 fn drain_layer() -> DrainLayer {
     // Never signalled: the lifecycle stays in its serving phase, every request goes through.
     Lifecycle::new(Duration::from_secs(5), Duration::from_secs(10)).drain_layer()
@@ -181,6 +193,7 @@ fn app(stack: &str) -> Option<Router> {
         "maintenance" => router.layer(maintenance_layer()),
         "shed" => router.layer(shed_layer()),
         "breaker" => router.layer(breaker_layer()),
+        "breaker-count" => router.layer(breaker_count_layer()),
         "drain" => router.layer(drain_layer()),
         "ours" => router.layer(
             ServiceBuilder::new()

@@ -617,6 +617,33 @@ fn open_until_is_on_the_breakers_clock() {
     assert_eq!(open.open_until(), clock.now() + open.retry_after());
 }
 
+/// A closed breaker with a count window records outcomes without its clock, and reads it when
+/// an outcome trips it: the open time counts from the trip, on the breaker's clock.
+#[test]
+fn a_count_window_opens_at_the_time_of_the_trip() {
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(4)
+        .sliding_window(SlidingWindow::Count(10))
+        .open_duration(Duration::from_secs(5))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let permit = breaker.try_acquire().unwrap();
+        clock.advance(Duration::from_secs(100));
+        permit.failure();
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    let permit = breaker.try_acquire().unwrap();
+    clock.advance(Duration::from_secs(100));
+    permit.failure();
+    let open: CircuitOpen = breaker.try_acquire().unwrap_err();
+    assert_eq!(open.state(), State::Open);
+    assert_eq!(open.open_until(), Duration::from_secs(405));
+    assert_eq!(open.retry_after(), Duration::from_secs(5));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stress: many threads, one breaker.
 

@@ -397,6 +397,13 @@ impl Config {
         self.slow_call_nanos != u64::MAX
     }
 
+    /// Whether a closed breaker can record a call's outcome without reading its clock: a count
+    /// window (it places outcomes by their index) that does not time calls.
+    #[inline]
+    pub(crate) fn clock_free_closed(&self) -> bool {
+        matches!(self.window, WindowKind::Count { .. }) && !self.counts_slow_calls()
+    }
+
     /// Whether `bad` out of `calls` reaches a threshold in parts per million (in 128 bits: a
     /// window's counts go up to 2^54).
     #[inline]

@@ -427,18 +427,20 @@ impl CircuitBreaker {
             });
     }
 
-    /// Records the outcome of a permit's call.
+    /// Records the outcome of a permit's call, reported at `now` (read here if `None`, and
+    /// only if needed) for a call started at `start`.
     fn record(
         &self,
         permit_gen: u64,
         kind: Kind,
         outcome: Outcome,
-        now: u64,
-        latency: u64,
+        now: Option<u64>,
+        start: u64,
         hint: Option<Duration>,
     ) {
         let inner = &*self.inner;
         let config = &*inner.config;
+        let now = || now.unwrap_or_else(|| self.now_nanos());
         if outcome == Outcome::Ignored {
             if kind == Kind::Probe {
                 self.release_probe(permit_gen);
@@ -449,7 +451,8 @@ impl CircuitBreaker {
         // Off: never slow, even with a clock reading at the top of its range (a permit of a
         // breaker that does not time calls has no start, and its "latency" is the clock's
         // reading).
-        let slow = config.counts_slow_calls() && latency >= config.slow_call_nanos;
+        let slow =
+            config.counts_slow_calls() && now().saturating_sub(start) >= config.slow_call_nanos;
         inner.metrics.call(match (failure, slow) {
             (true, _) => CallOutcome::Failure,
             (false, true) => CallOutcome::Slow,
@@ -467,18 +470,20 @@ impl CircuitBreaker {
                 // window (which can raise them). Otherwise summing the buckets is skipped: the
                 // result is the same as summing on every call, at a fraction of the cost.
                 let need = failure || slow || inner.armed.load(Ordering::Relaxed);
-                let Some(c) = inner.window.record(now, failure, slow, need) else {
+                // A count window places the outcome without the clock's reading.
+                let at = if config.clock_free_closed() { 0 } else { now() };
+                let Some(c) = inner.window.record(at, failure, slow, need) else {
                     return;
                 };
                 let over = Config::reaches(c.failures, c.calls, config.failure_ppm)
                     || Config::reaches(c.slow_calls, c.calls, config.slow_ppm);
                 if over && c.calls >= config.minimum_calls {
-                    let _ = self.open_from(s, 1, now, hint, c);
+                    let _ = self.open_from(s, 1, now(), hint, c);
                 } else if over != inner.armed.load(Ordering::Relaxed) {
                     inner.armed.store(over, Ordering::Relaxed);
                 }
             }
-            (Kind::Probe, HALF_OPEN) => self.record_probe(s, failure, slow, now, hint),
+            (Kind::Probe, HALF_OPEN) => self.record_probe(s, failure, slow, now(), hint),
             _ => {}
         }
     }
@@ -774,10 +779,15 @@ impl Permit {
         if self.kind == Kind::Untracked {
             return;
         }
-        let now = self.breaker.now_nanos();
-        let latency = now.saturating_sub(self.start);
+        // A closed breaker with a count window that does not time its calls needs the clock
+        // only if this outcome trips it: `record` reads it then.
+        let now = if self.kind == Kind::Normal && self.breaker.inner.config.clock_free_closed() {
+            None
+        } else {
+            Some(self.breaker.now_nanos())
+        };
         self.breaker
-            .record(self.generation, self.kind, outcome, now, latency, hint);
+            .record(self.generation, self.kind, outcome, now, self.start, hint);
     }
 }
 
