@@ -695,3 +695,46 @@ async fn lifecycle_serve_leaves_a_101_answered_after_the_close_alone() {
     assert!(head.contains("connection: upgrade"), "{head}");
     assert!(!head.contains("close"), "{head}");
 }
+
+/// A client that connected and wrote its request in the instant before the close (its
+/// connection waiting in the listener's backlog, not yet accepted) gets an answer, not a reset.
+#[tokio::test]
+async fn lifecycle_serve_answers_a_connection_still_in_the_backlog_at_the_close() {
+    use std::{convert::Infallible, future::IntoFuture, io::Write};
+
+    use http::Response;
+    use tokio::io::AsyncReadExt;
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    let lifecycle = Lifecycle::new(Duration::ZERO, Duration::from_secs(30));
+    let app = tower::service_fn(|_req: Request<hyper::body::Incoming>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio::spawn(lifecycle.serve(listener, app).into_future());
+    // The serve loop starts and waits in `accept`.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    lifecycle.start_drain();
+    // The close, run in this task: the serve loop is woken but has not run yet.
+    lifecycle.clone().on_drain().await;
+    assert_eq!(lifecycle.phase(), Phase::Closing);
+    // A client whose handshake the kernel completes now, and which writes its request.
+    let mut std_stream = std::net::TcpStream::connect(addr).unwrap();
+    std_stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .unwrap();
+    std_stream.set_nonblocking(true).unwrap();
+    let mut stream = tokio::net::TcpStream::from_std(std_stream).unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(
+        text.starts_with("http/1.1 503"),
+        "a request that reached the server is answered: read {read:?}, got {text:?}"
+    );
+    assert!(text.contains("\r\nretry-after: "), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+}

@@ -2,7 +2,11 @@
 
 use std::fmt;
 
-/// The grace period ran out before the server finished: what was left was closed.
+/// The grace period ran out before the server finished.
+///
+/// [`Lifecycle::serve`](super::Lifecycle::serve) has then closed what was left; around
+/// `axum::serve`, [`Lifecycle::finish`](super::Lifecycle::finish) cannot: the connections'
+/// own tasks run until the runtime shuts down.
 ///
 /// Returned by [`Lifecycle::finish`](super::Lifecycle::finish) and
 /// [`Lifecycle::serve`](super::Lifecycle::serve). It is the expected end of a shutdown whose

@@ -73,6 +73,8 @@
 //! | busy HTTP/1.1 connection | its response finishes (hyper adds `Connection: close`), then it closes | a response that starts after the close says `Connection: close`, and the connection closes after it; one whose head went out before the close (a streamed body) finishes, and the connection then stays open like an idle one |
 //! | HTTP/2 connection | GOAWAY; open streams finish; streams the client opens before it sees the GOAWAY get the drain layer's 503 | the same (the serve loop's 503) |
 //! | a request written on an HTTP/1.1 connection as it is closed | fails: a reset or an "incomplete message" error | cannot happen before the grace deadline |
+//! | a connection the kernel completed but the server had not accepted yet (in the listener's backlog) | reset with the listener, its request perhaps already sent | accepted at the close and answered: 503 + `Retry-After` + `Connection: close` |
+//! | requests still running at the grace deadline | keep running: each connection is a task of its own, which dropping the server future does not stop; they end when the runtime shuts down (return from `main`) | dropped with their connections |
 //!
 //! So with `axum::serve`, on HTTP/1.1 the drain layer's 503 is reached only by a request read
 //! in the instant of the close; every later one is refused at connect, and one that races the

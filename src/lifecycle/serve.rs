@@ -183,6 +183,74 @@ where
             let in_flight = InFlight::new();
             let builder = auto::Builder::new(TokioExecutor::new());
             let mut connections = JoinSet::new();
+            // Serves one accepted connection in its own task of `connections`.
+            // (`service` is an argument, not captured: `S` need not be `Sync`, and the closure
+            // lives across awaits of this `Send` future.)
+            let spawn_connection = |connections: &mut JoinSet<()>,
+                                    service: &S,
+                                    stream: tokio::net::TcpStream,
+                                    peer: std::net::SocketAddr| {
+                let shared = Arc::new(Connection {
+                    peer,
+                    http2: AtomicBool::new(false),
+                    in_flight: in_flight.clone(),
+                    lifecycle: this.clone(),
+                    refusal: refusal.clone(),
+                });
+                let svc = Counted {
+                    inner: service.clone(),
+                    conn: shared.clone(),
+                };
+                let builder = builder.clone();
+                connections.spawn(async move {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let mut conn = pin!(conn);
+                    // Polled on every wake-up of the connection, so kept cheap: once the
+                    // close is registered (the first poll), one atomic load.
+                    let mut closing = pin!(shared.lifecycle.inner.closing.notified());
+                    let mut registered = false;
+                    let served = poll_fn(|cx| {
+                        if conn.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(true);
+                        }
+                        if !registered {
+                            // Registers this task's waker, which never changes (the future
+                            // stays in this task). `notify_waiters` comes after the phase is
+                            // stored, so the load below cannot miss the close.
+                            registered = true;
+                            if closing.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(false);
+                            }
+                        }
+                        if shared.lifecycle.is_closed() {
+                            Poll::Ready(false)
+                        } else {
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                    if served {
+                        return;
+                    }
+                    // HTTP/2: GOAWAY, open streams finish; a connection not yet known to
+                    // speak it (no request so far) gets its GOAWAY after the first one,
+                    // which is refused. HTTP/1.1: nothing, the `Connection: close` of its
+                    // next response ends it.
+                    let mut goaway = false;
+                    let _ = poll_fn(|cx| loop {
+                        if !goaway && shared.http2.load(Ordering::Relaxed) {
+                            goaway = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        let polled = conn.as_mut().poll(cx);
+                        // Poll again if this poll's request told us it is HTTP/2.
+                        if polled.is_ready() || goaway || !shared.http2.load(Ordering::Relaxed) {
+                            return polled;
+                        }
+                    })
+                    .await;
+                });
+            };
             {
                 let mut closed = pin!(this.closed());
                 loop {
@@ -199,71 +267,26 @@ where
                         // Reap finished connections so the set stays small.
                         Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                     };
-                    let shared = Arc::new(Connection {
-                        peer,
-                        http2: AtomicBool::new(false),
-                        in_flight: in_flight.clone(),
-                        lifecycle: this.clone(),
-                        refusal: refusal.clone(),
-                    });
-                    let svc = Counted {
-                        inner: service.clone(),
-                        conn: shared.clone(),
-                    };
-                    let builder = builder.clone();
-                    connections.spawn(async move {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                        let mut conn = pin!(conn);
-                        // Polled on every wake-up of the connection, so kept cheap: once the
-                        // close is registered (the first poll), one atomic load.
-                        let mut closing = pin!(shared.lifecycle.inner.closing.notified());
-                        let mut registered = false;
-                        let served = poll_fn(|cx| {
-                            if conn.as_mut().poll(cx).is_ready() {
-                                return Poll::Ready(true);
-                            }
-                            if !registered {
-                                // Registers this task's waker, which never changes (the future
-                                // stays in this task). `notify_waiters` comes after the phase is
-                                // stored, so the load below cannot miss the close.
-                                registered = true;
-                                if closing.as_mut().poll(cx).is_ready() {
-                                    return Poll::Ready(false);
-                                }
-                            }
-                            if shared.lifecycle.is_closed() {
-                                Poll::Ready(false)
-                            } else {
-                                Poll::Pending
-                            }
-                        })
-                        .await;
-                        if served {
-                            return;
-                        }
-                        // HTTP/2: GOAWAY, open streams finish; a connection not yet known to
-                        // speak it (no request so far) gets its GOAWAY after the first one,
-                        // which is refused. HTTP/1.1: nothing, the `Connection: close` of its
-                        // next response ends it.
-                        let mut goaway = false;
-                        let _ = poll_fn(|cx| loop {
-                            if !goaway && shared.http2.load(Ordering::Relaxed) {
-                                goaway = true;
-                                conn.as_mut().graceful_shutdown();
-                            }
-                            let polled = conn.as_mut().poll(cx);
-                            // Poll again if this poll's request told us it is HTTP/2.
-                            if polled.is_ready() || goaway || !shared.http2.load(Ordering::Relaxed)
-                            {
-                                return polled;
-                            }
-                        })
-                        .await;
-                    });
+                    spawn_connection(&mut connections, &service, stream, peer);
                 }
             }
-            drop(listener);
+            // Connections the kernel completed before the close and the loop has not accepted
+            // yet would be reset with the listener, their requests perhaps already sent: each is
+            // accepted now (a real `accept` call each, not tokio's cached readiness) and served
+            // as a late arrival, with the closing phase's 503 and `Connection: close`.
+            if let Ok(listener) = listener.into_std() {
+                while let Ok((stream, peer)) = listener.accept() {
+                    match stream
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpStream::from_std(stream))
+                    {
+                        Ok(stream) => spawn_connection(&mut connections, &service, stream, peer),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a connection accepted at the close failed")
+                        }
+                    }
+                }
+            }
             let open = connections.len();
             tracing::info!(open, "listener closed; waiting for open connections");
             let mut grace_over = pin!(this.grace_over());

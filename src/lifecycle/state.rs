@@ -248,8 +248,12 @@ impl Lifecycle {
 
     /// Runs `server` (e.g. `axum::serve(..).with_graceful_shutdown(lifecycle.clone().on_signal())`)
     /// until it finishes, or until the grace deadline once the listener is closed, whichever
-    /// comes first. At the deadline it logs a warning and returns [`GraceExpired`]; dropping
-    /// the server future closes what is left (return from `main` to exit with status 0).
+    /// comes first. At the deadline it logs a warning, drops the server future and returns
+    /// [`GraceExpired`]. With `axum::serve` (and hyper-util, where you spawn the connections),
+    /// each connection runs in a task of its own that dropping the server future does not
+    /// stop: requests still running keep running until the runtime shuts down, so return from
+    /// `main` then (exit status 0), and do not count on them being over in what follows.
+    /// [`Lifecycle::serve`] closes what is left itself.
     ///
     /// # Errors
     ///
