@@ -54,7 +54,8 @@ impl Policy {
     /// or `\`, at most 64 characters) identifies the policy in the fields and in the 429's
     /// `violated-policies`. Checked by the layer's `build`: the quota must be 1 to
     /// [`MAX_QUOTA`], the window whole seconds from 1 s to [`MAX_WINDOW`] (the fields carry
-    /// seconds), and `window / quota` at least 1 µs.
+    /// seconds), `window / quota` at least 1 µs, and `burst * window / quota` at most 584
+    /// years (see [`burst`](Self::burst)).
     pub fn new(name: impl Into<String>, quota: u64, window: Duration) -> Self {
         Self {
             name: Arc::from(name.into()),
@@ -64,8 +65,10 @@ impl Policy {
         }
     }
 
-    /// How many requests a key that has been quiet may send at once: 1 to [`MAX_QUOTA`].
-    /// Default: the quota.
+    /// How many requests a key that has been quiet may send at once: 1 to [`MAX_QUOTA`], and
+    /// at most 584 years' worth of requests (`burst * window / quota`, the time the burst
+    /// takes to replenish, is kept in 64-bit nanoseconds: only a burst far above the quota on
+    /// a long window reaches it). Default: the quota.
     pub fn burst(mut self, burst: u64) -> Self {
         self.burst = Some(burst);
         self
@@ -133,10 +136,15 @@ impl Policy {
                 "must be at most one request per microsecond of the window",
             ));
         }
-        Ok(Gcra {
-            interval,
-            capacity: interval * self.burst_size(),
-        })
+        // The bounds above keep the interval within u64, not the capacity: a burst far above
+        // the quota on a long window takes more than u64 nanoseconds (584 years) to replenish.
+        let Some(capacity) = interval.checked_mul(self.burst_size()) else {
+            return Err(InvalidConfig::new(
+                "policy burst",
+                "burst * window / quota must be at most 584 years",
+            ));
+        };
+        Ok(Gcra { interval, capacity })
     }
 }
 
@@ -355,6 +363,8 @@ mod tests {
             Policy::new("p", 10, S(1)).burst(u64::MAX),
             // Two million a second: more than one per microsecond.
             Policy::new("p", 2_000_000, S(1)),
+            // A burst that takes 1,000 years to replenish: beyond u64 nanoseconds.
+            Policy::new("p", 1, MAX_WINDOW).burst(1_000),
         ];
         for p in bad {
             let e = p.gcra().unwrap_err();

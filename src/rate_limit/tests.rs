@@ -351,3 +351,22 @@ fn public_types_are_send_sync_and_clone() {
     #[cfg(feature = "redis")]
     send_sync::<RedisStore>();
 }
+
+/// `interval * burst` beyond u64 nanoseconds is refused at build, never a panic (debug) or a
+/// capacity that wrapped around (release).
+#[test]
+fn a_burst_that_takes_centuries_to_replenish_is_a_config_error() {
+    // One a year with bursts of 1,000: 3.16e16 ns * 1,000 = 3.16e19 > u64::MAX.
+    let e = RateLimitLayer::builder()
+        .policy(Policy::new("yearly", 1, MAX_WINDOW).burst(1_000))
+        .build()
+        .unwrap_err();
+    assert_eq!(e.setting(), "policy burst", "{e}");
+    // 500 years' worth fits.
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("yearly", 1, MAX_WINDOW).burst(500))
+        .build()
+        .unwrap();
+    let g = layer.shared.gcras()[0];
+    assert_eq!(g.capacity / g.interval, 500);
+}
