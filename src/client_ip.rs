@@ -176,57 +176,51 @@ pub(crate) mod fuzz {
 /// The client address reported by a chain of trusted proxies.
 ///
 /// Reads `which` header only (the other one is whatever the client sent: proxies pass it through)
-/// and walks the hops right to left (nearest proxy first), skipping trusted proxies: the first
-/// untrusted hop is the client. Returns `peer` when there is no such header (the proxy itself is
-/// the client), `None` when a hop cannot be read (obfuscated, `unknown`, garbage: the client is
-/// unknown), and the leftmost hop when every hop is trusted.
+/// and walks the hops right to left (nearest proxy first: the last field line, then each line's
+/// comma-separated hops from its end), skipping trusted proxies: the first untrusted hop is the
+/// client. A hop is read only when the walk reaches it, so what the client itself wrote left of
+/// its own address (junk, non-ASCII bytes, a `Forwarded` element without `for=`) is never looked
+/// at. Returns `peer` when there is no such header (the proxy itself is the client), `None` when
+/// a hop reached cannot be read (obfuscated, `unknown`, garbage, no `for=`: the client is
+/// unknown), and the leftmost hop when every hop is trusted. Allocates nothing.
 fn forwarded_client(
     headers: &HeaderMap,
     which: ForwardedHeader,
     peer: IpAddr,
     trusted: impl Fn(IpAddr) -> bool,
 ) -> Option<IpAddr> {
-    let mut hops: Vec<&str> = Vec::new();
-    if which == ForwardedHeader::Forwarded {
-        for value in headers.get_all(FORWARDED) {
-            let Ok(value) = value.to_str() else {
-                return None;
-            };
-            for element in value.split(',') {
-                let node = element.split(';').find_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    key.trim()
-                        .eq_ignore_ascii_case("for")
-                        .then(|| value.trim().trim_matches('"'))
-                });
-                match node {
-                    Some(node) => hops.push(node),
-                    // An element without `for=` says nothing about the client: unknown.
-                    None => return None,
-                }
-            }
-        }
-    } else {
-        for value in headers.get_all(X_FORWARDED_FOR) {
-            let Ok(value) = value.to_str() else {
-                return None;
-            };
-            hops.extend(value.split(',').map(str::trim));
-        }
-    }
-    if hops.is_empty() {
-        return Some(peer);
-    }
+    let name = match which {
+        ForwardedHeader::XForwardedFor => &X_FORWARDED_FOR,
+        ForwardedHeader::Forwarded => &FORWARDED,
+    };
     let mut leftmost = None;
-    for hop in hops.iter().rev() {
-        // An unreadable hop: the client is unknown.
-        let ip = parse_node(hop)?;
-        if !trusted(ip) {
-            return Some(ip);
+    for value in headers.get_all(name).iter().rev() {
+        for hop in value.as_bytes().rsplit(|&b| b == b',') {
+            // An unreadable hop: the client is unknown.
+            let hop = std::str::from_utf8(hop).ok()?;
+            let node = match which {
+                ForwardedHeader::XForwardedFor => hop.trim(),
+                ForwardedHeader::Forwarded => forwarded_for(hop)?,
+            };
+            let ip = parse_node(node)?;
+            if !trusted(ip) {
+                return Some(ip);
+            }
+            leftmost = Some(ip);
         }
-        leftmost = Some(ip);
     }
-    leftmost
+    Some(leftmost.unwrap_or(peer))
+}
+
+/// The node of one `Forwarded` element's `for=` parameter (`for=192.0.2.60;proto=http`,
+/// `For="[2001:db8::17]:4711"`), unquoted; `None` without one.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim().trim_matches('"'))
+    })
 }
 
 /// An address as proxies write it: `192.0.2.1`, `192.0.2.1:8080`, `2001:db8::1`,
@@ -358,5 +352,47 @@ mod tests {
         assert_eq!(forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10), None);
         let h = headers(&[("forwarded", "proto=https")]);
         assert_eq!(forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10), None);
+    }
+
+    #[test]
+    fn only_the_hops_the_walk_reaches_are_read() {
+        let junk = |name: &'static str, value: &[u8], more: &'static str| {
+            let mut h = HeaderMap::new();
+            h.append(name, HeaderValue::from_bytes(value).unwrap());
+            h.append(name, HeaderValue::from_static(more));
+            h
+        };
+        // What the client wrote left of its own address, in the same line or an earlier one.
+        let h = junk(
+            "x-forwarded-for",
+            b"\xff, nonsense, 203.0.113.9",
+            "10.0.0.5",
+        );
+        assert_eq!(
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
+            Some(ip("203.0.113.9"))
+        );
+        let h = junk("x-forwarded-for", b"\xff", "203.0.113.9, 10.0.0.5");
+        assert_eq!(
+            forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10),
+            Some(ip("203.0.113.9"))
+        );
+        let h = junk(
+            "forwarded",
+            b"proto=https, for=\xff",
+            "for=203.0.113.9;proto=http",
+        );
+        assert_eq!(
+            forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10),
+            Some(ip("203.0.113.9"))
+        );
+        // Reached through trusted hops: unknown.
+        let h = junk("x-forwarded-for", b"\xff", "10.0.0.7, 10.0.0.5");
+        assert_eq!(forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10), None);
+        let h = junk("forwarded", b"proto=https", "for=10.0.0.5");
+        assert_eq!(forwarded_client(&h, FWD, ip("10.0.0.1"), trusted_10), None);
+        // An empty line is a hop that cannot be read.
+        let h = headers(&[("x-forwarded-for", "")]);
+        assert_eq!(forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10), None);
     }
 }

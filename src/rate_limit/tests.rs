@@ -370,3 +370,48 @@ fn a_burst_that_takes_centuries_to_replenish_is_a_config_error() {
     let g = layer.shared.gcras()[0];
     assert_eq!(g.capacity / g.interval, 500);
 }
+
+/// Behind a trusted proxy, what the client wrote left of the hop the proxy appended (junk, a
+/// non-ASCII byte, a `Forwarded` element without `for=`) is never read: the client keeps its own
+/// quota instead of escaping to the shared one of unknown clients.
+#[tokio::test(start_paused = true)]
+async fn junk_left_of_the_proxy_hop_does_not_move_the_client_to_another_quota() {
+    let cases: [(ForwardedHeader, &str, &[u8], &[u8]); 2] = [
+        // nginx `$proxy_add_x_forwarded_for`: "<what the client sent>, <peer>".
+        (
+            ForwardedHeader::XForwardedFor,
+            "x-forwarded-for",
+            b"203.0.113.9",
+            b"\xff, 203.0.113.9",
+        ),
+        // A proxy appending to `Forwarded`: "<what the client sent>, for=<peer>".
+        (
+            ForwardedHeader::Forwarded,
+            "forwarded",
+            b"for=203.0.113.9",
+            b"proto=https, for=203.0.113.9",
+        ),
+    ];
+    for (which, name, honest, with_junk) in cases {
+        let layer = RateLimitLayer::builder()
+            .policy(Policy::new("p", 1, S(60)))
+            .trusted_proxy("10.0.0.0/8".parse::<IpNet>().unwrap())
+            .forwarded_header(which)
+            .build()
+            .unwrap();
+        let svc = layer.layer(hello());
+        let via = |value: &[u8]| {
+            let mut req = from([10, 0, 0, 1]);
+            req.headers_mut()
+                .insert(name, HeaderValue::from_bytes(value).unwrap());
+            req
+        };
+        assert_eq!(send(&svc, via(honest)).await.status(), 200, "{which:?}");
+        assert_eq!(send(&svc, via(honest)).await.status(), 429, "{which:?}");
+        assert_eq!(
+            send(&svc, via(with_junk)).await.status(),
+            429,
+            "{which:?}: the junk moved the client to another quota"
+        );
+    }
+}
