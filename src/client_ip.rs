@@ -9,7 +9,9 @@ use http::{
     header::{HeaderName, FORWARDED},
     Extensions, HeaderMap, Method, Request, Uri,
 };
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::error::InvalidConfig;
 
 /// `X-Forwarded-For`.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -86,6 +88,25 @@ impl<'a> ClientRequest<'a> {
     }
 }
 
+/// `net` truncated to its network, as the canonical addresses the layers compare with it: an
+/// IPv4-mapped network (`::ffff:10.0.0.0/104`, as a dual-stack listener reports IPv4 peers) is
+/// the IPv4 network it maps (`10.0.0.0/8`), since a peer or hop `::ffff:10.0.0.1` is read as
+/// `10.0.0.1`. A mapped network shorter than /96 is no IPv4 network: an error naming `setting`.
+pub(crate) fn canonical_net(net: IpNet, setting: &'static str) -> Result<IpNet, InvalidConfig> {
+    if let IpNet::V6(v6) = net {
+        // The address as written: truncating `::ffff:10.0.0.0/80` would drop what makes it mapped.
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            let len = v6.prefix_len().checked_sub(96).ok_or(InvalidConfig::new(
+                setting,
+                "an IPv4-mapped network (::ffff:a.b.c.d/n) must be /96 or longer",
+            ))?;
+            let v4 = Ipv4Net::new(v4, len).expect("a prefix of at most 128 - 96 bits");
+            return Ok(IpNet::V4(v4.trunc()));
+        }
+    }
+    Ok(net.trunc())
+}
+
 /// How a layer finds the peer (TCP) address of a request in its extensions.
 pub(crate) type PeerFn = fn(&Extensions) -> Option<IpAddr>;
 
@@ -122,9 +143,11 @@ impl Default for ClientIpRules {
 }
 
 impl ClientIpRules {
-    /// Trusts proxies in `net` (truncated to its network).
-    pub(crate) fn trust(&mut self, net: IpNet) {
-        self.trusted.push(net.trunc());
+    /// Trusts proxies in `net` (truncated to its network; an IPv4-mapped network as the IPv4
+    /// network it maps, see [`canonical_net`]).
+    pub(crate) fn trust(&mut self, net: IpNet) -> Result<(), InvalidConfig> {
+        self.trusted.push(canonical_net(net, "trusted_proxy")?);
+        Ok(())
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -266,7 +289,7 @@ mod tests {
     #[test]
     fn rules_believe_only_trusted_peers() {
         let mut rules = ClientIpRules::default();
-        rules.trust("10.0.0.0/8".parse().unwrap());
+        rules.trust("10.0.0.0/8".parse().unwrap()).unwrap();
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
         let mut ext = Extensions::new();
         assert_eq!(rules.client_ip(&h, &ext), None, "no peer address");
@@ -394,5 +417,41 @@ mod tests {
         // An empty line is a hop that cannot be read.
         let h = headers(&[("x-forwarded-for", "")]);
         assert_eq!(forwarded_client(&h, XFF, ip("10.0.0.1"), trusted_10), None);
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_are_their_ipv4_networks() {
+        let net = |s: &str| canonical_net(s.parse().unwrap(), "trusted_proxy");
+        assert_eq!(
+            net("::ffff:10.1.2.3/104"),
+            Ok("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(
+            net("::ffff:10.1.2.3/128"),
+            Ok("10.1.2.3/32".parse().unwrap())
+        );
+        assert_eq!(net("::ffff:0.0.0.0/96"), Ok("0.0.0.0/0".parse().unwrap()));
+        assert_eq!(net("10.1.2.3/8"), Ok("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(net("2001:db8::1/32"), Ok("2001:db8::/32".parse().unwrap()));
+        for short in [
+            "::ffff:10.0.0.0/95",
+            "::ffff:10.0.0.0/80",
+            "::ffff:0.0.0.0/0",
+        ] {
+            assert_eq!(
+                net(short).unwrap_err().setting(),
+                "trusted_proxy",
+                "{short}"
+            );
+        }
+        let mut rules = ClientIpRules::default();
+        rules.trust("::ffff:10.0.0.0/104".parse().unwrap()).unwrap();
+        let mut ext = Extensions::new();
+        ext.insert(SocketAddr::from((
+            "::ffff:10.0.0.1".parse::<std::net::Ipv6Addr>().unwrap(),
+            1234,
+        )));
+        let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(rules.client_ip(&h, &ext), Some(ip("203.0.113.9")));
     }
 }

@@ -10,6 +10,7 @@ use super::{
     Maintenance, MaintenanceNotice, MaintenanceSwitch,
 };
 use crate::{
+    client_ip::canonical_net,
     refuse::{RefusalPolicy, RequestView},
     telemetry::{MaintenanceMetrics, Meter},
     Reason, RetryAfter,
@@ -137,8 +138,16 @@ impl MaintenanceLayer {
     /// [`peer_addr_from`](Self::peer_addr_from) for anything else. Headers such as
     /// `X-Forwarded-For` are believed only from a [trusted proxy](Self::trusted_proxy). Without
     /// a peer address, no request passes by IP.
+    ///
+    /// An IPv4-mapped network (`::ffff:10.1.0.0/112`) means the IPv4 network it maps
+    /// (`10.1.0.0/16`): client addresses are compared in their IPv4 form. A mapped network
+    /// shorter than /96 is no IPv4 network: it adds **no** rule, and the layer logs a warning.
     pub fn allow_ip(mut self, net: impl Into<IpNet>) -> Self {
-        self.cfg().bypass.allow.push(net.into().trunc());
+        let net = net.into();
+        match canonical_net(net, "allow_ip") {
+            Ok(net) => self.cfg().bypass.allow.push(net),
+            Err(error) => tracing::warn!(%net, %error, "maintenance bypass network ignored"),
+        }
         self
     }
 
@@ -147,8 +156,15 @@ impl MaintenanceLayer {
     /// hops are read right to left, skipping trusted proxies; the first untrusted hop is the
     /// client. A peer outside every trusted net is the client itself, whatever its headers say.
     /// Default: no trusted proxies.
+    ///
+    /// An IPv4-mapped network (`::ffff:10.0.0.0/104`, as a dual-stack listener reports IPv4
+    /// proxies) means the IPv4 network it maps (`10.0.0.0/8`). A mapped network shorter than /96
+    /// is no IPv4 network: it trusts **no** proxy, and the layer logs a warning.
     pub fn trusted_proxy(mut self, net: impl Into<IpNet>) -> Self {
-        self.cfg().bypass.ip.trust(net.into());
+        let net = net.into();
+        if let Err(error) = self.cfg().bypass.ip.trust(net) {
+            tracing::warn!(%net, %error, "maintenance trusted proxy ignored");
+        }
         self
     }
 

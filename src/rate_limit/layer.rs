@@ -91,6 +91,8 @@ pub struct RateLimitBuilder {
     name: Option<Arc<str>>,
     #[cfg(feature = "redis")]
     redis: Option<super::RedisStore>,
+    /// The first invalid setting given to a builder method, reported by `build`.
+    invalid: Option<InvalidConfig>,
 }
 
 impl Default for RateLimitBuilder {
@@ -106,6 +108,7 @@ impl Default for RateLimitBuilder {
             name: None,
             #[cfg(feature = "redis")]
             redis: None,
+            invalid: None,
         }
     }
 }
@@ -164,8 +167,14 @@ impl RateLimitBuilder {
     /// Trusts proxies in `net` to report the client address in the
     /// [forwarded header](Self::forwarded_header). The hops are read right to left, skipping
     /// trusted proxies; the first untrusted hop is the client. Default: none.
+    ///
+    /// An IPv4-mapped network (`::ffff:10.0.0.0/104`, as a dual-stack listener reports IPv4
+    /// proxies) means the IPv4 network it maps (`10.0.0.0/8`); one shorter than /96 is no IPv4
+    /// network, and an error at [`build`](Self::build).
     pub fn trusted_proxy(mut self, net: impl Into<IpNet>) -> Self {
-        self.ip.trust(net.into());
+        if let Err(e) = self.ip.trust(net.into()) {
+            self.invalid.get_or_insert(e);
+        }
         self
     }
 
@@ -240,8 +249,12 @@ impl RateLimitBuilder {
     /// # Errors
     ///
     /// [`InvalidConfig`] with no policy or more than [`MAX_POLICIES`], two policies of one
-    /// name, a policy out of range (see [`Policy::new`]), or a capacity out of range.
+    /// name, a policy out of range (see [`Policy::new`]), a capacity out of range, or a
+    /// [trusted proxy](Self::trusted_proxy) network that is IPv4-mapped but shorter than /96.
     pub fn build(self) -> Result<RateLimitLayer, InvalidConfig> {
+        if let Some(e) = self.invalid {
+            return Err(e);
+        }
         if self.policies.is_empty() || self.policies.len() > MAX_POLICIES {
             return Err(InvalidConfig::new("policy", "must be given 1 to 4 times"));
         }

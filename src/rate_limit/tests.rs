@@ -415,3 +415,37 @@ async fn junk_left_of_the_proxy_hop_does_not_move_the_client_to_another_quota() 
         );
     }
 }
+
+/// A trusted proxy network written IPv4-mapped (as a dual-stack listener reports the proxy,
+/// `::ffff:10.0.0.1`) trusts the IPv4 proxies it maps; a mapped network shorter than /96 is no
+/// IPv4 network and an error at build.
+#[tokio::test(start_paused = true)]
+async fn an_ipv4_mapped_trusted_proxy_network_trusts_its_ipv4_proxies() {
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::new("p", 1, S(60)))
+        .trusted_proxy("::ffff:10.0.0.0/104".parse::<IpNet>().unwrap())
+        .build()
+        .unwrap();
+    let svc = layer.layer(hello());
+    let via = |xff: &'static str| {
+        let mut req = Request::get("/").body(()).unwrap();
+        req.extensions_mut().insert(SocketAddr::from((
+            "::ffff:10.0.0.1".parse::<std::net::Ipv6Addr>().unwrap(),
+            4000,
+        )));
+        req.headers_mut()
+            .insert("x-forwarded-for", HeaderValue::from_static(xff));
+        req
+    };
+    assert_eq!(send(&svc, via("203.0.113.1")).await.status(), 200);
+    // Another client through the same proxy: its own quota.
+    assert_eq!(send(&svc, via("203.0.113.2")).await.status(), 200);
+    assert_eq!(send(&svc, via("203.0.113.1")).await.status(), 429);
+
+    let e = RateLimitLayer::builder()
+        .policy(Policy::new("p", 1, S(60)))
+        .trusted_proxy("::ffff:10.0.0.0/80".parse::<IpNet>().unwrap())
+        .build()
+        .unwrap_err();
+    assert_eq!(e.setting(), "trusted_proxy", "{e}");
+}
