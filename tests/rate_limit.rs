@@ -103,10 +103,20 @@ async fn over_quota_a_real_server_answers_429_with_the_ietf_fields() {
 
 #[cfg(feature = "redis")]
 mod redis_store {
-    use std::time::Instant;
+    use std::{
+        sync::{
+            atomic::{AtomicU64, Ordering},
+            Arc, Mutex,
+        },
+        time::Instant,
+    };
 
     use super::*;
     use common::redis::RedisServer;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
     use tower_5xx::rate_limit::RedisStore;
 
     async fn store(server: &RedisServer) -> RedisStore {
@@ -238,6 +248,100 @@ mod redis_store {
             let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
             assert_eq!(json["status"], 503);
         }
+    }
+
+    /// A failover or a partition: the connection to Redis goes silent (no FIN, no RST, no
+    /// answer) while Redis is reachable on a new connection. The connection manager never sees
+    /// an error (the store's timeout gives up first), so the store replaces it.
+    #[tokio::test]
+    async fn a_silent_connection_is_replaced_and_decisions_go_back_to_redis() {
+        let redis = RedisServer::start();
+        let relay = Relay::start(redis.addr()).await;
+        let store = RedisStore::connect(&format!("redis://{}/", relay.addr))
+            .await
+            .unwrap()
+            .timeout(Duration::from_millis(50));
+        let addr = serve(store, 100_000).await;
+        let c = client();
+        let key = "tower-5xx:rl:{ip:127.0.0.1}:fleet";
+        assert_eq!(fetch(&c, addr, None).await.status, 200);
+        assert!(redis.command(&["EXISTS", key]).starts_with(":1"));
+
+        relay.freeze();
+        redis.command(&["DEL", key]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut requests = 0;
+        loop {
+            // Decided in memory meanwhile (fail-open).
+            assert_eq!(fetch(&c, addr, None).await.status, 200);
+            requests += 1;
+            if redis.command(&["EXISTS", key]).starts_with(":1") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still deciding in memory after 10 s and {requests} requests"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A TCP relay to Redis. [`freeze`](Self::freeze) makes every connection it relays silent
+    /// (kept open, no byte relayed either way); connections made after it are relayed.
+    struct Relay {
+        addr: SocketAddr,
+        epoch: Arc<AtomicU64>,
+    }
+
+    impl Relay {
+        async fn start(to: SocketAddr) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let epoch = Arc::new(AtomicU64::new(0));
+            let frozen: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+            let e = epoch.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (client, _) = listener.accept().await.unwrap();
+                    let server = TcpStream::connect(to).await.unwrap();
+                    let (e, frozen) = (e.clone(), frozen.clone());
+                    tokio::spawn(relay(client, server, e, frozen));
+                }
+            });
+            Self { addr, epoch }
+        }
+
+        fn freeze(&self) {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Relays bytes both ways until the relay's epoch changes, then holds both streams open.
+    async fn relay(
+        mut client: TcpStream,
+        mut server: TcpStream,
+        epoch: Arc<AtomicU64>,
+        frozen: Arc<Mutex<Vec<TcpStream>>>,
+    ) {
+        let mine = epoch.load(Ordering::SeqCst);
+        let live = || epoch.load(Ordering::SeqCst) == mine;
+        let (mut up, mut down) = ([0u8; 4096], [0u8; 4096]);
+        while live() {
+            tokio::select! {
+                n = client.read(&mut up) => match n {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) if live() => _ = server.write_all(&up[..n]).await,
+                    Ok(_) => {}
+                },
+                n = server.read(&mut down) => match n {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) if live() => _ = client.write_all(&down[..n]).await,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        frozen.lock().unwrap().extend([client, server]);
     }
 }
 

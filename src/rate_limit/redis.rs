@@ -1,10 +1,17 @@
 //! The Redis store: one quota for a fleet, one atomic GCRA decision per request.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, PoisonError, RwLock,
+    },
+    time::Duration,
+};
 
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
-    RedisError, Script,
+    Client, RedisError, Script,
 };
 
 use super::{
@@ -70,7 +77,13 @@ return out
 /// after a Redis restart) makes the whole decision atomically, so two instances sharing a
 /// quota admit at most that quota between them. It reads Redis's clock, not the instances'.
 /// Requests share one multiplexed connection ([`ConnectionManager`], which reconnects by
-/// itself in the background).
+/// itself in the background when the connection breaks). A connection that goes **silent**
+/// instead (a failover or a partition: no error, no close, just no answer) is one the manager
+/// never sees fail, since the store gives up on the decision first: after
+/// 3 decisions in a row that failed or ran out of time, a store made by
+/// [`connect`](Self::connect) makes a new connection manager in the background (one at a
+/// time, at most one attempt a second; requests meanwhile go on with the old one) and switches
+/// to it once connected.
 ///
 /// **A slow or dead Redis never stalls a request beyond the timeout and never causes a 500**:
 /// past it, the request is decided by the layer's in-memory store (the same policies, counted
@@ -84,7 +97,7 @@ return out
 /// share a slot in a Redis Cluster. Each expires once its client is back to a full quota.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Arc<Connection>,
     script: Arc<Script>,
     prefix: Arc<[u8]>,
     timeout: Duration,
@@ -101,30 +114,118 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// How many decisions in a row may fail or run out of time before the store replaces its
+/// connection manager.
+const REPLACE_AFTER: u32 = 3;
+
+/// The least time between two attempts to replace the connection manager.
+const REPLACE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The connection manager in use, and what replaces it when its connection goes silent.
+struct Connection {
+    /// Read for a moment by each decision (to clone it); written only when replaced.
+    manager: RwLock<ConnectionManager>,
+    /// What makes a new manager; `None` for a manager the user made.
+    client: Option<(Client, ConnectionManagerConfig)>,
+    /// Decisions in a row that failed or ran out of time.
+    failures: AtomicU32,
+    /// A replacement is under way (or waiting out [`REPLACE_INTERVAL`] after a failed one).
+    replacing: AtomicBool,
+}
+
+impl Connection {
+    fn manager(&self) -> ConnectionManager {
+        self.manager
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn succeeded(&self) {
+        // Read first: a write on every decision would bounce the cache line between cores.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed decision; the [`REPLACE_AFTER`]th in a row starts a replacement, unless
+    /// one is under way. Called inside a runtime (from the decision's future).
+    fn failed(self: &Arc<Self>) {
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if failures < REPLACE_AFTER
+            || self.client.is_none()
+            || self.replacing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let Some((client, config)) = &this.client else {
+                return;
+            };
+            tracing::info!(failures, "rate limit: replacing the Redis connection");
+            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                Ok(manager) => {
+                    let old = std::mem::replace(
+                        &mut *this.manager.write().unwrap_or_else(PoisonError::into_inner),
+                        manager,
+                    );
+                    // Decisions still waiting on the old one keep it until they end.
+                    drop(old);
+                    this.failures.store(0, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "rate limit: Redis still unreachable");
+                    tokio::time::sleep(REPLACE_INTERVAL).await;
+                }
+            }
+            this.replacing.store(false, Ordering::Release);
+        });
+    }
+}
+
 impl RedisStore {
     /// Connects to the Redis at `url` (`redis://host:port/db`) and keeps reconnecting when the
-    /// connection breaks. Connecting at start means the first request is already decided in
-    /// Redis.
+    /// connection breaks or goes silent. Connecting at start means the first request is
+    /// already decided in Redis.
     ///
     /// # Errors
     ///
     /// The URL is invalid or Redis cannot be reached within 1 s.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
-        let client = redis::Client::open(url)?;
+        let client = Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             // Reconnect soon after an outage: 10 ms, 20 ms, ... up to 1 s between attempts.
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_secs(1))
             .set_number_of_retries(3);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self::with_connection_manager(conn))
+        let conn = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        Ok(Self::new(conn, Some((client, config))))
     }
 
     /// A store on a connection manager you configured yourself.
+    ///
+    /// The manager reconnects when its connection breaks, but a connection that goes silent
+    /// is never replaced (neither the store's timeout nor the manager's own response timeout
+    /// makes it reconnect, and the store lacks the client to make a new manager): decisions
+    /// stay in memory (or 503) until the operating system gives up on the connection, which
+    /// takes minutes. Prefer [`connect`](Self::connect), which replaces it.
     pub fn with_connection_manager(conn: ConnectionManager) -> Self {
+        Self::new(conn, None)
+    }
+
+    fn new(conn: ConnectionManager, client: Option<(Client, ConnectionManagerConfig)>) -> Self {
         Self {
-            conn,
+            conn: Arc::new(Connection {
+                manager: RwLock::new(conn),
+                client,
+                failures: AtomicU32::new(0),
+                replacing: AtomicBool::new(false),
+            }),
             script: Arc::new(Script::new(GCRA_LUA)),
             prefix: Arc::from(&b"tower-5xx:rl:"[..]),
             timeout: Duration::from_millis(5),
@@ -184,7 +285,7 @@ impl RedisStore {
             args[2 * i + 1] = g.capacity / 1_000;
         }
         let n = gcras.len();
-        let mut conn = self.conn.clone();
+        let conn = self.conn.clone();
         let script = self.script.clone();
         let timeout = self.timeout;
         Box::pin(async move {
@@ -195,8 +296,17 @@ impl RedisStore {
             for a in &args[..2 * n] {
                 invocation.arg(*a);
             }
+            let mut manager = conn.manager();
             let reply =
-                tokio::time::timeout(timeout, invocation.invoke_async::<Vec<i64>>(&mut conn)).await;
+                tokio::time::timeout(timeout, invocation.invoke_async::<Vec<i64>>(&mut manager))
+                    .await;
+            // The manager sees a broken connection, not a silent one (our timeout drops its
+            // future first): past a few failures in a row, the store replaces it.
+            if matches!(&reply, Ok(Ok(reply)) if reply.len() == 1 + 2 * n) {
+                conn.succeeded();
+            } else {
+                conn.failed();
+            }
             match reply {
                 Ok(Ok(reply)) if reply.len() == 1 + 2 * n => {
                     let mut debts = [0u64; MAX_POLICIES];
