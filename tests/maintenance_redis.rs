@@ -7,7 +7,10 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -339,7 +342,13 @@ async fn redis_down_keeps_the_last_state_and_a_restart_resyncs() {
     eprintln!("resynced all 3 instances {resynced:?} after Redis came back");
     // The backoff is capped at 1 s; add the 200 ms resync tick and scheduling slack.
     assert!(resynced < Duration::from_millis(1500), "{resynced:?}");
-    assert_eq!(count(&logs, &key, "Redis reachable again"), 3);
+    // The outage ends, once per instance, when the new subscription has held for 1 s.
+    eventually(
+        "every instance reports the end",
+        Duration::from_millis(1500),
+        || count(&logs, &key, "Redis reachable again") == 3,
+    )
+    .await;
     for instance in &fleet {
         let reply = home(&c, instance.addr).await;
         assert_eq!(reply.header("retry-after"), Some("45"));
@@ -722,4 +731,238 @@ async fn one_source_followed_by_two_switches_and_written_from_code() {
         );
     }
     assert_eq!(b.status().notice.unwrap().get_message(), Some("from code"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults injected by a TCP proxy in front of the real redis-server.
+
+/// What the [`proxy`] does to the connections it carries.
+#[derive(Default)]
+struct Faults {
+    /// Connections that sent `SUBSCRIBE`.
+    subscribes: AtomicUsize,
+    /// Cut a connection this many ms after it sent `SUBSCRIBE` (0: never).
+    cut_subscribers_after_ms: AtomicU64,
+    /// Once a client sent `EXEC`, hold every reply of every connection back by this many ms
+    /// (0: never).
+    stall_after_exec_ms: AtomicU64,
+    stalled: AtomicBool,
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// A TCP proxy on 127.0.0.1:0 to `upstream`, with `faults`.
+async fn proxy(upstream: SocketAddr, faults: Arc<Faults>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let faults = faults.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let subscribed = tokio::sync::Notify::new();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if contains(&buf[..n], b"SUBSCRIBE") {
+                            faults.subscribes.fetch_add(1, Ordering::SeqCst);
+                            subscribed.notify_one();
+                        }
+                        if contains(&buf[..n], b"EXEC")
+                            && faults.stall_after_exec_ms.load(Ordering::SeqCst) > 0
+                        {
+                            faults.stalled.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if faults.stalled.load(Ordering::SeqCst) {
+                            let ms = faults.stall_after_exec_ms.load(Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let cut = async {
+                    subscribed.notified().await;
+                    match faults.cut_subscribers_after_ms.load(Ordering::SeqCst) {
+                        0 => std::future::pending().await,
+                        ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+                    }
+                };
+                tokio::select! {
+                    () = up => {}
+                    () = down => {}
+                    () = cut => {}
+                }
+                // Dropping both streams closes both connections.
+            });
+        }
+    });
+    addr
+}
+
+/// A subscription that Redis (or a proxy, or `CLIENT KILL TYPE pubsub`) drops right after it
+/// is made is retried with the documented backoff (50 ms doubling to 1 s), as one outage with
+/// one warning: not in a tight loop that re-subscribes, re-reads the key and warns every few
+/// milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_keeps_dropping_is_retried_with_backoff() {
+    let logs = common::logs();
+    let redis = RedisServer::start();
+    let key = unique_key("flapping-subscription");
+    let faults = Arc::new(Faults::default());
+    faults.cut_subscribers_after_ms.store(20, Ordering::SeqCst);
+    let addr = proxy(redis.addr(), faults.clone()).await;
+    let source = RedisSource::builder(format!("redis://{addr}/"))
+        .key(&key)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let switch = MaintenanceSwitch::new();
+    let _follower = switch.follow_redis(source);
+    // Counted over a fixed span: attempts near 0, 0.07, 0.19, 0.41, 0.83, 1.65, 2.67 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let subscribes = faults.subscribes.load(Ordering::SeqCst);
+    assert!(
+        (5..=10).contains(&subscribes),
+        "{subscribes} subscriptions in 3 s: not the documented backoff"
+    );
+    assert_eq!(
+        count(&logs, &key, "Redis unreachable"),
+        1,
+        "one warning per outage:\n{}",
+        logs.lines_with(&key).join("\n")
+    );
+    assert_eq!(count(&logs, &key, "Redis reachable again"), 0);
+}
+
+/// An admin write whose transaction reached Redis but whose answer came too late is not
+/// reported as "nothing was changed": Redis applied it (and the fleet follows it), so the `503`
+/// says the outcome is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_whose_answer_is_lost_reports_an_unknown_outcome() {
+    let redis = RedisServer::start();
+    let key = unique_key("late-reply");
+    let faults = Arc::new(Faults::default());
+    let addr = proxy(redis.addr(), faults.clone()).await;
+    let source = RedisSource::builder(format!("redis://{addr}/"))
+        .key(&key)
+        .resync_interval(Duration::from_secs(600))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let node = instance_with(source).await;
+    let c = client();
+    assert_eq!(home(&c, node.addr).await.status, StatusCode::OK);
+
+    // Redis turns slow just as the transaction is sent: its answers take 1.5 s.
+    faults.stall_after_exec_ms.store(1500, Ordering::SeqCst);
+    let reply = admin_call(&c, node.addr, Method::PUT, r#"{"message": "m"}"#).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(
+        reply.text().contains("may or may not have been applied"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        !reply.text().contains("nothing was changed"),
+        "{}",
+        reply.text()
+    );
+    // Redis did apply it (read directly, not through the proxy).
+    let stored = redis.command(&["GET", &key]);
+    assert!(stored.contains("\"enabled\":true"), "{stored:?}");
+}
+
+/// A key of another type (a hash set by hand, a name clash: `GET` answers `WRONGTYPE`) is content
+/// that is not the documented JSON, so it means on, as bad JSON does: not an outage that keeps
+/// the last state and reconnects forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_means_on() {
+    let logs = common::logs();
+    let redis = RedisServer::start();
+    let key = unique_key("wrongtype");
+    let switch = MaintenanceSwitch::new();
+    let _follower = switch.follow_redis(source(&redis, &key));
+    eventually("the follower reads the key", Duration::from_secs(2), || {
+        count(&logs, &key, "Redis key read") >= 1
+    })
+    .await;
+    assert!(!switch.is_enabled());
+    redis.command(&["HSET", &key, "enabled", "false"]);
+    eventually("maintenance on", Duration::from_secs(2), || {
+        switch.is_enabled()
+    })
+    .await;
+    assert_eq!(switch.status().source, Some(Source::Redis));
+    assert_eq!(count(&logs, &key, "bad content"), 1);
+    assert_eq!(count(&logs, &key, "Redis unreachable"), 0);
+    // An admin write replaces the hash.
+    let node = instance(&redis, &key).await;
+    let c = client();
+    let reply = admin_call(&c, node.addr, Method::DELETE, "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    eventually("maintenance off", Duration::from_secs(2), || {
+        !switch.is_enabled()
+    })
+    .await;
+}
+
+/// After [`RedisFollower::stop`] the switch keeps the Redis state it last applied, handed over to
+/// the manual source: the admin router's `DELETE` (now local) clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_state_kept_after_stop_is_cleared_by_a_local_delete() {
+    let redis = RedisServer::start();
+    let key = unique_key("stop-handover");
+    let node = instance(&redis, &key).await;
+    let c = client();
+    admin_call(&c, node.addr, Method::PUT, r#"{"message": "fleet"}"#).await;
+    assert_eq!(
+        home(&c, node.addr).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    node.follower.stop().await;
+    let status = node.switch.status();
+    assert_eq!(status.sources, [Source::Manual]);
+    assert_eq!(status.notice.unwrap().get_message(), Some("fleet"));
+    assert_eq!(
+        home(&c, node.addr).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let reply = admin_call(&c, node.addr, Method::DELETE, "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(home(&c, node.addr).await.status, StatusCode::OK);
+    // Redis itself still says on: stopping changes nothing there.
+    assert!(redis.command(&["GET", &key]).contains("\"enabled\":true"));
 }

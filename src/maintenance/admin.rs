@@ -6,7 +6,8 @@
 //! | `PUT /` with JSON `{"until": "<HTTP-date>", "retry_after": 120, "message": "..."}` (all optional, no other fields; an empty body is `{}`) | the [manual source](super::Source::Manual) on with that [notice](super::MaintenanceNotice) | `200` with the new status |
 //! | `DELETE /` | the manual source off; a [sentinel file](super::SentinelFile) that exists or an open [window](super::Window) keeps maintenance on | `200` with the new status (`"enabled": true` while another source is on) |
 //! | `PUT /`, `DELETE /` when the switch [follows Redis](MaintenanceSwitch::follow_redis) (feature `redis`) | written to the Redis key **instead of** the manual source (`DELETE` writes `"enabled": false`), so it reaches every instance of the fleet; applied to this instance before the answer | `200` with the new status, `"source": "redis"`, `"writes_to": "redis"` |
-//! | the same while Redis is unreachable (or slower than the source's timeout) | none, here or in Redis | `503` with `Retry-After: 1`, problem+json |
+//! | the same while Redis is unreachable, or refuses the write, before the transaction is sent | none, here or in Redis | `503` with `Retry-After: 1`, problem+json: "nothing was changed; retry" |
+//! | the same when the transaction was sent but its answer was lost (slower than the source's timeout, the connection cut) | **unknown**: Redis may have applied it (and the fleet will follow); not applied here before the answer | `503` with `Retry-After: 1`, problem+json: "it may or may not have been applied"; repeating the request is safe, a `GET` shows the state once the follower has read it |
 //! | no `Authorization: Bearer <token>`, or a wrong token | none | `401` with `WWW-Authenticate: Bearer` |
 //! | a body that is not such JSON, an `until` in the past or more than 30 days ahead, a `retry_after` over 30 days | none | `400` |
 //! | a body over 16 KiB (refused before it is read when `Content-Length` announces it) | none | `413` |
@@ -339,16 +340,21 @@ async fn write_through(
 ) -> Response {
     match store.write(notice, Some(switch)).await {
         Ok(()) => json_ok(switch),
-        Err(_) => store_unavailable(),
+        Err(e) => store_unavailable(e.may_have_been_applied()),
     }
 }
 
 /// `503` + `Retry-After: 1` (the follower's longest reconnection wait): the write did not
-/// happen.
+/// happen, or (`maybe_applied`) its outcome is unknown.
 #[cfg(feature = "redis")]
-fn store_unavailable() -> Response {
+fn store_unavailable(maybe_applied: bool) -> Response {
     let retry_after = Duration::from_secs(1);
-    let detail = "the maintenance store (Redis) is unreachable: nothing was changed; retry";
+    let detail = if maybe_applied {
+        "the maintenance store (Redis) did not confirm the change: it may or may not have been \
+         applied; repeating the request is safe, or GET to check"
+    } else {
+        "the maintenance store (Redis) is unreachable: nothing was changed; retry"
+    };
     let body = crate::response::Problem {
         retry_after: Some(retry_after.as_secs()),
         ..crate::response::Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)

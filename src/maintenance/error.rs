@@ -92,31 +92,59 @@ impl std::error::Error for InvalidRedisConfig {
     }
 }
 
-/// Redis could not be reached (or did not answer in time) for a write: nothing was changed.
+/// A write to the maintenance key failed: Redis could not be reached, refused it, or did not
+/// answer in time.
 ///
 /// Returned by [`RedisSource::enable_with`](super::redis::RedisSource::enable_with) and
 /// [`disable`](super::redis::RedisSource::disable); the admin router answers `503` with
 /// `Retry-After` for it.
+///
+/// Mostly nothing was changed. But when the transaction was sent and its answer never came (a
+/// timeout, a connection cut while waiting), Redis may have applied it, and the fleet may follow
+/// it: [`may_have_been_applied`](Self::may_have_been_applied) says so. Writing the same state
+/// again is safe either way.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[derive(Debug)]
 pub struct RedisUnavailable {
     source: Box<dyn std::error::Error + Send + Sync>,
+    maybe_applied: bool,
 }
 
 #[cfg(feature = "redis")]
 impl RedisUnavailable {
+    /// A write that failed before its transaction was sent, or that Redis refused.
     pub(crate) fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self {
             source: source.into(),
+            maybe_applied: false,
         }
+    }
+
+    /// A write whose transaction was sent without an answer coming back.
+    pub(crate) fn unconfirmed(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            source: source.into(),
+            maybe_applied: true,
+        }
+    }
+
+    /// Whether Redis may have applied the write: `true` when the transaction was sent and no
+    /// answer came back; `false` when it certainly changed nothing.
+    pub fn may_have_been_applied(&self) -> bool {
+        self.maybe_applied
     }
 }
 
 #[cfg(feature = "redis")]
 impl fmt::Display for RedisUnavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("maintenance store (redis) unavailable")
+        f.write_str(if self.maybe_applied {
+            "maintenance store (redis) did not confirm the write: it may or may not have been \
+             applied"
+        } else {
+            "maintenance store (redis) unavailable"
+        })
     }
 }
 

@@ -16,8 +16,8 @@
 //! | `{"enabled": false}` (what a `DELETE` writes) | off |
 //! | `"windows": [...]` in either | those windows open and close by themselves, as [`Window`]s do |
 //! | no key (Redis restarted empty, never written) | **no information**: the last known state stays; a fresh instance starts off |
-//! | anything else: not JSON, an unknown field, a bad date, a window that ends before it starts, over 64 KiB | **on**, the layer's default `Retry-After`, logged at warn level once per new content (as a [sentinel file](super::SentinelFile)'s bad content) |
-//! | Redis down, unreachable or slower than the [`timeout`](RedisSourceBuilder::timeout) | **the last known state stays** (fail-static); logged once per outage; reconnects with a backoff from 50 ms doubling to at most 1 s, then re-reads the key |
+//! | anything else: not JSON, an unknown field, a bad date, a window that ends before it starts, over 64 KiB, a key of another type (a hash: `GET` answers `WRONGTYPE`) | **on**, the layer's default `Retry-After`, logged at warn level once per new content (as a [sentinel file](super::SentinelFile)'s bad content) |
+//! | Redis down, unreachable, slower than the [`timeout`](RedisSourceBuilder::timeout), or answering another error (`LOADING`, `NOPERM`) | **the last known state stays** (fail-static); logged once per outage; reconnects with a backoff from 50 ms doubling to at most 1 s, then re-reads the key. A subscription that is cut again and again is one outage: the backoff is reset only once a subscription has held for 1 s |
 //!
 //! The key holds JSON; every field but `enabled` is optional, and no other field is allowed:
 //!
@@ -41,7 +41,9 @@
 //! turns the whole fleet on, a `DELETE` on any instance turns it off (it writes
 //! `"enabled": false` and keeps the key's windows), and there is no local admin state that a
 //! `DELETE` elsewhere could not clear. While Redis is unreachable an admin write answers `503`
-//! with `Retry-After: 1` (problem+json) and changes nothing. The other sources
+//! with `Retry-After: 1` (problem+json) and changes nothing; if the transaction was sent but its
+//! answer was lost, the `503` says that it may or may not have been applied (see the
+//! [admin router](super::admin)). The other sources
 //! ([`enable`](MaintenanceSwitch::enable) in code, a sentinel file, [`schedule`d](MaintenanceSwitch::schedule)
 //! windows) stay local to the instance and combine with Redis by the one
 //! [precedence rule](super#sources).
@@ -261,8 +263,24 @@ pub(crate) struct Store {
 struct Link {
     /// The connection for reads and writes; dropped on any error, made again on the next call.
     conn: Option<MultiplexedConnection>,
-    /// The raw value applied last: an unchanged value is not applied (or logged) again.
-    last: Option<Vec<u8>>,
+    /// What was applied last: unchanged content is not applied (or logged) again.
+    last: Option<Content>,
+}
+
+/// What a read of the key found, when there is a key.
+#[derive(Debug, PartialEq, Eq)]
+enum Content {
+    /// A string: the raw value.
+    String(Vec<u8>),
+    /// A key of another type (a hash, a list): Redis answered `WRONGTYPE`.
+    OtherType,
+}
+
+/// Whether `error` says the key holds something other than a string: the key's content, not a
+/// failure of Redis. (Other server errors, `LOADING` or `NOPERM`, are about the server, and are
+/// treated as an outage.)
+fn is_wrong_type(error: &RedisError) -> bool {
+    error.code() == Some("WRONGTYPE")
 }
 
 /// What the follower task of a switch holds on to: dropping it (the switch's last clone going, or
@@ -313,16 +331,36 @@ impl RedisFollower {
         self.task.is_finished()
     }
 
-    /// Stops following: the switch keeps the Redis state it last applied, and its admin router
-    /// writes to its manual source again. Returns once the task has ended.
+    /// Stops following: the switch keeps the Redis state it last applied, handed over to the
+    /// sources of this instance so that they can clear it, and its admin router writes to its
+    /// manual source again. Returns once the task has ended.
+    ///
+    /// The handover: the Redis notice, while on, becomes the [manual](Source::Manual) one (if
+    /// the manual source is on too, the notice the [precedence rule](super#sources) puts in
+    /// force is kept), so that [`disable`](MaintenanceSwitch::disable) or the admin router's
+    /// `DELETE` switches it off; the key's windows become [scheduled](Source::Scheduled) ones,
+    /// which still close by themselves and go with
+    /// [`clear_schedule`](MaintenanceSwitch::clear_schedule). Nothing read or written through
+    /// the stopped follower is applied afterwards.
     pub async fn stop(self) {
         if let Some(switch) = MaintenanceSwitch::upgrade(&self.switch) {
-            let mut redis = lock(&switch.shared().redis);
-            if redis
-                .as_ref()
-                .is_some_and(|f| Arc::ptr_eq(&f.store, &self.store))
-            {
-                redis.take();
+            let following = {
+                let mut redis = lock(&switch.shared().redis);
+                if redis
+                    .as_ref()
+                    .is_some_and(|f| Arc::ptr_eq(&f.store, &self.store))
+                {
+                    redis.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(following) = following {
+                // Wait for a read or write being applied: later ones see that the switch no
+                // longer follows this store, and apply nothing.
+                let _link = self.store.link.lock().await;
+                switch.hand_over_to_manual(Source::Redis);
+                drop(following);
             }
         }
         let _ = self.task.await;
@@ -375,6 +413,11 @@ impl MaintenanceSwitch {
 
 /// The follower: subscribe, read, then re-read on every message and every resync tick; on any
 /// failure keep the state, log once per outage, and reconnect with a capped backoff.
+///
+/// A subscription that is cut again and again (`CLIENT KILL TYPE pubsub`, an output buffer
+/// limit, a proxy) is one outage: the wait before each new attempt keeps doubling, and the
+/// outage ends (backoff reset, "reachable again" logged) only once a subscription has held for
+/// [`MAX_BACKOFF`].
 async fn follow(store: Arc<Store>, switch: Weak<Shared>, mut stop: oneshot::Receiver<()>) {
     let mut backoff = MIN_BACKOFF;
     // When the current outage began; `None` while connected (or before the first attempt).
@@ -384,50 +427,78 @@ async fn follow(store: Arc<Store>, switch: Weak<Shared>, mut stop: oneshot::Rece
             _ = &mut stop => return,
             connected = store.subscribe(&switch) => connected,
         };
-        let mut messages = match connected {
-            Ok(Some(messages)) => messages,
-            Ok(None) => return, // the switch is gone
-            Err(e) => {
-                store.outage(&mut down_since, &e);
-                tokio::select! {
-                    _ = &mut stop => return,
-                    () = tokio::time::sleep(backoff) => {}
+        let failure = match connected {
+            Ok(Some(messages)) => {
+                match store
+                    .listen(&switch, messages, &mut stop, &mut backoff, &mut down_since)
+                    .await
+                {
+                    Some(failure) => failure,
+                    None => return, // stopped, or the switch is gone
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
             }
+            Ok(None) => return, // the switch is gone
+            Err(e) => e,
         };
-        if let Some(since) = down_since.take() {
-            tracing::info!(
-                key = %store.key,
-                outage = ?since.elapsed(),
-                "maintenance: Redis reachable again; the key was re-read"
-            );
+        store.outage(&mut down_since, &failure);
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(backoff) => {}
         }
-        backoff = MIN_BACKOFF;
-        let mut ticks = tokio::time::interval_at(Instant::now() + store.resync, store.resync);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+impl Store {
+    /// Re-reads the key on every message of a fresh subscription and on every resync tick,
+    /// until something fails (the failure) or the follower must end (`None`). Once the
+    /// subscription has held for [`MAX_BACKOFF`], the outage is over: `backoff` starts again
+    /// from its minimum and `down_since` is cleared.
+    async fn listen(
+        &self,
+        switch: &Weak<Shared>,
+        mut messages: redis::aio::PubSubStream,
+        stop: &mut oneshot::Receiver<()>,
+        backoff: &mut Duration,
+        down_since: &mut Option<Instant>,
+    ) -> Option<RedisError> {
+        let settled = tokio::time::sleep(MAX_BACKOFF);
+        tokio::pin!(settled);
+        let mut is_settled = false;
+        let mut ticks = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let failure = loop {
+        loop {
             let wake = tokio::select! {
-                _ = &mut stop => return,
+                _ = &mut *stop => return None,
+                () = &mut settled, if !is_settled => {
+                    is_settled = true;
+                    *backoff = MIN_BACKOFF;
+                    if let Some(since) = down_since.take() {
+                        tracing::info!(
+                            key = %self.key,
+                            outage = ?since.elapsed(),
+                            "maintenance: Redis reachable again; the key was re-read"
+                        );
+                    }
+                    continue;
+                }
                 message = next(&mut messages) => {
                     if message.is_none() {
-                        break RedisError::from((
+                        return Some(RedisError::from((
                             redis::ErrorKind::Io,
                             "the subscription connection closed",
-                        ));
+                        )));
                     }
                     "message"
                 }
                 _ = ticks.tick() => "resync",
             };
-            match store.refresh(&switch).await {
-                Ok(true) => tracing::trace!(key = %store.key, wake, "maintenance: Redis key read"),
-                Ok(false) => return, // the switch is gone
-                Err(e) => break e,
+            match self.refresh(switch).await {
+                Ok(true) => tracing::trace!(key = %self.key, wake, "maintenance: Redis key read"),
+                Ok(false) => return None, // the switch is gone
+                Err(e) => return Some(e),
             }
-        };
-        store.outage(&mut down_since, &failure);
+        }
     }
 }
 
@@ -525,27 +596,45 @@ impl Store {
                 }
                 Err(e) => Err(e),
             };
-            if read.is_ok() {
-                break;
+            match &read {
+                Ok(_) => break,
+                // Redis answered: the connection is fine, the key is of another type.
+                Err(e) if is_wrong_type(e) => break,
+                Err(_) => {}
             }
             link.conn = None;
             if !cached {
                 break;
             }
         }
-        let value = read?;
-        self.apply(&mut link, &switch, value);
+        let content = match read {
+            Ok(value) => value.map(Content::String),
+            Err(e) if is_wrong_type(&e) => Some(Content::OtherType),
+            Err(e) => return Err(e),
+        };
+        self.apply(&mut link, &switch, content);
         Ok(true)
     }
 
-    /// Applies a value read from (or written to) the key, if it changed.
-    fn apply(&self, link: &mut Link, switch: &MaintenanceSwitch, value: Option<Vec<u8>>) {
+    /// Applies what was read from (or written to) the key, if it changed.
+    fn apply(&self, link: &mut Link, switch: &MaintenanceSwitch, content: Option<Content>) {
         // No key: no information. Keep what is known (a fresh instance stays off).
-        let Some(value) = value else { return };
-        if link.last.as_ref() == Some(&value) {
+        let Some(content) = content else { return };
+        // A follower stopped or replaced has handed its state over: it applies nothing more.
+        let follows = lock(&switch.shared().redis)
+            .as_ref()
+            .is_some_and(|f| std::ptr::eq(&*f.store, self));
+        if !follows {
             return;
         }
-        match parse(&value) {
+        if link.last.as_ref() == Some(&content) {
+            return;
+        }
+        let parsed = match &content {
+            Content::String(value) => parse(value),
+            Content::OtherType => Err("not a string (Redis answered WRONGTYPE)".to_owned()),
+        };
+        match parsed {
             Ok((notice, windows)) => switch.replace(Source::Redis, notice, windows),
             Err(why) => {
                 tracing::warn!(
@@ -557,12 +646,13 @@ impl Store {
                 switch.replace(Source::Redis, Some(MaintenanceNotice::new()), Vec::new());
             }
         }
-        link.last = Some(value);
+        link.last = Some(content);
     }
 
     /// Writes on (`Some`) or off (`None`), keeping the key's windows, and applies it to
-    /// `switch` (the admin router's, which follows this store). Nothing is written or applied if
-    /// Redis fails.
+    /// `switch` (the admin router's, which follows this store). Nothing is applied if Redis
+    /// fails; nothing is written either, unless the failure was a lost reply to the transaction
+    /// ([`RedisUnavailable::may_have_been_applied`]).
     pub(crate) async fn write(
         &self,
         notice: Option<MaintenanceNotice>,
@@ -580,10 +670,15 @@ impl Store {
         // A connection cached from before an outage is broken even if Redis is back: one more
         // try on a fresh connection before answering that Redis is unavailable.
         let mut written = Err(RedisError::from((redis::ErrorKind::Io, "not tried")));
+        // Whether a transaction was sent whose outcome is unknown (its reply was lost).
+        let mut maybe_applied = false;
         for _ in 0..2 {
             let cached = link.conn.is_some();
             written = match self.connection(&mut link).await {
-                Ok(mut conn) => self.write_once(&mut conn, &mut stored).await,
+                Ok(mut conn) => self.write_once(&mut conn, &mut stored).await.map_err(|f| {
+                    maybe_applied |= f.maybe_applied;
+                    f.error
+                }),
                 Err(e) => Err(e),
             };
             if written.is_ok() {
@@ -597,14 +692,40 @@ impl Store {
         match written {
             Ok(json) => {
                 if let Some(switch) = switch {
-                    self.apply(&mut link, switch, Some(json));
+                    self.apply(&mut link, switch, Some(Content::String(json)));
                 }
                 Ok(())
+            }
+            Err(e) if maybe_applied => {
+                tracing::warn!(
+                    key = %self.key,
+                    error = %e,
+                    "maintenance: Redis did not confirm the write; it may or may not have been \
+                     applied"
+                );
+                Err(RedisUnavailable::unconfirmed(e))
             }
             Err(e) => {
                 tracing::warn!(key = %self.key, error = %e, "maintenance: Redis write failed; nothing changed");
                 Err(RedisUnavailable::new(e))
             }
+        }
+    }
+}
+
+/// A failed write attempt.
+struct WriteFailure {
+    error: RedisError,
+    /// The transaction was sent and no answer came back (an I/O error, a timeout): Redis may
+    /// have applied it. `false` when it failed before it was sent, or Redis refused it.
+    maybe_applied: bool,
+}
+
+impl From<RedisError> for WriteFailure {
+    fn from(error: RedisError) -> Self {
+        Self {
+            error,
+            maybe_applied: false,
         }
     }
 }
@@ -616,14 +737,20 @@ impl Store {
         &self,
         conn: &mut MultiplexedConnection,
         stored: &mut Stored,
-    ) -> Result<Vec<u8>, RedisError> {
+    ) -> Result<Vec<u8>, WriteFailure> {
         for _ in 0..WRITE_ATTEMPTS {
             // Keep the windows already in the key; a concurrent writer aborts this attempt.
             self.bounded(redis::cmd("WATCH").arg(&self.key).exec_async(&mut *conn))
                 .await?;
-            let old: Option<Vec<u8>> = self
+            let old: Option<Vec<u8>> = match self
                 .bounded(redis::cmd("GET").arg(&self.key).query_async(&mut *conn))
-                .await?;
+                .await
+            {
+                Ok(old) => old,
+                // A key of another type has no windows to keep; `SET` replaces it.
+                Err(e) if is_wrong_type(&e) => None,
+                Err(e) => return Err(e.into()),
+            };
             stored.windows = old
                 .and_then(|old| serde_json::from_slice::<Stored>(&old).ok())
                 .map(|old| old.windows)
@@ -637,7 +764,13 @@ impl Store {
                         .publish(&self.channel, &json)
                         .query_async(&mut *conn),
                 )
-                .await?;
+                .await
+                // An error answered by Redis (a code such as `EXECABORT`) means it refused the
+                // transaction; without an answer, `EXEC` may have run.
+                .map_err(|error| WriteFailure {
+                    maybe_applied: error.code().is_none(),
+                    error,
+                })?;
             if done.is_some() {
                 return Ok(json);
             }
@@ -645,7 +778,8 @@ impl Store {
         Err(RedisError::from((
             redis::ErrorKind::Io,
             "the key kept changing under the write",
-        )))
+        ))
+        .into())
     }
 }
 

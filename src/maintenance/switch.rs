@@ -577,6 +577,39 @@ impl MaintenanceSwitch {
         }
     }
 
+    /// Hands what `source` holds over to the sources of this instance, when it stops being
+    /// followed: its notice to the manual source (unless the manual source is on with a notice
+    /// that the precedence rule prefers), its windows to the scheduled ones.
+    #[cfg(feature = "redis")]
+    pub(crate) fn hand_over_to_manual(&self, source: Source) {
+        let (Some(slot), Some(manual)) = (source.slot(), Source::Manual.slot()) else {
+            debug_assert!(false, "{source} is not switched by hand");
+            return;
+        };
+        let now = self.shared.clock.now();
+        let mut inner = self.write();
+        let held = inner.held[slot].take();
+        let handed = held.is_some();
+        if let Some(notice) = held {
+            let keep_manual = inner.held[manual]
+                .as_ref()
+                .is_some_and(|m| m.stated_wait(now) >= notice.stated_wait(now));
+            if !keep_manual {
+                inner.held[manual] = Some(notice);
+            }
+        }
+        for (s, _) in &mut inner.windows {
+            if *s == source {
+                *s = Source::Scheduled;
+            }
+        }
+        self.publish(&inner);
+        drop(inner);
+        if handed {
+            tracing::info!(%source, "maintenance source handed over to the manual source");
+        }
+    }
+
     /// Adds a scheduled window. Windows that have already ended are ignored.
     pub fn schedule(&self, window: Window) {
         if window.end <= self.shared.clock.now() {
