@@ -14,18 +14,8 @@ impl PathPrefixes {
     /// prefix that cannot be normalised is kept as given: no normalised path contains what made
     /// it ambiguous).
     pub(crate) fn add(&mut self, prefix: &str) {
-        let owned;
-        let prefix = if prefix.starts_with('/') {
-            prefix
-        } else {
-            owned = format!("/{prefix}");
-            &owned
-        };
-        let prefix = match normalize_path(prefix) {
-            Some(normal) => normal.into_owned(),
-            None => prefix.to_owned(),
-        };
-        self.prefixes.push(prefix.into_boxed_str());
+        self.prefixes
+            .push(normalize_prefix(prefix).into_boxed_str());
     }
 
     /// Whether `path` (as received) is one of the prefixes or below one. An ambiguous path
@@ -38,6 +28,30 @@ impl PathPrefixes {
             Some(path) => self.prefixes.iter().any(|p| path_has_prefix(&path, p)),
             None => false,
         }
+    }
+}
+
+/// Whether `prefix`, added to a [`PathPrefixes`], would match every path: it is empty or
+/// normalises to `/` (`"/"`, `"/x/.."`).
+#[cfg_attr(not(feature = "maintenance"), allow(dead_code))] // only the maintenance bypass asks
+pub(crate) fn matches_every_path(prefix: &str) -> bool {
+    normalize_prefix(prefix) == "/"
+}
+
+/// `prefix` with a leading `/` (added when missing), normalised as request paths are (a prefix
+/// that cannot be normalised is kept as given: no normalised path contains what made it
+/// ambiguous).
+fn normalize_prefix(prefix: &str) -> String {
+    let owned;
+    let prefix = if prefix.starts_with('/') {
+        prefix
+    } else {
+        owned = format!("/{prefix}");
+        &owned
+    };
+    match normalize_path(prefix) {
+        Some(normal) => normal.into_owned(),
+        None => prefix.to_owned(),
     }
 }
 
@@ -157,6 +171,16 @@ mod tests {
         assert!(!path_has_prefix("/", "/healthz"));
         assert!(path_has_prefix("/static/app.js", "/static/"));
         assert!(path_has_prefix("/anything", "/"));
+    }
+
+    #[test]
+    fn prefixes_that_match_every_path_are_recognised() {
+        for every in ["", "/", "/x/..", "x/..", "/./", "/%2e%2e", "/a/%2E%2E/"] {
+            assert!(matches_every_path(every), "{every:?}");
+        }
+        for some in ["/healthz", "healthz", "/static/", "//", "/x/../y"] {
+            assert!(!matches_every_path(some), "{some:?}");
+        }
     }
 
     #[test]

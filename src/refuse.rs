@@ -187,6 +187,16 @@ impl RefusalPolicy {
     /// policy sends dates and the date is within the bounds; otherwise it is read as the delay
     /// until it.
     pub fn retry_after(&self, base: RetryAfter, now: impl FnOnce() -> SystemTime) -> RetryAfter {
+        self.retry_after_read(base, now).0
+    }
+
+    /// [`retry_after`](Self::retry_after), with the wall-clock time it read (when a date was
+    /// involved).
+    fn retry_after_read(
+        &self,
+        base: RetryAfter,
+        now: impl FnOnce() -> SystemTime,
+    ) -> (RetryAfter, Option<SystemTime>) {
         let i = &*self.inner;
         let needs_now = i.http_date || matches!(base, RetryAfter::Date(_));
         let now = if needs_now { Some(now()) } else { None };
@@ -201,11 +211,12 @@ impl RefusalPolicy {
             (true, _, Some(now)) => RetryAfter::Date(now.checked_add(bounded).unwrap_or(now)),
             _ => RetryAfter::Delay(bounded),
         };
-        if i.jitter.is_zero() {
+        let ra = if i.jitter.is_zero() {
             ra.at_least_one_second()
         } else {
             ra.with_jitter(i.jitter).at_least_one_second()
-        }
+        };
+        (ra, now)
     }
 
     /// The response for a refusal. `retry_after` is the base wait (`None` for a 500, which
@@ -315,7 +326,10 @@ impl RefusalPolicy {
         B: From<Bytes>,
     {
         let i = &*self.inner;
-        let retry_after = retry_after.map(|base| self.retry_after(base, now));
+        let (retry_after, now) = match retry_after.map(|base| self.retry_after_read(base, now)) {
+            Some((ra, now)) => (Some(ra), now),
+            None => (None, None),
+        };
         let format = if i.negotiate {
             request.negotiate(i.html, i.format)
         } else {
@@ -326,6 +340,10 @@ impl RefusalPolicy {
             .violated_policies(violated_policies);
         if let Some(ra) = retry_after {
             error = error.retry_after(ra);
+        }
+        if let Some(now) = now {
+            // The body counts a date from the same clock as the header.
+            error = error.counted_from(now);
         }
         if let Some(detail) = detail.or_else(|| i.detail.clone()) {
             error = error.detail(detail);

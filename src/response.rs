@@ -360,6 +360,9 @@ pub struct ErrorResponse {
     /// The quota policies a 429 violated (draft-ietf-httpapi-ratelimit-headers): when not
     /// empty, the problem type is `quota-exceeded` with a `violated-policies` member.
     violated_policies: Vec<Arc<str>>,
+    /// The wall-clock time a `Retry-After` date is counted from in the body: the clock the
+    /// refusal policy read for the header. `None`: the system clock when the body is made.
+    now: Option<SystemTime>,
 }
 
 /// The problem type of a request over quota (draft-ietf-httpapi-ratelimit-headers, "Quota
@@ -416,7 +419,24 @@ impl ErrorResponse {
             error_id: ErrorId::new(),
             format: Format::Text,
             violated_policies: Vec::new(),
+            now: None,
         }
+    }
+
+    #[cfg(any(
+        feature = "catch",
+        feature = "maintenance",
+        feature = "shed",
+        feature = "breaker",
+        feature = "lifecycle",
+        feature = "rate-limit"
+    ))]
+    /// Counts a `Retry-After` date from `now` in the body (its "retry after" seconds, the HTML
+    /// page's self-refresh): the time the refusal policy read from its clock for the header,
+    /// so that header and body agree on an injected clock.
+    pub(crate) fn counted_from(mut self, now: SystemTime) -> Self {
+        self.now = Some(now);
+        self
     }
 
     #[cfg(any(
@@ -511,9 +531,9 @@ impl ErrorResponse {
     fn body(&self) -> Bytes {
         let title = self.status.canonical_reason().unwrap_or("Error");
         let detail = self.detail_text();
-        let retry_secs = self
-            .retry_after
-            .map(|ra| delay_secs_rounded_up(ra.delay_from(SystemTime::now())));
+        let retry_secs = self.retry_after.map(|ra| {
+            delay_secs_rounded_up(ra.delay_from(self.now.unwrap_or_else(SystemTime::now)))
+        });
         let id = self.error_id;
         let code = self.status.as_u16();
         match self.format {

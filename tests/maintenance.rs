@@ -1272,3 +1272,121 @@ mod admin {
             .unwrap()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Windows in a run, an injected clock, a bypass path that would pass everything.
+
+fn ok_service(
+) -> impl tower::Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
+       + Clone {
+    service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+    })
+}
+
+async fn call(
+    svc: &(impl tower::Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
+          + Clone),
+    req: Request<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    svc.clone().oneshot(req).await.unwrap()
+}
+
+/// Two scheduled windows back to back (or overlapping) are one maintenance: while the first is
+/// open, clients are told to come back when the second ends, not into the second.
+#[tokio::test]
+async fn back_to_back_windows_announce_the_end_of_the_last() {
+    let t0 = date("Sun, 06 Nov 2033 08:00:00 GMT");
+    let s = Duration::from_secs;
+    let clock = ManualClock::new(t0);
+    let switch = MaintenanceSwitch::with_clock(clock.clone());
+    switch.schedule(Window::new(t0, t0 + s(100)).unwrap());
+    switch.schedule(Window::new(t0 + s(100), t0 + s(200)).unwrap());
+    // Overlapping the second, and a window after a gap that is not part of the run.
+    switch.schedule(Window::new(t0 + s(150), t0 + s(250)).unwrap());
+    switch.schedule(Window::new(t0 + s(300), t0 + s(400)).unwrap());
+    let svc = exact_layer(&switch).layer(ok_service());
+    let get = || Request::get("/").body(Full::default()).unwrap();
+
+    let res = call(&svc, get()).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()[header::RETRY_AFTER], "250");
+    assert_eq!(switch.status().ends_at, Some(t0 + s(250)));
+    clock.set(t0 + s(120));
+    assert_eq!(
+        call(&svc, get()).await.headers()[header::RETRY_AFTER],
+        "130"
+    );
+    // The gap: open.
+    clock.set(t0 + s(250));
+    assert_eq!(call(&svc, get()).await.status(), StatusCode::OK);
+    clock.set(t0 + s(300));
+    assert_eq!(
+        call(&svc, get()).await.headers()[header::RETRY_AFTER],
+        "100"
+    );
+}
+
+/// With an injected wall clock and HTTP-date `Retry-After`, the body's "retry after" and the
+/// HTML page's self-refresh count from the switch's clock, as the header does (a clock behind
+/// the system's must not make the page reload itself at once).
+#[tokio::test]
+async fn the_body_agrees_with_the_header_on_an_injected_clock() {
+    let t0 = date("Tue, 06 Nov 2001 08:00:00 GMT");
+    let switch = MaintenanceSwitch::with_clock(ManualClock::new(t0));
+    switch.enable_with(MaintenanceNotice::new().until(t0 + Duration::from_secs(300)));
+    let dated = exact().to_builder().http_date(true).build().unwrap();
+    let svc = MaintenanceLayer::new(switch.clone())
+        .refusal(dated)
+        .layer(ok_service());
+    let get = |accept: &str| {
+        Request::get("/")
+            .header(header::ACCEPT, accept)
+            .body(Full::default())
+            .unwrap()
+    };
+    let body = |res: Response<Full<Bytes>>| async {
+        http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+    };
+
+    let res = call(&svc, get("text/html")).await;
+    assert_eq!(
+        res.headers()[header::RETRY_AFTER],
+        "Tue, 06 Nov 2001 08:05:00 GMT"
+    );
+    let page = body(res).await;
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("content=\"300\""), "{page}");
+
+    let res = call(&svc, get("application/problem+json")).await;
+    let json: serde_json::Value = serde_json::from_slice(&body(res).await).unwrap();
+    assert_eq!(json["retry_after"], 300);
+}
+
+/// A bypass prefix that would let every path through (empty, say from an unset environment
+/// variable; `/`; `/x/..`) adds no rule, as an empty bypass secret does: maintenance still
+/// answers 503.
+#[tokio::test]
+async fn a_bypass_path_that_would_pass_everything_adds_no_rule() {
+    let switch = MaintenanceSwitch::new();
+    switch.enable();
+    let health_path = String::new(); // std::env::var("HEALTH_PATH").unwrap_or_default()
+    let svc = exact_layer(&switch)
+        .bypass_path(health_path)
+        .bypass_path("/")
+        .bypass_path("/healthz/..")
+        .bypass_path("/healthz")
+        .layer(ok_service());
+    let get = |path: &str| Request::get(path).body(Full::default()).unwrap();
+    for path in ["/", "/checkout", "/healthzz"] {
+        let res = call(&svc, get(path)).await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+    }
+    assert_eq!(
+        call(&svc, get("/healthz/live")).await.status(),
+        StatusCode::OK
+    );
+}

@@ -98,10 +98,20 @@ impl MaintenanceLayer {
     /// servers read in different ways passes by no prefix: an encoded `/` or `\`
     /// (`/healthz/..%2fadmin`), a `\`, a bad escape, a `..;` segment. The query is not part
     /// of the path. ([`bypass_if`](Self::bypass_if) predicates see the URI as received.)
+    ///
+    /// A prefix that would let **every** path through adds **no** rule: an empty one (an unset
+    /// environment variable, say), `/`, or one that normalises to `/` (`/healthz/..`). As with
+    /// an empty [`bypass_header`](Self::bypass_header) secret, the layer logs a warning
+    /// (`tracing`, at warn level) and keeps answering 503; to let everything through, switch
+    /// maintenance off.
     pub fn bypass_path(mut self, prefix: impl Into<String>) -> Self {
-        let mut prefix = prefix.into();
-        if !prefix.starts_with('/') {
-            prefix.insert(0, '/');
+        let prefix = prefix.into();
+        if crate::path_prefix::matches_every_path(&prefix) {
+            tracing::warn!(
+                prefix = %prefix,
+                "maintenance bypass path ignored: it would let every request through"
+            );
+            return self;
         }
         self.cfg().bypass.add_path(&prefix);
         self

@@ -45,7 +45,9 @@
 //! **Scheduled windows** ([`MaintenanceSwitch::schedule`]) open and close by themselves. There is
 //! no background task: each request compares the [wall clock](WallClock) with the pending
 //! windows (while any is pending, the hot path is the atomic load, a clock read and a shared
-//! read lock; once the last one has ended it is one atomic load again).
+//! read lock; once the last one has ended it is one atomic load again). Windows back to back or
+//! overlapping (of any source) are one maintenance: while the first is open, clients are told to
+//! come back when the last of the run ends, not into the next window.
 //!
 //! # Bypass rules
 //!
@@ -53,7 +55,8 @@
 //!
 //! - [`bypass_path`](MaintenanceLayer::bypass_path): path prefixes, e.g. `/healthz`, matched
 //!   against the path with its dot-segments removed (`/healthz/../admin` is `/admin`); a path
-//!   that servers read in different ways (`/healthz/..%2fadmin`) passes by no prefix;
+//!   that servers read in different ways (`/healthz/..%2fadmin`) passes by no prefix; a prefix
+//!   that would pass every path (empty, `/`) is refused: it adds no rule;
 //! - [`bypass_header`](MaintenanceLayer::bypass_header): a secret header, compared in constant
 //!   time (an empty secret is refused: it adds no rule);
 //! - [`allow_ip`](MaintenanceLayer::allow_ip): client IPs in CIDR nets. The client IP is the

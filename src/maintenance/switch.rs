@@ -157,7 +157,9 @@ impl MaintenanceNotice {
 
 /// A scheduled maintenance window: on from `start` (inclusive) to `end` (exclusive), wall-clock.
 ///
-/// While a window is open, clients get 503 with `Retry-After` equal to the time left until `end`.
+/// While a window is open, clients get 503 with `Retry-After` equal to the time left until `end`,
+/// or until the end of the last window of a run, when other pending windows open at or before
+/// that end (back to back or overlapping: one maintenance).
 /// ```
 /// use std::time::{Duration, SystemTime};
 /// use tower_5xx::maintenance::Window;
@@ -331,25 +333,29 @@ struct Inner {
     windows: Vec<(Source, Window)>,
 }
 
-/// A notice in the running: a held source's, or an open window's.
+/// A notice in the running: a held source's, or an open window's (with the end of the run of
+/// windows it opens: see [`Inner::run_end`]).
 #[derive(Clone, Copy)]
 enum Candidate<'a> {
     Held(&'a MaintenanceNotice),
-    Window(&'a Window),
+    Window(&'a Window, SystemTime),
 }
 
 impl Candidate<'_> {
     fn stated_wait(self, now: SystemTime) -> Option<Duration> {
         match self {
             Candidate::Held(notice) => notice.stated_wait(now),
-            Candidate::Window(window) => window.end.duration_since(now).ok(),
+            Candidate::Window(_, end) => end.duration_since(now).ok(),
         }
     }
 
     fn notice(self) -> MaintenanceNotice {
         match self {
             Candidate::Held(notice) => notice.clone(),
-            Candidate::Window(window) => window.notice(),
+            Candidate::Window(window, end) => MaintenanceNotice {
+                end: Some(End::At(end)),
+                ..window.notice()
+            },
         }
     }
 }
@@ -367,20 +373,48 @@ impl Inner {
                 .windows
                 .iter()
                 .filter(move |(s, w)| *s == source && w.is_open(now))
-                .map(|(_, w)| Candidate::Window(w));
+                .map(|(_, w)| Candidate::Window(w, self.run_end(w)));
             held.into_iter()
                 .chain(windows)
                 .map(move |candidate| (source, candidate))
         })
     }
 
+    /// The end of the maintenance that `window` is part of: its end, extended through every
+    /// pending window (of any source) that opens at or before the end reached so far. Back to
+    /// back or overlapping windows are one maintenance, and clients are told to come back at
+    /// its end, not into the next window.
+    fn run_end(&self, window: &Window) -> SystemTime {
+        let mut end = window.end;
+        loop {
+            let further = self
+                .windows
+                .iter()
+                .filter(|(_, w)| w.start <= end && w.end > end)
+                .map(|(_, w)| w.end)
+                .max();
+            match further {
+                Some(further) => end = further,
+                None => return end,
+            }
+        }
+    }
+
     /// The notice in force at `now` and its source: the longest stated wait; a notice that states
-    /// none yields to one that does; ties go to the first in [`Source`] order.
+    /// none yields to one that does; ties go to the first in [`Source`] order, except between
+    /// two open windows of one run, where the one that stays open longer wins.
     fn winner(&self, now: SystemTime) -> Option<(Source, Candidate<'_>)> {
         let mut best: Option<(Source, Candidate<'_>, Option<Duration>)> = None;
         for (source, candidate) in self.candidates(now) {
             let wait = candidate.stated_wait(now);
-            if best.as_ref().is_none_or(|(_, _, w)| wait > *w) {
+            // Of two open windows in one run (the same wait), the one that stays open longer.
+            let better = |(_, best, w): &(Source, Candidate<'_>, Option<Duration>)| match (
+                candidate, best,
+            ) {
+                (Candidate::Window(a, _), Candidate::Window(b, _)) if wait == *w => a.end > b.end,
+                _ => wait > *w,
+            };
+            if best.as_ref().is_none_or(better) {
                 best = Some((source, candidate, wait));
             }
         }
