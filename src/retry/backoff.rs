@@ -108,11 +108,8 @@ impl Backoff {
     pub fn ceiling(&self, retry: u32) -> Duration {
         let exp = self.factor.powi(retry.saturating_sub(1).min(1024) as i32);
         let secs = self.base.as_secs_f64() * exp;
-        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
-            self.max
-        } else {
-            Duration::from_secs_f64(secs).min(self.max)
-        }
+        // Saturates at `max` (not finite, or past what a `Duration` holds).
+        Duration::try_from_secs_f64(secs).map_or(self.max, |d| d.min(self.max))
     }
 
     /// The delay before retry number `retry` (1 for the first), given the previous delay (used
@@ -122,7 +119,8 @@ impl Backoff {
     }
 
     /// [`Backoff::delay`] with the random draw supplied (`unit` in `[0, 1]`; a value outside is
-    /// taken as the nearer end, NaN as 0), for tests and simulations.
+    /// taken as the nearer end, NaN as 0), for tests and simulations. Never panics, whatever the
+    /// cap (`Duration::MAX` included): the delay saturates at `max`.
     pub fn delay_with(&self, retry: u32, previous: Duration, unit: f64) -> Duration {
         let unit = if unit.is_nan() {
             0.0
@@ -132,20 +130,27 @@ impl Backoff {
         let d = self.ceiling(retry);
         let delay = match self.jitter {
             Jitter::None => d,
-            Jitter::Full => d.mul_f64(unit),
-            Jitter::Equal => d / 2 + (d / 2).mul_f64(unit),
+            Jitter::Full => fraction(d, unit),
+            Jitter::Equal => (d / 2).saturating_add(fraction(d / 2, unit)),
             Jitter::Decorrelated => {
                 let low = self.base;
                 let high = previous.max(self.base).saturating_mul(3).min(self.max);
                 if high <= low {
                     low
                 } else {
-                    low + (high - low).mul_f64(unit)
+                    low.saturating_add(fraction(high - low, unit))
                 }
             }
         };
         delay.min(self.max)
     }
+}
+
+/// `d * unit` for `unit` in `[0, 1]`, never more than `d`. `Duration::mul_f64` panics when the
+/// product, rounded to an `f64` of seconds, no longer fits a `Duration` (`Duration::MAX * 1.0`
+/// rounds up past it); this saturates at `d` instead.
+fn fraction(d: Duration, unit: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * unit).map_or(d, |scaled| scaled.min(d))
 }
 
 #[cfg(test)]
@@ -188,6 +193,33 @@ mod tests {
         assert_eq!(dec.delay_with(1, Duration::ZERO, 0.0), MS * 100);
         assert_eq!(dec.delay_with(1, Duration::ZERO, 1.0), MS * 300);
         assert_eq!(dec.delay_with(5, MS * 900, 1.0), MS * 1000);
+    }
+
+    /// `max` has no upper bound and `unit` may be anything in `[0, 1]`: no delay panics, even
+    /// with a cap of `Duration::MAX`, where `f64` seconds no longer convert back exactly.
+    #[test]
+    fn an_unbounded_max_never_panics() {
+        let b = Backoff::new(Duration::from_secs(1), 2.0, Duration::MAX).unwrap();
+        for jitter in [
+            Jitter::None,
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Decorrelated,
+        ] {
+            let b = b.jitter(jitter);
+            for retry in [1, 64, 100, u32::MAX] {
+                for previous in [Duration::ZERO, Duration::from_secs(1), Duration::MAX] {
+                    for unit in [0.0, 0.5, 1.0] {
+                        let d = b.delay_with(retry, previous, unit);
+                        assert!(d <= b.max(), "{jitter:?} {retry} {previous:?} {unit}");
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            b.jitter(Jitter::Full).delay_with(100, Duration::ZERO, 1.0),
+            Duration::MAX
+        );
     }
 
     proptest! {
