@@ -1,6 +1,9 @@
 //! The key of a client circuit breaker: one canonical form of an origin for every client.
 
-use std::{fmt, net::Ipv6Addr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use http::Uri;
 
@@ -16,6 +19,10 @@ use http::Uri;
 /// - the port is always written, the scheme's default filled in when the URL has none (80 for
 ///   `http` and `ws`, 443 for `https` and `wss`; a URL of another scheme without a port has none);
 /// - an IPv6 literal is written in its shortest form, in brackets (`[::1]`);
+/// - for the schemes the WHATWG URL standard calls special (`http`, `https`, `ws`, `wss`,
+///   `ftp`, `file`), a host that is an IPv4 address in any of its numeric spellings (`127.1`,
+///   `2130706433`, `0x7f.0.0.1`, `0177.0.0.1`) is written dotted (`127.0.0.1`), as reqwest's URL
+///   parser writes it; a host that is not one (`1.2.3.4.5`, `example.123`) is left as it is;
 /// - user info and the path are not part of it: credentials are not a key.
 ///
 /// ```
@@ -63,15 +70,23 @@ impl Origin {
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .and_then(|h| h.parse::<Ipv6Addr>().ok());
+        let v4 = match scheme.as_str() {
+            "http" | "https" | "ws" | "wss" | "ftp" | "file" if v6.is_none() => whatwg_ipv4(host),
+            _ => None,
+        };
         let mut key = String::with_capacity(scheme.len() + host.len() + 9);
         key.push_str(&scheme);
         key.push_str("://");
-        match v6 {
-            Some(addr) => {
+        match (v6, v4) {
+            (Some(addr), _) => {
                 use fmt::Write;
                 let _ = write!(key, "[{addr}]");
             }
-            None => key.extend(host.chars().map(|c| c.to_ascii_lowercase())),
+            (None, Some(addr)) => {
+                use fmt::Write;
+                let _ = write!(key, "{addr}");
+            }
+            (None, None) => key.extend(host.chars().map(|c| c.to_ascii_lowercase())),
         }
         if let Some(port) = port {
             use fmt::Write;
@@ -84,6 +99,59 @@ impl Origin {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The WHATWG URL standard's IPv4 parser (section 3.5, "IPv4 parser"), which reqwest's `url`
+/// applies to the host of a special URL: up to four parts split on `.` (one trailing `.`
+/// ignored), each decimal, `0x` hexadecimal or `0` octal (an empty number after the prefix is
+/// 0); every part but the last is one byte, the last fills the bytes left. `None` when `host` is
+/// not such an address: `url` then rejects the URL whole if its last part is a number
+/// (`1.2.3.4.5`, `example.123`, `256.0.0.1`), and keeps it as a domain otherwise.
+fn whatwg_ipv4(host: &str) -> Option<Ipv4Addr> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let mut numbers = [0u32; 4];
+    let mut count = 0;
+    for part in host.split('.') {
+        *numbers.get_mut(count)? = whatwg_ipv4_number(part)?;
+        count += 1;
+    }
+    let (last, leading) = numbers[..count].split_last()?;
+    // The last part fills the `4 - leading.len()` bytes the others leave.
+    if u64::from(*last) >= 1u64 << (8 * (4 - leading.len())) {
+        return None;
+    }
+    let mut address = *last;
+    for (i, n) in leading.iter().enumerate() {
+        if *n > 255 {
+            return None;
+        }
+        address += n << (8 * (3 - i));
+    }
+    Some(Ipv4Addr::from(address))
+}
+
+/// One part of an IPv4 host (WHATWG "IPv4 number parser"); `None` when it is not a number or
+/// does not fit 32 bits (too large to be any part of an address).
+fn whatwg_ipv4_number(part: &str) -> Option<u32> {
+    if part.is_empty() {
+        return None;
+    }
+    let (digits, radix) =
+        if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+            (hex, 16)
+        } else if part.len() > 1 && part.starts_with('0') {
+            (&part[1..], 8)
+        } else {
+            (part, 10)
+        };
+    if digits.is_empty() {
+        return Some(0);
+    }
+    // `from_str_radix` alone would take a leading `+`.
+    if !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u32::from_str_radix(digits, radix).ok()
 }
 
 impl fmt::Display for Origin {
@@ -124,6 +192,26 @@ mod tests {
             ("wss://example.com", "wss://example.com:443"),
             ("ftp://example.com", "ftp://example.com"),
             ("http://127.0.0.1:3000", "http://127.0.0.1:3000"),
+            ("http://127.1:3000", "http://127.0.0.1:3000"),
+            ("http://2130706433/", "http://127.0.0.1:80"),
+            ("http://0x7f.0.0.1/", "http://127.0.0.1:80"),
+            ("http://0X7F.0.0.1/", "http://127.0.0.1:80"),
+            ("http://0177.0.0.1/", "http://127.0.0.1:80"),
+            ("http://127.0.0.1./", "http://127.0.0.1:80"),
+            ("http://10.0x10203/", "http://10.1.2.3:80"),
+            ("http://0x/", "http://0.0.0.0:80"),
+            ("https://192.168.1/", "https://192.168.0.1:443"),
+            // Not IPv4 addresses (reqwest's parser refuses these URLs): left as they are.
+            ("http://1.2.3.4.5/", "http://1.2.3.4.5:80"),
+            ("http://example.123/", "http://example.123:80"),
+            ("http://256.0.0.1/", "http://256.0.0.1:80"),
+            ("http://1.16777216/", "http://1.16777216:80"),
+            ("http://4294967296/", "http://4294967296:80"),
+            ("http://0x100000000/", "http://0x100000000:80"),
+            ("http://08.0.0.1/", "http://08.0.0.1:80"),
+            ("http://1..2/", "http://1..2:80"),
+            // Only special schemes have IPv4 hosts; another scheme's host is opaque text.
+            ("foo://127.1:9", "foo://127.1:9"),
         ] {
             assert_eq!(key(uri), expected, "{uri}");
         }
@@ -167,5 +255,54 @@ mod tests {
         let a = Origin::from_uri(&"http://example.com".parse().unwrap());
         let b = Origin::from_url(&reqwest::Url::parse("http://Example.com:80").unwrap());
         assert_eq!(a, b);
+    }
+
+    /// Numeric IPv4 spellings: `http::Uri` keeps them as text, reqwest's URL parser writes
+    /// them dotted; both give the one dotted origin. The hosts that are not IPv4 addresses but
+    /// end in a number are URLs reqwest refuses, so there is no second key to disagree with.
+    #[cfg(feature = "reqwest-middleware")]
+    #[test]
+    fn numeric_ipv4_spellings_give_hyper_and_reqwest_one_origin() {
+        for url in [
+            "http://127.1:3000/",
+            "http://2130706433:3000/",
+            "http://0x7f.0.0.1:3000/",
+            "http://0X7F.0.0.1:3000/",
+            "http://0177.0.0.1:3000/",
+            "http://0x7f000001:3000/",
+            "http://127.0.0.1.:3000/",
+            "http://127.0.1:3000/",
+            "http://0x7f.1:3000/",
+        ] {
+            let hyper = Origin::from_uri(&url.parse().unwrap());
+            let reqwest = Origin::from_url(&reqwest::Url::parse(url).unwrap());
+            assert_eq!(
+                hyper.as_ref().map(Origin::as_str),
+                Some("http://127.0.0.1:3000"),
+                "{url}"
+            );
+            assert_eq!(hyper, reqwest, "{url}: one endpoint, two breakers");
+        }
+        for url in [
+            "http://1.2.3.4.5/",
+            "http://example.123/",
+            "http://256.0.0.1/",
+            "http://1.16777216/",
+            "http://4294967296/",
+            "http://08.0.0.1/",
+            "http://1..2/",
+        ] {
+            assert!(reqwest::Url::parse(url).is_err(), "{url}");
+            assert!(url.parse::<Uri>().is_ok(), "{url}");
+        }
+        // Not a number at the end: a domain on both sides.
+        let url = "http://123.example/";
+        let hyper = Origin::from_uri(&url.parse().unwrap());
+        let reqwest = Origin::from_url(&reqwest::Url::parse(url).unwrap());
+        assert_eq!(
+            hyper.as_ref().map(Origin::as_str),
+            Some("http://123.example:80")
+        );
+        assert_eq!(hyper, reqwest);
     }
 }
