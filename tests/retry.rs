@@ -9,8 +9,12 @@ mod common;
 
 use std::{
     collections::VecDeque,
+    convert::Infallible,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{ready, Context, Poll},
     time::{Duration, SystemTime},
 };
 
@@ -22,6 +26,7 @@ use axum::{
     Router,
 };
 use http::Request;
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tokio::time::Instant;
@@ -153,6 +158,38 @@ async fn call(
     let res = svc.ready().await?.call(req).await?;
     let status = res.status();
     Ok((status, res.into_body().collect().await?.to_bytes()))
+}
+
+/// A request body as an upload stream gives it: its frames (data, then trailers if any), with
+/// no size hint, the first one `delay` late on tokio's clock.
+struct Upload {
+    frames: VecDeque<Frame<Bytes>>,
+    delay: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Upload {
+    fn new(frames: Vec<Frame<Bytes>>, delay: Option<Duration>) -> Self {
+        Self {
+            frames: frames.into(),
+            delay: delay.map(|d| Box::pin(tokio::time::sleep(d))),
+        }
+    }
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(delay) = self.delay.as_mut() {
+            ready!(delay.as_mut().poll(cx));
+            self.delay = None;
+        }
+        Poll::Ready(self.frames.pop_front().map(Ok))
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -410,6 +447,52 @@ async fn deadline_cuts_an_attempt_in_flight() {
     );
     let err = call(&mut svc, get(addr)).await.unwrap_err();
     assert!(err.is::<DeadlineExceeded>(), "{err}");
+}
+
+/// The deadline counts from the call, for the policy as for the layer's timer: after 5 s spent
+/// reading the request body, a 6 s `Retry-After` would end past the 10 s deadline, so the
+/// policy does not start that wait and the 503 comes back as the answer (the wait, started,
+/// would have been cut by the timer into a `DeadlineExceeded` error).
+#[tokio::test(start_paused = true)]
+async fn deadline_counts_the_time_spent_reading_the_request_body() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let inner = tower::service_fn(move |req: Request<ReplayBody<Upload>>| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let _ = req.into_body().collect().await;
+            let res = if n == 0 {
+                http::Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .header("retry-after", "6")
+                    .body(Body::default())
+            } else {
+                http::Response::builder().body(Body::from("ok"))
+            };
+            Ok::<_, Infallible>(res.unwrap())
+        }
+    });
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(fixed_backoff(10))
+        .deadline(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .service(inner);
+    let req = Request::put("http://api.test/")
+        .body(Upload::new(
+            vec![Frame::data(Bytes::from_static(b"x"))],
+            Some(Duration::from_secs(5)),
+        ))
+        .unwrap();
+    let start = Instant::now();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(start.elapsed(), Duration::from_secs(5), "no wait started");
 }
 
 #[tokio::test(start_paused = true)]

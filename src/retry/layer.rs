@@ -12,14 +12,14 @@ use std::{
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
     body::Buffering,
     error::{AttemptTimedOut, DeadlineExceeded},
-    policy::server_wait,
+    policy::{server_wait, Attempts},
     Origin, ReplayBody, RetryPolicy,
 };
 use crate::{
@@ -38,7 +38,9 @@ use crate::{
 /// 3. each attempt is cut after the policy's
 ///    [per-attempt timeout](super::RetryPolicyBuilder::attempt_timeout), if set (an
 ///    [`AttemptTimedOut`] error, which the policy may retry), and the whole exchange after the
-///    policy's [deadline](super::RetryPolicyBuilder::deadline) (a [`DeadlineExceeded`] error).
+///    policy's [deadline](super::RetryPolicyBuilder::deadline) (a [`DeadlineExceeded`] error),
+///    counted from the call: buffering the body and waiting for the client are part of it, for
+///    this timer and for the policy's choice of waits alike.
 ///
 /// The service's error type is [`BoxError`]; [`Failure::from`](super::Failure) tells its kinds
 /// apart.
@@ -308,13 +310,29 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (parts, body) = req.into_parts();
+        // The deadline counts from now, for the timer below and for the policy (which learns
+        // it through the body): time spent buffering the body or waiting for the client to be
+        // ready is the deadline's too, so the policy never starts a wait the timer would cut.
+        let (started, deadline) = match self.deadline {
+            None => (None, None),
+            Some(d) => {
+                let now = Instant::now();
+                let sleep = match now.checked_add(d) {
+                    Some(end) => tokio::time::sleep_until(end),
+                    // Too far to represent: tokio's own far future.
+                    None => tokio::time::sleep(d),
+                };
+                (Some(now), Some(sleep))
+            }
+        };
         ResponseFuture {
             state: State::Buffering {
                 buffering: Buffering::new(body, self.max_replay_body),
                 parts: Some(parts),
                 service: Some(self.inner.clone()),
+                started,
             },
-            deadline: self.deadline.map(tokio::time::sleep),
+            deadline,
         }
     }
 }
@@ -343,6 +361,7 @@ pin_project! {
             buffering: Buffering<B>,
             parts: Option<http::request::Parts>,
             service: Option<S>,
+            started: Option<Instant>,
         },
         Ready {
             request: Option<Request<ReplayBody<B>>>,
@@ -382,8 +401,12 @@ where
                     buffering,
                     parts,
                     service,
+                    started,
                 } => {
-                    let body = ready!(buffering.poll(cx))?;
+                    let mut body = ready!(buffering.poll(cx))?;
+                    if let Some(started) = *started {
+                        body.set_attempts(Attempts::unsent(started));
+                    }
                     let request =
                         Request::from_parts(parts.take().expect("polled after completion"), body);
                     let service = service.take();

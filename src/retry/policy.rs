@@ -198,6 +198,17 @@ pub(crate) struct Attempts {
 }
 
 impl Attempts {
+    /// A request not sent yet, whose deadline counts from `started`: the instant the caller
+    /// handed it to [`Retry`](super::Retry), before its body was buffered and the client was
+    /// ready, the instant the layer's deadline timer starts from too.
+    pub(crate) fn unsent(started: Instant) -> Self {
+        Self {
+            count: 0,
+            started: Some(started),
+            previous_delay: Duration::ZERO,
+        }
+    }
+
     pub(crate) fn next(self) -> Self {
         Self {
             count: self.count.saturating_add(1),
@@ -436,14 +447,19 @@ impl RetryPolicy {
         Some(delay)
     }
 
-    /// Starts the bookkeeping of a new request (and pays its deposit into the budget).
-    pub(crate) fn first_attempt(&self) -> Attempts {
+    /// Starts the bookkeeping of a new request (and pays its deposit into the budget). Its
+    /// deadline counts from `started` (now if `None`): the instant the client's own deadline
+    /// timer started, so that the policy never starts a wait the client would cut.
+    pub(crate) fn first_attempt(&self, started: Option<Instant>) -> Attempts {
         if let Some(budget) = &self.config.budget {
             budget.deposit();
         }
         Attempts {
             count: 1,
-            started: self.config.deadline.map(|_| Instant::now()),
+            started: self
+                .config
+                .deadline
+                .map(|_| started.unwrap_or_else(Instant::now)),
             previous_delay: Duration::ZERO,
         }
     }
@@ -654,7 +670,9 @@ impl RetryPolicyBuilder {
     /// An overall deadline across attempts and waits (default none). No wait is started that
     /// would end past it; [`RetryLayer`](super::RetryLayer) and
     /// [`RetryMiddleware`](super::RetryMiddleware) also cut an attempt in flight at the
-    /// deadline, with a [`DeadlineExceeded`](super::error::DeadlineExceeded) error.
+    /// deadline, with a [`DeadlineExceeded`](super::error::DeadlineExceeded) error. It counts
+    /// from the moment the request is handed to the layer or the middleware: the time spent
+    /// buffering its body and waiting for the client to be ready is part of it.
     ///
     /// [`build`](Self::build) rejects a zero deadline (every request would fail unsent).
     pub fn deadline(mut self, deadline: Duration) -> Self {
@@ -784,8 +802,10 @@ impl<B, ResB> tower::retry::Policy<Request<ReplayBody<B>>, Response<ResB>, BoxEr
     /// clone is kept for the next attempt.
     fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
         let state = match req.body().attempts() {
-            // The first attempt of a new request.
-            None => self.first_attempt(),
+            // The first attempt of a new request: from `ReplayBody::buffered` (no bookkeeping
+            // yet), or from `Retry`, which noted when the deadline started.
+            None => self.first_attempt(None),
+            Some(state) if state.count == 0 => self.first_attempt(state.started),
             Some(state) => state.next(),
         };
         let mut body = req.body().try_clone()?;

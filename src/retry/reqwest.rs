@@ -68,12 +68,11 @@ impl Middleware for RetryMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let mut state = self.policy.first_attempt();
+        // One start for the deadline the middleware enforces and the one the policy plans by.
+        let started = Instant::now();
+        let mut state = self.policy.first_attempt(Some(started));
         // A deadline too far to represent is no deadline.
-        let deadline = self
-            .policy
-            .deadline()
-            .and_then(|d| Instant::now().checked_add(d));
+        let deadline = self.policy.deadline().and_then(|d| started.checked_add(d));
         let method = req.method().clone();
         let idempotency_key = req.headers().contains_key(IDEMPOTENCY_KEY);
         let origin = match &self.breakers {
