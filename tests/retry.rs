@@ -928,6 +928,65 @@ async fn the_retry_the_server_invited_gets_through_the_client_breaker() {
     );
 }
 
+/// `Retry-After: 0` invites the retry now: the failure that trips the endpoint's breaker opens
+/// it for no time (not for the breaker's configured 5 s), and the retry, sent after the 10 ms
+/// backoff, goes through as its half-open probe and closes it.
+#[tokio::test(start_paused = true)]
+async fn retry_after_zero_lets_the_invited_retry_through_the_client_breaker() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_5xx::breaker::{CircuitBreaker, KeyedBreakers};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let inner = tower::service_fn(move |_req: Request<ReplayBody<Body>>| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let res = if n == 0 {
+                http::Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .header("retry-after", "0")
+                    .body(Body::default())
+            } else {
+                http::Response::builder().body(Body::from("ok"))
+            };
+            Ok::<_, Infallible>(res.unwrap())
+        }
+    });
+    // Opens on its first failure, for the configured 5 s (the default) unless told otherwise;
+    // one successful probe closes it.
+    let breakers = Arc::new(
+        KeyedBreakers::new(
+            CircuitBreaker::builder()
+                .minimum_calls(1)
+                .half_open_probes(1),
+        )
+        .unwrap(),
+    );
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(
+                RetryPolicy::builder()
+                    .backoff(fixed_backoff(10))
+                    .build()
+                    .unwrap(),
+            )
+            .circuit_breakers(breakers.clone()),
+        )
+        .service(inner);
+    let start = Instant::now();
+    let req = Request::get("http://api.test/")
+        .body(Body::default())
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(start.elapsed(), Duration::from_millis(10));
+    let origin = Origin::from_uri(&"http://api.test/".parse().unwrap()).unwrap();
+    assert_eq!(
+        breakers.get(&origin).state(),
+        tower_5xx::breaker::State::Closed
+    );
+}
+
 /// The same over 127.0.0.1 on the real clock, 50 clients at once, each with its own breakers:
 /// every one gets its `200` on the third attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

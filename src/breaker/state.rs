@@ -761,8 +761,9 @@ impl Permit {
 
     /// The call failed, and the callee said when to come back (a `503`'s `Retry-After`): if
     /// this failure opens the breaker, it stays open for `retry_after` (capped by the maximum
-    /// open duration) instead of the configured duration. To open right away whatever the
-    /// window says, use [`CircuitBreaker::trip_for`].
+    /// open duration) instead of the configured duration; a zero `retry_after` (`Retry-After:
+    /// 0`) opens it for no time, so the next call is a half-open probe. To open right away
+    /// whatever the window says, use [`CircuitBreaker::trip_for`].
     pub fn failure_with_retry_after(mut self, retry_after: Duration) {
         self.finish(Outcome::Failure, Some(retry_after));
     }

@@ -103,8 +103,11 @@ impl RetryLayer {
     /// carries a `Retry-After` (a 503's, typically), the breaker stays open that long (capped by
     /// the breaker's maximum open time), so the client honours the server's word across
     /// requests; the retry the server invited, sent once its `Retry-After` has passed, finds
-    /// the breaker's open time over (it never ends after the instant the server named). A 429 is about this client's rate, not the endpoint's health: it does not count
-    /// as a failure (its `Retry-After` is still honoured by the policy).
+    /// the breaker's open time over (it never ends after the instant the server named). A
+    /// `Retry-After` of 0 (or a date already past) opens it for no time at all: the retry sent
+    /// at once is its half-open probe. A 429 is about this client's rate, not the endpoint's
+    /// health: it does not count as a failure (its `Retry-After` is still honoured by the
+    /// policy).
     pub fn circuit_breakers(mut self, breakers: Arc<KeyedBreakers<Origin>>) -> Self {
         self.breakers = Some(breakers);
         self
@@ -542,6 +545,9 @@ where
 /// Reports an attempt's outcome to the endpoint's breaker: errors (`None`) and 5xx (but 501 and
 /// 505) are failures; a failure's `Retry-After` (read exactly as the policy reads it: a date
 /// against the response's `Date`) becomes the open time if this failure trips the breaker.
+/// `Retry-After: 0` (or a date already past) is an open time of zero: the server invites the
+/// retry now, so the next call is a half-open probe rather than a refusal for the breaker's
+/// whole configured open time.
 pub(crate) fn record_outcome(
     permit: Permit,
     response: Option<(http::StatusCode, &http::HeaderMap)>,
@@ -550,8 +556,8 @@ pub(crate) fn record_outcome(
         None => permit.failure(),
         Some((status, headers)) => match status_outcome(status) {
             Outcome::Failure => match server_wait(status, headers) {
-                Some(wait) if !wait.is_zero() => permit.failure_with_retry_after(wait),
-                _ => permit.failure(),
+                Some(wait) => permit.failure_with_retry_after(wait),
+                None => permit.failure(),
             },
             outcome => permit.record(outcome),
         },
