@@ -350,6 +350,64 @@ async fn body_over_the_cap_is_sent_once_whole_and_not_retried() {
     assert_eq!(script.arrivals().len(), 3);
 }
 
+/// A body buffered for replay keeps its trailers on the wire: over HTTP/1.1 it goes out
+/// chunked (an exact length would become `content-length`, and hyper would drop the trailers),
+/// on the first attempt and on the retry alike.
+#[tokio::test]
+async fn request_trailers_reach_the_server_on_every_attempt_over_http1() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let addr = common::serve_hyper(tower::service_fn(
+        move |req: Request<hyper::body::Incoming>| {
+            let (log, calls) = (log.clone(), calls.clone());
+            async move {
+                let collected = req.into_body().collect().await.unwrap();
+                let checksum = collected
+                    .trailers()
+                    .and_then(|t| t.get("x-checksum"))
+                    .map(|v| v.to_str().unwrap().to_owned());
+                log.lock().unwrap().push((checksum, collected.to_bytes()));
+                let status = if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                let mut res = http::Response::new(Full::new(Bytes::new()));
+                *res.status_mut() = status;
+                Ok::<_, Infallible>(res)
+            }
+        },
+    ))
+    .await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Upload>>();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryPolicy::builder()
+                .backoff(fixed_backoff(10))
+                .build()
+                .unwrap(),
+        ))
+        .service(client);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    let req = Request::put(format!("http://{addr}/upload"))
+        .header("trailer", "x-checksum")
+        .body(Upload::new(
+            vec![
+                Frame::data(Bytes::from_static(b"payload")),
+                Frame::trailers(trailers),
+            ],
+            None,
+        ))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let expected = (Some("abc123".to_owned()), Bytes::from_static(b"payload"));
+    assert_eq!(*seen.lock().unwrap(), [expected.clone(), expected]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn budget_bounds_attempts_while_the_server_is_down() {
     let script = Script::new([]);

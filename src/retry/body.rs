@@ -19,6 +19,10 @@ pin_project! {
     /// replayable on every attempt, byte for byte, trailers included) or, when the body was
     /// larger than the buffer cap, the bytes read so far followed by the rest of the original
     /// stream (sent once, never retried, nothing lost).
+    ///
+    /// A buffered body announces its exact length (hyper's `content-length`) only when the
+    /// original body did and carried no trailers; otherwise it goes out chunked on HTTP/1.1, as
+    /// the original would have, so its trailers reach the server.
     #[derive(Debug)]
     pub struct ReplayBody<B> {
         #[pin]
@@ -34,7 +38,8 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<B> {
         // Trailers are rare: boxed, so the common body stays small (requests are moved often).
-        Buffered { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
+        // `sized`: the original body announced its exact length (see `size_hint`).
+        Buffered { data: Option<Bytes>, trailers: Option<Box<HeaderMap>>, sized: bool },
         Streaming { prefix: Option<Bytes>, #[pin] rest: B, trailers: Option<Box<HeaderMap>> },
     }
 }
@@ -46,6 +51,7 @@ impl<B> ReplayBody<B> {
             kind: Kind::Buffered {
                 data: Some(data),
                 trailers: None,
+                sized: true,
             },
             attempts: None,
         }
@@ -67,10 +73,15 @@ impl<B> ReplayBody<B> {
     /// A copy for the next attempt, if the body is replayable (cheap: the bytes are shared).
     pub fn try_clone(&self) -> Option<Self> {
         match &self.kind {
-            Kind::Buffered { data, trailers } => Some(Self {
+            Kind::Buffered {
+                data,
+                trailers,
+                sized,
+            } => Some(Self {
                 kind: Kind::Buffered {
                     data: data.clone(),
                     trailers: trailers.clone(),
+                    sized: *sized,
                 },
                 attempts: self.attempts,
             }),
@@ -92,7 +103,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProj::Buffered { data, trailers } => {
+            KindProj::Buffered { data, trailers, .. } => {
                 if let Some(data) = data.take().filter(|d| !d.is_empty()) {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -122,7 +133,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Buffered { data, trailers } => {
+            Kind::Buffered { data, trailers, .. } => {
                 data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none()
             }
             Kind::Streaming {
@@ -137,10 +148,25 @@ where
         }
     }
 
+    /// A buffered body announces its exact length only when the original body did and no
+    /// trailers were read: on HTTP/1.1 an exact length becomes `content-length`, which leaves
+    /// no room for trailers (hyper drops them), while an open upper bound makes hyper send the
+    /// body chunked, trailers included, as it would have sent the original.
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Buffered { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            Kind::Buffered {
+                data,
+                trailers,
+                sized,
+            } => {
+                let len = data.as_ref().map_or(0, |d| d.len() as u64);
+                if *sized && trailers.is_none() {
+                    SizeHint::with_exact(len)
+                } else {
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(len);
+                    hint
+                }
             }
             Kind::Streaming { prefix, rest, .. } => {
                 let extra = prefix.as_ref().map_or(0, |d| d.len() as u64);
@@ -163,12 +189,15 @@ pin_project! {
         buf: BytesMut,
         trailers: Option<Box<HeaderMap>>,
         cap: usize,
+        // The body announced its exact length before it was read.
+        sized: bool,
     }
 }
 
 impl<B: Body> Buffering<B> {
     pub(crate) fn new(body: B, cap: usize) -> Self {
         Self {
+            sized: body.size_hint().exact().is_some(),
             body: Some(body),
             buf: BytesMut::new(),
             trailers: None,
@@ -208,6 +237,7 @@ where
                         kind: Kind::Buffered {
                             data: Some(std::mem::take(this.buf).freeze()),
                             trailers: this.trailers.take(),
+                            sized: *this.sized,
                         },
                         attempts: None,
                     }));
@@ -301,6 +331,34 @@ mod tests {
             assert_eq!(collected.trailers(), Some(&trailers));
             assert_eq!(collected.to_bytes(), "data");
         }
+    }
+
+    #[tokio::test]
+    async fn only_a_sized_body_without_trailers_keeps_an_exact_length() {
+        let sized = Buffering::new(Full::new(Bytes::from_static(b"data")), 64)
+            .await
+            .unwrap();
+        assert_eq!(sized.size_hint().exact(), Some(4));
+        let unsized_frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"data")))];
+        let streamed = Buffering::new(StreamBody::new(futures_util_stream(unsized_frames)), 64)
+            .await
+            .unwrap();
+        assert_eq!(streamed.size_hint().exact(), None);
+        assert_eq!(streamed.size_hint().lower(), 4);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let with_trailers = Full::new(Bytes::from_static(b"data"))
+            .with_trailers(std::future::ready(Some(Ok(trailers))));
+        let trailed = Buffering::new(with_trailers, 64).await.unwrap();
+        assert_eq!(trailed.size_hint().exact(), None);
+        assert_eq!(trailed.try_clone().unwrap().size_hint().exact(), None);
+        assert_eq!(
+            ReplayBody::<Full<Bytes>>::buffered(Bytes::from_static(b"data"))
+                .size_hint()
+                .exact(),
+            Some(4)
+        );
     }
 
     /// A tiny `Stream` over a vector, to avoid a futures dependency.
