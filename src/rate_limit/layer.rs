@@ -194,9 +194,19 @@ impl RateLimitBuilder {
 
     /// Never limits requests whose path is `prefix` or below it (health checks), matched as
     /// the maintenance layer matches its bypass paths: on a segment boundary, against the path
-    /// with dot-segments removed; an ambiguous path (`/healthz/..%2fapi`) is never exempt.
+    /// with dot-segments removed; an ambiguous path (`/healthz/..%2fapi`) is never exempt. A
+    /// prefix that would exempt every path (empty, as from an unset environment variable, `/`,
+    /// `/x/..`) makes [`build`](Self::build) fail.
     pub fn exempt_path(mut self, prefix: impl AsRef<str>) -> Self {
-        self.exempt.add(prefix.as_ref());
+        let prefix = prefix.as_ref();
+        if crate::path_prefix::matches_every_path(prefix) {
+            self.invalid.get_or_insert(InvalidConfig::new(
+                "exempt_path",
+                "would exempt every path (empty, \"/\" or a path that normalises to it)",
+            ));
+            return self;
+        }
+        self.exempt.add(prefix);
         self
     }
 
@@ -249,8 +259,9 @@ impl RateLimitBuilder {
     /// # Errors
     ///
     /// [`InvalidConfig`] with no policy or more than [`MAX_POLICIES`], two policies of one
-    /// name, a policy out of range (see [`Policy::new`]), a capacity out of range, or a
-    /// [trusted proxy](Self::trusted_proxy) network that is IPv4-mapped but shorter than /96.
+    /// name, a policy out of range (see [`Policy::new`]), a capacity out of range, a
+    /// [trusted proxy](Self::trusted_proxy) network that is IPv4-mapped but shorter than /96,
+    /// or an [exempt path](Self::exempt_path) that would exempt every path.
     pub fn build(self) -> Result<RateLimitLayer, InvalidConfig> {
         if let Some(e) = self.invalid {
             return Err(e);

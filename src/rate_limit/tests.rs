@@ -332,6 +332,22 @@ fn invalid_settings_are_errors_at_build() {
             RateLimitLayer::builder().policy(p()).capacity(usize::MAX),
             "capacity",
         ),
+        // An exempt path that would exempt everything (an unset environment variable).
+        (
+            RateLimitLayer::builder().policy(p()).exempt_path(""),
+            "exempt_path",
+        ),
+        (
+            RateLimitLayer::builder().policy(p()).exempt_path("/"),
+            "exempt_path",
+        ),
+        (
+            RateLimitLayer::builder()
+                .policy(p())
+                .exempt_path("healthz")
+                .exempt_path("/x/.."),
+            "exempt_path",
+        ),
     ];
     for (builder, setting) in cases {
         let e = builder.build().unwrap_err();
