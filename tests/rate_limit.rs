@@ -132,6 +132,41 @@ mod redis_store {
         serve_axum(app(layer)).await
     }
 
+    /// An error Redis answers (here one client's key holds a hash, so the script fails with
+    /// WRONGTYPE for that client only) proves the connection alive: the store keeps it, rather
+    /// than replacing a healthy connection every third request.
+    #[tokio::test]
+    async fn error_replies_keep_the_connection() {
+        let redis = RedisServer::start();
+        let store = store(&redis).await.timeout(Duration::from_secs(2));
+        let addr = serve(store, 100_000).await;
+        let c = client();
+        redis.command(&["HSET", "tower-5xx:rl:{ip:127.0.0.1}:fleet", "f", "v"]);
+        let connections = |redis: &RedisServer| -> u64 {
+            let info = redis.command(&["INFO", "stats"]);
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_connections_received:"))
+                .expect("INFO stats has total_connections_received")
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let before = connections(&redis);
+        for _ in 0..30 {
+            // Decided in memory (fail-open): the reply was an error.
+            assert_eq!(fetch(&c, addr, None).await.status, 200);
+        }
+        // A replacement would be under way by now (it starts at the third failure); give it
+        // the time a local connect takes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // One more: the INFO command's own connection.
+        assert_eq!(
+            connections(&redis),
+            before + 1,
+            "the store made new connections"
+        );
+    }
+
     #[tokio::test]
     async fn two_servers_sharing_one_redis_admit_the_quota_between_them() {
         let redis = RedisServer::start();

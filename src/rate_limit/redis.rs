@@ -80,7 +80,8 @@ return out
 /// itself in the background when the connection breaks). A connection that goes **silent**
 /// instead (a failover or a partition: no error, no close, just no answer) is one the manager
 /// never sees fail, since the store gives up on the decision first: after
-/// 3 decisions in a row that failed or ran out of time, a store made by
+/// 3 decisions in a row that ran out of time or lost the connection (an error Redis answers
+/// does not count: it proves the connection alive), a store made by
 /// [`connect`](Self::connect) makes a new connection manager in the background (one at a
 /// time, at most one attempt a second; requests meanwhile go on with the old one) and switches
 /// to it once connected.
@@ -179,12 +180,22 @@ impl Connection {
                 }
                 Err(error) => {
                     tracing::debug!(%error, "rate limit: Redis still unreachable");
-                    tokio::time::sleep(REPLACE_INTERVAL).await;
                 }
             }
+            // At most one attempt a second, whether it worked or not: a Redis slower than the
+            // timeout but alive must not have its connection replaced on every third request.
+            tokio::time::sleep(REPLACE_INTERVAL).await;
             this.replacing.store(false, Ordering::Release);
         });
     }
+}
+
+/// Whether `error` says the connection failed (rather than Redis answering with an error).
+fn connection_failed(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
 }
 
 impl RedisStore {
@@ -301,11 +312,12 @@ impl RedisStore {
                 tokio::time::timeout(timeout, invocation.invoke_async::<Vec<i64>>(&mut manager))
                     .await;
             // The manager sees a broken connection, not a silent one (our timeout drops its
-            // future first): past a few failures in a row, the store replaces it.
-            if matches!(&reply, Ok(Ok(reply)) if reply.len() == 1 + 2 * n) {
-                conn.succeeded();
-            } else {
-                conn.failed();
+            // future first): past a few failures in a row, the store replaces it. An error
+            // Redis answered (a key of another type, OOM, NOPERM) proves the connection alive.
+            match &reply {
+                Err(_) => conn.failed(),
+                Ok(Err(e)) if connection_failed(e) => conn.failed(),
+                Ok(_) => conn.succeeded(),
             }
             match reply {
                 Ok(Ok(reply)) if reply.len() == 1 + 2 * n => {
