@@ -267,6 +267,9 @@ impl Format {
             Some(0)
         } else if ty.eq_ignore_ascii_case(own_ty) && subty == "*" {
             Some(1)
+        } else if ty.eq_ignore_ascii_case(own_ty) && own_subs[0].eq_ignore_ascii_case(subty) {
+            // The format's own media type: more specific than an alias of it.
+            Some(3)
         } else if ty.eq_ignore_ascii_case(own_ty)
             && own_subs.iter().any(|s| s.eq_ignore_ascii_case(subty))
         {
@@ -313,7 +316,9 @@ fn weight<'a>(
             }
         }
     }
-    found
+    // Across formats, an alias (`application/json`) counts as named as well as the format's
+    // own type.
+    found.map(|(q, s)| (q, s.min(2)))
 }
 
 /// The generated error response: status, `Retry-After`, `Cache-Control: no-store`, error id, and

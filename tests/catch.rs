@@ -667,3 +667,219 @@ async fn a_panicking_classifier_still_yields_one_500() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert!(!String::from_utf8_lossy(&body).contains(SECRET));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Panic payloads and inner futures whose destructors panic, classified 503s, and `Accept`.
+// ---------------------------------------------------------------------------------------------
+
+/// A panic payload whose destructor panics (once): `panic_any(PanicOnDrop)`.
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        panic!("{EXPECTED_PANIC} panic payload dropped");
+    }
+}
+
+/// Routes that panic with a [`PanicOnDrop`] payload: in the response future, in `call`, in the
+/// response body's first `poll_frame`.
+#[derive(Clone)]
+struct PayloadPanics;
+
+struct PayloadPanicBody;
+
+impl Body for PayloadPanicBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::panic::panic_any(PanicOnDrop)
+    }
+}
+
+type PayloadBody = http_body_util::Either<Full<Bytes>, PayloadPanicBody>;
+
+impl Service<Request<hyper::body::Incoming>> for PayloadPanics {
+    type Response = Response<PayloadBody>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        match req.uri().path() {
+            "/call" => std::panic::panic_any(PanicOnDrop),
+            "/future" => Box::pin(async {
+                tokio::task::yield_now().await;
+                std::panic::panic_any(PanicOnDrop)
+            }),
+            "/body" => Box::pin(async { Ok(Response::new(PayloadBody::Right(PayloadPanicBody))) }),
+            _ => Box::pin(async { Ok(Response::new(PayloadBody::Left(Full::from("ok")))) }),
+        }
+    }
+}
+
+/// A panic payload is user data: dropping it runs user code, which may panic again. The layer
+/// must still answer one 500 (and, for the body, cut the response after its head) instead of
+/// letting the second panic unwind hyper's connection task, which drops the connection with no
+/// answer at all.
+#[tokio::test]
+async fn a_panic_payload_that_panics_when_dropped_still_gets_an_answer() {
+    quiet_panics();
+    let addr = common::serve_hyper(CatchLayer::new().layer(PayloadPanics)).await;
+    let c = client();
+    for path in ["/future", "/call"] {
+        let reply = send(&c, request(addr, path, None)).await;
+        let reply = reply.unwrap_or_else(|e| panic!("{path}: no answer at all: {e:?}"));
+        assert_clean_500(&reply, EXPECTED_PANIC);
+    }
+    // The body panics before its first frame: the head must still reach the client, then the
+    // response is cut (see the module docs' table).
+    let res = c.request(request(addr, "/body", None)).await;
+    let res = res.unwrap_or_else(|e| panic!("/body: not even the head arrived: {e:?}"));
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.into_body().collect().await.is_err());
+}
+
+/// A response future whose destructor panics, after it completed with a good response.
+struct DropPanics;
+
+impl std::future::Future for DropPanics {
+    type Output = Result<Response<Full<Bytes>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(Response::new(Full::from("ok"))))
+    }
+}
+
+impl Drop for DropPanics {
+    fn drop(&mut self) {
+        panic!("{EXPECTED_PANIC} inner future panicked in drop");
+    }
+}
+
+/// The failure path catches a panic in the inner future's destructor ("its destructor may panic
+/// too"); the success path drops the finished future unguarded, so the same panic unwinds the
+/// connection task and the client gets no answer.
+#[tokio::test]
+async fn a_finished_inner_future_that_panics_when_dropped_still_answers() {
+    quiet_panics();
+    let svc = CatchLayer::new().layer(service_fn(|_req: Request<hyper::body::Incoming>| {
+        DropPanics
+    }));
+    let addr = common::serve_hyper(svc).await;
+    let reply = send(&client(), request(addr, "/", None)).await;
+    let reply = reply.unwrap_or_else(|e| panic!("no answer at all: {e:?}"));
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[derive(Debug)]
+struct Unavailable;
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("dependency unavailable")
+    }
+}
+
+impl Error for Unavailable {}
+
+/// A 503 always carries `Retry-After` (design: "always with Retry-After"; the policy's
+/// `min_retry_after` is "the shortest Retry-After sent"). A classifier that picks 503 without a
+/// wait of its own gets no header at all.
+#[tokio::test]
+async fn a_classified_503_carries_retry_after() {
+    for (name, rule) in [
+        (
+            "new(503)",
+            Classification::new(StatusCode::SERVICE_UNAVAILABLE),
+        ),
+        (
+            "service_unavailable(.., None)",
+            Classification::service_unavailable(Reason::CircuitOpen, None),
+        ),
+    ] {
+        let svc = CatchLayer::new()
+            .on_error::<Unavailable>(move |_| rule.clone())
+            .layer(service_fn(|_req: Request<hyper::body::Incoming>| async {
+                Err::<Response<Full<Bytes>>, _>(Unavailable)
+            }));
+        let addr = common::serve_hyper(svc).await;
+        let reply = get(&client(), addr, "/").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
+        assert!(
+            reply.header("retry-after").is_some(),
+            "{name}: a 503 without Retry-After: {reply:?}"
+        );
+    }
+}
+
+/// `q=0` means "not acceptable" (RFC 9110 §12.4.2). A client that takes JSON but explicitly
+/// refuses `application/problem+json` must not get `application/problem+json`; one that refuses
+/// plain `application/json` but asks for `application/problem+json` should get it.
+#[tokio::test]
+async fn accept_q0_on_problem_json_is_honoured() {
+    quiet_panics();
+    let addr = hyper_server().await;
+    let c = client();
+    let refused = send(
+        &c,
+        request(
+            addr,
+            "/error",
+            Some("application/json, application/problem+json;q=0"),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_ne!(
+        refused.header("content-type"),
+        Some("application/problem+json"),
+        "served a media type the client refused with q=0"
+    );
+    let wanted = send(
+        &c,
+        request(
+            addr,
+            "/error",
+            Some("application/json;q=0, application/problem+json"),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        wanted.header("content-type"),
+        Some("application/problem+json"),
+        "the client asked for problem+json by name"
+    );
+}
+
+/// Every other layer negotiates over all `Accept` field lines; `CatchLayer` keeps only the
+/// first one, so a request split over two lines gets a format it ranked last.
+#[tokio::test]
+async fn catch_negotiates_over_every_accept_line() {
+    quiet_panics();
+    let addr = hyper_server().await;
+    let mut req = request(addr, "/error", Some("text/html;q=0.1"));
+    req.headers_mut().append(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/problem+json"),
+    );
+    let headers = req.headers().clone();
+    let reply = send(&client(), req).await.unwrap();
+    assert_eq!(
+        tower_5xx::Format::negotiate(&headers, true),
+        tower_5xx::Format::ProblemJson
+    );
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json"),
+        "{reply:?}"
+    );
+}

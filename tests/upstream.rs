@@ -69,6 +69,31 @@ async fn cutting_upstream(partial: &'static [u8]) -> SocketAddr {
     addr
 }
 
+/// An upstream that reads the request head and resets the connection (RST, not FIN) before it
+/// answers anything.
+async fn resetting_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                stream.set_zero_linger().unwrap();
+                drop(stream); // RST
+            });
+        }
+    });
+    addr
+}
+
 /// The start of a response head, cut before its end.
 const CUT_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Le";
 /// A whole response head, and 5 of the 100 bytes of body it announces.
@@ -211,6 +236,18 @@ mod hyper_util_client {
         assert_generated(&reply, StatusCode::BAD_GATEWAY);
     }
 
+    /// An upstream that reads the request head and resets the connection (RST, not FIN) before
+    /// answering: it cut the exchange short as surely as a FIN does, so the proxy answers 502,
+    /// as it does for the same upstream through reqwest (`is_request`). (hyper reports the read
+    /// error as a plain I/O error, `ConnectionReset`, which the rule once missed: 500.)
+    #[tokio::test]
+    async fn an_upstream_resetting_the_connection_is_502() {
+        let upstream = resetting_upstream().await;
+        let handler = proxy(upstream, upstream_client(None));
+        let reply = ask_proxy(behind(CatchLayer::new(), handler)).await;
+        assert_generated(&reply, StatusCode::BAD_GATEWAY);
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn connect_timeout_is_504() {
@@ -298,6 +335,14 @@ mod reqwest_client {
             let reply = ask_proxy(behind(CatchLayer::new(), proxy(upstream))).await;
             assert_generated(&reply, StatusCode::BAD_GATEWAY);
         }
+    }
+
+    /// The same reset through reqwest is 502 (reqwest's `is_request`).
+    #[tokio::test]
+    async fn an_upstream_resetting_the_connection_is_502() {
+        let upstream = resetting_upstream().await;
+        let reply = ask_proxy(behind(CatchLayer::new(), proxy(upstream))).await;
+        assert_generated(&reply, StatusCode::BAD_GATEWAY);
     }
 
     #[cfg(target_os = "linux")]

@@ -61,7 +61,8 @@ impl Classification {
         Self::new(StatusCode::GATEWAY_TIMEOUT)
     }
 
-    /// 503 Service Unavailable for a known state, with the given reason and `Retry-After`.
+    /// 503 Service Unavailable for a known state, with the given reason and `Retry-After`
+    /// (`None`: the refusal policy's minimum; a 503 always carries one).
     pub fn service_unavailable(reason: Reason, retry_after: Option<RetryAfter>) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,

@@ -36,7 +36,22 @@ impl RequestParts {
             method: req.method().clone(),
             path: req.uri().path_and_query().cloned(),
             accept: if negotiate {
-                req.headers().get(&ACCEPT).cloned()
+                let mut all = req.headers().get_all(&ACCEPT).iter();
+                match (all.next(), all.next()) {
+                    (Some(one), None) => Some(one.clone()),
+                    (None, _) => None,
+                    // Several field lines: one list (RFC 9110 §5.3), on this cold path only.
+                    (Some(_), Some(_)) => {
+                        let joined: Vec<u8> = req
+                            .headers()
+                            .get_all(&ACCEPT)
+                            .iter()
+                            .map(HeaderValue::as_bytes)
+                            .collect::<Vec<_>>()
+                            .join(&b", "[..]);
+                        HeaderValue::from_bytes(&joined).ok()
+                    }
+                }
             } else {
                 None
             },
@@ -59,7 +74,9 @@ pub(crate) enum Failure {
 
 impl Failure {
     pub(crate) fn panic(payload: Box<dyn Any + Send>) -> Self {
-        Failure::Panic(panic_message(&*payload).to_owned())
+        let message = panic_message(&*payload).to_owned();
+        drop_payload(payload);
+        Failure::Panic(message)
     }
 }
 
@@ -140,7 +157,15 @@ where
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(res))) => {
-                        this.state.set(State::Done);
+                        if let Err(panic) =
+                            catch_unwind(AssertUnwindSafe(|| this.state.set(State::Done)))
+                        {
+                            tracing::error!(
+                                panic = %panic_message(&*panic),
+                                "inner response future panicked while being dropped"
+                            );
+                            drop_payload(panic);
+                        }
                         *this.parts = None;
                         return Poll::Ready(Ok(
                             res.map(|body| ResponseBody::new(CatchBody::new(body)))
@@ -159,6 +184,7 @@ where
                 panic = %panic_message(&*panic),
                 "inner response future panicked while being dropped"
             );
+            drop_payload(panic);
         }
         let parts = this.parts.take().expect("polled after completion");
         let classifier = &*this.classifier;
@@ -191,6 +217,7 @@ where
                     )),
                 },
             );
+            drop_payload(panic);
             response.into_response()
         });
         Poll::Ready(Ok(response))
@@ -217,11 +244,14 @@ fn respond<B, C: Classify>(
             // The built-in 503s get no base wait of their own: the policy raises it to its
             // minimum `Retry-After`.
             let classification = classify_chain(classifier, &*error, std::time::Duration::ZERO);
+            let retry_after = classification.retry_after.or((classification.status
+                == http::StatusCode::SERVICE_UNAVAILABLE)
+                .then_some(crate::RetryAfter::Delay(std::time::Duration::ZERO)));
             refusal.policy().respond(
                 refusal.meter(),
                 classification.status,
                 classification.reason,
-                classification.retry_after,
+                retry_after,
                 classification.detail,
                 Some(&Chain(&*error)),
                 view,
@@ -259,6 +289,16 @@ impl fmt::Display for Chain<'_> {
             f.write_str(": ...")?;
         }
         Ok(())
+    }
+}
+
+/// Drops a panic payload without letting a panic in its destructor escape (that second
+/// payload is leaked, as std does).
+pub(crate) fn drop_payload(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+        // Dropping this one could panic again, and so on: it is leaked on purpose.
+        #[allow(clippy::mem_forget)]
+        std::mem::forget(again);
     }
 }
 

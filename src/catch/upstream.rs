@@ -51,7 +51,15 @@ fn hyper_util(error: &(dyn Error + 'static)) -> Option<Classification> {
     let body_cut = e
         .source()
         .and_then(|source| source.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        });
     (e.is_incomplete_message() || e.is_closed() || e.is_canceled() || e.is_parse() || body_cut)
         .then(Classification::bad_gateway)
 }
