@@ -152,6 +152,9 @@ impl<S> Serve<S> {
     }
 }
 
+/// The most connections accepted from the listener's backlog at the close.
+const BACKLOG_AT_THE_CLOSE: usize = 4096;
+
 impl<S, B> IntoFuture for Serve<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -273,9 +276,22 @@ where
             // Connections the kernel completed before the close and the loop has not accepted
             // yet would be reset with the listener, their requests perhaps already sent: each is
             // accepted now (a real `accept` call each, not tokio's cached readiness) and served
-            // as a late arrival, with the closing phase's 503 and `Connection: close`.
+            // as a late arrival, with the closing phase's 503 and `Connection: close`. At most a
+            // full backlog's worth (Linux's default `somaxconn`): clients connecting faster than
+            // this loop accepts must not keep it from ever closing the listener.
             if let Ok(listener) = listener.into_std() {
-                while let Ok((stream, peer)) = listener.accept() {
+                for _ in 0..BACKLOG_AT_THE_CLOSE {
+                    let (stream, peer) = match listener.accept() {
+                        Ok(accepted) => accepted,
+                        // That one connection went away before it was accepted.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
+                        Err(e) => {
+                            if e.kind() != std::io::ErrorKind::WouldBlock {
+                                tracing::warn!(error = %e, "accepting at the close failed");
+                            }
+                            break;
+                        }
+                    };
                     match stream
                         .set_nonblocking(true)
                         .and_then(|()| tokio::net::TcpStream::from_std(stream))
