@@ -1330,3 +1330,41 @@ fn a_clock_counting_from_the_unix_epoch_keeps_the_breaker_open() {
         "{open:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// What a layer below says, and what a panic says.
+
+/// A 429 with `Reason::RateLimited` comes from a rate limiter below the breaker, not from the
+/// dependency: a half-open probe answered so stays undecided and gives its slot back (it used
+/// to count as a success and close the breaker; only 5xx refusals were ignored).
+#[tokio::test]
+async fn a_rate_limited_429_from_below_does_not_close_a_half_open_breaker() {
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(1)
+        .sliding_window(SlidingWindow::Count(10))
+        .half_open_probes(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let rate_limited = service_fn(|_req: Request| async {
+        let mut res = Response::new(axum::body::Body::empty());
+        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        res.extensions_mut().insert(Reason::RateLimited);
+        Ok::<_, Infallible>(res)
+    });
+    let svc = BreakerLayer::new(breaker.clone()).layer(rate_limited);
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Open);
+    clock.advance(breaker.remaining_open().unwrap());
+    let res = svc
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(breaker.state(), State::HalfOpen);
+    assert!(
+        breaker.try_acquire().unwrap().is_probe(),
+        "the slot is free"
+    );
+}

@@ -42,8 +42,12 @@ pub trait OutcomeClassifier<B, E>: Clone {
 ///
 /// A deliberate refusal made by a layer of this crate below the breaker (a response whose
 /// extensions carry [`Reason`](crate::Reason) `Shed`, `Maintenance`, `Draining` or
-/// `RateLimited`) is ignored: an overloaded or draining server is not a failing dependency, and
-/// a breaker around a shed layer must not open because the shed layer did its job.
+/// `RateLimited`) is ignored, whatever its status (`429`, `503`, or what a
+/// [custom renderer](crate::refuse) chose): an overloaded, rate-limited or draining server is
+/// not a failing dependency, a breaker around a shed layer must not open because the shed
+/// layer did its job, and a half-open probe answered by a rate limiter below says nothing about
+/// the dependency (its probe slot is given back). Only a `2xx` response is taken at its status
+/// without looking at its extensions, so the success path costs no lookup.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultOutcomeClassifier;
 
@@ -51,19 +55,31 @@ impl<B, E> OutcomeClassifier<B, E> for DefaultOutcomeClassifier {
     #[inline]
     fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
         match result {
-            Ok(res) if res.status().is_server_error() => match res.extensions().get() {
-                Some(
-                    crate::Reason::Shed
-                    | crate::Reason::Maintenance
-                    | crate::Reason::Draining
-                    | crate::Reason::RateLimited,
-                ) => Outcome::Ignored,
-                _ => status_outcome(res.status()),
-            },
-            Ok(res) => status_outcome(res.status()),
+            Ok(res) => {
+                let status = res.status();
+                if !status.is_success() && is_deliberate_refusal(res.extensions().get()) {
+                    Outcome::Ignored
+                } else {
+                    status_outcome(status)
+                }
+            }
             Err(_) => Outcome::Failure,
         }
     }
+}
+
+/// Whether a response's [`Reason`](crate::Reason) says a layer refused the request on purpose.
+#[inline]
+fn is_deliberate_refusal(reason: Option<&crate::Reason>) -> bool {
+    matches!(
+        reason,
+        Some(
+            crate::Reason::Shed
+                | crate::Reason::Maintenance
+                | crate::Reason::Draining
+                | crate::Reason::RateLimited
+        )
+    )
 }
 
 /// The default rule for a status: 5xx except 501 and 505 is a failure.
@@ -161,6 +177,8 @@ mod tests {
             Reason::RateLimited,
         ] {
             assert_eq!(classify(503, reason), Outcome::Ignored, "{reason}");
+            assert_eq!(classify(429, reason), Outcome::Ignored, "{reason}");
+            assert_eq!(classify(403, reason), Outcome::Ignored, "{reason}");
         }
         // A dependency's own failures still count, whoever generated the response.
         assert_eq!(classify(500, Reason::Internal), Outcome::Failure);
