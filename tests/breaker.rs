@@ -1368,3 +1368,41 @@ async fn a_rate_limited_429_from_below_does_not_close_a_half_open_breaker() {
         "the slot is free"
     );
 }
+
+/// A dependency that panics on every call, behind a breaker with `CatchLayer` outside it (the
+/// client gets a 500): the panic is a failure, and the breaker opens (the permit used to be
+/// dropped unreported after the panic was caught, so the breaker never opened).
+#[cfg(feature = "catch")]
+#[tokio::test]
+async fn a_panicking_dependency_opens_the_breaker() {
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(3)
+        .sliding_window(SlidingWindow::Count(10))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    async fn panics(_req: Request) -> Result<Response, Infallible> {
+        panic!("dependency bug")
+    }
+    let svc = tower_5xx::catch::CatchLayer::new()
+        .layer(BreakerLayer::new(breaker.clone()).layer(service_fn(panics)));
+    for _ in 0..3 {
+        let res = svc
+            .clone()
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "{:?}",
+        breaker.window_counts()
+    );
+    let res = svc
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

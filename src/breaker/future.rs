@@ -14,8 +14,9 @@ pin_project! {
     /// Response future of [`Breaker`](super::Breaker).
     ///
     /// When the inner future completes, its result is classified and recorded with the call's
-    /// latency. Dropped before that (the client went away), nothing is recorded and a half-open
-    /// probe slot is given back.
+    /// latency. Dropped before completion (the client went away), nothing is recorded and a
+    /// half-open probe slot is given back; a panic of the inner future is a failure (recorded
+    /// as the panic unwinds through this future, whether or not a layer outside catches it).
     pub struct ResponseFuture<F, C, B> {
         // `None` once it completed, or when the breaker refused the call. A plain `Option` beside
         // the refusal rather than an enum holding both: measured cheaper in a real axum server
@@ -77,9 +78,14 @@ where
             // The inner poll's output is returned as it is, written once where the caller
             // wants it, rather than taken out to record it and wrapped again (16 instructions
             // fewer per request in this poll, `scripts/server-bench.sh`).
+            let mut guard = DropPermitOnUnwind {
+                permit: this.permit,
+                armed: true,
+            };
             let poll = future.poll(cx);
+            guard.armed = false;
             if let Poll::Ready(result) = &poll {
-                if let Some(permit) = this.permit.take() {
+                if let Some(permit) = guard.permit.take() {
                     permit.record(this.classifier.classify(result.as_ref()));
                 }
                 this.future.set(None);
@@ -90,5 +96,23 @@ where
             .rejected
             .take()
             .expect("`ResponseFuture` polled after completion")))
+    }
+}
+
+/// Drops the permit if the inner poll unwinds, while it unwinds: a permit dropped while the
+/// thread panics records a failure (see [`Permit`]). Left to the future's own drop, it would
+/// be dropped only after a layer outside (or the runtime) caught the panic, and count nothing.
+struct DropPermitOnUnwind<'a> {
+    permit: &'a mut Option<Permit>,
+    /// Cleared once the inner poll returned.
+    armed: bool,
+}
+
+impl Drop for DropPermitOnUnwind<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.armed {
+            drop(self.permit.take());
+        }
     }
 }
