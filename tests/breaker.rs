@@ -1406,3 +1406,36 @@ async fn a_panicking_dependency_opens_the_breaker() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Settings and operator calls.
+
+/// A failure-rate threshold that rounds to 0 ppm would be reached by a window of successes
+/// (it used to be accepted, and the breaker opened on successes only): `build` rejects it.
+#[test]
+fn a_failure_rate_threshold_that_rounds_to_zero_is_rejected() {
+    use tower_5xx::breaker::error::BreakerConfigError;
+    let builder = || CircuitBreaker::builder().clock(ManualClock::new());
+    assert_eq!(
+        builder().failure_rate_threshold(1e-7).build().unwrap_err(),
+        BreakerConfigError::FailureRateThreshold
+    );
+    assert_eq!(
+        builder()
+            .slow_call_rate_threshold(1e-7)
+            .build()
+            .unwrap_err(),
+        BreakerConfigError::SlowCallRateThreshold
+    );
+    // One part per million is the smallest threshold, and successes never reach it.
+    let breaker = builder()
+        .failure_rate_threshold(1e-6)
+        .minimum_calls(2)
+        .sliding_window(SlidingWindow::Count(10))
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        breaker.try_acquire().unwrap().success();
+    }
+    assert_eq!(breaker.state(), State::Closed);
+}

@@ -130,8 +130,10 @@ impl BreakerBuilder {
         }
     }
 
-    /// The failure rate, in `(0, 1]`, at or above which the breaker opens. Default `0.5`
-    /// (resilience4j's default too).
+    /// The failure rate, in `[1e-6, 1]`, at or above which the breaker opens. Default `0.5`
+    /// (resilience4j's default too). Rates are kept in whole parts per million, so a threshold
+    /// must be at least `1e-6`: [`build`](Self::build) rejects one that rounds to 0 ppm (a
+    /// window of successes would reach it).
     pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
         self.failure_rate_threshold = rate;
         self
@@ -148,9 +150,10 @@ impl BreakerBuilder {
         self
     }
 
-    /// The slow-call rate, in `(0, 1]`, at or above which the breaker opens. Default `1.0`: the
-    /// breaker opens when every call of a full window is slow (resilience4j's default). Slow
-    /// calls are counted whether they succeeded or failed.
+    /// The slow-call rate, in `[1e-6, 1]`, at or above which the breaker opens. Default `1.0`:
+    /// the breaker opens when every call of a full window is slow (resilience4j's default).
+    /// Slow calls are counted whether they succeeded or failed. As for the failure rate,
+    /// [`build`](Self::build) rejects a threshold that rounds to 0 ppm.
     pub fn slow_call_rate_threshold(mut self, rate: f64) -> Self {
         self.slow_call_rate_threshold = rate;
         self
@@ -244,8 +247,11 @@ impl BreakerBuilder {
     }
 
     pub(crate) fn validate(self) -> Result<Config, BreakerConfigError> {
+        // In (0, 1], and at least 1 ppm once rounded: a threshold of 0 ppm is reached by a
+        // window of successes.
         fn ppm(rate: f64) -> Option<u64> {
-            (rate > 0.0 && rate <= 1.0).then(|| (rate * 1_000_000.0).round() as u64)
+            let ppm = (rate > 0.0 && rate <= 1.0).then(|| (rate * 1_000_000.0).round() as u64)?;
+            (ppm > 0).then_some(ppm)
         }
         let failure_ppm =
             ppm(self.failure_rate_threshold).ok_or(BreakerConfigError::FailureRateThreshold)?;
@@ -445,7 +451,15 @@ mod tests {
                 E::FailureRateThreshold,
             ),
             (
+                builder().failure_rate_threshold(4e-7),
+                E::FailureRateThreshold,
+            ),
+            (
                 builder().slow_call_rate_threshold(0.0),
+                E::SlowCallRateThreshold,
+            ),
+            (
+                builder().slow_call_rate_threshold(1e-7),
                 E::SlowCallRateThreshold,
             ),
             (

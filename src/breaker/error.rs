@@ -72,9 +72,9 @@ impl std::error::Error for CircuitOpen {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BreakerConfigError {
-    /// The failure rate threshold is not in `(0, 1]`.
+    /// The failure rate threshold is not in `(0, 1]`, or below `1e-6` (one part per million).
     FailureRateThreshold,
-    /// The slow-call rate threshold is not in `(0, 1]`.
+    /// The slow-call rate threshold is not in `(0, 1]`, or below `1e-6` (one part per million).
     SlowCallRateThreshold,
     /// The minimum number of calls is zero, or above what a count window is sure to hold.
     MinimumCalls,
@@ -96,9 +96,11 @@ pub enum BreakerConfigError {
 impl fmt::Display for BreakerConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            BreakerConfigError::FailureRateThreshold => "failure rate threshold must be in (0, 1]",
+            BreakerConfigError::FailureRateThreshold => {
+                "failure rate threshold must be in [1e-6, 1]"
+            }
             BreakerConfigError::SlowCallRateThreshold => {
-                "slow-call rate threshold must be in (0, 1]"
+                "slow-call rate threshold must be in [1e-6, 1]"
             }
             BreakerConfigError::MinimumCalls => {
                 "minimum calls must be at least 1, and at most what a count window is sure to hold"
