@@ -1439,3 +1439,29 @@ fn a_failure_rate_threshold_that_rounds_to_zero_is_rejected() {
     }
     assert_eq!(breaker.state(), State::Closed);
 }
+
+/// An operator call that changes nothing is no transition: `reset` on a closed breaker,
+/// `force_open` on a forced-open one, `disable` on a disabled one report nothing (each used to
+/// report a `from == to` transition: callback, log line, transitions counter).
+#[test]
+fn operator_calls_that_change_nothing_report_no_transition() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let breaker = CircuitBreaker::builder()
+        .clock(ManualClock::new())
+        .on_transition(move |t| log.lock().unwrap().push((t.from, t.to)))
+        .build()
+        .unwrap();
+    breaker.reset();
+    breaker.force_open();
+    breaker.force_open();
+    breaker.disable();
+    breaker.disable();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (State::Closed, State::ForcedOpen),
+            (State::ForcedOpen, State::Disabled)
+        ]
+    );
+}

@@ -495,3 +495,25 @@ async fn the_retry_client_counts_attempts_retries_and_give_ups() {
         2.0
     );
 }
+
+#[test]
+fn an_operator_call_that_changes_nothing_counts_no_transition() {
+    let prometheus = recorder().clone();
+    let breaker = CircuitBreaker::builder()
+        .name("noop-reset")
+        .build()
+        .unwrap();
+    breaker.force_open();
+    breaker.reset(); // forced_open -> closed: one real change
+    breaker.reset(); // closed -> closed: none
+    let text = prometheus.render();
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_breaker_transitions_total",
+            &[("name", "noop-reset"), ("to", "closed")]
+        ),
+        1.0,
+        "{text}"
+    );
+}

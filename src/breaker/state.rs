@@ -627,17 +627,20 @@ impl CircuitBreaker {
         }
     }
 
-    /// Operator: reject every call until [`reset`](Self::reset).
+    /// Operator: reject every call until [`reset`](Self::reset). On a breaker already forced
+    /// open, a transition is neither reported nor counted.
     pub fn force_open(&self) {
         self.set_operator_state(FORCED_OPEN);
     }
 
-    /// Operator: let every call through and record nothing until [`reset`](Self::reset).
+    /// Operator: let every call through and record nothing until [`reset`](Self::reset). On a
+    /// breaker already disabled, a transition is neither reported nor counted.
     pub fn disable(&self) {
         self.set_operator_state(DISABLED);
     }
 
-    /// Operator: back to closed with an empty window, from any state.
+    /// Operator: back to closed with an empty window, from any state. A closed breaker only
+    /// has its window emptied: no transition is reported or counted.
     pub fn reset(&self) {
         self.set_operator_state(CLOSED);
     }
@@ -660,12 +663,16 @@ impl CircuitBreaker {
             }
         };
         inner.trips.store(0, Ordering::Release);
-        self.emit(
-            State::from_tag(tag(prev)),
-            State::from_tag(to),
-            None,
-            WindowCounts::default(),
-        );
+        // Resetting a closed breaker (or forcing open a forced-open one) still empties the
+        // window and starts a new generation, but it is no transition: nothing to report.
+        if tag(prev) != to {
+            self.emit(
+                State::from_tag(tag(prev)),
+                State::from_tag(to),
+                None,
+                WindowCounts::default(),
+            );
+        }
     }
 
     fn emit(&self, from: State, to: State, open_for: Option<Duration>, counts: WindowCounts) {
