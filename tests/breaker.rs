@@ -1465,3 +1465,50 @@ fn operator_calls_that_change_nothing_report_no_transition() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Time windows over many resets.
+
+/// Every reset of a time window (an operator `reset`, every half-open -> closed) moves its
+/// epochs `buckets + 1` ahead. They used to be kept as a nanosecond shift, `start *
+/// bucket_nanos`, which overflowed after some 500 resets of a one-year window (a panic in
+/// debug builds; in release the epochs wrapped and the breaker could not trip again).
+#[test]
+fn a_one_year_window_still_trips_after_a_thousand_resets() {
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Time(Duration::from_secs(365 * 24 * 3600)))
+        .buckets(2)
+        .minimum_calls(5)
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    for _ in 0..1_000 {
+        breaker.reset();
+    }
+    for _ in 0..5 {
+        breaker.try_acquire().unwrap().failure();
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
+/// The same with a one-day window, closed by its probes: a dependency that flaps (trips, 5 s
+/// open, the probe succeeds) 200,000 times, two weeks of flapping every 6 s (the shift
+/// overflowed after about 194,000).
+#[test]
+fn a_one_day_window_keeps_working_through_two_weeks_of_flapping() {
+    let clock = ManualClock::new();
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Time(Duration::from_secs(24 * 3600)))
+        .minimum_calls(1)
+        .half_open_probes(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for i in 0..200_000u32 {
+        breaker.try_acquire().unwrap().failure();
+        assert_eq!(breaker.state(), State::Open, "cycle {i}");
+        clock.advance(breaker.remaining_open().unwrap());
+        breaker.try_acquire().unwrap().success();
+        assert_eq!(breaker.state(), State::Closed, "cycle {i}");
+    }
+}

@@ -23,6 +23,13 @@
 //! the buckets; after an idle time long enough for tags to alias, all buckets are cleared. The
 //! remaining assumption is that no thread is delayed for more than 32,768 buckets between
 //! reading the clock and recording.
+//!
+//! Epochs themselves are full `u64`s and only grow. A time window's is the index of the
+//! clock's bucket plus an offset that each reset moves forward by about `buckets + 1`; it
+//! is never multiplied back into nanoseconds, and the sums that make it saturate, so no number
+//! of resets overflows it. A count window's is its call index over the bucket length, and a
+//! reset moves the call index forward by about one window of calls (at most 2^31): 2^33
+//! resets before it wraps. Both stay far below 2^63.
 
 use super::{
     config::WindowKind,
@@ -75,8 +82,14 @@ pub(crate) struct Window {
     buckets: Box<[Bucket]>,
     /// Count windows: the index of the next call.
     seq: Padded<AtomicU64>,
-    /// Time windows: added to the clock's nanoseconds, so a reset can start a fresh epoch.
-    shift: AtomicU64,
+    /// Time windows: nanoseconds, in `[0, bucket_nanos)`, added to the clock's reading so that
+    /// the epoch a reset starts begins at the reset.
+    phase: AtomicU64,
+    /// Time windows: epochs added to the clock's bucket index, so a reset can start a fresh
+    /// epoch. An epoch count, never multiplied by the bucket length: resets move it forward by
+    /// about `buckets + 1` each, so no number of them overflows (the old nanosecond shift,
+    /// `start * bucket_nanos`, did after some 500 resets of a one-year window).
+    offset: AtomicU64,
     /// The newest epoch recorded into.
     head: Padded<AtomicU64>,
 }
@@ -88,7 +101,8 @@ impl Window {
             kind,
             buckets: (0..n).map(|_| Bucket::default()).collect(),
             seq: Padded(AtomicU64::new(0)),
-            shift: AtomicU64::new(0),
+            phase: AtomicU64::new(0),
+            offset: AtomicU64::new(0),
             head: Padded(AtomicU64::new(0)),
         }
     }
@@ -105,7 +119,11 @@ impl Window {
     fn epoch_at(&self, now_nanos: u64) -> u64 {
         match self.kind {
             WindowKind::Time { bucket_nanos, .. } => {
-                now_nanos.wrapping_add(self.shift.load(Ordering::Acquire)) / bucket_nanos
+                // The two words are stored one after the other by a reset: a reader that sees
+                // one new and one old lands one epoch off at most (see `reset`).
+                let offset = self.offset.load(Ordering::Acquire);
+                let phase = self.phase.load(Ordering::Acquire);
+                (now_nanos.saturating_add(phase) / bucket_nanos).saturating_add(offset)
             }
             WindowKind::Count { .. } => self.head.0.load(Ordering::Acquire),
         }
@@ -239,22 +257,30 @@ impl Window {
         counts
     }
 
-    /// Empties the window: the next outcome starts a fresh first bucket. Called before the
-    /// breaker (re)enters the closed state; outcomes recorded concurrently by calls of an older
-    /// state are not meant to count, and whatever of them lands here is negligible.
+    /// Empties the window: the next outcome starts a fresh first bucket (in a time window, a
+    /// full bucket starting now). Called before the breaker (re)enters the closed state;
+    /// outcomes recorded concurrently by calls of an older state are not meant to count, and
+    /// whatever of them lands here is negligible.
     pub(crate) fn reset(&self, now_nanos: u64) {
         let n = self.len();
         let current = self
             .epoch_at(now_nanos)
             .max(self.head.0.load(Ordering::Acquire));
-        let start = current + n + 1;
+        let start = current.saturating_add(n + 1);
         match self.kind {
             WindowKind::Time { bucket_nanos, .. } => {
-                // (now + shift) / bucket_nanos == start, with the bucket starting right now.
-                self.shift.store(
-                    (start * bucket_nanos).wrapping_sub(now_nanos),
-                    Ordering::Release,
-                );
+                // (now + phase) / bucket_nanos + offset == start, with the bucket starting right
+                // now: the phase takes `now` to the next bucket boundary, whose index
+                // `ceil(now / bucket_nanos)` is at most `current + 1` (the offset only ever
+                // adds), so the offset is not negative. A concurrent caller that reads the new
+                // offset with the old phase (or the other way round) places its outcome one
+                // epoch early or late, or drops it as too old, as the module doc allows of
+                // outcomes recorded across a reset.
+                let phase = (bucket_nanos - now_nanos % bucket_nanos) % bucket_nanos;
+                let index = now_nanos.saturating_add(phase) / bucket_nanos;
+                self.phase.store(phase, Ordering::Release);
+                self.offset
+                    .store(start.saturating_sub(index), Ordering::Release);
             }
             WindowKind::Count { bucket_len, .. } => {
                 self.seq.0.store(start * bucket_len, Ordering::Release);
