@@ -141,9 +141,11 @@ impl BreakerBuilder {
 
     /// A call that takes at least this long is slow. Default: off (`Duration::MAX`), so only
     /// failures count, as in Polly and Envoy (resilience4j counts calls over 60 s). A breaker
-    /// that counts slow calls reads its clock twice per call, at the start and at the end; one
-    /// that does not reads it once, when the outcome is recorded. A timeout layer inside the
-    /// breaker (its `Elapsed` error is a failure) is the usual way to bound a call's time.
+    /// that counts slow calls reads its clock twice per call, at the start and at the end. One
+    /// that does not reads it once, when the outcome is recorded, with a
+    /// [time window](SlidingWindow::Time); with a [count window](SlidingWindow::Count), a closed
+    /// breaker reads it only when an outcome trips it. A timeout layer inside the breaker (its
+    /// `Elapsed` error is a failure) is the usual way to bound a call's time.
     /// [`build`](Self::build) rejects zero (every call would be slow).
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
         self.slow_call_duration = duration;
@@ -193,7 +195,9 @@ impl BreakerBuilder {
         self
     }
 
-    /// How long the breaker stays open after it trips. Default 5 s.
+    /// How long the breaker stays open after it trips. Default 5 s. [`build`](Self::build)
+    /// rejects zero, and a duration above the maximum open duration (default 60 s; see
+    /// [`open_duration_growth`](Self::open_duration_growth)).
     pub fn open_duration(mut self, duration: Duration) -> Self {
         self.open_duration = duration;
         self
