@@ -293,7 +293,6 @@ impl RefusalPolicy {
             now,
             violated_policies,
         );
-        meter.generated(status, reason);
         telemetry::event(
             meter,
             &telemetry::Event {
@@ -306,6 +305,10 @@ impl RefusalPolicy {
                 cause,
             },
         );
+        // Counted once the event is out: the event formats `cause` (user code, an error's
+        // `Display`), and when that panics the catch layer's fallback sends, and counts, the
+        // one 500 the client gets instead of this response.
+        meter.generated(status, reason);
         response
     }
 

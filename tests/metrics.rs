@@ -517,3 +517,37 @@ fn an_operator_call_that_changes_nothing_counts_no_transition() {
         "{text}"
     );
 }
+
+/// An error whose `Display` panics (user code the catch layer guards against): the client gets
+/// one 500, counted once (by the fallback response, not also by the policy whose event
+/// panicked).
+#[tokio::test]
+async fn a_response_whose_error_display_panics_is_counted_once() {
+    #[derive(Debug)]
+    struct PanickingDisplay;
+
+    impl std::fmt::Display for PanickingDisplay {
+        fn fmt(&self, _f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("{} Display of the error", common::EXPECTED_PANIC)
+        }
+    }
+
+    impl std::error::Error for PanickingDisplay {}
+
+    quiet_panics();
+    let _logs = common::logs(); // a subscriber that formats the event's fields
+    let prometheus = recorder().clone();
+    let svc = CatchLayer::new()
+        .name("panicking-display")
+        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<http::Response<Full<Bytes>>, _>(PanickingDisplay)
+        }));
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let text = prometheus.render();
+    assert_eq!(
+        generated(&text, "panicking-display"),
+        vec![("500".to_owned(), "internal".to_owned(), 1)],
+        "{text}"
+    );
+}

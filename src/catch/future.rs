@@ -196,6 +196,8 @@ where
         }))
         .unwrap_or_else(|panic| {
             // Not through the policy: its renderer is user code too, and may be what panicked.
+            // The policy counts a response only after its event, the last user code it runs:
+            // nothing was counted for this request yet, and this is its one count.
             let response = crate::ErrorResponse::new(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 crate::Reason::Internal,
