@@ -17,7 +17,10 @@ mod common;
 use std::{
     collections::VecDeque,
     net::SocketAddr,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+    },
     time::Duration,
 };
 
@@ -30,11 +33,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Notify;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_5xx::{
-    breaker::{BreakerLayer, CircuitBreaker},
+    breaker::{error::CircuitOpen, BreakerLayer, CircuitBreaker, KeyedBreakers, SlidingWindow},
     catch::CatchLayer,
     maintenance::{MaintenanceLayer, MaintenanceSwitch},
     rate_limit::{Policy, RateLimitLayer},
-    retry::{Backoff, Jitter, ReplayBody, RetryLayer, RetryPolicy},
+    retry::{Backoff, Failure, Jitter, Origin, ReplayBody, RetryLayer, RetryPolicy},
     shed::ShedLayer,
 };
 
@@ -516,6 +519,119 @@ fn an_operator_call_that_changes_nothing_counts_no_transition() {
         1.0,
         "{text}"
     );
+}
+
+/// An origin whose every answer is `status`, and how many requests it received.
+async fn always(status: StatusCode) -> (SocketAddr, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let app = Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            (status, "canned")
+        }
+    });
+    (common::serve_axum(app).await, seen)
+}
+
+/// Client breakers that open on one failure (100 % failures, minimum one call).
+fn one_failure_opens() -> Arc<KeyedBreakers<Origin>> {
+    Arc::new(
+        KeyedBreakers::new(
+            CircuitBreaker::builder()
+                .sliding_window(SlidingWindow::Count(10))
+                .minimum_calls(1),
+        )
+        .unwrap(),
+    )
+}
+
+/// Three attempts, 10 ms apart.
+fn three_quick_attempts(name: &str) -> RetryPolicy {
+    RetryPolicy::builder()
+        .name(name)
+        .max_attempts(3)
+        .backoff(
+            Backoff::new(Duration::from_millis(10), 1.0, Duration::from_millis(10))
+                .unwrap()
+                .jitter(Jitter::None),
+        )
+        .build()
+        .unwrap()
+}
+
+/// What both clients record when the first attempt's 500 opens the endpoint's breaker and the
+/// breaker refuses the retry: one attempt sent, one retry decided, one `circuit_open` give-up.
+fn assert_one_sent_and_one_refused(text: &str, name: &str) {
+    let name = ("name", name);
+    assert_eq!(
+        value(text, "tower_5xx_retry_attempts_total", &[name]),
+        1.0,
+        "one request was sent; the refused one was not\n{text}"
+    );
+    assert_eq!(
+        value(
+            text,
+            "tower_5xx_retry_retries_total",
+            &[name, ("cause", "status")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            text,
+            "tower_5xx_retry_give_ups_total",
+            &[name, ("cause", "circuit_open")]
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
+/// `RetryLayer` with client breakers: the retry the breaker refuses was never sent, so it is a
+/// `circuit_open` give-up and not an attempt.
+#[tokio::test(start_paused = true)]
+async fn the_tower_client_counts_a_breaker_refused_retry_as_a_give_up_not_an_attempt() {
+    let prometheus = recorder().clone();
+    let (addr, seen) = always(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(three_quick_attempts("tower-breaker-refuses"))
+                .circuit_breakers(one_failure_opens()),
+        )
+        .service(client);
+    let req = Request::get(format!("http://{addr}/"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>(), "{err}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert_one_sent_and_one_refused(&prometheus.render(), "tower-breaker-refuses");
+}
+
+/// The same through `RetryMiddleware` (reqwest): the same series, the same counts.
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test(start_paused = true)]
+async fn the_reqwest_client_counts_a_breaker_refused_retry_as_the_tower_client_does() {
+    let prometheus = recorder().clone();
+    let (addr, seen) = always(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(
+            tower_5xx::retry::RetryMiddleware::new(three_quick_attempts("reqwest-breaker-refuses"))
+                .circuit_breakers(one_failure_opens()),
+        )
+        .build();
+    let err = client
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::CircuitOpen(_)));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert_one_sent_and_one_refused(&prometheus.render(), "reqwest-breaker-refuses");
 }
 
 /// An error whose `Display` panics (user code the catch layer guards against): the client gets

@@ -44,7 +44,8 @@ impl fmt::Display for RetryReason {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AttemptEvent {
-    /// The attempt that just finished (1 for the first).
+    /// The attempt that just finished (1 for the first), or, with
+    /// [`GiveUpReason::CircuitOpen`], the attempt the endpoint's breaker refused, unsent.
     pub attempt: u32,
     /// The status, if a response arrived.
     pub status: Option<StatusCode>,
@@ -93,7 +94,8 @@ pub enum GiveUpReason {
     NotIdempotent,
     /// The request body was too large to buffer, so it cannot be sent again.
     BodyNotReplayable,
-    /// The endpoint's circuit breaker is open: the error says when to try again.
+    /// The endpoint's circuit breaker is open: the error says when to try again. The attempt
+    /// it refused was not sent (and is not counted in `tower_5xx_retry_attempts_total`).
     CircuitOpen,
 }
 
@@ -274,7 +276,17 @@ impl RetryPolicy {
     /// `timeout`: the attempt failed on the per-attempt timeout.
     fn notify(&self, attempt: u32, status: Option<StatusCode>, decision: Decision, timeout: bool) {
         let metrics = &self.config.metrics;
-        metrics.attempt();
+        // An attempt the endpoint's breaker refused was never sent: it is a give-up, and no
+        // attempt (`tower_5xx_retry_attempts_total` counts requests sent).
+        if !matches!(
+            decision,
+            Decision::GiveUp {
+                why: GiveUpReason::CircuitOpen,
+                ..
+            }
+        ) {
+            metrics.attempt();
+        }
         let span = tracing::debug_span!(
             target: "tower_5xx",
             "retry.attempt",

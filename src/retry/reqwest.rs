@@ -82,11 +82,23 @@ impl Middleware for RetryMiddleware {
         let mut req = req;
         loop {
             let next_copy = req.try_clone();
+            let facts = RequestFacts {
+                method: &method,
+                idempotency_key,
+                replayable: next_copy.is_some(),
+            };
             let permit = match &origin {
                 None => None,
                 Some((breakers, origin)) => match breakers.get(origin).try_acquire() {
                     Ok(permit) => Some(permit),
-                    Err(open) => return Err(reqwest_middleware::Error::middleware(open)),
+                    Err(open) => {
+                        // Not sent: the policy records a `circuit_open` give-up (and no
+                        // attempt), as it does for `RetryLayer`.
+                        let outcome = AttemptOutcome::Error(&open);
+                        let retry = self.policy.decide_parts(&mut state, &facts, outcome);
+                        debug_assert!(retry.is_none(), "a refused attempt is never retried");
+                        return Err(reqwest_middleware::Error::middleware(open));
+                    }
                 },
             };
             let attempt_end = self
@@ -119,11 +131,6 @@ impl Middleware for RetryMiddleware {
                     Err(_) => record_outcome(permit, None),
                 }
             }
-            let facts = RequestFacts {
-                method: &method,
-                idempotency_key,
-                replayable: next_copy.is_some(),
-            };
             let outcome = match &result {
                 Ok(res) => AttemptOutcome::Response(res.status(), res.headers()),
                 Err(e) => AttemptOutcome::Error(e as &(dyn Error + 'static)),
