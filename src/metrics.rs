@@ -33,9 +33,9 @@
 //! | `tower_5xx_breaker_state` | gauge | `state` (`closed`, `open`, `half_open`, `forced_open`, `disabled`) | breakers in each state: 1 for a breaker's current state, 0 for the others; the keyed breakers of a client (one per origin) add up under their set's name |
 //! | `tower_5xx_breaker_transitions_total` | counter | `to` (`closed`, `open`, `half_open`, `forced_open`, `disabled`) | state changes |
 //! | `tower_5xx_breaker_calls_total` | counter | `outcome` (`success`, `failure`, `slow`, `rejected`) | calls through the breaker; a slow failure counts as `failure` |
-//! | `tower_5xx_retry_attempts_total` | counter | | requests sent by the retry client, first attempts included; an attempt the endpoint's client breaker refuses is not sent, and counts only as a `circuit_open` give-up |
+//! | `tower_5xx_retry_attempts_total` | counter | | requests sent by the retry client, first attempts included; an attempt the overall deadline cuts was sent and counts (with a `deadline` give-up); an attempt the endpoint's client breaker refuses was not, and counts only as a `circuit_open` give-up |
 //! | `tower_5xx_retry_retries_total` | counter | `cause` (`status`, `connection`, `timeout`) | attempts that were retried, by why |
-//! | `tower_5xx_retry_give_ups_total` | counter | `cause` (`attempts_exhausted`, `budget_exhausted`, `retry_after_over_cap`, `deadline`, `not_idempotent`, `body_not_replayable`, `circuit_open`) | retryable failures that were not retried |
+//! | `tower_5xx_retry_give_ups_total` | counter | `cause` (`attempts_exhausted`, `budget_exhausted`, `retry_after_over_cap`, `deadline`, `not_idempotent`, `body_not_replayable`, `circuit_open`) | retryable failures that were not retried; `deadline` also counts every request the overall deadline ended, whether it cut an attempt in flight or passed with nothing in flight (the body still buffering, the client not ready) |
 //! | `tower_5xx_retry_wait_seconds` | histogram | `source` (`retry_after`, `backoff`) | the waits before retries, and whether the server's `Retry-After` set them |
 //! | `tower_5xx_retry_budget_balance` | gauge | | retries the budget allows right now |
 //!

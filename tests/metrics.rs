@@ -21,6 +21,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex, OnceLock,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -632,6 +633,129 @@ async fn the_reqwest_client_counts_a_breaker_refused_retry_as_the_tower_client_d
     assert!(matches!(Failure::from(err), Failure::CircuitOpen(_)));
     assert_eq!(seen.load(Ordering::SeqCst), 1);
     assert_one_sent_and_one_refused(&prometheus.render(), "reqwest-breaker-refuses");
+}
+
+/// An origin that answers after a minute, and how many requests it received.
+async fn slow() -> (SocketAddr, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let app = Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        }
+    });
+    (common::serve_axum(app).await, seen)
+}
+
+fn one_second_deadline(name: &str) -> RetryPolicy {
+    RetryPolicy::builder()
+        .name(name)
+        .deadline(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+/// `tower_5xx_retry_attempts_total` and the `deadline` give-ups of policy `name`.
+fn attempts_and_deadline_give_ups(text: &str, name: &str) -> (f64, f64) {
+    let name = ("name", name);
+    (
+        value(text, "tower_5xx_retry_attempts_total", &[name]),
+        value(
+            text,
+            "tower_5xx_retry_give_ups_total",
+            &[name, ("cause", "deadline")],
+        ),
+    )
+}
+
+/// `RetryLayer`: an attempt the deadline cuts was sent and failed: one attempt, one `deadline`
+/// give-up.
+#[tokio::test(start_paused = true)]
+async fn the_tower_client_counts_a_deadline_cut_attempt_and_a_deadline_give_up() {
+    let prometheus = recorder().clone();
+    let (addr, seen) = slow().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(one_second_deadline("tower-deadline-cut")))
+        .service(client);
+    let req = Request::get(format!("http://{addr}/"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::DeadlineExceeded(_)));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    let text = prometheus.render();
+    assert_eq!(
+        attempts_and_deadline_give_ups(&text, "tower-deadline-cut"),
+        (1.0, 1.0),
+        "{text}"
+    );
+}
+
+/// The same through `RetryMiddleware` (reqwest).
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test(start_paused = true)]
+async fn the_reqwest_client_counts_a_deadline_cut_attempt_as_the_tower_client_does() {
+    let prometheus = recorder().clone();
+    let (addr, seen) = slow().await;
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(tower_5xx::retry::RetryMiddleware::new(one_second_deadline(
+            "reqwest-deadline-cut",
+        )))
+        .build();
+    let err = client
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::DeadlineExceeded(_)));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    let text = prometheus.render();
+    assert_eq!(
+        attempts_and_deadline_give_ups(&text, "reqwest-deadline-cut"),
+        (1.0, 1.0),
+        "{text}"
+    );
+}
+
+/// A request body that never ends.
+struct Endless;
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Pending
+    }
+}
+
+/// `RetryLayer`: a deadline that passes while nothing is in flight (here, still buffering the
+/// request body) is a `deadline` give-up, and no attempt.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_passes_before_anything_is_sent_is_a_give_up_only() {
+    let prometheus = recorder().clone();
+    let client = tower::service_fn(|_req: Request<ReplayBody<Endless>>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+    });
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(one_second_deadline("deadline-unsent")))
+        .service(client);
+    let req = Request::get("http://127.0.0.1:1/").body(Endless).unwrap();
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::DeadlineExceeded(_)));
+    let text = prometheus.render();
+    assert_eq!(
+        attempts_and_deadline_give_ups(&text, "deadline-unsent"),
+        (0.0, 1.0),
+        "{text}"
+    );
 }
 
 /// An error whose `Display` panics (user code the catch layer guards against): the client gets

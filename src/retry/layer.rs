@@ -40,7 +40,10 @@ use crate::{
 ///    [`AttemptTimedOut`] error, which the policy may retry), and the whole exchange after the
 ///    policy's [deadline](super::RetryPolicyBuilder::deadline) (a [`DeadlineExceeded`] error),
 ///    counted from the call: buffering the body and waiting for the client are part of it, for
-///    this timer and for the policy's choice of waits alike.
+///    this timer and for the policy's choice of waits alike. In the metrics, an attempt the
+///    deadline cuts is an attempt (it was sent) and a `deadline` give-up; a deadline that passes
+///    with nothing in flight (the body still buffering, the client not ready) is a `deadline`
+///    give-up only. No attempt is started once the deadline has passed.
 ///
 /// The service's error type is [`BoxError`]; [`Failure::from`](super::Failure) tells its kinds
 /// apart.
@@ -131,11 +134,12 @@ impl<S> Layer<S> for RetryLayer {
                 Attempt {
                     inner,
                     timeout: self.policy.attempt_timeout(),
+                    deadline: self.policy.deadline(),
                     breakers: self.breakers.clone(),
                 },
             ),
             max_replay_body: self.max_replay_body,
-            deadline: self.policy.deadline(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -146,7 +150,8 @@ impl<S> Layer<S> for RetryLayer {
 pub struct Retry<S> {
     inner: tower::retry::Retry<RetryPolicy, Attempt<S>>,
     max_replay_body: usize,
-    deadline: Option<Duration>,
+    /// For the deadline, and to record a deadline that passes with no attempt in flight.
+    policy: RetryPolicy,
 }
 
 type Inner<S> = tower::retry::Retry<RetryPolicy, Attempt<S>>;
@@ -316,7 +321,7 @@ where
         // The deadline counts from now, for the timer below and for the policy (which learns
         // it through the body): time spent buffering the body or waiting for the client to be
         // ready is the deadline's too, so the policy never starts a wait the timer would cut.
-        let (started, deadline) = match self.deadline {
+        let (started, deadline) = match self.policy.deadline() {
             None => (None, None),
             Some(d) => {
                 let now = Instant::now();
@@ -325,9 +330,10 @@ where
                     // Too far to represent: tokio's own far future.
                     None => tokio::time::sleep(d),
                 };
-                (Some(now), Some(sleep))
+                (Some(now), Some((sleep, self.policy.clone())))
             }
         };
+        let (deadline, policy) = deadline.unzip();
         ResponseFuture {
             state: State::Buffering {
                 buffering: Buffering::new(body, self.max_replay_body),
@@ -336,6 +342,7 @@ where
                 started,
             },
             deadline,
+            policy,
         }
     }
 }
@@ -350,6 +357,8 @@ pin_project! {
         state: State<S, B>,
         #[pin]
         deadline: Option<Sleep>,
+        // Set with `deadline`: records the give-up when the deadline ends the request.
+        policy: Option<RetryPolicy>,
     }
 }
 
@@ -393,13 +402,37 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(deadline) = this.deadline.as_mut().as_pin_mut() {
+        // The request first, then the deadline: an attempt in flight when the deadline passes
+        // sees it first (by the clock, in `AttemptFuture`) and ends through the policy, which
+        // records the attempt and the give-up. Pending past the deadline, nothing is in flight.
+        if let Poll::Ready(result) = this.state.as_mut().poll_request(cx) {
+            return Poll::Ready(result);
+        }
+        if let Some(deadline) = this.deadline.as_pin_mut() {
             if deadline.poll(cx).is_ready() {
+                if let Some(policy) = this.policy.as_ref() {
+                    policy.deadline_passed_unsent();
+                }
                 return Poll::Ready(Err(Box::new(DeadlineExceeded::new())));
             }
         }
+        Poll::Pending
+    }
+}
+
+impl<S, B, ResB> State<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>, Error = BoxError>,
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// Buffers the body, waits for the client, then sends the request through `tower::retry`.
+    fn poll_request(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<ResB>, BoxError>> {
         loop {
-            match this.state.as_mut().project() {
+            match self.as_mut().project() {
                 StateProj::Buffering {
                     buffering,
                     parts,
@@ -413,7 +446,7 @@ where
                     let request =
                         Request::from_parts(parts.take().expect("polled after completion"), body);
                     let service = service.take();
-                    this.state.set(State::Ready {
+                    self.set(State::Ready {
                         request: Some(request),
                         service,
                     });
@@ -423,7 +456,7 @@ where
                     ready!(svc.poll_ready(cx))?;
                     let request = request.take().expect("polled after completion");
                     let future = svc.call(request);
-                    this.state.set(State::Calling { future });
+                    self.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => return future.poll(cx),
             }
@@ -431,18 +464,27 @@ where
     }
 }
 
-/// One attempt: the inner service, its error boxed, cut after an optional timeout, and guarded
-/// by the endpoint's circuit breaker when the layer has [keyed breakers](RetryLayer::circuit_breakers).
+/// One attempt: the inner service, its error boxed, cut after an optional timeout or at the
+/// request's deadline, and guarded by the endpoint's circuit breaker when the layer has
+/// [keyed breakers](RetryLayer::circuit_breakers).
+///
+/// The deadline is read by the clock, with no timer of its own: the attempt runs inside
+/// [`Retry`]'s [`ResponseFuture`], whose deadline timer wakes the task at that instant and
+/// polls the attempt before it looks at its own timer. An attempt in flight then ends with
+/// [`DeadlineExceeded`], through the policy (an attempt and a `deadline` give-up); an attempt
+/// due to start past the deadline is never started, and the response future's timer ends the
+/// request (a `deadline` give-up only).
 #[derive(Debug, Clone)]
 pub struct Attempt<S> {
     inner: S,
     timeout: Option<Duration>,
+    deadline: Option<Duration>,
     breakers: Option<Arc<KeyedBreakers<Origin>>>,
 }
 
-impl<S, B, ResB> Service<Request<B>> for Attempt<S>
+impl<S, B, ResB> Service<Request<ReplayBody<B>>> for Attempt<S>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
 {
     type Response = Response<ResB>;
@@ -453,7 +495,17 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
+        // The request's deadline: from when `Retry` took it (the policy's bookkeeping, in the
+        // body, has that instant whenever a deadline is set).
+        let deadline = self
+            .deadline
+            .and_then(|d| req.body().attempts()?.started?.checked_add(d));
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return AttemptFuture {
+                kind: AttemptKind::Expired,
+            };
+        }
         let origin = self
             .breakers
             .as_ref()
@@ -473,6 +525,7 @@ where
             kind: AttemptKind::Running {
                 future: self.inner.call(req),
                 timeout: self.timeout.map(tokio::time::sleep),
+                deadline,
                 permit,
             },
         }
@@ -493,11 +546,15 @@ pin_project! {
     #[derive(Debug)]
     enum AttemptKind<F> {
         Rejected { open: Option<CircuitOpen> },
+        // Due to start past the request's deadline: not started, and pending until the
+        // response future's deadline timer (due too) ends the request.
+        Expired,
         Running {
             #[pin]
             future: F,
             #[pin]
             timeout: Option<Sleep>,
+            deadline: Option<Instant>,
             permit: Option<Permit>,
         },
     }
@@ -515,13 +572,21 @@ where
             AttemptProj::Rejected { open } => {
                 Poll::Ready(Err(Box::new(open.take().expect("polled after completion"))))
             }
+            AttemptProj::Expired => Poll::Pending,
             AttemptProj::Running {
                 future,
                 timeout,
+                deadline,
                 permit,
             } => {
                 let result = match future.poll(cx) {
                     Poll::Ready(result) => result.map_err(Into::into),
+                    Poll::Pending if deadline.is_some_and(|d| Instant::now() >= d) => {
+                        // The client's own deadline, not the endpoint's failure: the breaker is
+                        // not told (the permit goes unused, as for a cancelled call).
+                        drop(permit.take());
+                        return Poll::Ready(Err(Box::new(DeadlineExceeded::new())));
+                    }
                     Poll::Pending => match timeout.as_pin_mut() {
                         Some(timeout) => {
                             ready!(timeout.poll(cx));

@@ -88,7 +88,9 @@ pub enum GiveUpReason {
     Budget,
     /// The server's `Retry-After` is longer than the configured cap.
     RetryAfterTooLong,
-    /// The wait would end after the overall deadline.
+    /// The overall deadline: the wait would end after it, or it cut the attempt (which
+    /// [`RetryLayer`](super::RetryLayer) and [`RetryMiddleware`](super::RetryMiddleware) report
+    /// with a [`DeadlineExceeded`](super::error::DeadlineExceeded) error).
     Deadline,
     /// The request is not idempotent and the failure does not prove it was never processed.
     NotIdempotent,
@@ -120,7 +122,7 @@ impl fmt::Display for GiveUpReason {
             GiveUpReason::Attempts => "no attempts left",
             GiveUpReason::Budget => "retry budget spent",
             GiveUpReason::RetryAfterTooLong => "Retry-After longer than the cap",
-            GiveUpReason::Deadline => "the wait would pass the deadline",
+            GiveUpReason::Deadline => "deadline reached",
             GiveUpReason::NotIdempotent => "request not idempotent",
             GiveUpReason::BodyNotReplayable => "body too large to replay",
             GiveUpReason::CircuitOpen => "circuit breaker open",
@@ -401,6 +403,10 @@ impl RetryPolicy {
         {
             return give_up(self, GiveUpReason::CircuitOpen);
         }
+        // An attempt the client's deadline cut: sent, failed, and never retried.
+        if matches!(outcome, AttemptOutcome::Error(e) if e.is::<super::error::DeadlineExceeded>()) {
+            return give_up(self, GiveUpReason::Deadline);
+        }
         let unprocessed = matches!(outcome, AttemptOutcome::Error(e) if never_processed(e));
         let idempotent = is_idempotent_method(req.method) || req.idempotency_key;
         if !(unprocessed || self.config.retry_non_idempotent || idempotent) {
@@ -457,6 +463,13 @@ impl RetryPolicy {
             timeout,
         );
         Some(delay)
+    }
+
+    /// The request's deadline passed while no attempt was in flight (its body still buffering,
+    /// the client not ready, an attempt due to start past it): a `deadline` give-up, and no
+    /// attempt, for nothing was sent and failed.
+    pub(crate) fn deadline_passed_unsent(&self) {
+        self.config.metrics.give_up(GiveUpReason::Deadline.index());
     }
 
     /// Starts the bookkeeping of a new request (and pays its deposit into the budget). Its
@@ -685,6 +698,10 @@ impl RetryPolicyBuilder {
     /// deadline, with a [`DeadlineExceeded`](super::error::DeadlineExceeded) error. It counts
     /// from the moment the request is handed to the layer or the middleware: the time spent
     /// buffering its body and waiting for the client to be ready is part of it.
+    ///
+    /// An attempt the deadline cuts was sent: it reaches [`on_attempt`](Self::on_attempt) and
+    /// the metrics as an attempt given up for [`GiveUpReason::Deadline`]. A deadline that passes
+    /// with no attempt in flight is counted as that give-up only.
     ///
     /// [`build`](Self::build) rejects a zero deadline (every request would fail unsent).
     pub fn deadline(mut self, deadline: Duration) -> Self {

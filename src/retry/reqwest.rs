@@ -81,6 +81,14 @@ impl Middleware for RetryMiddleware {
         };
         let mut req = req;
         loop {
+            // The policy never starts a wait that ends past the deadline; should the wait still
+            // end there, the attempt is not started: a give-up, nothing sent.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.policy.deadline_passed_unsent();
+                return Err(reqwest_middleware::Error::middleware(
+                    DeadlineExceeded::new(),
+                ));
+            }
             let next_copy = req.try_clone();
             let facts = RequestFacts {
                 method: &method,
@@ -118,9 +126,17 @@ impl Middleware for RetryMiddleware {
                 Some((at, is_deadline)) => match tokio::time::timeout_at(at, attempt).await {
                     Ok(result) => result,
                     Err(_) if is_deadline => {
-                        return Err(reqwest_middleware::Error::middleware(
-                            DeadlineExceeded::new(),
-                        ))
+                        // Sent, and cut: the policy records the attempt and a `deadline`
+                        // give-up. The client's own deadline is not the endpoint's failure: the
+                        // breaker is not told (the permit goes unused).
+                        let cut = DeadlineExceeded::new();
+                        let retry = self.policy.decide_parts(
+                            &mut state,
+                            &facts,
+                            AttemptOutcome::Error(&cut),
+                        );
+                        debug_assert!(retry.is_none(), "a cut attempt is never retried");
+                        return Err(reqwest_middleware::Error::middleware(cut));
                     }
                     Err(_) => Err(reqwest_middleware::Error::middleware(AttemptTimedOut::new())),
                 },
