@@ -458,9 +458,13 @@ pub(crate) enum BypassRule {
 #[derive(Debug)]
 pub(crate) struct MaintenanceMetrics {
     pub(crate) meter: Meter,
-    /// What the gauge says: 0 off, 1 on, 2 not set yet.
+    /// What the gauge says: 0 off, 1 on, 2 not set yet. Read without a lock by every request;
+    /// written, together with the gauge, only under `flip`.
     #[cfg(feature = "metrics")]
     shown: std::sync::atomic::AtomicU8,
+    /// Makes writing `shown` and the gauge one step (see `active`).
+    #[cfg(feature = "metrics")]
+    flip: std::sync::Mutex<()>,
     #[cfg(feature = "metrics")]
     handles: Lazy<MaintenanceHandles>,
 }
@@ -485,6 +489,8 @@ impl MaintenanceMetrics {
             #[cfg(feature = "metrics")]
             shown: std::sync::atomic::AtomicU8::new(2),
             #[cfg(feature = "metrics")]
+            flip: std::sync::Mutex::new(()),
+            #[cfg(feature = "metrics")]
             handles: Lazy::default(),
         }
     }
@@ -507,10 +513,20 @@ impl MaintenanceMetrics {
     pub(crate) fn active(&self, active: bool, end: Option<std::time::SystemTime>) {
         #[cfg(feature = "metrics")]
         {
-            use std::sync::atomic::Ordering;
-            if self.shown.load(Ordering::Relaxed) != u8::from(active) {
-                self.shown.store(u8::from(active), Ordering::Relaxed);
-                self.handles().active.set(if active { 1.0 } else { 0.0 });
+            use std::sync::{atomic::Ordering, PoisonError};
+            let value = u8::from(active);
+            if self.shown.load(Ordering::Relaxed) != value {
+                // `shown` and the gauge change in one step, under the lock (taken only when the
+                // state changes, not per request), so the last writer of `shown` is the last
+                // writer of the gauge. Checked and written separately, requests across a flip
+                // could interleave (on, a late off, on: the off's gauge write landing last) and
+                // leave `shown` at 1 with the gauge at 0; every later request would then see
+                // nothing to change, and the gauge would read 0 for the whole maintenance.
+                let _flip = self.flip.lock().unwrap_or_else(PoisonError::into_inner);
+                if self.shown.load(Ordering::Relaxed) != value {
+                    self.handles().active.set(f64::from(value));
+                    self.shown.store(value, Ordering::Relaxed);
+                }
             }
             if active {
                 let secs = end
