@@ -721,6 +721,43 @@ async fn the_reqwest_client_counts_a_deadline_cut_attempt_as_the_tower_client_do
     );
 }
 
+/// `RetryMiddleware` (reqwest): an attempt its own timeout cuts is retried as a `timeout`, as
+/// `RetryLayer` counts it (the error reqwest-middleware wraps it in hides it from a walk of the
+/// `source()` chain).
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test(start_paused = true)]
+async fn the_reqwest_client_counts_an_attempt_timeout_as_a_timeout_retry() {
+    let prometheus = recorder().clone();
+    let (addr, seen) = slow().await;
+    let policy = RetryPolicy::builder()
+        .name("reqwest-attempt-timeout")
+        .max_attempts(2)
+        .attempt_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(tower_5xx::retry::RetryMiddleware::new(policy))
+        .build();
+    let err = client
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(Failure::from(err), Failure::AttemptTimedOut(_)));
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    let text = prometheus.render();
+    let name = ("name", "reqwest-attempt-timeout");
+    assert_eq!(
+        value(
+            &text,
+            "tower_5xx_retry_retries_total",
+            &[name, ("cause", "timeout")]
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
 /// A request body that never ends.
 struct Endless;
 

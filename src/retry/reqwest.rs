@@ -149,7 +149,13 @@ impl Middleware for RetryMiddleware {
             }
             let outcome = match &result {
                 Ok(res) => AttemptOutcome::Response(res.status(), res.headers()),
-                Err(e) => AttemptOutcome::Error(e as &(dyn Error + 'static)),
+                // The wrapped error itself: `reqwest_middleware::Error` is transparent, its
+                // `source()` is the wrapped error's source, so a walk from it would never see an
+                // `AttemptTimedOut` (a timeout would be counted as a `connection` retry).
+                Err(reqwest_middleware::Error::Middleware(e)) => {
+                    AttemptOutcome::Error(AsRef::<dyn Error + Send + Sync>::as_ref(e))
+                }
+                Err(reqwest_middleware::Error::Reqwest(e)) => AttemptOutcome::Error(e),
             };
             let Some(delay) = self.policy.decide_parts(&mut state, &facts, outcome) else {
                 return result;
