@@ -513,20 +513,9 @@ impl MaintenanceMetrics {
     pub(crate) fn active(&self, active: bool, end: Option<std::time::SystemTime>) {
         #[cfg(feature = "metrics")]
         {
-            use std::sync::{atomic::Ordering, PoisonError};
             let value = u8::from(active);
-            if self.shown.load(Ordering::Relaxed) != value {
-                // `shown` and the gauge change in one step, under the lock (taken only when the
-                // state changes, not per request), so the last writer of `shown` is the last
-                // writer of the gauge. Checked and written separately, requests across a flip
-                // could interleave (on, a late off, on: the off's gauge write landing last) and
-                // leave `shown` at 1 with the gauge at 0; every later request would then see
-                // nothing to change, and the gauge would read 0 for the whole maintenance.
-                let _flip = self.flip.lock().unwrap_or_else(PoisonError::into_inner);
-                if self.shown.load(Ordering::Relaxed) != value {
-                    self.handles().active.set(f64::from(value));
-                    self.shown.store(value, Ordering::Relaxed);
-                }
+            if self.shown.load(std::sync::atomic::Ordering::Relaxed) != value {
+                self.flip(value);
             }
             if active {
                 let secs = end
@@ -537,6 +526,27 @@ impl MaintenanceMetrics {
         }
         #[cfg(not(feature = "metrics"))]
         let _ = (active, end);
+    }
+
+    /// Shows `value` (0 off, 1 on) on the gauge: out of line, so that the per-request check in
+    /// [`active`](Self::active) stays small enough to be inlined.
+    ///
+    /// `shown` and the gauge change in one step, under the lock (taken only when the state
+    /// changes, not per request), so the last writer of `shown` is the last writer of the
+    /// gauge. Checked and written separately, requests across a flip could interleave (on, a
+    /// late off, on: the off's gauge write landing last) and leave `shown` at 1 with the gauge
+    /// at 0; every later request would then see nothing to change, and the gauge would read 0
+    /// for the whole maintenance.
+    #[cfg(feature = "metrics")]
+    #[cold]
+    #[inline(never)]
+    fn flip(&self, value: u8) {
+        use std::sync::{atomic::Ordering, PoisonError};
+        let _flip = self.flip.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.shown.load(Ordering::Relaxed) != value {
+            self.handles().active.set(f64::from(value));
+            self.shown.store(value, Ordering::Relaxed);
+        }
     }
 
     /// One request let through by `rule` during maintenance.
