@@ -248,6 +248,13 @@ pub(crate) fn fmt_http_date_clamped(t: SystemTime) -> String {
     httpdate::fmt_http_date(t.clamp(UNIX_EPOCH, latest_http_date()))
 }
 
+/// `t` written as IMF-fixdate for an announced end: rounded up to the next whole second (never
+/// announcing an end earlier than it is) and clamped into the range the format can express.
+#[cfg(all(feature = "maintenance", feature = "redis"))]
+pub(crate) fn fmt_end_date(t: SystemTime) -> String {
+    httpdate::fmt_http_date(clamp_date(t))
+}
+
 /// Clamps a date into the range IMF-fixdate can express, so formatting never panics.
 fn clamp_date(t: SystemTime) -> SystemTime {
     let t = round_up_to_second(t);

@@ -78,7 +78,7 @@
 use std::{
     fmt,
     sync::{Arc, Mutex, PoisonError, Weak},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use futures_core::Stream;
@@ -811,9 +811,9 @@ impl Stored {
     fn on(notice: &MaintenanceNotice, clock: &dyn WallClock) -> Self {
         Self {
             enabled: true,
-            until: notice
-                .ends_at(clock)
-                .map(|t| httpdate::fmt_http_date(t.max(UNIX_EPOCH))),
+            // Rounded up to a whole second, as the retry delay below: the fleet is never told
+            // that maintenance ends before it does.
+            until: notice.ends_at(clock).map(crate::retry_after::fmt_end_date),
             // Whole seconds, rounded up: a client is never told to come back early.
             retry_after: notice
                 .get_retry_after()
@@ -1011,5 +1011,27 @@ mod tests {
         assert!(windows.is_empty());
         let off = serde_json::to_vec(&Stored::default()).unwrap();
         assert_eq!(off, br#"{"enabled":false}"#);
+    }
+
+    /// An end with sub-seconds is written rounded up (an HTTP-date carries whole seconds): the
+    /// fleet is never told that maintenance ends before it does.
+    #[test]
+    fn an_end_between_seconds_is_written_rounded_up() {
+        let t = httpdate::parse_http_date("Sun, 06 Nov 2033 08:49:37 GMT").unwrap();
+        let notice = MaintenanceNotice::new().until(t + Duration::from_millis(300));
+        let json = serde_json::to_vec(&Stored::on(&notice, &SystemClock)).unwrap();
+        let (read, _) = parse(&json).unwrap();
+        assert_eq!(
+            read,
+            Some(MaintenanceNotice::new().until(t + Duration::from_secs(1)))
+        );
+        // And one past what an HTTP-date can say is written as the last date it can.
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        let json = serde_json::to_vec(&Stored::on(
+            &MaintenanceNotice::new().until(far),
+            &SystemClock,
+        ))
+        .unwrap();
+        assert!(parse(&json).is_ok(), "{}", String::from_utf8_lossy(&json));
     }
 }
