@@ -44,6 +44,19 @@ async fn silent_upstream() -> SocketAddr {
     addr
 }
 
+/// Reads a request head from `stream`; whether it came whole.
+async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// An upstream that reads the request head, sends the start of a response (`partial`) and
 /// closes the connection.
 async fn cutting_upstream(partial: &'static [u8]) -> SocketAddr {
@@ -53,16 +66,10 @@ async fn cutting_upstream(partial: &'static [u8]) -> SocketAddr {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
+                if read_head(&mut stream).await {
+                    let _ = stream.write_all(partial).await;
+                    let _ = stream.shutdown().await;
                 }
-                let _ = stream.write_all(partial).await;
-                let _ = stream.shutdown().await;
             });
         }
     });
@@ -78,16 +85,10 @@ async fn resetting_upstream() -> SocketAddr {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
+                if read_head(&mut stream).await {
+                    stream.set_zero_linger().unwrap();
+                    drop(stream); // RST
                 }
-                stream.set_zero_linger().unwrap();
-                drop(stream); // RST
             });
         }
     });
