@@ -31,7 +31,16 @@ impl Classification {
     /// A classification with this status. The [`Reason`] follows from it: 500 is
     /// [`Reason::Internal`], 502 [`Reason::BadGateway`], 504 [`Reason::GatewayTimeout`], anything
     /// else [`Reason::Classified`]; change it with [`Classification::with_reason`].
+    ///
+    /// A failure is answered with a 4xx or a 5xx: any other status (a 2xx or 3xx would tell the
+    /// client the request worked, a 1xx is no final response at all and hyper would send a 500
+    /// while the log said otherwise) is taken as 500, [`Reason::Internal`].
     pub fn new(status: StatusCode) -> Self {
+        let status = if status.is_client_error() || status.is_server_error() {
+            status
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
         let reason = match status {
             StatusCode::INTERNAL_SERVER_ERROR => Reason::Internal,
             StatusCode::BAD_GATEWAY => Reason::BadGateway,
@@ -271,6 +280,22 @@ pub(crate) fn classify_chain<C: Classify>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_that_is_no_failure_is_taken_as_500() {
+        for status in [100, 101, 200, 204, 304] {
+            let c = Classification::new(StatusCode::from_u16(status).unwrap());
+            assert_eq!(
+                (c.status, c.reason),
+                (StatusCode::INTERNAL_SERVER_ERROR, Reason::Internal),
+                "{status}"
+            );
+        }
+        for status in [400, 404, 429, 500, 503, 599] {
+            let c = Classification::new(StatusCode::from_u16(status).unwrap());
+            assert_eq!(c.status.as_u16(), status);
+        }
+    }
 
     #[derive(Debug)]
     struct Wrapper(Box<dyn Error + Send + Sync>);
