@@ -196,7 +196,8 @@ impl BreakerBuilder {
     }
 
     /// How long the breaker stays open after it trips. Default 5 s. [`build`](Self::build)
-    /// rejects zero, and a duration above the maximum open duration (default 60 s; see
+    /// rejects less than a millisecond (the open time is kept in milliseconds), and a duration
+    /// above the maximum open duration (default 60 s; see
     /// [`open_duration_growth`](Self::open_duration_growth)).
     pub fn open_duration(mut self, duration: Duration) -> Self {
         self.open_duration = duration;
@@ -312,7 +313,8 @@ impl BreakerBuilder {
         if !(1..=MAX_HALF_OPEN_PROBES).contains(&self.half_open_probes) {
             return Err(BreakerConfigError::HalfOpenProbes);
         }
-        if self.open_duration.is_zero()
+        // The open end is kept in whole milliseconds: a shorter open time would be none.
+        if self.open_duration < Duration::from_millis(1)
             || self.max_open_duration < self.open_duration
             || self.max_open_duration > Duration::from_secs(365 * 24 * 3600)
         {
@@ -495,6 +497,10 @@ mod tests {
                 E::HalfOpenProbes,
             ),
             (builder().open_duration(Duration::ZERO), E::OpenDuration),
+            (
+                builder().open_duration(Duration::from_micros(999)),
+                E::OpenDuration,
+            ),
             (
                 builder().open_duration_growth(2.0, Duration::from_millis(1)),
                 E::OpenDuration,

@@ -85,7 +85,8 @@ pub enum BreakerConfigError {
     Buckets,
     /// The number of half-open probes is not between 1 and 1023.
     HalfOpenProbes,
-    /// The open duration is zero, or above its maximum, or the maximum is above a year.
+    /// The open duration is under a millisecond, or above its maximum, or the maximum is above
+    /// a year.
     OpenDuration,
     /// The open-duration growth factor is below 1 or not finite.
     GrowthFactor,
@@ -111,7 +112,7 @@ impl fmt::Display for BreakerConfigError {
             }
             BreakerConfigError::HalfOpenProbes => "half-open probes must be between 1 and 1023",
             BreakerConfigError::OpenDuration => {
-                "open duration must be non-zero and at most its maximum (at most a year)"
+                "open duration must be at least 1 ms and at most its maximum (at most a year)"
             }
             BreakerConfigError::GrowthFactor => "open duration growth factor must be at least 1",
             BreakerConfigError::SlowCallDuration => "slow call duration must be longer than zero",
