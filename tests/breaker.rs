@@ -1512,3 +1512,39 @@ fn a_one_day_window_keeps_working_through_two_weeks_of_flapping() {
         assert_eq!(breaker.state(), State::Closed, "cycle {i}");
     }
 }
+
+/// A call still in flight (the dependency has not answered) when code *outside* it panics (a
+/// sibling branch of a `join!`, the handler after it issued the call, an outer layer): tokio
+/// drops the task's future while the panic unwinds, and the permit must not count that as the
+/// dependency's failure (a first version of the panic rule did: one handler bug opened the
+/// breaker). Only a panic of the call itself is a failure.
+#[tokio::test]
+async fn a_panic_outside_the_call_is_not_the_dependencys_failure() {
+    let breaker = CircuitBreaker::builder()
+        .minimum_calls(1)
+        .sliding_window(SlidingWindow::Count(10))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    // The dependency never answers: the call is cancelled, not failed.
+    let pending =
+        service_fn(|_req: Request| std::future::pending::<Result<Response, Infallible>>());
+    let svc = BreakerLayer::new(breaker.clone()).layer(pending);
+    let task = tokio::spawn(async move {
+        let mut call = std::pin::pin!(svc.oneshot(Request::new(axum::body::Body::empty())));
+        // Poll the call once: the breaker hands out its permit and the dependency is called.
+        std::future::poll_fn(|cx| {
+            assert!(std::future::Future::poll(call.as_mut(), cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        panic!("a bug in the handler, not in the dependency");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    assert_eq!(
+        breaker.window_counts(),
+        WindowCounts::default(),
+        "a cancelled call was recorded"
+    );
+    assert_eq!(breaker.state(), State::Closed);
+}

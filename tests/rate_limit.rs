@@ -132,6 +132,62 @@ mod redis_store {
         serve_axum(app(layer)).await
     }
 
+    /// A failover behind one address: the primary the store is connected to is demoted (it
+    /// answers every script with `READONLY`) and the address now leads to the new primary. The
+    /// connection is not broken, so the connection manager never reconnects; the store must
+    /// replace it (an error about the node, unlike one about the data, counts toward that).
+    #[tokio::test]
+    async fn a_demoted_primary_answering_readonly_is_replaced() {
+        let old = RedisServer::start();
+        let new = RedisServer::start();
+        let target = Arc::new(Mutex::new(old.addr()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = listener.local_addr().unwrap();
+        let t = target.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let to = *t.lock().unwrap();
+                tokio::spawn(async move {
+                    let mut server = TcpStream::connect(to).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        let store = RedisStore::connect(&format!("redis://{relay_addr}/"))
+            .await
+            .unwrap()
+            .timeout(Duration::from_secs(1));
+        let addr = serve(store, 100_000).await;
+        let c = client();
+        let key = "tower-5xx:rl:{ip:127.0.0.1}:fleet";
+        assert_eq!(fetch(&c, addr, None).await.status, 200);
+        assert!(old.command(&["EXISTS", key]).starts_with(":1"));
+
+        // The failover: the old primary follows the new one, the address moves.
+        let new_port = new.addr().port().to_string();
+        // (Both diskless, so the sync leaves no dump.rdb in the working directory.)
+        new.command(&["CONFIG", "SET", "repl-diskless-sync", "yes"]);
+        new.command(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+        old.command(&["CONFIG", "SET", "repl-diskless-load", "swapdb"]);
+        old.command(&["REPLICAOF", "127.0.0.1", &new_port]);
+        *target.lock().unwrap() = new.addr();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut requests = 0;
+        loop {
+            assert_eq!(fetch(&c, addr, None).await.status, 200);
+            requests += 1;
+            if new.command(&["EXISTS", key]).starts_with(":1") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still on the demoted primary after 10 s and {requests} requests"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// An error Redis answers (here one client's key holds a hash, so the script fails with
     /// WRONGTYPE for that client only) proves the connection alive: the store keeps it, rather
     /// than replacing a healthy connection every third request.

@@ -99,9 +99,10 @@ where
     }
 }
 
-/// Drops the permit if the inner poll unwinds, while it unwinds: a permit dropped while the
-/// thread panics records a failure (see [`Permit`]). Left to the future's own drop, it would
-/// be dropped only after a layer outside (or the runtime) caught the panic, and count nothing.
+/// Records a failure if the inner poll unwinds, while it unwinds: the call itself panicked.
+/// (Left to the future's own drop, the permit would be dropped only after a layer outside, or
+/// the runtime, caught the panic, and a dropped permit counts nothing: a panic elsewhere says
+/// nothing about the dependency.)
 struct DropPermitOnUnwind<'a> {
     permit: &'a mut Option<Permit>,
     /// Cleared once the inner poll returned.
@@ -112,7 +113,23 @@ impl Drop for DropPermitOnUnwind<'_> {
     #[inline]
     fn drop(&mut self) {
         if self.armed {
-            drop(self.permit.take());
+            if let Some(permit) = self.permit.take() {
+                record_panic(permit);
+            }
         }
+    }
+}
+
+/// Reports `permit`'s call as failed while its panic unwinds. A second panic raised here (the
+/// transition callback, the clock, a metrics recorder) would abort the process: it is caught,
+/// and this one outcome lost at worst.
+#[cold]
+fn record_panic(permit: Permit) {
+    if let Err(again) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || permit.failure()))
+    {
+        // Its payload's destructor may panic too: leaked.
+        #[allow(clippy::mem_forget)]
+        std::mem::forget(again);
     }
 }

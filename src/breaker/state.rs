@@ -720,11 +720,10 @@ enum Kind {
 /// When the breaker counts slow calls, the latency is measured from
 /// [`CircuitBreaker::try_acquire`] to the report, on the breaker's clock. Dropping a permit
 /// without reporting counts nothing (a half-open probe slot is given back, so another caller
-/// can probe), except while the thread panics: a permit dropped by a panic unwinding through
-/// the call is a [failure](Self::failure), so a dependency whose calls panic opens the breaker
-/// like one whose calls fail. (Nothing recorded then can turn the unwind into an abort: a
-/// panic of the [`on_transition`](BreakerBuilder::on_transition) callback, of the clock or of a
-/// metrics recorder is caught and dropped.)
+/// can probe), also while the thread panics: a panic elsewhere (the handler after the call, a
+/// sibling branch of a `select!`) says nothing about the dependency. A caller that wants a
+/// panic of the call itself to count reports it, as [`Breaker`](super::Breaker) does: a panic
+/// unwinding out of its inner service's poll is a [failure](Self::failure).
 #[must_use = "report the call's outcome through the permit"]
 pub struct Permit {
     breaker: CircuitBreaker,
@@ -805,16 +804,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        if std::thread::panicking() {
-            // The call panicked. A second panic raised here while unwinding would abort the
-            // process: catch it, and lose this one outcome at worst.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.finish(Outcome::Failure, None);
-            }));
-        } else if self.kind == Kind::Probe {
+        if !self.done && self.kind == Kind::Probe {
             self.breaker.release_probe(self.generation);
         }
     }

@@ -80,8 +80,9 @@ return out
 /// itself in the background when the connection breaks). A connection that goes **silent**
 /// instead (a failover or a partition: no error, no close, just no answer) is one the manager
 /// never sees fail, since the store gives up on the decision first: after
-/// 3 decisions in a row that ran out of time or lost the connection (an error Redis answers
-/// does not count: it proves the connection alive), a store made by
+/// 3 decisions in a row that ran out of time, lost the connection or reached a node that
+/// cannot decide (`READONLY` from a demoted primary; an error about the data, such as
+/// WRONGTYPE, proves the connection alive and does not count), a store made by
 /// [`connect`](Self::connect) makes a new connection manager in the background (one at a
 /// time, at most one attempt a second; requests meanwhile go on with the old one) and switches
 /// to it once connected.
@@ -190,12 +191,19 @@ impl Connection {
     }
 }
 
-/// Whether `error` says the connection failed (rather than Redis answering with an error).
+/// Whether `error` says the connection is of no use: it failed, or the node behind it cannot
+/// take the decision (a primary demoted to a replica by a failover answers `READONLY` to every
+/// script: only a new connection reaches the new primary). An error about the data (a key of
+/// another type, OOM, NOPERM) proves the connection alive.
 fn connection_failed(error: &RedisError) -> bool {
     error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_timeout()
+        || matches!(
+            error.code(),
+            Some("READONLY" | "MASTERDOWN" | "LOADING" | "TRYAGAIN" | "CLUSTERDOWN")
+        )
 }
 
 impl RedisStore {
