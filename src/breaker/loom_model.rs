@@ -300,3 +300,35 @@ fn concurrent_failures_in_a_count_window_trip_at_once() {
         assert_eq!(*seen.lock().unwrap(), [(State::Closed, State::Open)]);
     });
 }
+
+/// A reset (two stores, phase then offset) racing a recorder that read its clock
+/// at the reset's instant, in a time window whose buckets do not start at the reset. Whatever
+/// the interleaving, the window never reads more failures than calls nor more than the two
+/// outcomes; an outcome recorded after the reset counts for a full window from the reset and
+/// then falls out; the stale outcome never outlives it.
+#[test]
+fn a_reset_racing_a_record_files_it_in_an_old_or_the_first_bucket() {
+    check(|| {
+        let window = two_buckets();
+        let half = SEC / 2;
+        window.record(0, false, false, false);
+        let w = window.clone();
+        let racer = thread::spawn(move || {
+            w.record(half, true, false, false);
+        });
+        window.reset(half);
+        racer.join().unwrap();
+        window.record(half, false, false, false);
+        let c = window.counts(half);
+        assert!(
+            c.calls >= 1 && c.calls <= 2 && c.failures <= c.calls,
+            "{c:?}"
+        );
+        // A full window (two buckets) from the reset: the post-reset outcome still counts.
+        let c = window.counts(half + 2 * SEC - 1);
+        assert!(c.calls >= 1, "{c:?}");
+        // Past it, nothing from then counts any more.
+        let c = window.counts(half + 3 * SEC);
+        assert_eq!(c.calls, 0, "{c:?}");
+    });
+}
