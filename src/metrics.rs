@@ -33,6 +33,7 @@
 //! | `tower_5xx_breaker_state` | gauge | `state` (`closed`, `open`, `half_open`, `forced_open`, `disabled`) | breakers in each state: 1 for a breaker's current state, 0 for the others; the keyed breakers of a client (one per origin) add up under their set's name |
 //! | `tower_5xx_breaker_transitions_total` | counter | `to` (`closed`, `open`, `half_open`, `forced_open`, `disabled`) | state changes |
 //! | `tower_5xx_breaker_calls_total` | counter | `outcome` (`success`, `failure`, `slow`, `rejected`) | calls through the breaker; a slow failure counts as `failure` |
+//! | `tower_5xx_retry_requests_total` | counter | | requests made through the retry client, each once however many attempts it took (or none: refused, or the deadline passed first); `attempts / requests` is the retry amplification |
 //! | `tower_5xx_retry_attempts_total` | counter | | requests sent by the retry client, first attempts included; an attempt the overall deadline cuts was sent and counts (with a `deadline` give-up); an attempt the endpoint's client breaker refuses was not, and counts only as a `circuit_open` give-up |
 //! | `tower_5xx_retry_retries_total` | counter | `cause` (`status`, `connection`, `timeout`) | attempts that were retried, by why |
 //! | `tower_5xx_retry_give_ups_total` | counter | `cause` (`attempts_exhausted`, `budget_exhausted`, `retry_after_over_cap`, `deadline`, `not_idempotent`, `body_not_replayable`, `circuit_open`) | retryable failures that were not retried; `deadline` also counts every request the overall deadline ended, whether it cut an attempt in flight or passed with nothing in flight (the body still buffering, the client not ready) |
@@ -78,6 +79,8 @@ pub const BREAKER_STATE: &str = "tower_5xx_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "tower_5xx_breaker_transitions_total";
 /// Calls through a breaker, by outcome.
 pub const BREAKER_CALLS: &str = "tower_5xx_breaker_calls_total";
+/// Requests made through the retry client, each once.
+pub const RETRY_REQUESTS: &str = "tower_5xx_retry_requests_total";
 /// Requests the retry client sent.
 pub const RETRY_ATTEMPTS: &str = "tower_5xx_retry_attempts_total";
 /// Retries, by cause.
@@ -118,6 +121,10 @@ pub fn describe() {
     describe_gauge!(BREAKER_STATE, "Circuit breakers in each state");
     describe_counter!(BREAKER_TRANSITIONS, "Circuit breaker state changes");
     describe_counter!(BREAKER_CALLS, "Calls through a circuit breaker, by outcome");
+    describe_counter!(
+        RETRY_REQUESTS,
+        "Requests made through the retry client, each once"
+    );
     describe_counter!(RETRY_ATTEMPTS, "Requests the retry client sent");
     describe_counter!(RETRY_RETRIES, "Retries, by cause");
     describe_counter!(RETRY_GIVE_UPS, "Retryable failures not retried, by cause");

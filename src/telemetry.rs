@@ -601,6 +601,7 @@ pub(crate) struct RetryMetrics {
 
 #[cfg(feature = "metrics")]
 struct RetryHandles {
+    requests: Counter,
     attempts: Counter,
     retries: [Counter; 3],
     give_ups: [Counter; 7],
@@ -622,6 +623,7 @@ impl RetryMetrics {
     fn handles(&self) -> &RetryHandles {
         use crate::metrics as m;
         self.handles.get(|| RetryHandles {
+            requests: self.meter.counter(m::RETRY_REQUESTS, &[]),
             attempts: self.meter.counter(m::RETRY_ATTEMPTS, &[]),
             retries: [
                 RetryCause::Status,
@@ -640,6 +642,12 @@ impl RetryMetrics {
                 .map(|s| self.meter.histogram(m::RETRY_WAIT, &[("source", label(s))])),
             budget: self.meter.gauge(m::RETRY_BUDGET_BALANCE, &[]),
         })
+    }
+
+    /// One request made through the client (counted once, before any attempt).
+    pub(crate) fn request(&self) {
+        #[cfg(feature = "metrics")]
+        self.handles().requests.increment(1);
     }
 
     /// One attempt finished (and so was sent).

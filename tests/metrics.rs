@@ -435,7 +435,12 @@ async fn the_retry_client_counts_attempts_retries_and_give_ups() {
 
     let text = prometheus.render();
     let name = ("name", "scripted");
-    // 2 + 3 + 1 + 1 attempts.
+    // Four requests made, 2 + 3 + 1 + 1 attempts.
+    assert_eq!(
+        value(&text, "tower_5xx_retry_requests_total", &[name]),
+        4.0,
+        "{text}"
+    );
     assert_eq!(
         value(&text, "tower_5xx_retry_attempts_total", &[name]),
         7.0,
@@ -567,6 +572,11 @@ fn three_quick_attempts(name: &str) -> RetryPolicy {
 fn assert_one_sent_and_one_refused(text: &str, name: &str) {
     let name = ("name", name);
     assert_eq!(
+        value(text, "tower_5xx_retry_requests_total", &[name]),
+        1.0,
+        "one request was made\n{text}"
+    );
+    assert_eq!(
         value(text, "tower_5xx_retry_attempts_total", &[name]),
         1.0,
         "one request was sent; the refused one was not\n{text}"
@@ -658,10 +668,11 @@ fn one_second_deadline(name: &str) -> RetryPolicy {
         .unwrap()
 }
 
-/// `tower_5xx_retry_attempts_total` and the `deadline` give-ups of policy `name`.
-fn attempts_and_deadline_give_ups(text: &str, name: &str) -> (f64, f64) {
+/// Requests made, attempts sent and `deadline` give-ups of the retry client `name`.
+fn attempts_and_deadline_give_ups(text: &str, name: &str) -> (f64, f64, f64) {
     let name = ("name", name);
     (
+        value(text, "tower_5xx_retry_requests_total", &[name]),
         value(text, "tower_5xx_retry_attempts_total", &[name]),
         value(
             text,
@@ -690,7 +701,7 @@ async fn the_tower_client_counts_a_deadline_cut_attempt_and_a_deadline_give_up()
     let text = prometheus.render();
     assert_eq!(
         attempts_and_deadline_give_ups(&text, "tower-deadline-cut"),
-        (1.0, 1.0),
+        (1.0, 1.0, 1.0),
         "{text}"
     );
 }
@@ -716,7 +727,7 @@ async fn the_reqwest_client_counts_a_deadline_cut_attempt_as_the_tower_client_do
     let text = prometheus.render();
     assert_eq!(
         attempts_and_deadline_give_ups(&text, "reqwest-deadline-cut"),
-        (1.0, 1.0),
+        (1.0, 1.0, 1.0),
         "{text}"
     );
 }
@@ -790,7 +801,7 @@ async fn a_deadline_that_passes_before_anything_is_sent_is_a_give_up_only() {
     let text = prometheus.render();
     assert_eq!(
         attempts_and_deadline_give_ups(&text, "deadline-unsent"),
-        (0.0, 1.0),
+        (1.0, 0.0, 1.0),
         "{text}"
     );
 }

@@ -317,6 +317,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.policy.request_made();
         let (parts, body) = req.into_parts();
         // The deadline counts from now, for the timer below and for the policy (which learns
         // it through the body): time spent buffering the body or waiting for the client to be

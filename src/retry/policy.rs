@@ -472,6 +472,11 @@ impl RetryPolicy {
         self.config.metrics.give_up(GiveUpReason::Deadline.index());
     }
 
+    /// Counts a request made through the client (once, whatever becomes of it).
+    pub(crate) fn request_made(&self) {
+        self.config.metrics.request();
+    }
+
     /// Starts the bookkeeping of a new request (and pays its deposit into the budget). Its
     /// deadline counts from `started` (now if `None`): the instant the client's own deadline
     /// timer started, so that the policy never starts a wait the client would cut.

@@ -68,6 +68,7 @@ impl Middleware for RetryMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
+        self.policy.request_made();
         // One start for the deadline the middleware enforces and the one the policy plans by.
         let started = Instant::now();
         let mut state = self.policy.first_attempt(Some(started));
