@@ -90,14 +90,19 @@ pub(crate) enum Key<'a> {
 }
 
 impl<'a> Key<'a> {
+    /// The key of `req`; a client IP is an IPv6 address's bits under `ipv6_mask`.
     pub(crate) fn of<B>(
         source: &KeySource,
         rules: &ClientIpRules,
+        ipv6_mask: u128,
         req: &'a Request<B>,
     ) -> Owned<'a> {
         match source {
             KeySource::ClientIp => {
                 Owned::Borrowed(match rules.client_ip(req.headers(), req.extensions()) {
+                    Some(IpAddr::V6(ip)) => {
+                        Key::Ip(IpAddr::V6((u128::from(ip) & ipv6_mask).into()))
+                    }
                     Some(ip) => Key::Ip(ip),
                     None => Key::Missing,
                 })

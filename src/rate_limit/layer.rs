@@ -74,6 +74,7 @@ impl<S> Layer<S> for RateLimitLayer {
 /// |---|---|
 /// | [`policy`](Self::policy) | none: at least one is required, at most [`MAX_POLICIES`] |
 /// | key | the [client IP](Self::key_client_ip) (the peer address; proxies trusted only with [`trusted_proxy`](Self::trusted_proxy)) |
+/// | [`ipv6_prefix`](Self::ipv6_prefix) | **64**: an IPv6 client is its /64 |
 /// | [`exempt_path`](Self::exempt_path) | none |
 /// | [`headers_within_quota`](Self::headers_within_quota) | `true`: admitted responses carry `RateLimit-Policy` and `RateLimit` |
 /// | [`capacity`](Self::capacity) | **100,000** keys in memory |
@@ -84,6 +85,7 @@ pub struct RateLimitBuilder {
     policies: Vec<Policy>,
     key: KeySource,
     ip: ClientIpRules,
+    ipv6_prefix: u8,
     exempt: PathPrefixes,
     headers_within_quota: bool,
     capacity: usize,
@@ -101,6 +103,7 @@ impl Default for RateLimitBuilder {
             policies: Vec::new(),
             key: KeySource::ClientIp,
             ip: ClientIpRules::default(),
+            ipv6_prefix: 64,
             exempt: PathPrefixes::default(),
             headers_within_quota: true,
             capacity: 100_000,
@@ -142,6 +145,17 @@ impl RateLimitBuilder {
     /// layer's allow-list. Requests whose client IP is unknown share one quota.
     pub fn key_client_ip(mut self) -> Self {
         self.key = KeySource::ClientIp;
+        self
+    }
+
+    /// With the client IP as the key, counts an IPv6 client by the first `bits` bits of its
+    /// address: default 64, the subnet of one end site (RFC 6177), so that a client does not get
+    /// a fresh quota from each of the 2^64 addresses its network hands out (privacy addresses
+    /// change by themselves). 128 counts each address. IPv4 clients are counted by address.
+    /// [`build`](Self::build) rejects a value outside 32..=128. Instances sharing quotas on
+    /// Redis should agree on it.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits;
         self
     }
 
@@ -280,6 +294,12 @@ impl RateLimitBuilder {
         if let Some(redis) = &self.redis {
             redis.validate()?;
         }
+        if !(32..=128).contains(&self.ipv6_prefix) {
+            return Err(InvalidConfig::new(
+                "ipv6_prefix",
+                "must be from 32 to 128 bits",
+            ));
+        }
         if !(64..=MAX_CAPACITY).contains(&self.capacity) {
             return Err(InvalidConfig::new(
                 "capacity",
@@ -292,6 +312,7 @@ impl RateLimitBuilder {
             policies: self.policies.into(),
             key: self.key,
             ip: self.ip,
+            ipv6_mask: u128::MAX << (128 - u32::from(self.ipv6_prefix)),
             exempt: self.exempt,
             headers_within_quota: self.headers_within_quota,
             refusal: self.refusal,
@@ -315,6 +336,8 @@ pub(crate) struct Shared {
     pub(crate) policy_header: HeaderValue,
     key: KeySource,
     ip: ClientIpRules,
+    /// The bits of an IPv6 client address that make its key.
+    ipv6_mask: u128,
     exempt: PathPrefixes,
     pub(crate) headers_within_quota: bool,
     refusal: RefusalPolicy,
@@ -352,7 +375,7 @@ impl Shared {
     }
 
     pub(crate) fn key_of<'a, B>(&self, req: &'a Request<B>) -> super::key::Owned<'a> {
-        Key::of(&self.key, &self.ip, req)
+        Key::of(&self.key, &self.ip, self.ipv6_mask, req)
     }
 
     /// The in-memory decision for `key`, now.

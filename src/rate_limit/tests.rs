@@ -48,6 +48,48 @@ where
     svc.clone().oneshot(req).await.unwrap()
 }
 
+/// An IPv6 client is its /64 by default: the addresses of one network share a quota (a client
+/// cannot take a fresh one from each of its 2^64 addresses); other networks have their own,
+/// and `ipv6_prefix(128)` counts each address.
+#[tokio::test(start_paused = true)]
+async fn an_ipv6_client_is_its_64_by_default() {
+    let from6 = |ip: &str| {
+        let mut req = Request::get("/api").body(()).unwrap();
+        req.extensions_mut().insert(SocketAddr::from((
+            ip.parse::<std::net::Ipv6Addr>().unwrap(),
+            4000,
+        )));
+        req
+    };
+    let one_a_minute = || RateLimitLayer::builder().policy(Policy::new("p", 1, S(60)));
+    let svc = one_a_minute().build().unwrap().layer(hello());
+    assert_eq!(send(&svc, from6("2001:db8:1:2::1")).await.status(), 200);
+    assert_eq!(
+        send(&svc, from6("2001:db8:1:2:ffff::9")).await.status(),
+        429
+    );
+    assert_eq!(send(&svc, from6("2001:db8:1:3::1")).await.status(), 200);
+    // IPv4 clients, the mapped form included, are counted by address.
+    assert_eq!(send(&svc, from([192, 0, 2, 1])).await.status(), 200);
+    assert_eq!(send(&svc, from([192, 0, 2, 2])).await.status(), 200);
+    assert_eq!(send(&svc, from6("::ffff:192.0.2.3")).await.status(), 200);
+    assert_eq!(send(&svc, from6("::ffff:192.0.2.3")).await.status(), 429);
+
+    let svc = one_a_minute()
+        .ipv6_prefix(128)
+        .build()
+        .unwrap()
+        .layer(hello());
+    assert_eq!(send(&svc, from6("2001:db8:1:2::1")).await.status(), 200);
+    assert_eq!(send(&svc, from6("2001:db8:1:2::2")).await.status(), 200);
+    assert_eq!(send(&svc, from6("2001:db8:1:2::2")).await.status(), 429);
+
+    for bits in [0, 31, 129] {
+        let e = one_a_minute().ipv6_prefix(bits).build().unwrap_err();
+        assert_eq!(e.setting(), "ipv6_prefix", "{bits}: {e}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn over_quota_is_a_429_with_the_fields_and_a_quota_exceeded_problem() {
     let layer = RateLimitLayer::builder()
