@@ -1340,13 +1340,7 @@ fn a_clock_counting_from_the_unix_epoch_keeps_the_breaker_open() {
 #[tokio::test]
 async fn a_rate_limited_429_from_below_does_not_close_a_half_open_breaker() {
     let clock = ManualClock::new();
-    let breaker = CircuitBreaker::builder()
-        .minimum_calls(1)
-        .sliding_window(SlidingWindow::Count(10))
-        .half_open_probes(1)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let breaker = one_probe_breaker(&clock);
     let rate_limited = service_fn(|_req: Request| async {
         let mut res = Response::new(axum::body::Body::empty());
         *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
@@ -1520,12 +1514,8 @@ fn a_one_day_window_keeps_working_through_two_weeks_of_flapping() {
 /// breaker). Only a panic of the call itself is a failure.
 #[tokio::test]
 async fn a_panic_outside_the_call_is_not_the_dependencys_failure() {
-    let breaker = CircuitBreaker::builder()
-        .minimum_calls(1)
-        .sliding_window(SlidingWindow::Count(10))
-        .clock(ManualClock::new())
-        .build()
-        .unwrap();
+    // Opens on one failure: one misfiled outcome would show.
+    let breaker = one_probe_breaker(&ManualClock::new());
     // The dependency never answers: the call is cancelled, not failed.
     let pending =
         service_fn(|_req: Request| std::future::pending::<Result<Response, Infallible>>());

@@ -843,14 +843,25 @@ async fn a_subscription_that_keeps_dropping_is_retried_with_backoff() {
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();
+    let started = Instant::now();
     let switch = MaintenanceSwitch::new();
     let _follower = switch.follow_redis(source);
-    // Counted over a fixed span: attempts near 0, 0.07, 0.19, 0.41, 0.83, 1.65, 2.67 s.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let subscribes = faults.subscribes.load(Ordering::SeqCst);
+    // Six subscriptions take at least the five waits between them, 50 + 100 + 200 + 400 + 800
+    // ms (a sleep never ends early; a slow machine only adds to it). Without the backoff they
+    // come every few milliseconds.
+    let deadline = started + Duration::from_secs(10);
+    while faults.subscribes.load(Ordering::SeqCst) < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "{} subscriptions in 10 s",
+            faults.subscribes.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
     assert!(
-        (5..=10).contains(&subscribes),
-        "{subscribes} subscriptions in 3 s: not the documented backoff"
+        elapsed >= Duration::from_millis(1550),
+        "six subscriptions in {elapsed:?}: not the documented backoff"
     );
     assert_eq!(
         count(&logs, &key, "Redis unreachable"),

@@ -322,8 +322,8 @@ where
         // The deadline counts from now, for the timer below and for the policy (which learns
         // it through the body): time spent buffering the body or waiting for the client to be
         // ready is the deadline's too, so the policy never starts a wait the timer would cut.
-        let (started, deadline) = match self.policy.deadline() {
-            None => (None, None),
+        let (started, deadline, policy) = match self.policy.deadline() {
+            None => (None, None, None),
             Some(d) => {
                 let now = Instant::now();
                 let sleep = match now.checked_add(d) {
@@ -331,10 +331,9 @@ where
                     // Too far to represent: tokio's own far future.
                     None => tokio::time::sleep(d),
                 };
-                (Some(now), Some((sleep, self.policy.clone())))
+                (Some(now), Some(sleep), Some(self.policy.clone()))
             }
         };
-        let (deadline, policy) = deadline.unzip();
         ResponseFuture {
             state: State::Buffering {
                 buffering: Buffering::new(body, self.max_replay_body),
