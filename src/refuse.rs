@@ -220,7 +220,7 @@ impl RefusalPolicy {
     }
 
     /// The response for a refusal. `retry_after` is the base wait (`None` for a 500, which
-    /// carries none); `detail` overrides the policy's and the reason's text (a maintenance
+    /// carries none; a 503 always carries one, the policy's minimum when given none); `detail` overrides the policy's and the reason's text (a maintenance
     /// notice's message, a classifier's detail). `now` is asked for the wall-clock time only
     /// when a date is involved.
     ///
@@ -329,6 +329,9 @@ impl RefusalPolicy {
         B: From<Bytes>,
     {
         let i = &*self.inner;
+        // A 503 always says when to come back: with no base wait, the policy's minimum.
+        let retry_after = retry_after.or((status == StatusCode::SERVICE_UNAVAILABLE)
+            .then_some(RetryAfter::Delay(std::time::Duration::ZERO)));
         let (retry_after, now) = match retry_after.map(|base| self.retry_after_read(base, now)) {
             Some((ra, now)) => (Some(ra), now),
             None => (None, None),
@@ -884,6 +887,33 @@ mod tests {
             .header(ACCEPT, accept)
             .body(())
             .unwrap()
+    }
+
+    /// A 503 given no base wait (a classifier's) still says when to come back: the policy's
+    /// minimum; a 500 given none carries none.
+    #[test]
+    fn a_503_always_carries_retry_after() {
+        let req = request("*/*");
+        let policy = exact().min_retry_after(S(3)).build().unwrap();
+        let respond = |status| -> Response<Bytes> {
+            policy.respond(
+                &Meter::default(),
+                status,
+                Reason::Classified,
+                None,
+                None,
+                None,
+                RequestView::of(&req),
+                now,
+            )
+        };
+        assert_eq!(
+            respond(StatusCode::SERVICE_UNAVAILABLE).headers()[RETRY_AFTER],
+            "3"
+        );
+        assert!(!respond(StatusCode::INTERNAL_SERVER_ERROR)
+            .headers()
+            .contains_key(RETRY_AFTER));
     }
 
     #[test]

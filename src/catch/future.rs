@@ -246,14 +246,11 @@ fn respond<B, C: Classify>(
             // The built-in 503s get no base wait of their own: the policy raises it to its
             // minimum `Retry-After`.
             let classification = classify_chain(classifier, &*error, std::time::Duration::ZERO);
-            let retry_after = classification.retry_after.or((classification.status
-                == http::StatusCode::SERVICE_UNAVAILABLE)
-                .then_some(crate::RetryAfter::Delay(std::time::Duration::ZERO)));
             refusal.policy().respond(
                 refusal.meter(),
                 classification.status,
                 classification.reason,
-                retry_after,
+                classification.retry_after,
                 classification.detail,
                 Some(&Chain(&*error)),
                 view,
