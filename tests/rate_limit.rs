@@ -123,6 +123,25 @@ mod redis_store {
         RedisStore::connect(&server.url()).await.unwrap()
     }
 
+    /// Sends requests (each admitted: decided in memory meanwhile, fail-open) until one is
+    /// decided in `server`, where `key` appears; at most 10 s.
+    async fn until_decided_in(server: &RedisServer, c: &TestClient, addr: SocketAddr, key: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut requests = 0;
+        loop {
+            assert_eq!(fetch(c, addr, None).await.status, 200);
+            requests += 1;
+            if server.command(&["EXISTS", key]).starts_with(":1") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not decided in that Redis after 10 s and {requests} requests"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn serve(store: RedisStore, quota: u64) -> SocketAddr {
         let layer = RateLimitLayer::builder()
             .policy(Policy::new("fleet", quota, Duration::from_secs(600)))
@@ -172,20 +191,7 @@ mod redis_store {
         old.command(&["CONFIG", "SET", "repl-diskless-load", "swapdb"]);
         old.command(&["REPLICAOF", "127.0.0.1", &new_port]);
         *target.lock().unwrap() = new.addr();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut requests = 0;
-        loop {
-            assert_eq!(fetch(&c, addr, None).await.status, 200);
-            requests += 1;
-            if new.command(&["EXISTS", key]).starts_with(":1") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still on the demoted primary after 10 s and {requests} requests"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_decided_in(&new, &c, addr, key).await;
     }
 
     /// An error Redis answers (here one client's key holds a hash, so the script fails with
@@ -360,21 +366,7 @@ mod redis_store {
 
         relay.freeze();
         redis.command(&["DEL", key]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut requests = 0;
-        loop {
-            // Decided in memory meanwhile (fail-open).
-            assert_eq!(fetch(&c, addr, None).await.status, 200);
-            requests += 1;
-            if redis.command(&["EXISTS", key]).starts_with(":1") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still deciding in memory after 10 s and {requests} requests"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_decided_in(&redis, &c, addr, key).await;
     }
 
     /// A TCP relay to Redis. [`freeze`](Self::freeze) makes every connection it relays silent
