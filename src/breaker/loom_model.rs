@@ -332,3 +332,29 @@ fn a_reset_racing_a_record_files_it_in_an_old_or_the_first_bucket() {
         assert_eq!(c.calls, 0, "{c:?}");
     });
 }
+
+/// A success that moves a time window on (dropping a bucket of two successes) races a failure
+/// recorded into the bucket before it, the only failure in the window. The success skips
+/// summing when it sees no failure in the window; then the failure's own sum must be the one
+/// that sees the window moved on (its failure without the dropped successes). Fails without the
+/// full fences between adding and reading on both sides: the success reads no failure, the
+/// failure reads the old head, and no sum ever shows the raised rate.
+#[test]
+fn a_success_that_skips_summing_leaves_the_moved_window_to_a_racing_failure() {
+    check(|| {
+        let window = two_buckets();
+        window.record(SEC / 2, false, false, false);
+        window.record(SEC / 2, false, false, false);
+        let w = window.clone();
+        let failure = thread::spawn(move || w.record(SEC + SEC / 2, true, false, true).unwrap());
+        let success = window.record(2 * SEC + SEC / 2, false, false, false);
+        let failure = failure.join().unwrap();
+        assert!(
+            [Some(failure), success]
+                .iter()
+                .flatten()
+                .any(|c| c.failures == 1 && c.calls <= 2),
+            "failure's sum {failure:?}, success's {success:?}"
+        );
+    });
+}

@@ -8,8 +8,8 @@ use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
 use super::{
-    future::ResponseFuture, BreakerLayer, CircuitBreaker, DefaultOutcomeClassifier,
-    OutcomeClassifier,
+    error::CircuitOpen, future::ResponseFuture, BreakerLayer, CircuitBreaker,
+    DefaultOutcomeClassifier, OutcomeClassifier,
 };
 use crate::{
     refuse::{RefusalPolicy, RequestView},
@@ -83,25 +83,37 @@ where
     #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        match shared.breaker.try_acquire() {
-            Ok(permit) => {
-                ResponseFuture::running(self.inner.call(req), permit, shared.classifier.clone())
-            }
-            Err(open) => {
-                // The base wait is the breaker's remaining open time; the policy bounds and
-                // jitters it.
-                let response: Response<ResBody> = shared.refusal.respond(
-                    &shared.breaker.inner.metrics.meter,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Reason::CircuitOpen,
-                    Some(RetryAfter::Delay(open.retry_after())),
-                    None,
-                    Some(&open.state()),
-                    RequestView::of(&req),
-                    std::time::SystemTime::now,
-                );
-                ResponseFuture::rejected(response, shared.classifier.clone())
-            }
-        }
+        // The closed breaker's permit without the general acquire's `Result`, which is moved
+        // around whole (about 30 instructions per request).
+        let permit = match shared.breaker.try_acquire_closed() {
+            Some(permit) => permit,
+            None => match shared.breaker.try_acquire() {
+                Ok(permit) => permit,
+                Err(open) => return refuse(shared, &open, &req),
+            },
+        };
+        ResponseFuture::running(self.inner.call(req), permit, shared.classifier.clone())
     }
+}
+
+/// The refusal of an open breaker. The base wait is its remaining open time; the policy bounds
+/// and jitters it.
+#[cold]
+#[inline(never)]
+fn refuse<F, C: Clone, B: From<Bytes>, ReqBody>(
+    shared: &Shared<C>,
+    open: &CircuitOpen,
+    req: &Request<ReqBody>,
+) -> ResponseFuture<F, C, B> {
+    let response: Response<B> = shared.refusal.respond(
+        &shared.breaker.inner.metrics.meter,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Reason::CircuitOpen,
+        Some(RetryAfter::Delay(open.retry_after())),
+        None,
+        Some(&open.state()),
+        RequestView::of(req),
+        std::time::SystemTime::now,
+    );
+    ResponseFuture::rejected(response, shared.classifier.clone())
 }

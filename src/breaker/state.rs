@@ -328,6 +328,16 @@ impl CircuitBreaker {
         result
     }
 
+    /// [`try_acquire`](Self::try_acquire)'s common case, inlined into the caller: the permit
+    /// of a closed breaker that does not time its calls. `None` leaves the decision to
+    /// `try_acquire`.
+    #[inline]
+    pub(crate) fn try_acquire_closed(&self) -> Option<Permit> {
+        let s = self.inner.state.0.load(Ordering::Acquire);
+        (tag(s) == CLOSED && !self.inner.config.counts_slow_calls())
+            .then(|| Permit::new(self.clone(), generation(s), Kind::Normal, 0))
+    }
+
     #[inline]
     fn acquire(&self) -> Result<Permit, CircuitOpen> {
         let inner = &*self.inner;
@@ -472,19 +482,62 @@ impl CircuitBreaker {
                 let need = failure || slow || inner.armed.load(Ordering::Relaxed);
                 // A count window places the outcome without the clock's reading.
                 let at = if config.clock_free_closed() { 0 } else { now() };
-                let Some(c) = inner.window.record(at, failure, slow, need) else {
-                    return;
-                };
-                let over = Config::reaches(c.failures, c.calls, config.failure_ppm)
-                    || Config::reaches(c.slow_calls, c.calls, config.slow_ppm);
-                if over && c.calls >= config.minimum_calls {
-                    let _ = self.open_from(s, 1, now(), hint, c);
-                } else if over != inner.armed.load(Ordering::Relaxed) {
-                    inner.armed.store(over, Ordering::Relaxed);
+                if let Some(c) = inner.window.record(at, failure, slow, need) {
+                    self.judge_closed(s, c, now, hint);
                 }
             }
             (Kind::Probe, HALF_OPEN) => self.record_probe(s, failure, slow, now(), hint),
             _ => {}
+        }
+    }
+
+    /// The common case, inlined into the caller: a success reported through a permit of a
+    /// closed breaker that does not time its calls and is not armed (so the success cannot trip
+    /// it unless a bucket drops out of the window). Does what [`record`](Self::record) would,
+    /// without its generality; `false` leaves the outcome to `record`.
+    #[inline]
+    fn record_closed_success(&self, permit_gen: u64) -> bool {
+        let inner = &*self.inner;
+        let config = &*inner.config;
+        if config.counts_slow_calls() || inner.armed.load(Ordering::Relaxed) {
+            return false;
+        }
+        inner.metrics.call(CallOutcome::Success);
+        let s = inner.state.0.load(Ordering::Acquire);
+        // Issued in another generation, or the breaker is no longer closed: not counted.
+        if tag(s) != CLOSED || generation(s) != permit_gen {
+            return true;
+        }
+        let at = if config.clock_free_closed() {
+            0
+        } else {
+            self.now_nanos()
+        };
+        if let Some(c) = inner.window.record(at, false, false, false) {
+            self.judge_closed(s, c, || self.now_nanos(), None);
+        }
+        true
+    }
+
+    /// Decides on the counts `c` summed by an outcome recorded in the closed word `s`: trips the
+    /// breaker if a rate reached its threshold with enough calls, else notes whether a rate is
+    /// at its threshold short of the minimum number of calls ("armed").
+    #[inline(never)]
+    fn judge_closed(
+        &self,
+        s: u64,
+        c: WindowCounts,
+        now: impl FnOnce() -> u64,
+        hint: Option<Duration>,
+    ) {
+        let inner = &*self.inner;
+        let config = &*inner.config;
+        let over = Config::reaches(c.failures, c.calls, config.failure_ppm)
+            || Config::reaches(c.slow_calls, c.calls, config.slow_ppm);
+        if over && c.calls >= config.minimum_calls {
+            let _ = self.open_from(s, 1, now(), hint, c);
+        } else if over != inner.armed.load(Ordering::Relaxed) {
+            inner.armed.store(over, Ordering::Relaxed);
         }
     }
 
@@ -787,8 +840,16 @@ impl Permit {
     #[inline]
     fn finish(&mut self, outcome: Outcome, hint: Option<Duration>) {
         self.done = true;
-        if self.kind == Kind::Untracked {
-            return;
+        match self.kind {
+            Kind::Untracked => return,
+            Kind::Normal
+                if outcome == Outcome::Success
+                    && hint.is_none()
+                    && self.breaker.record_closed_success(self.generation) =>
+            {
+                return
+            }
+            _ => {}
         }
         // A closed breaker with a count window that does not time its calls needs the clock
         // only if this outcome trips it: `record` reads it then.

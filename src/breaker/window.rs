@@ -92,6 +92,10 @@ pub(crate) struct Window {
     offset: AtomicU64,
     /// The newest epoch recorded into.
     head: Padded<AtomicU64>,
+    /// One more than the newest epoch a failure or a slow call was recorded into (0: none
+    /// yet). A success that moves the window forward sums it only if one may still be in the
+    /// window: with none, its rates are zero whatever dropped out.
+    last_bad: AtomicU64,
 }
 
 impl Window {
@@ -104,6 +108,7 @@ impl Window {
             phase: AtomicU64::new(0),
             offset: AtomicU64::new(0),
             head: Padded(AtomicU64::new(0)),
+            last_bad: AtomicU64::new(0),
         }
     }
 
@@ -175,6 +180,10 @@ impl Window {
                 add(&bucket.slow, epoch);
             }
         }
+        if failure || slow {
+            self.last_bad
+                .fetch_max(epoch.saturating_add(1), Ordering::AcqRel);
+        }
         if !(need_counts || advanced) {
             return None;
         }
@@ -186,6 +195,16 @@ impl Window {
         // Sum as of the newest bucket, not this caller's own: a caller that took an earlier
         // index (or read the clock earlier) but adds last must count the newer buckets too.
         let newest = self.head.0.load(Ordering::Acquire).max(epoch);
+        // A success that only moved the window on: with no failure or slow call left in the
+        // window its rates are zero, and summing would show nothing. (A failure or slow call
+        // recorded at this moment sums itself after its own fence: of the two callers, the one
+        // that fences last sees the other's bucket and the window moved on.)
+        let last_bad = self.last_bad.load(Ordering::Acquire);
+        if !need_counts
+            && (last_bad == 0 || last_bad.saturating_add(self.len()) <= newest.saturating_add(1))
+        {
+            return None;
+        }
         Some(self.counts_at(newest))
     }
 
@@ -464,6 +483,34 @@ mod tests {
         assert_eq!(w.counts((65_536 + 5) * SEC).calls, 0);
         let c = w.record((65_536 + 5) * SEC, true, false, true).unwrap();
         assert_eq!((c.calls, c.failures), (1, 1));
+    }
+
+    /// A success that moves the window on sums it only while a failure or a slow call may
+    /// still be in it: with none, the rates are zero whatever dropped out.
+    #[test]
+    fn a_success_moving_on_sums_only_while_a_bad_outcome_is_in_the_window() {
+        let w = Window::new(WindowKind::Count {
+            bucket_len: 1,
+            buckets: 3,
+        });
+        for _ in 0..10 {
+            assert_eq!(w.record(0, false, false, false), None);
+        }
+        // A slow call (epoch 10) sums itself; the successes moving on after it sum while it is
+        // in the window (epochs 11 and 12), not once it dropped out.
+        assert!(w.record(0, false, true, true).is_some());
+        for _ in 0..2 {
+            let c = w.record(0, false, false, false).unwrap();
+            assert_eq!((c.calls, c.slow_calls), (3, 1));
+        }
+        assert_eq!(w.record(0, false, false, false), None);
+        // A failure, in a time window: the success in the next bucket sums, then none.
+        let w = one_second_buckets();
+        assert!(w.record(SEC, true, false, true).is_some());
+        let c = w.record(2 * SEC, false, false, false).unwrap();
+        assert_eq!((c.calls, c.failures), (2, 1));
+        assert_eq!(w.record(11 * SEC, false, false, false), None);
+        assert_eq!(w.counts(11 * SEC).failures, 0);
     }
 
     #[test]
