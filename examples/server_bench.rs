@@ -44,6 +44,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 const STACKS: &[&str] = &[
     "bare",
     "identity",
+    "wrap",
     "catch-panic",
     "stock",
     "catch",
@@ -92,6 +93,54 @@ impl<S: Service<R>, R> Service<R> for Identity<S> {
 
     fn call(&mut self, req: R) -> S::Future {
         self.0.call(req)
+    }
+}
+
+/// A layer whose response future wraps the inner one and does nothing else, its `call` not
+/// inlined as ours: the floor of any layer that sees the response (the breaker, catch).
+#[derive(Debug, Clone, Copy)]
+struct WrapLayer;
+
+impl<S> Layer<S> for WrapLayer {
+    type Service = Wrap<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Wrap(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Wrap<S>(S);
+
+impl<S: Service<R>, R> Service<R> for Wrap<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = WrapFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    #[inline(never)]
+    fn call(&mut self, req: R) -> Self::Future {
+        WrapFuture {
+            inner: self.0.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct WrapFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for WrapFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().inner.poll(cx)
     }
 }
 
@@ -178,6 +227,7 @@ fn app(stack: &str) -> Option<Router> {
     Some(match stack {
         "bare" => router,
         "identity" => router.layer(IdentityLayer),
+        "wrap" => router.layer(WrapLayer),
         "catch-panic" => router.layer(CatchPanicLayer::new()),
         "stock" => router.layer(
             ServiceBuilder::new()

@@ -27,7 +27,7 @@ if ! [[ $n =~ ^[1-9][0-9]*$ ]]; then
     echo "usage: $0 [N]   (N: requests per run, a positive integer)" >&2
     exit 2
 fi
-stacks=(${SERVER_BENCH_STACKS:-bare identity catch-panic stock catch catch-plain maintenance shed breaker drain ours bare-connect-info ratelimit ratelimit-plain governor governor-headers})
+stacks=(${SERVER_BENCH_STACKS:-bare identity wrap catch-panic stock catch catch-plain maintenance shed breaker breaker-count drain ours bare-connect-info ratelimit ratelimit-plain governor governor-headers})
 
 cd "$(dirname "$0")/.."
 

@@ -85,9 +85,7 @@ where
             let poll = future.poll(cx);
             guard.armed = false;
             if let Poll::Ready(result) = &poll {
-                if let Some(permit) = guard.permit.take() {
-                    permit.record(this.classifier.classify(result.as_ref()));
-                }
+                record(guard.permit, this.classifier, result.as_ref());
                 this.future.set(None);
             }
             return poll;
@@ -96,6 +94,22 @@ where
             .rejected
             .take()
             .expect("`ResponseFuture` polled after completion")))
+    }
+}
+
+/// Classifies the call's result and reports it through the permit. Out of line, so that the
+/// poll around it stays small enough to be inlined into the future that polls it (the inner
+/// poll's output is then written once, where that future wants it).
+#[inline(never)]
+fn record<C: OutcomeClassifier<B, E>, B, E>(
+    permit: &mut Option<Permit>,
+    classifier: &C,
+    result: Result<&Response<B>, &E>,
+) {
+    // Reported in place (a permit moved out first costs a copy of it), then dropped.
+    if let Some(p) = permit.as_mut() {
+        p.report(classifier.classify(result));
+        *permit = None;
     }
 }
 

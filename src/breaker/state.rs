@@ -837,6 +837,13 @@ impl Permit {
         self.finish(outcome, None);
     }
 
+    /// [`record`](Self::record) through a reference, for a permit held in place; what is left
+    /// of it is to be dropped.
+    #[inline]
+    pub(crate) fn report(&mut self, outcome: Outcome) {
+        self.finish(outcome, None);
+    }
+
     #[inline]
     fn finish(&mut self, outcome: Outcome, hint: Option<Duration>) {
         self.done = true;

@@ -121,6 +121,7 @@ impl Window {
     }
 
     /// The current epoch of a time window (count windows: the newest recorded).
+    #[inline]
     fn epoch_at(&self, now_nanos: u64) -> u64 {
         match self.kind {
             WindowKind::Time { bucket_nanos, .. } => {
@@ -151,6 +152,7 @@ impl Window {
 
     /// The epoch the next outcome goes into: the clock's for a time window; for a count
     /// window, that of the next index in the run of calls (taking the index).
+    #[inline]
     fn epoch_of_next(&self, now_nanos: u64) -> u64 {
         match self.kind {
             WindowKind::Time { .. } => self.epoch_at(now_nanos),
@@ -210,11 +212,15 @@ impl Window {
 
     /// Moves the newest epoch forward; resets the buckets of the epochs skipped on the way, so
     /// that no bucket keeps a tag far behind the newest epoch. Whether it moved.
+    #[inline]
     fn advance_head(&self, epoch: u64) -> bool {
+        self.head.0.load(Ordering::Acquire) < epoch && self.move_head(epoch)
+    }
+
+    /// [`advance_head`](Self::advance_head) once the newest epoch was seen older than `epoch`.
+    #[inline(never)]
+    fn move_head(&self, epoch: u64) -> bool {
         let head = &self.head.0;
-        if head.load(Ordering::Acquire) >= epoch {
-            return false;
-        }
         let prev = head.fetch_max(epoch, Ordering::AcqRel);
         if prev >= epoch {
             return false;
