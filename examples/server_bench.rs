@@ -60,6 +60,7 @@ const STACKS: &[&str] = &[
     "lifecycle",
     "lifecycle-drain",
     "ours",
+    "catch-shed",
     "bare-connect-info",
     "ratelimit",
     "ratelimit-plain",
@@ -251,6 +252,13 @@ fn app(stack: &str) -> Option<Router> {
                 .layer(maintenance_layer())
                 .layer(shed_layer())
                 .layer(breaker_layer()),
+        ),
+        // The two of ours that replace the stock stack's parts (catch-panic, load-shed and
+        // concurrency-limit): the like-for-like comparison with "stock".
+        "catch-shed" => router.layer(
+            ServiceBuilder::new()
+                .layer(catch_layer())
+                .layer(shed_layer()),
         ),
         "ratelimit" => router.layer(rate_limit_layer(true)),
         "ratelimit-plain" => router.layer(rate_limit_layer(false)),

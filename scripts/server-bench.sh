@@ -27,7 +27,7 @@ if ! [[ $n =~ ^[1-9][0-9]*$ ]]; then
     echo "usage: $0 [N]   (N: requests per run, a positive integer)" >&2
     exit 2
 fi
-stacks=(${SERVER_BENCH_STACKS:-bare identity wrap catch-panic stock catch catch-plain maintenance shed breaker breaker-count drain ours bare-connect-info ratelimit ratelimit-plain governor governor-headers})
+stacks=(${SERVER_BENCH_STACKS:-bare identity wrap catch-panic stock catch catch-plain maintenance shed breaker breaker-count drain ours catch-shed bare-connect-info ratelimit ratelimit-plain governor governor-headers})
 
 cd "$(dirname "$0")/.."
 
@@ -140,6 +140,7 @@ identity_allocs=$(get allocs identity)
 cp_added=$(added "$(get instr catch-panic)" "$bare" %.1f)
 stock_added=$(added "$(get instr stock)" "$bare" %.1f)
 ours_added=$(added "$(get instr ours)" "$bare" %.1f)
+catch_shed_added=$(added "$(get instr catch-shed)" "$bare" %.1f)
 
 echo
 echo "N = $n requests (per request = (run of 2N - run of N) / N), $(date -u +%Y-%m-%d), $(uname -m)"
@@ -156,4 +157,5 @@ done
 echo
 echo "ours added / stock added: $(ratio "$ours_added" "$stock_added")"
 echo "ours added / catch-panic added: $(ratio "$ours_added" "$cp_added")"
+echo "catch-shed added / stock added (like for like): $(ratio "$catch_shed_added" "$stock_added")"
 echo "(took $(($(date +%s) - start_time)) s)" >&2
