@@ -41,6 +41,11 @@ static ONE_DEMO_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 impl Demo {
     /// The demo serving with `server` (`DEMO_SERVE`: lifecycle, axum or hyper-util).
     fn spawn(server: &str) -> Demo {
+        Demo::spawn_with(server, DRAIN_DELAY, GRACE)
+    }
+
+    /// The demo serving with `server`, `drain_delay` and `grace`.
+    fn spawn_with(server: &str, drain_delay: Duration, grace: Duration) -> Demo {
         // A test that failed while it held the turn poisons the lock; the next one still runs.
         let turn = ONE_DEMO_AT_A_TIME
             .lock()
@@ -48,8 +53,8 @@ impl Demo {
         let mut child = Command::new(demo_binary())
             .env("DEMO_SERVE", server)
             .env("DEMO_ADDR", "127.0.0.1:0")
-            .env("DEMO_DRAIN_DELAY_MS", DRAIN_DELAY.as_millis().to_string())
-            .env("DEMO_GRACE_MS", GRACE.as_millis().to_string())
+            .env("DEMO_DRAIN_DELAY_MS", drain_delay.as_millis().to_string())
+            .env("DEMO_GRACE_MS", grace.as_millis().to_string())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -737,4 +742,162 @@ async fn lifecycle_serve_answers_a_connection_still_in_the_backlog_at_the_close(
     );
     assert!(text.contains("\r\nretry-after: "), "{text}");
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+}
+
+/// "Press Ctrl-C again to force": a second SIGTERM during the drain ends it at once, with each
+/// server the demo can drain with. The drain delay and the grace period are ten minutes each,
+/// so the demo exits within the test's minute only if the second signal ended them; a request
+/// in flight (10 s) is cut, not waited for, and the force is logged at warn level.
+async fn a_second_sigterm_ends_the_drain_at_once(server: &str) {
+    const LONG: Duration = Duration::from_secs(600);
+    let mut demo = Demo::spawn_with(server, LONG, LONG);
+    let addr = demo.addr;
+    let slow =
+        tokio::spawn(
+            async move { outcome(&client(), request(addr, "/slow?ms=10000", None)).await },
+        );
+    // Let the slow request reach the server (ordering only: it is cut either way).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut seen = Vec::new();
+    let next_line_with = |demo: &Demo, needle: &str, seen: &mut Vec<String>| loop {
+        let (_, line) = demo
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no line with {needle:?} in {seen:#?}"));
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return;
+        }
+    };
+    demo.sigterm();
+    next_line_with(&demo, "draining:", &mut seen);
+    demo.sigterm();
+    next_line_with(&demo, "exit:", &mut seen);
+    let exit = seen.last().unwrap().clone();
+    assert!(exit.contains("grace period over"), "{exit}");
+    let limit = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < limit, "still running after its exit line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    seen.extend(demo.lines.try_iter().map(|(_, l)| l));
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("WARN") && l.contains("second shutdown signal")),
+        "the force is logged at warn level: {seen:#?}"
+    );
+    assert!(
+        matches!(slow.await.unwrap(), Outcome::Broken(_)),
+        "the request in flight was cut at the force, not waited for"
+    );
+}
+
+#[tokio::test]
+async fn a_second_sigterm_ends_the_drain_of_lifecycle_serve_at_once() {
+    a_second_sigterm_ends_the_drain_at_once("lifecycle").await;
+}
+
+#[tokio::test]
+async fn a_second_sigterm_ends_the_drain_of_axum_serve_at_once() {
+    a_second_sigterm_ends_the_drain_at_once("axum").await;
+}
+
+#[tokio::test]
+async fn a_second_sigterm_ends_the_drain_of_hyper_util_at_once() {
+    a_second_sigterm_ends_the_drain_at_once("hyper-util").await;
+}
+
+/// A channel's receiver as a stream of shutdown requests: the signals, driven by the test.
+struct Requests(tokio::sync::mpsc::UnboundedReceiver<()>);
+
+impl futures_core::Stream for Requests {
+    type Item = ();
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// `Serve::shutdown_requests` in place of the signals, on a real server and client: the first
+/// request drains (readiness 503, the listener still open), the second ends the drain at once:
+/// the serve loop closes what is left (a request in flight) and returns `GraceExpired`
+/// although the drain delay and the grace period are an hour each; logged at warn level.
+#[tokio::test]
+async fn a_second_shutdown_request_ends_lifecycle_serve_at_once() {
+    use std::future::IntoFuture;
+
+    use axum::{routing::get, Router};
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    let logs = common::logs();
+    const HOUR: Duration = Duration::from_secs(3600);
+    let lifecycle = Lifecycle::new(HOUR, HOUR);
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let app = Router::new()
+        .route(
+            "/slow",
+            get({
+                let entered = entered.clone();
+                move || async move {
+                    entered.notify_one();
+                    tokio::time::sleep(HOUR).await;
+                    "late"
+                }
+            }),
+        )
+        .route_service("/readyz", lifecycle.readiness())
+        .route_service("/livez", lifecycle.liveness());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (signal, requests) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(
+        lifecycle
+            .serve(listener, app.with_state(()))
+            .shutdown_requests(Requests(requests))
+            .into_future(),
+    );
+    let c = client();
+    let slow = tokio::spawn({
+        let c = c.clone();
+        async move { outcome(&c, request(addr, "/slow", None)).await }
+    });
+    entered.notified().await;
+
+    signal.send(()).unwrap();
+    let readyz = outcome(&c, request(addr, "/readyz", None)).await;
+    assert!(matches!(readyz, Outcome::Unavailable { .. }), "{readyz:?}");
+    assert_eq!(lifecycle.phase(), Phase::Draining);
+    assert_eq!(
+        outcome(&c, request(addr, "/livez", None)).await,
+        Outcome::Ok
+    );
+
+    signal.send(()).unwrap();
+    let expired = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the serve loop returns at the second request, not after the hour")
+        .unwrap()
+        .expect_err("the grace period was ended");
+    assert_eq!(expired.in_flight(), Some(1), "{expired}");
+    assert_eq!(lifecycle.phase(), Phase::Closing);
+    assert!(
+        matches!(slow.await.unwrap(), Outcome::Broken(_)),
+        "the request in flight was cut"
+    );
+    assert!(
+        logs.lines_with("second shutdown signal")
+            .iter()
+            .any(|l| l.contains("WARN")),
+        "{}",
+        logs.contents()
+    );
 }

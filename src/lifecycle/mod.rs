@@ -9,6 +9,13 @@
 //! | [`Closing`](Phase::Closing) | `drain_delay` later: the shutdown future resolves, the listener closes | 503 | 200 | **503** + `Retry-After` + `Connection: close` (HTTP/1.1; HTTP/2 gets a GOAWAY), in-flight requests finish | refused |
 //! | exit | every connection closed, or `grace` after the close | - | - | what is left is closed; the count still running is logged | - |
 //!
+//! **A second SIGTERM or SIGINT** ("press Ctrl-C again") during the drain or the grace period
+//! ends them at once, as if the grace deadline had passed: the listener closes if it is still
+//! open, [`Lifecycle::finish`] and [`Lifecycle::serve`] return [`GraceExpired`] with what is left
+//! cut, and the force is logged at warn level. (A single SIGTERM, Kubernetes' way, never
+//! forces; [`Lifecycle::on_shutdown_requests`] takes a stream of your own in place of the
+//! signals.)
+//!
 //! - [`Lifecycle::readiness`] and [`Lifecycle::liveness`] are the two probes, as tower
 //!   services. Mount them **outside** the layers that shed, answer maintenance or drain: in
 //!   axum, add them with `route_service` *after* those `.layer(..)` calls (a `Router::layer`
@@ -18,7 +25,7 @@
 //!   serving, it costs one relaxed atomic load per request.
 //! - [`Lifecycle::on_signal`] is the shutdown future: give it to `axum::serve(..)
 //!   .with_graceful_shutdown(..)` and wrap the server in [`Lifecycle::finish`] for the grace
-//!   deadline.
+//!   deadline (and for a second signal, which ends the grace period at once).
 //! - [`Lifecycle::serve`] (feature `lifecycle-serve`) does all of it with its own small serve
 //!   loop: it answers the late requests itself (no drain layer needed; the probes' paths are
 //!   [exempt](Serve::exempt)), and keeps idle HTTP/1.1 keep-alive connections open until a

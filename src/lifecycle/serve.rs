@@ -15,6 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_core::Stream;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -57,7 +58,8 @@ impl Lifecycle {
     ///
     /// Await the returned [`Serve`] (after its optional settings). It returns `Ok` once every
     /// connection is closed, or [`GraceExpired`] (with the number of requests still running,
-    /// also logged) at the deadline, after dropping what is left. Either way, return from
+    /// also logged) at the deadline, after dropping what is left; a second SIGTERM or SIGINT
+    /// makes the deadline now (see [`on_signal`](Self::on_signal)). Either way, return from
     /// `main` with status 0.
     ///
     /// One `tower::Service` is cloned per connection. For an axum `Router`, pass
@@ -99,6 +101,7 @@ impl Lifecycle {
             service,
             drain: self.drain_layer(),
             exempt: vec!["/readyz".to_owned(), "/livez".to_owned()],
+            requests: None,
         }
     }
 }
@@ -111,7 +114,11 @@ pub struct Serve<S> {
     service: S,
     drain: DrainLayer,
     exempt: Vec<String>,
+    requests: Option<ShutdownRequests>,
 }
+
+/// A stream of shutdown requests, in place of the signals.
+type ShutdownRequests = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
 impl<S> fmt::Debug for Serve<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -150,6 +157,18 @@ impl<S> Serve<S> {
         self.exempt = paths.into_iter().map(Into::into).collect();
         self
     }
+
+    /// Shuts down on the items of `requests` in place of SIGTERM and SIGINT, as
+    /// [`Lifecycle::on_shutdown_requests`] does: the first starts the drain, the next one
+    /// forces the shutdown (the listener closes, and the serve loop closes what is left and
+    /// returns [`GraceExpired`] at once). For a shutdown command of your own, and for tests.
+    pub fn shutdown_requests<R>(mut self, requests: R) -> Self
+    where
+        R: Stream<Item = ()> + Send + 'static,
+    {
+        self.requests = Some(Box::pin(requests));
+        self
+    }
 }
 
 /// The most connections accepted from the listener's backlog at the close.
@@ -176,13 +195,22 @@ where
                 service,
                 drain,
                 exempt,
+                requests,
             } = self;
             let refusal = Arc::new(Refusal {
                 drain,
                 exempt: exempt.into_boxed_slice(),
             });
             let this = &lifecycle;
-            let signal = tokio::spawn(this.clone().on_signal());
+            let signal = tokio::spawn({
+                let lifecycle = this.clone();
+                async move {
+                    match requests {
+                        Some(requests) => lifecycle.on_shutdown_requests(requests).await,
+                        None => lifecycle.on_signal().await,
+                    }
+                }
+            });
             let in_flight = InFlight::new();
             let builder = auto::Builder::new(TokioExecutor::new());
             let mut connections = JoinSet::new();

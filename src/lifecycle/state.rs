@@ -3,10 +3,13 @@
 use std::{
     fmt,
     future::IntoFuture,
+    pin::{pin, Pin},
     sync::{Arc, OnceLock},
+    task::{Context, Poll},
     time::Duration,
 };
 
+use futures_core::Stream;
 use tokio::{
     sync::{watch, Notify},
     time::Instant,
@@ -85,6 +88,10 @@ pub(crate) struct Inner {
     pub(super) closing: Notify,
     /// When the listener closed (the phase became `Closing`), on tokio's clock.
     closed_at: OnceLock<Instant>,
+    /// When the shutdown was forced (a second shutdown request): the grace deadline then.
+    forced_at: OnceLock<Instant>,
+    /// Notified once, when the shutdown is forced (after `forced_at` is set).
+    forced: Notify,
 }
 
 impl fmt::Debug for Lifecycle {
@@ -118,6 +125,8 @@ impl Lifecycle {
                 changed,
                 closing: Notify::new(),
                 closed_at: OnceLock::new(),
+                forced_at: OnceLock::new(),
+                forced: Notify::new(),
             }),
         }
     }
@@ -199,9 +208,38 @@ impl Lifecycle {
     }
 
     /// The grace deadline (the listener's close plus the grace period, on tokio's clock), once
-    /// the listener is closed.
+    /// the listener is closed; the instant of the force, if a second shutdown request forced
+    /// the shutdown (see [`on_signal`](Self::on_signal)).
     pub fn deadline(&self) -> Option<Instant> {
-        self.inner.closed_at.get().map(|at| *at + self.inner.grace)
+        let closed = self.inner.closed_at.get()?;
+        let deadline = *closed + self.inner.grace;
+        Some(match self.inner.forced_at.get() {
+            Some(forced) => deadline.min(*forced),
+            None => deadline,
+        })
+    }
+
+    /// Ends the drain at once, as if its deadline had passed: the listener closes now if it is
+    /// still open, and the grace deadline is now, so [`finish`](Self::finish) and
+    /// [`serve`](Self::serve) return [`GraceExpired`] and the process can exit. Logged at warn
+    /// level. Calling it again does nothing.
+    fn force(&self) {
+        let mut forced_now = false;
+        self.inner.forced_at.get_or_init(|| {
+            forced_now = true;
+            Instant::now()
+        });
+        if !forced_now {
+            return;
+        }
+        tracing::warn!(
+            phase = %self.phase(),
+            "second shutdown signal: ending the drain now (listener closed, grace period over)"
+        );
+        // The force first, then the close: whoever sees `Closing` and computes the deadline
+        // finds it.
+        self.advance(Phase::Closing);
+        self.inner.forced.notify_waiters();
     }
 
     /// The shutdown future for `axum::serve(..).with_graceful_shutdown(..)` (or hyper-util's
@@ -210,32 +248,114 @@ impl Lifecycle {
     /// normally for the drain delay, then it marks the listener closed and resolves (the
     /// server stops accepting). Each phase is logged (`tracing`, info level).
     ///
+    /// **A second signal forces the shutdown** ("press Ctrl-C again"): received while
+    /// draining or in the grace period, it ends the drain at once, as if its deadline had
+    /// passed: the listener closes now if it is still open, the grace deadline becomes now
+    /// ([`deadline`](Self::deadline)), [`finish`](Self::finish) and [`serve`](Self::serve)
+    /// return [`GraceExpired`], and it is logged at warn level. A signal is counted as the
+    /// second only after one was received: SIGTERM during a drain your code started with
+    /// [`start_drain`](Self::start_drain) starts nothing new, and the next one forces. The
+    /// signals are listened for until the grace deadline, by a task this spawns at the first
+    /// (the future itself resolves at the close). The signals are a [`Stream`];
+    /// [`on_shutdown_requests`](Self::on_shutdown_requests) takes another.
+    ///
     /// Needs a tokio runtime with signals enabled (`enable_all`, or `#[tokio::main]`).
     ///
     /// # Panics
     ///
     /// If the signal handlers cannot be installed (no tokio runtime with the signal driver).
     pub async fn on_signal(self) {
-        tokio::select! {
-            () = shutdown_signal() => {
+        self.on_shutdown_requests(shutdown_signals()).await;
+    }
+
+    /// [`on_signal`](Self::on_signal) with `requests` in place of the signals: each item is a
+    /// request to shut down, as SIGTERM or SIGINT is. The first (or
+    /// [`start_drain`](Self::start_drain)) starts the drain; the next one after the first
+    /// forces the shutdown at once (see [`on_signal`](Self::on_signal)). Resolves at the close;
+    /// `requests` is kept, in a task of its own, until the grace deadline. A stream that ends
+    /// just stops counting. For a shutdown command of your own (an admin endpoint, a
+    /// supervisor's pipe), and for tests on paused time.
+    ///
+    /// ```
+    /// use std::{pin::Pin, task::{Context, Poll}, time::Duration};
+    /// use tokio::sync::mpsc;
+    /// use tower_5xx::lifecycle::{Lifecycle, Phase};
+    ///
+    /// /// A channel's receiver as a stream of shutdown requests.
+    /// struct Requests(mpsc::UnboundedReceiver<()>);
+    /// impl futures_core::Stream for Requests {
+    ///     type Item = ();
+    ///     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+    ///         self.0.poll_recv(cx)
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let lifecycle = Lifecycle::new(Duration::from_secs(10), Duration::from_secs(20));
+    /// let (shutdown, requests) = mpsc::unbounded_channel();
+    /// let closed = tokio::spawn(lifecycle.clone().on_shutdown_requests(Requests(requests)));
+    ///
+    /// shutdown.send(()).unwrap(); // the first: drain
+    /// tokio::time::sleep(Duration::from_secs(1)).await;
+    /// assert_eq!(lifecycle.phase(), Phase::Draining);
+    ///
+    /// shutdown.send(()).unwrap(); // the second: now
+    /// closed.await.unwrap();
+    /// assert_eq!(lifecycle.phase(), Phase::Closing);
+    /// assert_eq!(lifecycle.deadline(), Some(tokio::time::Instant::now()));
+    /// # }
+    /// ```
+    pub async fn on_shutdown_requests<R>(self, requests: R)
+    where
+        R: Stream<Item = ()> + Send + 'static,
+    {
+        let mut requests = Box::pin(requests);
+        let first = tokio::select! {
+            // (A stream that ends leaves only `start_drain`.)
+            true = next(&mut requests) => {
                 tracing::info!("shutdown signal received");
                 self.start_drain();
+                true
             }
-            () = self.draining() => {}
-        }
+            () = self.draining() => false,
+        };
+        // The second request may come after the close, when this future is done: it is
+        // awaited by a task of its own, until the grace deadline.
+        let lifecycle = self.clone();
+        tokio::spawn(async move {
+            let second = async {
+                if !first {
+                    // Draining was started by code: the next request is the first.
+                    if !next(&mut requests).await {
+                        return false;
+                    }
+                    tracing::info!("shutdown signal received; already draining");
+                }
+                next(&mut requests).await
+            };
+            tokio::select! {
+                forced = second => if forced { lifecycle.force() },
+                () = lifecycle.grace_over() => {}
+            }
+        });
         self.on_drain().await;
     }
 
     /// [`on_signal`](Self::on_signal) without the signals: waits for
     /// [`start_drain`](Self::start_drain), then the drain delay, then marks the listener closed
-    /// and resolves. For a shutdown triggered by your own code, and for tests on paused time.
+    /// and resolves (at once if the listener closed earlier, when a second signal forced the
+    /// shutdown). For a shutdown triggered by your own code, and for tests on paused time.
     pub async fn on_drain(self) {
         self.draining().await;
         tracing::info!(
             drain_delay = ?self.inner.drain_delay,
             "draining: readiness answers 503; serving normally until the drain delay is over"
         );
-        tokio::time::sleep(self.inner.drain_delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(self.inner.drain_delay) => {}
+            () = self.closed() => {}
+        }
         if self.phase() < Phase::Closing {
             tracing::info!(
                 grace = ?self.inner.grace,
@@ -247,8 +367,9 @@ impl Lifecycle {
     }
 
     /// Runs `server` (e.g. `axum::serve(..).with_graceful_shutdown(lifecycle.clone().on_signal())`)
-    /// until it finishes, or until the grace deadline once the listener is closed, whichever
-    /// comes first. At the deadline it logs a warning, drops the server future and returns
+    /// until it finishes, or until the grace deadline once the listener is closed (at once on a
+    /// second signal, see [`on_signal`](Self::on_signal)), whichever comes first. At the
+    /// deadline it logs a warning, drops the server future and returns
     /// [`GraceExpired`]. With `axum::serve` (and hyper-util, where you spawn the connections),
     /// each connection runs in a task of its own that dropping the server future does not
     /// stop: requests still running keep running until the runtime shuts down, so return from
@@ -270,13 +391,26 @@ impl Lifecycle {
         }
     }
 
-    /// Resolves at the grace deadline (never before the listener is closed).
+    /// Resolves at the grace deadline (never before the listener is closed), or at once when
+    /// the shutdown is forced.
     pub(crate) async fn grace_over(&self) {
-        self.closed().await;
-        let deadline = self
-            .deadline()
-            .expect("set before the phase became Closing");
-        tokio::time::sleep_until(deadline).await;
+        let mut forced = pin!(self.inner.forced.notified());
+        // Registered before the check: a force between the two is not missed.
+        forced.as_mut().enable();
+        if self.inner.forced_at.get().is_some() {
+            return;
+        }
+        let deadline = async {
+            self.closed().await;
+            let deadline = self
+                .deadline()
+                .expect("set before the phase became Closing");
+            tokio::time::sleep_until(deadline).await;
+        };
+        tokio::select! {
+            () = deadline => {}
+            () = forced => {}
+        }
     }
 
     /// The readiness probe (`/readyz`): 200 while serving, 503 + `Retry-After` while draining,
@@ -297,23 +431,62 @@ impl Lifecycle {
     }
 }
 
-/// SIGTERM or SIGINT (Ctrl-C); Ctrl-C only where there is no SIGTERM.
-async fn shutdown_signal() {
+/// The next item of `requests`: `true`, or `false` once it has ended.
+async fn next<R: Stream<Item = ()> + ?Sized>(requests: &mut Pin<Box<R>>) -> bool {
+    std::future::poll_fn(|cx| requests.as_mut().poll_next(cx))
+        .await
+        .is_some()
+}
+
+/// SIGTERM or SIGINT (Ctrl-C), each time one is received; Ctrl-C only where there is no SIGTERM.
+fn shutdown_signals() -> Signals {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        Signals {
+            term: signal(SignalKind::terminate()).expect("install the SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("install the SIGINT handler"),
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     {
-        tokio::signal::ctrl_c()
-            .await
-            .expect("install the Ctrl-C handler");
+        Signals {
+            ctrl_c: tokio::signal::windows::ctrl_c().expect("install the Ctrl-C handler"),
+        }
+    }
+}
+
+/// The process's shutdown signals as a stream of shutdown requests.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
+}
+
+impl Stream for Signals {
+    type Item = ();
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        let this = self.get_mut();
+        #[cfg(unix)]
+        {
+            // One at a time: a signal of each kind at once is two requests. Neither stream ends
+            // (tokio keeps its handlers installed).
+            if let Poll::Ready(Some(())) = this.term.poll_recv(cx) {
+                return Poll::Ready(Some(()));
+            }
+            if let Poll::Ready(Some(())) = this.int.poll_recv(cx) {
+                return Poll::Ready(Some(()));
+            }
+            Poll::Pending
+        }
+        #[cfg(windows)]
+        {
+            this.ctrl_c.poll_recv(cx)
+        }
     }
 }
 
@@ -322,6 +495,123 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    /// A channel's receiver as a stream of shutdown requests: the signals, driven by the test.
+    struct Requests(tokio::sync::mpsc::UnboundedReceiver<()>);
+
+    impl Stream for Requests {
+        type Item = ();
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    fn requests() -> (tokio::sync::mpsc::UnboundedSender<()>, Requests) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, Requests(rx))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_shutdown_request_while_draining_ends_the_drain_at_once() {
+        let lc = Lifecycle::new(MS(10_000), MS(20_000));
+        let (signal, rx) = requests();
+        let shutdown = tokio::spawn(lc.clone().on_shutdown_requests(rx));
+        let finish = tokio::spawn({
+            let lc = lc.clone();
+            async move { lc.finish(std::future::pending::<()>()).await }
+        });
+
+        signal.send(()).unwrap();
+        tokio::time::sleep(MS(1_000)).await;
+        assert_eq!(lc.phase(), Phase::Draining, "the first request drains");
+        assert!(!shutdown.is_finished());
+
+        let forced_at = Instant::now();
+        signal.send(()).unwrap();
+        // No time passes: everything the force wakes runs now.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(lc.phase(), Phase::Closing, "the second closes at once");
+        assert_eq!(
+            lc.deadline(),
+            Some(forced_at),
+            "and the grace deadline is now"
+        );
+        assert!(
+            shutdown.is_finished(),
+            "the shutdown future resolved at the close"
+        );
+        let out = finish.await.unwrap();
+        assert_eq!(out, Err(GraceExpired { in_flight: None }));
+        assert_eq!(Instant::now(), forced_at, "finish returned at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_shutdown_request_in_the_grace_period_ends_it_at_once() {
+        let lc = Lifecycle::new(MS(1_000), MS(20_000));
+        let (signal, rx) = requests();
+        tokio::spawn(lc.clone().on_shutdown_requests(rx));
+        signal.send(()).unwrap();
+        tokio::time::sleep(MS(1_500)).await;
+        assert_eq!(lc.phase(), Phase::Closing);
+        let closed_at = Instant::now() - MS(500);
+        assert_eq!(lc.deadline(), Some(closed_at + MS(20_000)));
+
+        // The shutdown future is done; the second request is still heard.
+        let finish = tokio::spawn({
+            let lc = lc.clone();
+            async move { lc.finish(std::future::pending::<()>()).await }
+        });
+        tokio::time::sleep(MS(1_000)).await;
+        assert!(!finish.is_finished());
+        let forced_at = Instant::now();
+        signal.send(()).unwrap();
+        let out = finish.await.unwrap();
+        assert_eq!(out, Err(GraceExpired { in_flight: None }));
+        assert_eq!(
+            Instant::now(),
+            forced_at,
+            "the grace period ended at the second request"
+        );
+        assert_eq!(lc.deadline(), Some(forced_at));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_request_during_a_drain_started_by_code_is_the_first() {
+        let lc = Lifecycle::new(MS(10_000), MS(20_000));
+        let (signal, rx) = requests();
+        let shutdown = tokio::spawn(lc.clone().on_shutdown_requests(rx));
+        lc.start_drain();
+        tokio::time::sleep(MS(1_000)).await;
+
+        // One request (say the kubelet's SIGTERM during a drain the app started): no force.
+        signal.send(()).unwrap();
+        tokio::time::sleep(MS(1_000)).await;
+        assert_eq!(lc.phase(), Phase::Draining);
+        assert!(!shutdown.is_finished());
+
+        // The next one forces.
+        let forced_at = Instant::now();
+        signal.send(()).unwrap();
+        shutdown.await.unwrap();
+        assert_eq!(Instant::now(), forced_at);
+        assert_eq!(lc.phase(), Phase::Closing);
+        assert_eq!(lc.deadline(), Some(forced_at));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_shutdown_request_drains_for_the_whole_delay_and_grace() {
+        let lc = Lifecycle::new(MS(10_000), MS(20_000));
+        let (signal, rx) = requests();
+        tokio::spawn(lc.clone().on_shutdown_requests(rx));
+        let start = Instant::now();
+        signal.send(()).unwrap();
+        let out = lc.finish(std::future::pending::<()>()).await;
+        assert_eq!(out, Err(GraceExpired { in_flight: None }));
+        assert_eq!(Instant::now() - start, MS(30_000));
+        drop(signal);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_phases_follow_the_drain_delay_then_the_grace() {
