@@ -101,6 +101,24 @@
 //!   propagate to kube-proxy, ingress controllers and cloud load balancers (several seconds;
 //!   10 s is a safe default). **Liveness probe**: `httpGet: {path: /livez}`; it stays 200 while
 //!   draining so the kubelet does not restart a pod that is shutting down cleanly.
+//! - **Liveness after the close**: the kubelet sends each HTTP probe on a new connection, and
+//!   from the close to the exit (at most `grace`) the listener is closed, with every server
+//!   here (`axum::serve`, hyper-util, [`Lifecycle::serve`]): `/livez` still answers 200 on
+//!   connections already open, but a new connection is refused, so each probe in that time
+//!   fails. The listener closes because that is what the close is: a server that kept
+//!   accepting for its probes would keep accepting everyone else's requests too, and only a
+//!   refused connection makes every client (and load balancer) still sending go elsewhere at
+//!   once. **On a pod deletion** (rollout, scale-down, eviction, `kubectl delete`) this is
+//!   harmless: the kubelet stops the liveness probe when it starts terminating the pod,
+//!   before it sends SIGTERM (older kubelets, at the next probe, counted a success).
+//!   **A drain without a pod deletion** ([`Lifecycle::start_drain`] from your code, a SIGTERM
+//!   from a supervisor or `kubectl exec .. kill`) is still probed: the kubelet restarts the
+//!   container after `failureThreshold` failures in a row, the earliest
+//!   `(failureThreshold - 1) * periodSeconds` after the close, so keep that above `grace`
+//!   (e.g. `periodSeconds: 10, failureThreshold: 4` for a 20 s grace). Otherwise the restart's
+//!   kill is a SIGTERM, which during the drain is a second signal and ends the drain at once
+//!   (the requests in flight are cut, see [`Lifecycle::on_signal`]); SIGKILL follows it the
+//!   probe's `terminationGracePeriodSeconds` (or the pod's) later.
 //! - **Without a preStop hook**: SIGTERM arrives when the pod starts terminating, at the same
 //!   time as its removal from the endpoints; endpoint removal and the failing readiness probe
 //!   race to take it out of rotation, and `drain_delay` is the time you give them.
@@ -113,7 +131,8 @@
 //! containers:
 //!   - name: app
 //!     readinessProbe: { httpGet: { path: /readyz, port: 8080 }, periodSeconds: 2, failureThreshold: 2 }
-//!     livenessProbe:  { httpGet: { path: /livez,  port: 8080 }, periodSeconds: 10 }
+//!     # (failureThreshold - 1) * periodSeconds > grace (20 s): see "Liveness after the close"
+//!     livenessProbe:  { httpGet: { path: /livez,  port: 8080 }, periodSeconds: 10, failureThreshold: 4 }
 //! ```
 
 mod drain;

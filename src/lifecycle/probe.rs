@@ -261,6 +261,15 @@ impl<B> Service<Request<B>> for Readiness {
 /// The liveness probe: **200** until the process exits, draining or not (restarting a process
 /// that is shutting down cleanly would cut its drain short). The body names the phase.
 ///
+/// **Unreachable on new connections once the listener is closed**, from the close to the exit
+/// (at most the grace period): the kubelet opens a new connection for each probe, so from the
+/// close its liveness probes fail, though this service still answers 200 on open connections.
+/// Harmless on a pod deletion (the kubelet stops liveness probes when it starts terminating
+/// the pod, before its SIGTERM); for a drain started otherwise ([`start_drain`](Lifecycle::start_drain), a
+/// SIGTERM not from the kubelet), keep the probe's `(failureThreshold - 1) * periodSeconds`
+/// above the grace period, or its restart comes mid-drain. See the
+/// [module docs](super#kubernetes) for why the listener closes.
+///
 /// A `tower::Service` for any request body; mount it like [`Readiness`], outside the layers
 /// that shed, answer maintenance or drain.
 #[derive(Debug, Clone)]

@@ -39,7 +39,10 @@ impl Lifecycle {
     /// - requests arriving on open connections get **503** + `Retry-After` (+ `Connection:
     ///   close` on HTTP/1.1) from the serve loop itself, the drain layer's answer, without
     ///   reaching `service`; except the [exempt paths](Serve::exempt), `/readyz` and `/livez`
-    ///   by default, which are served (liveness answers 200 until the exit). Every HTTP/1.1
+    ///   by default, which are served (liveness answers 200 until the exit, on connections
+    ///   already open: a new connection, as each kubelet probe is, is refused once the
+    ///   listener is closed; see the [module docs](super#kubernetes) for the liveness probe's
+    ///   `failureThreshold`). Every HTTP/1.1
     ///   response, the probes' included, says `Connection: close`, so each such connection
     ///   ends cleanly after its next answer. (A [`DrainLayer`](super::DrainLayer) is not
     ///   needed here; one that is there anyway answers the same way. These 503s do not pass
