@@ -108,7 +108,11 @@ impl RetryLayer {
     /// requests; the retry the server invited, sent once its `Retry-After` has passed, finds
     /// the breaker's open time over (it never ends after the instant the server named). A
     /// `Retry-After` of 0 (or a date already past) opens it for no time at all: the retry sent
-    /// at once is its half-open probe. A 429 is about this client's rate, not the endpoint's
+    /// at once is its half-open probe. So a server answering every failure with `Retry-After:
+    /// 0` keeps the breaker from ever staying open: each failed probe opens it again for no time
+    /// (the server's wait replaces the growing open time), and only the calls made while a
+    /// probe is in flight fail fast; the policy's backoff and budget are then what limit the
+    /// load on it. A 429 is about this client's rate, not the endpoint's
     /// health: it does not count as a failure (its `Retry-After` is still honoured by the
     /// policy).
     pub fn circuit_breakers(mut self, breakers: Arc<KeyedBreakers<Origin>>) -> Self {
