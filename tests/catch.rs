@@ -883,3 +883,100 @@ async fn catch_negotiates_over_every_accept_line() {
         "{reply:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Failures nobody is answered with: an inner future dropped unfinished, a `poll_ready` failure
+// no request takes.
+// ---------------------------------------------------------------------------------------------
+
+/// A response future that never finishes and panics when dropped; it tells the test when it is
+/// first polled (the service runs the request).
+struct PendingDropPanics(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl std::future::Future for PendingDropPanics {
+    type Output = Result<Response<Full<Bytes>>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(started) = self.0.take() {
+            let _ = started.send(());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for PendingDropPanics {
+    fn drop(&mut self) {
+        panic!("{EXPECTED_PANIC} unfinished inner future panicked in drop");
+    }
+}
+
+/// The client hangs up while the inner future runs: hyper drops the response future, and with
+/// it the inner one, whose destructor panics. The layer catches and logs that panic (with an
+/// error id, the method and the path); before, it unwound hyper's connection task.
+#[tokio::test]
+async fn an_unfinished_inner_future_that_panics_when_dropped_does_not_unwind_the_connection() {
+    quiet_panics();
+    let _ = logs();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let started = Arc::new(std::sync::Mutex::new(Some(started_tx)));
+    let svc = CatchLayer::new().layer(service_fn(move |_req: Request<hyper::body::Incoming>| {
+        PendingDropPanics(started.lock().unwrap().take())
+    }));
+    // One connection, served by hyper in a task whose outcome the test reads.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(svc),
+            )
+            .await
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let client_conn = tokio::spawn(conn);
+    let tag = "unfinished-inner-future-drop-panic";
+    let req = Request::get(format!("/{tag}?token=secret"))
+        .header(http::header::HOST, addr.to_string())
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    tokio::select! {
+        biased;
+        _ = started_rx => {}
+        res = sender.send_request(req) => panic!("the request was answered: {res:?}"),
+    }
+    // Hang up: the client's connection (and its socket) goes.
+    drop(sender);
+    client_conn.abort();
+    let _ = client_conn.await;
+    // Not `{served:?}`: the panic's message would hide the assertion's (see `quiet_panics`).
+    let served = server.await;
+    assert!(
+        served.is_ok(),
+        "the destructor's panic unwound the connection task (panic: {})",
+        served.as_ref().is_err_and(tokio::task::JoinError::is_panic)
+    );
+    let lines = logs().lines_with(tag);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains("inner response future panicked while being dropped"),
+        "{line}"
+    );
+    assert!(
+        line.contains("unfinished inner future panicked in drop"),
+        "{line}"
+    );
+    assert!(line.contains("error_id="), "{line}");
+    assert!(line.contains("http.request.method=\"GET\""), "{line}");
+    assert!(
+        !line.contains("token="),
+        "query string leaked into log: {line}"
+    );
+}

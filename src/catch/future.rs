@@ -89,6 +89,47 @@ pin_project! {
         classifier: C,
         refusal: Refuser,
     }
+
+    // Dropped before it finished (the client hung up: hyper drops the response future), the
+    // inner future is dropped here, where a panic in its destructor is caught and logged, not
+    // left to unwind the connection task. A finished future is already `Done`: a check of the
+    // state, nothing more.
+    impl<F, C> PinnedDrop for ResponseFuture<F, C> {
+        #[inline]
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !matches!(*this.state, State::Done) {
+                drop_state(this.state, this.parts.as_ref());
+            }
+        }
+    }
+}
+
+/// Drops the inner future (or the failure) of a response future that did not finish, catching
+/// a panic of its destructor.
+#[cold]
+#[inline(never)]
+fn drop_state<F>(mut state: Pin<&mut State<F>>, parts: Option<&RequestParts>) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| state.set(State::Done))) {
+        log_drop_panic(&*panic, parts);
+        drop_payload(panic);
+    }
+}
+
+/// Logs a panic of the inner future's destructor, with an error id of its own: the client got
+/// (or gets) its answer, or is gone; nothing else reports it.
+#[cold]
+#[inline(never)]
+fn log_drop_panic(panic: &(dyn Any + Send), parts: Option<&RequestParts>) {
+    tracing::event!(
+        target: "tower_5xx",
+        tracing::Level::ERROR,
+        error_id = %crate::ErrorId::new(),
+        http.request.method = parts.map(|p| p.method.as_str()),
+        url.path = parts.map(RequestParts::path),
+        panic = %panic_message(panic),
+        "inner response future panicked while being dropped"
+    );
 }
 
 pin_project! {
@@ -160,10 +201,7 @@ where
                         if let Err(panic) =
                             catch_unwind(AssertUnwindSafe(|| this.state.set(State::Done)))
                         {
-                            tracing::error!(
-                                panic = %panic_message(&*panic),
-                                "inner response future panicked while being dropped"
-                            );
+                            log_drop_panic(&*panic, this.parts.as_ref());
                             drop_payload(panic);
                         }
                         *this.parts = None;
@@ -180,10 +218,7 @@ where
         };
         // Drop the failed inner future now; its destructor may panic too.
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| this.state.set(State::Done))) {
-            tracing::error!(
-                panic = %panic_message(&*panic),
-                "inner response future panicked while being dropped"
-            );
+            log_drop_panic(&*panic, this.parts.as_ref());
             drop_payload(panic);
         }
         let parts = this.parts.take().expect("polled after completion");
