@@ -980,3 +980,74 @@ async fn an_unfinished_inner_future_that_panics_when_dropped_does_not_unwind_the
         "query string leaked into log: {line}"
     );
 }
+
+/// A service whose `poll_ready` fails (or panics) with `message`: the failure is kept for the
+/// next call.
+struct FailingReady {
+    message: &'static str,
+    panic: bool,
+}
+
+impl Service<Request<Full<Bytes>>> for FailingReady {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.panic {
+            panic!("{EXPECTED_PANIC} {}", self.message);
+        }
+        Poll::Ready(Err(std::io::Error::other(self.message)))
+    }
+
+    fn call(&mut self, _req: Request<Full<Bytes>>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Full::from("ok"))))
+    }
+}
+
+/// A `poll_ready` failure is answered by the next call; a service dropped before any call (a
+/// balancer removing an endpoint it had readied, a shutdown) must still report it: one error
+/// event with an error id and the cause. Before, it was dropped unlogged.
+#[tokio::test]
+async fn a_poll_ready_failure_no_request_takes_is_logged_when_the_service_is_dropped() {
+    quiet_panics();
+    let _ = logs();
+    for (panic, message, reason) in [
+        (false, "ready-failed-unanswered-error", "internal"),
+        (true, "ready-failed-unanswered-panic", "panic"),
+    ] {
+        let mut svc = CatchLayer::new()
+            .name("unanswered")
+            .layer(FailingReady { message, panic });
+        // Ready (the failure is kept for the next call), then dropped without a call.
+        svc.ready().await.unwrap();
+        assert!(logs().lines_with(message).is_empty(), "logged too early");
+        drop(svc);
+        let lines = logs().lines_with(message);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("error_id="), "{line}");
+        assert!(line.contains(&format!("error.type=\"{reason}\"")), "{line}");
+        assert!(line.contains("name=\"unanswered\""), "{line}");
+        assert!(
+            line.contains("the service was dropped before a request could be answered"),
+            "{line}"
+        );
+    }
+    // Answered by a call, it is logged once, by the answer, and not again on drop.
+    let mut svc = CatchLayer::new().layer(FailingReady {
+        message: "ready-failed-answered",
+        panic: false,
+    });
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Full::default()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    drop(svc);
+    assert_eq!(logs().lines_with("ready-failed-answered").len(), 1);
+}

@@ -11,11 +11,11 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::{
-    future::{Failure, RequestParts, ResponseFuture},
+    future::{drop_payload, panic_message, Chain, Failure, RequestParts, ResponseFuture},
     layer::Config,
     CatchBody, CatchLayer, Classify, DefaultClassifier,
 };
-use crate::{refuse::Refuser, BoxError, ResponseBody};
+use crate::{refuse::Refuser, telemetry::Meter, BoxError, ErrorId, Reason, ResponseBody};
 
 /// Middleware that turns its inner service's errors and panics into responses. Made by
 /// [`CatchLayer`]; see the [module docs](super).
@@ -25,8 +25,86 @@ pub struct Catch<S, C = DefaultClassifier> {
     classifier: C,
     config: Config,
     refusal: Refuser,
-    /// An error or panic from `poll_ready`, answered by the next `call`.
-    pending: Option<Failure>,
+    /// An error or panic from `poll_ready`, answered by the next `call`, or logged when the
+    /// service is dropped first.
+    pending: Option<Box<Pending>>,
+}
+
+/// A failure of `poll_ready` kept for the next `call`. If no call takes it (the service is
+/// dropped), it is logged when dropped: one error event with an error id, as every failure.
+struct Pending {
+    failure: Option<Failure>,
+    /// For the instance's name in the event.
+    meter: Meter,
+}
+
+impl Pending {
+    #[cold]
+    #[inline(never)]
+    fn new(failure: Failure, refusal: &Refuser) -> Box<Self> {
+        Box::new(Self {
+            failure: Some(failure),
+            meter: refusal.meter().clone(),
+        })
+    }
+
+    fn take(&mut self) -> Failure {
+        self.failure
+            .take()
+            .expect("a pending failure is taken once")
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(failure) = self.failure.take() {
+            log_unanswered(failure, &self.meter);
+        }
+    }
+}
+
+/// Logs a `poll_ready` failure that no request was answered with. The error's `Display` and
+/// destructor are user code: a panic in either is caught (this runs in a destructor).
+#[cold]
+#[inline(never)]
+fn log_unanswered(failure: Failure, meter: &Meter) {
+    const MESSAGE: &str = "poll_ready failed, and the service was dropped before a request \
+                           could be answered with the failure";
+    let error_id = ErrorId::new();
+    let chain;
+    let (reason, cause): (Reason, &dyn fmt::Display) = match &failure {
+        Failure::Error(error) => {
+            chain = Chain(&**error);
+            (Reason::Internal, &chain)
+        }
+        Failure::Panic(message) => (Reason::Panic, message),
+    };
+    let logged = catch_unwind(AssertUnwindSafe(|| {
+        tracing::event!(
+            target: "tower_5xx",
+            tracing::Level::ERROR,
+            error.type = reason.as_str(),
+            error_id = %error_id,
+            name = meter.name(),
+            exception.message = %cause,
+            "{MESSAGE}"
+        );
+    }));
+    if let Err(panic) = logged {
+        tracing::event!(
+            target: "tower_5xx",
+            tracing::Level::ERROR,
+            error.type = reason.as_str(),
+            error_id = %error_id,
+            name = meter.name(),
+            exception.message = %format_args!("logging the error panicked: {}", panic_message(&*panic)),
+            "{MESSAGE}"
+        );
+        drop_payload(panic);
+    }
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(failure))) {
+        drop_payload(panic);
+    }
 }
 
 impl<S> Catch<S, DefaultClassifier> {
@@ -98,11 +176,11 @@ where
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
             Ok(Poll::Ready(Err(e))) => {
-                self.pending = Some(Failure::Error(e.into()));
+                self.pending = Some(Pending::new(Failure::Error(e.into()), &self.refusal));
                 Poll::Ready(Ok(()))
             }
             Err(panic) => {
-                self.pending = Some(Failure::panic(panic));
+                self.pending = Some(Pending::new(Failure::panic(panic), &self.refusal));
                 Poll::Ready(Ok(()))
             }
         }
@@ -113,9 +191,9 @@ where
     #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let parts = RequestParts::new(&req, self.config.negotiate);
-        if let Some(failure) = self.pending.take() {
+        if let Some(mut pending) = self.pending.take() {
             return ResponseFuture::failed(
-                failure,
+                pending.take(),
                 parts,
                 self.classifier.clone(),
                 self.refusal.clone(),
