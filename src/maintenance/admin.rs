@@ -19,7 +19,8 @@
 //! switch maintenance off by itself (an overrunning migration should not suddenly get traffic);
 //! `DELETE` does, or use a scheduled [`Window`](super::Window) for an end that is certain.
 //!
-//! The token is checked (in constant time) **before** the body is read: a caller without it
+//! The token is checked (in constant time, its length included: a token has at most 256 bytes,
+//! and every comparison covers 256 bytes) **before** the body is read: a caller without it
 //! cannot make the server read anything. With it, a body announced over 16 KiB is refused
 //! unread, and no body is waited for longer than 5 seconds. Errors are `application/problem+json` (RFC 9457).
 //! Every answer carries `Cache-Control: no-store`.
@@ -47,6 +48,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use super::error::MissingToken;
+use super::secret::Secret;
+use super::{MaintenanceNotice, MaintenanceSwitch};
 use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, FromRequest, Request, State},
@@ -60,10 +64,6 @@ use axum::{
     Router,
 };
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
-
-use super::error::MissingToken;
-use super::{MaintenanceNotice, MaintenanceSwitch};
 
 /// The largest `PUT` body read: the JSON needs a few hundred bytes.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -75,18 +75,19 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The admin router for `switch`, accepting `Authorization: Bearer <token>`.
 ///
 /// Surrounding whitespace is trimmed from `token` (a token read from a file keeps its newline;
-/// a header value cannot carry it). Fails with [`MissingToken`] if nothing is left: the router
-/// refuses to be built without a token. See the [module docs](self) for the routes.
+/// a header value cannot carry it). Fails with [`MissingToken`] if nothing is left (the router
+/// refuses to be built without a token), or if more than 256 bytes are (every comparison
+/// covers 256 bytes, so that its time does not show the token's length). See the
+/// [module docs](self) for the routes.
 pub fn router(switch: MaintenanceSwitch, token: impl Into<String>) -> Result<Router, MissingToken> {
     let token = token.into();
     let token = token.trim();
     if token.is_empty() {
         return Err(MissingToken);
     }
-    let state = Arc::new(Admin {
-        switch,
-        token: token.as_bytes().into(),
-    });
+    // Over 256 bytes: refused too.
+    let token = Secret::new(token.as_bytes()).ok_or(MissingToken)?;
+    let state = Arc::new(Admin { switch, token });
     Ok(Router::new()
         .route("/", get(status).put(enable).delete(disable))
         // Authenticate before any handler (and so before any body extractor) runs.
@@ -102,7 +103,7 @@ pub fn router(switch: MaintenanceSwitch, token: impl Into<String>) -> Result<Rou
 
 struct Admin {
     switch: MaintenanceSwitch,
-    token: Box<[u8]>,
+    token: Secret,
 }
 
 /// The JSON body of every successful answer.
@@ -228,7 +229,8 @@ impl Admin {
             return false;
         }
         let presented = bytes[7..].trim_ascii_start();
-        bool::from(presented.ct_eq(&self.token))
+        // In a time that shows neither the token nor its length (see `Secret::matches`).
+        self.token.matches(presented)
     }
 }
 
@@ -414,6 +416,13 @@ mod tests {
             Some(MissingToken)
         );
         assert!(router(MaintenanceSwitch::new(), "s3cret").is_ok());
+        // Up to 256 bytes once trimmed: every comparison covers 256 bytes.
+        let longest = "k".repeat(256);
+        assert!(router(MaintenanceSwitch::new(), format!("{longest}\n")).is_ok());
+        assert_eq!(
+            router(MaintenanceSwitch::new(), format!("{longest}k")).err(),
+            Some(MissingToken)
+        );
     }
 
     /// `GET` formats the expected end as an HTTP-date, whatever it is: an end set from code
@@ -462,7 +471,7 @@ mod tests {
     fn bearer_parsing() {
         let admin = Admin {
             switch: MaintenanceSwitch::new(),
-            token: b"s3cret".to_vec().into_boxed_slice(),
+            token: Secret::new(b"s3cret").unwrap(),
         };
         let check = |v: &'static str| {
             let mut h = HeaderMap::new();
@@ -476,6 +485,8 @@ mod tests {
         assert!(!check("Basic s3cret"));
         assert!(!check("Bearers3cret"));
         assert!(!check("Bearer"));
+        assert!(!check("Bearer "));
+        assert!(!check("Bearer s3cret "));
         assert!(!admin.authorized(&HeaderMap::new()));
     }
 }

@@ -3,12 +3,11 @@
 
 use std::{fmt, sync::Arc};
 
-use http::{header::HeaderName, Request};
-use ipnet::IpNet;
-use subtle::ConstantTimeEq;
-
+use super::secret::Secret;
 pub use crate::client_ip::{ClientRequest, ForwardedHeader};
 use crate::{client_ip::ClientIpRules, path_prefix::PathPrefixes, telemetry::BypassRule};
+use http::{header::HeaderName, Request};
+use ipnet::IpNet;
 
 /// A user predicate.
 pub(crate) type Predicate = Arc<dyn Fn(&ClientRequest<'_>) -> bool + Send + Sync>;
@@ -17,7 +16,7 @@ pub(crate) type Predicate = Arc<dyn Fn(&ClientRequest<'_>) -> bool + Send + Sync
 #[derive(Clone, Default)]
 pub(crate) struct Bypass {
     pub(crate) paths: PathPrefixes,
-    pub(crate) headers: Vec<(HeaderName, Box<[u8]>)>,
+    pub(crate) headers: Vec<(HeaderName, Secret)>,
     pub(crate) allow: Vec<IpNet>,
     pub(crate) ip: ClientIpRules,
     pub(crate) predicates: Vec<Predicate>,
@@ -57,7 +56,7 @@ impl Bypass {
             req.headers()
                 .get_all(name)
                 .iter()
-                .any(|v| bool::from(v.as_bytes().ct_eq(secret)))
+                .any(|v| secret.matches(v.as_bytes()))
         }) {
             return Some(BypassRule::Header);
         }
@@ -90,6 +89,26 @@ mod tests {
         rules
             .matches(&Request::get(uri).body(()).unwrap())
             .is_some()
+    }
+
+    #[test]
+    fn a_bypass_header_matches_its_exact_value_only() {
+        let name = HeaderName::from_static("x-maintenance-bypass");
+        let mut rules = Bypass::default();
+        rules
+            .headers
+            .push((name.clone(), Secret::new(b"0p3r4t0r").unwrap()));
+        let passes = |value: &'static str| {
+            let req = Request::get("/").header(&name, value).body(()).unwrap();
+            rules.matches(&req).is_some()
+        };
+        assert!(passes("0p3r4t0r"));
+        for other in ["", "0p3r4t0", "0p3r4t0r2", "0P3R4T0R", "x0p3r4t0r"] {
+            assert!(!passes(other), "{other:?}");
+        }
+        assert!(rules
+            .matches(&Request::get("/").body(()).unwrap())
+            .is_none());
     }
 
     #[test]

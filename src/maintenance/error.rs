@@ -31,7 +31,8 @@ impl fmt::Display for InvalidWindow {
 
 impl std::error::Error for InvalidWindow {}
 
-/// The admin router was asked for without a token (an empty one, or only whitespace).
+/// The admin router was asked for without a usable token: an empty one (or only whitespace),
+/// or one longer than 256 bytes (once trimmed).
 ///
 /// Returned by [`admin::router`](super::admin::router): an admin endpoint that anyone could
 /// call would let anyone take the service down.
@@ -44,7 +45,7 @@ pub struct MissingToken;
 #[cfg(feature = "axum")]
 impl fmt::Display for MissingToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("maintenance admin router needs a non-empty bearer token")
+        f.write_str("maintenance admin router needs a bearer token of 1 to 256 bytes")
     }
 }
 

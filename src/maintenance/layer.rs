@@ -118,13 +118,16 @@ impl MaintenanceLayer {
     }
 
     /// Lets requests through that carry header `name` with exactly the value `secret`. The value
-    /// is compared in constant time (its length is not treated as secret: use a long random
-    /// value). Keep the header away from logs.
+    /// is compared in constant time, its length included: the time of a comparison depends on
+    /// the length of the value the request carries, never on the secret's bytes or length (all
+    /// 256 bytes of a zero-padded buffer are compared, and the lengths). Use a long random value
+    /// (32 bytes or more), and keep the header away from logs.
     ///
     /// Surrounding whitespace is trimmed from `secret` (a header value cannot carry it, so
     /// `"s3cret\n"` read from a file means `s3cret`). An **empty** secret (an unset environment
     /// variable, say) adds **no** rule: it would let through anyone who sends the header empty.
-    /// The layer logs a warning (`tracing`, at warn level) and keeps answering 503.
+    /// The layer logs a warning (`tracing`, at warn level) and keeps answering 503. So does a
+    /// secret longer than 256 bytes: it adds no rule.
     pub fn bypass_header(mut self, name: HeaderName, secret: impl AsRef<[u8]>) -> Self {
         let secret = secret.as_ref().trim_ascii();
         if secret.is_empty() {
@@ -134,7 +137,14 @@ impl MaintenanceLayer {
             );
             return self;
         }
-        self.cfg().bypass.headers.push((name, secret.into()));
+        let Some(secret) = super::secret::Secret::new(secret) else {
+            tracing::warn!(
+                header = %name,
+                "maintenance bypass header with a secret over 256 bytes ignored"
+            );
+            return self;
+        };
+        self.cfg().bypass.headers.push((name, secret));
         self
     }
 

@@ -58,7 +58,8 @@
 //!   that servers read in different ways (`/healthz/..%2fadmin`) passes by no prefix; a prefix
 //!   that would pass every path (empty, `/`) is refused: it adds no rule;
 //! - [`bypass_header`](MaintenanceLayer::bypass_header): a secret header, compared in constant
-//!   time (an empty secret is refused: it adds no rule);
+//!   time, its length included (an empty secret, or one over 256 bytes, is refused: it adds no
+//!   rule);
 //! - [`allow_ip`](MaintenanceLayer::allow_ip): client IPs in CIDR nets. The client IP is the
 //!   **peer address** (axum's `ConnectInfo<SocketAddr>` with the `axum` feature, or a
 //!   `SocketAddr` you insert into the request's extensions with plain hyper). The header the
@@ -121,6 +122,7 @@ mod layer;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod secret;
 mod service;
 mod switch;
 
