@@ -977,3 +977,74 @@ async fn the_redis_state_kept_after_stop_is_cleared_by_a_local_delete() {
     // Redis itself still says on: stopping changes nothing there.
     assert!(redis.command(&["GET", &key]).contains("\"enabled\":true"));
 }
+
+/// Redis's `INFO clients` count of blocked clients (a client held by `CLIENT PAUSE` is one).
+fn blocked_clients(redis: &RedisServer) -> usize {
+    let info = redis.command(&["INFO", "clients"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An admin write in flight while [`RedisFollower::stop`] runs: Redis holds the write's
+/// transaction (`CLIENT PAUSE ... WRITE`) while `stop` is started, then lets it go. The write
+/// answered 200, so it must be in force on this instance as in Redis (applied before the
+/// handover, it is the manual source's now). Before, `stop` let go of Redis first: the write
+/// reached Redis, was not applied here, and the answer (200) showed maintenance off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_in_flight_during_stop_is_applied_here_too() {
+    let redis = RedisServer::start();
+    let key = unique_key("write-during-stop");
+    // A timeout longer than the pause: the write waits for Redis instead of giving up.
+    let source = RedisSource::builder(redis.url())
+        .key(&key)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let node = instance_with(source).await;
+    let c = client();
+    assert!(redis
+        .command(&["CLIENT", "PAUSE", "10000", "WRITE"])
+        .starts_with("+OK"));
+    let addr = node.addr;
+    let put = tokio::spawn({
+        let c = c.clone();
+        async move { admin_call(&c, addr, Method::PUT, r#"{"message": "in flight"}"#).await }
+    });
+    eventually("the write waits in Redis", Duration::from_secs(5), || {
+        blocked_clients(&redis) >= 1
+    })
+    .await;
+    // `stop` starts while the write is in flight: it cannot finish before the write does.
+    let mut stop = std::pin::pin!(node.follower.stop());
+    std::future::poll_fn(|cx| {
+        assert!(
+            std::future::Future::poll(stop.as_mut(), cx).is_pending(),
+            "stop finished while a write was in flight"
+        );
+        std::task::Poll::Ready(())
+    })
+    .await;
+    assert!(redis.command(&["CLIENT", "UNPAUSE"]).starts_with("+OK"));
+    let reply = put.await.unwrap();
+    stop.await;
+    assert!(redis.command(&["GET", &key]).contains("\"enabled\":true"));
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body: admin::StatusBody = serde_json::from_slice(&reply.body).unwrap();
+    assert!(
+        body.enabled,
+        "answered 200 without being in force: {body:?}"
+    );
+    let status = node.switch.status();
+    assert!(
+        status.enabled,
+        "in Redis but not on this instance: {status:?}"
+    );
+    assert_eq!(status.sources, [Source::Manual]);
+    assert_eq!(status.notice.unwrap().get_message(), Some("in flight"));
+    assert_eq!(
+        home(&c, node.addr).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}

@@ -342,8 +342,21 @@ impl RedisFollower {
     /// which still close by themselves and go with
     /// [`clear_schedule`](MaintenanceSwitch::clear_schedule). Nothing read or written through
     /// the stopped follower is applied afterwards.
+    ///
+    /// An admin router write in flight when `stop` is called (on its way to Redis, or there
+    /// already) is waited for: it is applied to this switch before the handover, so the manual
+    /// source carries it, as Redis does. A write that reaches the store after the handover
+    /// writes nothing (its answer is `503`, "nothing was changed; retry"; the retry writes to
+    /// the manual source). So a `200` from the router means the change is in force here, before
+    /// and after `stop`. Replacing the follower with another
+    /// [`follow_redis`](MaintenanceSwitch::follow_redis) does not wait: a write in flight then
+    /// may reach the old Redis and not this switch (its `200` then shows the state without it).
     pub async fn stop(self) {
         if let Some(switch) = MaintenanceSwitch::upgrade(&self.switch) {
+            // Stop following under the link: a read or write in flight (it holds the link) is
+            // applied first, and the handover includes it; those that come after see that the
+            // switch no longer follows this store, and neither write nor apply anything.
+            let link = self.store.link.lock().await;
             let following = {
                 let mut redis = lock(&switch.shared().redis);
                 if redis
@@ -356,12 +369,10 @@ impl RedisFollower {
                 }
             };
             if let Some(following) = following {
-                // Wait for a read or write being applied: later ones see that the switch no
-                // longer follows this store, and apply nothing.
-                let _link = self.store.link.lock().await;
                 switch.hand_over_to_manual(Source::Redis);
                 drop(following);
             }
+            drop(link);
         }
         let _ = self.task.await;
     }
@@ -616,15 +627,19 @@ impl Store {
         Ok(true)
     }
 
+    /// Whether `switch` follows this store (not stopped, not replaced).
+    fn is_followed_by(&self, switch: &MaintenanceSwitch) -> bool {
+        lock(&switch.shared().redis)
+            .as_ref()
+            .is_some_and(|f| std::ptr::eq(&*f.store, self))
+    }
+
     /// Applies what was read from (or written to) the key, if it changed.
     fn apply(&self, link: &mut Link, switch: &MaintenanceSwitch, content: Option<Content>) {
         // No key: no information. Keep what is known (a fresh instance stays off).
         let Some(content) = content else { return };
         // A follower stopped or replaced has handed its state over: it applies nothing more.
-        let follows = lock(&switch.shared().redis)
-            .as_ref()
-            .is_some_and(|f| std::ptr::eq(&*f.store, self));
-        if !follows {
+        if !self.is_followed_by(switch) {
             return;
         }
         if link.last.as_ref() == Some(&content) {
@@ -659,6 +674,13 @@ impl Store {
         switch: Option<&MaintenanceSwitch>,
     ) -> Result<(), RedisUnavailable> {
         let mut link = self.link.lock().await;
+        // The switch stopped following this store while the write waited for the link
+        // (`RedisFollower::stop`): what it wrote would reach Redis and not the switch.
+        if switch.is_some_and(|switch| !self.is_followed_by(switch)) {
+            return Err(RedisUnavailable::new(
+                "the switch stopped following this Redis source; nothing was written",
+            ));
+        }
         let clock: &dyn WallClock = match switch {
             Some(switch) => switch.clock(),
             None => &SystemClock,
@@ -861,9 +883,46 @@ fn parse(value: &[u8]) -> Result<(Option<MaintenanceNotice>, Vec<Window>), Strin
     Ok((Some(notice), windows))
 }
 
+/// A real `redis-server` for the tests below (the integration tests' helper).
+#[cfg(test)]
+#[path = "../../tests/common/redis.rs"]
+mod test_server;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An admin write that took the store before `stop` and reaches it after the handover (it
+    /// waited for the link meanwhile) writes nothing: in Redis it would not be in force here.
+    /// Before, it was written to Redis, not applied, and answered as a success.
+    #[tokio::test]
+    async fn a_write_that_reaches_a_stopped_store_writes_nothing() {
+        let server = test_server::RedisServer::start();
+        let key = "tower-5xx-unit:write-after-stop";
+        let switch = MaintenanceSwitch::new();
+        let follower =
+            switch.follow_redis(RedisSource::builder(server.url()).key(key).build().unwrap());
+        // What the admin router holds while its write waits.
+        let store = switch.redis_store().expect("the switch follows Redis");
+        follower.stop().await;
+        let written = store
+            .write(
+                Some(MaintenanceNotice::new().message("late")),
+                Some(&switch),
+            )
+            .await;
+        let error = written.expect_err("a write to a store no longer followed");
+        assert!(!error.may_have_been_applied());
+        assert_eq!(
+            server.command(&["EXISTS", key]),
+            ":0\r\n",
+            "written to Redis"
+        );
+        assert!(!switch.status().enabled);
+        // Written from code (no switch), the store still writes.
+        store.write(None, None).await.unwrap();
+        assert_eq!(server.command(&["EXISTS", key]), ":1\r\n");
+    }
 
     #[test]
     fn parsing() {
