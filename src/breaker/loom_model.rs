@@ -358,3 +358,33 @@ fn a_success_that_skips_summing_leaves_the_moved_window_to_a_racing_failure() {
         );
     });
 }
+
+/// Two outcomes that both sum the window race to note whether a rate is at its threshold short
+/// of the minimum number of calls ("armed"): a success whose sum (one failure in three calls,
+/// under 40 %) is older than a failure's (two in four, over 40 %, short of five calls) must not
+/// leave the breaker disarmed, or the success that makes the fifth call (two in five: 40 %)
+/// skips summing and the trip waits for the next failure. Fails with a plain store of the flag
+/// (the success's stale `false` stored last).
+#[test]
+fn an_older_sum_never_disarms_a_newer_one() {
+    check(|| {
+        let breaker = CircuitBreaker::builder()
+            .sliding_window(SlidingWindow::Time(Duration::from_secs(2)))
+            .buckets(2)
+            .minimum_calls(5)
+            .failure_rate_threshold(0.4)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        // One failure in two calls: 50 %, short of five calls.
+        breaker.try_acquire().unwrap().failure();
+        breaker.try_acquire().unwrap().success();
+        let b = breaker.clone();
+        let failure = thread::spawn(move || b.try_acquire().unwrap().failure());
+        breaker.try_acquire().unwrap().success();
+        failure.join().unwrap();
+        assert_eq!(breaker.window_counts().failures, 2);
+        breaker.try_acquire().unwrap().success();
+        assert_eq!(breaker.state(), State::Open);
+    });
+}

@@ -94,9 +94,9 @@ mod window;
 /// (`RUSTFLAGS="--cfg tower_5xx_loom" cargo test --lib breaker::loom_model`), std's otherwise.
 mod sync {
     #[cfg(all(test, tower_5xx_loom))]
-    pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+    pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
     #[cfg(not(all(test, tower_5xx_loom)))]
-    pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+    pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 }
 
 pub use classify::{status_outcome, DefaultOutcomeClassifier, FailureIf, OutcomeClassifier};

@@ -20,7 +20,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use super::error::CircuitOpen;
 use super::{
     config::{BreakerBuilder, Config},
-    sync::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    sync::{AtomicU32, AtomicU64, Ordering},
     window::{Window, WindowCounts},
 };
 use crate::telemetry::{BreakerMetrics, CallOutcome, Meter};
@@ -124,6 +124,12 @@ pub enum Outcome {
     Ignored,
 }
 
+/// Whether the word [`Inner::armed`] says armed.
+#[inline]
+fn is_armed(word: u64) -> bool {
+    word & 1 == 1
+}
+
 #[inline]
 fn tag(word: u64) -> u64 {
     word & ((1 << TAG_BITS) - 1)
@@ -164,9 +170,35 @@ pub(crate) struct Inner {
     /// Trips in a row (for the growing open duration); reset when the breaker closes.
     trips: AtomicU32,
     /// Whether the last counts summed showed a rate at or above its threshold (short of the
-    /// minimum number of calls). Only then can a plain success trip the breaker, so a success
-    /// skips summing the window otherwise; see `record`.
-    armed: AtomicBool,
+    /// minimum number of calls): "armed", when the word is odd. Only then can a plain success
+    /// trip the breaker, so a success skips summing the window otherwise; see `record`.
+    ///
+    /// Every change makes the word larger (arming adds 2 to it made odd, disarming adds 1 to an
+    /// odd word), so that two callers that both summed cannot store their verdicts out of
+    /// order. A plain flag could be left stale: a success sums (a rate under its threshold),
+    /// then a failure sums (the rate at its threshold) and stores, and the success's older
+    /// `false` stored last hid the newer `true`; the success that makes the minimum number of
+    /// calls then skipped summing, and the trip waited for the next failure. Now:
+    ///
+    /// - a caller reads the word (acquire) before it records and sums, and passes what it read
+    ///   to `judge_closed`;
+    /// - a caller whose sum is over a threshold arms with a read-modify-write that always makes
+    ///   the word larger, armed or not;
+    /// - a caller whose sum is under the thresholds disarms only with a compare-and-swap from
+    ///   the (armed) word it read before summing.
+    ///
+    /// A disarm that succeeds read the word after every arm earlier in its modification order,
+    /// so each of those arming callers' sums happens before the disarming caller's sum, which
+    /// therefore counts their outcomes: the disarm is the newer verdict. A disarm that fails
+    /// leaves the breaker armed, which at worst costs the next success a sum (which disarms).
+    /// The closed success path still only loads the word; arming and disarming, the paths that
+    /// summed anyway, pay the read-modify-write.
+    ///
+    /// Left as it was: a plain success that read the word unarmed just before a concurrent
+    /// failure's sum armed it (and whose call that sum missed) does not sum either; the next
+    /// call finds the breaker armed and sums. Closing that gap would cost every success a full
+    /// fence between its add and its read of the word.
+    armed: AtomicU64,
     window: Window,
     /// The clock's reading when the breaker was made, rounded down to a whole millisecond
     /// (nanoseconds): the open end in the state word counts from here.
@@ -262,7 +294,7 @@ impl CircuitBreaker {
             inner: Arc::new(Inner {
                 state: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
                 trips: AtomicU32::new(0),
-                armed: AtomicBool::new(false),
+                armed: AtomicU64::new(0),
                 window: Window::new(config.window),
                 origin,
                 metrics: BreakerMetrics::new(Meter::new(config.name.clone())),
@@ -479,11 +511,13 @@ impl CircuitBreaker {
                 // minimum number of calls ("armed"), or if a bucket just dropped out of the
                 // window (which can raise them). Otherwise summing the buckets is skipped: the
                 // result is the same as summing on every call, at a fraction of the cost.
-                let need = failure || slow || inner.armed.load(Ordering::Relaxed);
+                // Read before the sum, for `judge_closed` (see `Inner::armed`).
+                let armed = inner.armed.load(Ordering::Acquire);
+                let need = failure || slow || is_armed(armed);
                 // A count window places the outcome without the clock's reading.
                 let at = if config.clock_free_closed() { 0 } else { now() };
                 if let Some(c) = inner.window.record(at, failure, slow, need) {
-                    self.judge_closed(s, c, now, hint);
+                    self.judge_closed(s, c, armed, now, hint);
                 }
             }
             (Kind::Probe, HALF_OPEN) => self.record_probe(s, failure, slow, now(), hint),
@@ -499,7 +533,10 @@ impl CircuitBreaker {
     fn record_closed_success(&self, permit_gen: u64) -> bool {
         let inner = &*self.inner;
         let config = &*inner.config;
-        if config.counts_slow_calls() || inner.armed.load(Ordering::Relaxed) {
+        // Read before the sum, for `judge_closed` (see `Inner::armed`). Relaxed: past this
+        // check the word read is unarmed, and `judge_closed` disarms only from an armed one.
+        let armed = inner.armed.load(Ordering::Relaxed);
+        if config.counts_slow_calls() || is_armed(armed) {
             return false;
         }
         inner.metrics.call(CallOutcome::Success);
@@ -514,19 +551,21 @@ impl CircuitBreaker {
             self.now_nanos()
         };
         if let Some(c) = inner.window.record(at, false, false, false) {
-            self.judge_closed(s, c, || self.now_nanos(), None);
+            self.judge_closed(s, c, armed, || self.now_nanos(), None);
         }
         true
     }
 
     /// Decides on the counts `c` summed by an outcome recorded in the closed word `s`: trips the
     /// breaker if a rate reached its threshold with enough calls, else notes whether a rate is
-    /// at its threshold short of the minimum number of calls ("armed").
+    /// at its threshold short of the minimum number of calls ("armed"). `armed` is the word
+    /// [`Inner::armed`] as the caller read it before recording and summing.
     #[inline(never)]
     fn judge_closed(
         &self,
         s: u64,
         c: WindowCounts,
+        armed: u64,
         now: impl FnOnce() -> u64,
         hint: Option<Duration>,
     ) {
@@ -536,8 +575,22 @@ impl CircuitBreaker {
             || Config::reaches(c.slow_calls, c.calls, config.slow_ppm);
         if over && c.calls >= config.minimum_calls {
             let _ = self.open_from(s, 1, now(), hint, c);
-        } else if over != inner.armed.load(Ordering::Relaxed) {
-            inner.armed.store(over, Ordering::Relaxed);
+        } else if over {
+            // Always a larger word, armed already or not: a caller about to disarm from an
+            // older sum fails its compare-and-swap.
+            let _ = inner
+                .armed
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |w| {
+                    Some((w | 1).wrapping_add(2))
+                });
+        } else if is_armed(armed) {
+            // Only from the word read before this sum: no arm came in between.
+            let _ = inner.armed.compare_exchange(
+                armed,
+                armed.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
         }
     }
 
