@@ -1538,3 +1538,38 @@ async fn a_panic_outside_the_call_is_not_the_dependencys_failure() {
     );
     assert_eq!(breaker.state(), State::Closed);
 }
+
+/// A positive open time under a millisecond (`trip_for`, or a failure's `Retry-After` hint)
+/// opens the breaker for at least a millisecond. The open end is kept in whole milliseconds:
+/// rounded down, it used to open for no time whenever the hint did not cross a millisecond
+/// boundary (the next call was a probe). A zero hint still opens for no time.
+#[test]
+fn an_open_time_under_a_millisecond_opens_for_at_least_one() {
+    let clock = ManualClock::new();
+    let breaker = one_probe_breaker(&clock);
+    // 0.2 ms into a millisecond: 0.5 ms more stays in it.
+    clock.advance(Duration::from_micros(200));
+    breaker.trip_for(Duration::from_micros(500));
+    let left = breaker.remaining_open().expect("open");
+    assert!(left >= Duration::from_millis(1), "{left:?}");
+    clock.advance(Duration::from_micros(999));
+    assert_eq!(breaker.try_acquire().unwrap_err().state(), State::Open);
+    probe_closes(&breaker, &clock);
+
+    // A failure's hint of a nanosecond, on a millisecond boundary.
+    breaker
+        .try_acquire()
+        .unwrap()
+        .failure_with_retry_after(Duration::from_nanos(1));
+    let left = breaker.remaining_open().expect("open");
+    assert!(left >= Duration::from_millis(1), "{left:?}");
+    probe_closes(&breaker, &clock);
+
+    // Zero: open for no time, the next call is a probe.
+    breaker
+        .try_acquire()
+        .unwrap()
+        .failure_with_retry_after(Duration::ZERO);
+    assert_eq!(breaker.remaining_open(), Some(Duration::ZERO));
+    assert!(breaker.try_acquire().unwrap().is_probe());
+}

@@ -326,6 +326,22 @@ impl CircuitBreaker {
         now.saturating_add(d).saturating_sub(self.inner.origin) / NANOS_PER_MS
     }
 
+    /// The open time to report and the open-end payload for an open state that starts at `now`
+    /// and lasts `d` (see [`until_from`](Self::until_from)). A positive `d` under a millisecond
+    /// would round to an end at or before `now` (open for no time, the next call a probe): it
+    /// opens for at least a whole millisecond, its end rounded up. A zero `d` opens for no time.
+    fn open_span(&self, now: u64, d: Duration) -> (Duration, u64) {
+        const MS: Duration = Duration::from_millis(1);
+        if !d.is_zero() && d < MS {
+            let since = now.saturating_sub(self.inner.origin);
+            return (
+                MS,
+                since.saturating_add(NANOS_PER_MS).div_ceil(NANOS_PER_MS),
+            );
+        }
+        (d, self.until_from(now, d))
+    }
+
     /// The current state. An open breaker whose time is up reports [`State::Open`] until the
     /// next [`try_acquire`](Self::try_acquire) moves it to half-open.
     pub fn state(&self) -> State {
@@ -679,7 +695,8 @@ impl CircuitBreaker {
         let duration = hint
             .map(|d| d.min(config.max_open_duration))
             .unwrap_or_else(|| config.open_duration_for(trips));
-        let next = pack(OPEN, generation(s) + 1, self.until_from(now, duration));
+        let (duration, until) = self.open_span(now, duration);
+        let next = pack(OPEN, generation(s) + 1, until);
         if self
             .inner
             .state
@@ -700,12 +717,13 @@ impl CircuitBreaker {
     /// for a client told by a server's `503` + `Retry-After` to come back later.
     ///
     /// An open breaker whose remaining time is already at least that long, and the operator
-    /// states (forced open, disabled), are left as they are.
+    /// states (forced open, disabled), are left as they are. A positive `duration` under a
+    /// millisecond opens it for at least a millisecond (the open end is kept in whole
+    /// milliseconds); a zero one opens it for no time (the next call is a half-open probe).
     pub fn trip_for(&self, duration: Duration) {
         let inner = &*self.inner;
-        let duration = duration.min(inner.config.max_open_duration);
         let now = self.now_nanos();
-        let until = self.until_from(now, duration);
+        let (duration, until) = self.open_span(now, duration.min(inner.config.max_open_duration));
         loop {
             let s = inner.state.0.load(Ordering::Acquire);
             let trips = match tag(s) {
@@ -878,8 +896,9 @@ impl Permit {
     /// The call failed, and the callee said when to come back (a `503`'s `Retry-After`): if
     /// this failure opens the breaker, it stays open for `retry_after` (capped by the maximum
     /// open duration) instead of the configured duration; a zero `retry_after` (`Retry-After:
-    /// 0`) opens it for no time, so the next call is a half-open probe. To open right away
-    /// whatever the window says, use [`CircuitBreaker::trip_for`].
+    /// 0`) opens it for no time, so the next call is a half-open probe, and a positive one under
+    /// a millisecond for at least a millisecond (the open end is kept in whole milliseconds).
+    /// To open right away whatever the window says, use [`CircuitBreaker::trip_for`].
     pub fn failure_with_retry_after(mut self, retry_after: Duration) {
         self.finish(Outcome::Failure, Some(retry_after));
     }
