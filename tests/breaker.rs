@@ -1573,3 +1573,48 @@ fn an_open_time_under_a_millisecond_opens_for_at_least_one() {
     assert_eq!(breaker.remaining_open(), Some(Duration::ZERO));
     assert!(breaker.try_acquire().unwrap().is_probe());
 }
+
+/// The callback may change the breaker's state itself (its transition is delivered after it
+/// returns, in order), and one that panics does not stop the transitions after it from being
+/// delivered. Fails if the callback runs under the lock that orders deliveries (a deadlock:
+/// the test hangs on its 10 s timeout), or if a panic leaves the deliveries stuck.
+#[test]
+fn a_callback_may_change_the_state_or_panic() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let me = Arc::new(std::sync::OnceLock::<CircuitBreaker>::new());
+    let (log, handle) = (seen.clone(), me.clone());
+    let breaker = CircuitBreaker::builder()
+        .clock(ManualClock::new())
+        .on_transition(move |t| {
+            log.lock().unwrap().push((t.from, t.to));
+            match (t.from, t.to) {
+                (State::Closed, State::Open) => handle.get().unwrap().force_open(),
+                (State::ForcedOpen, State::Closed) => panic!("a callback that panics"),
+                _ => {}
+            }
+        })
+        .build()
+        .unwrap();
+    me.set(breaker.clone()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        breaker.trip_for(Duration::from_secs(1));
+        let reset = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| breaker.reset()));
+        assert!(reset.is_err());
+        breaker.disable();
+        let _ = tx.send(breaker.state());
+    });
+    let state = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the transitions were not delivered within 10 s: deadlock");
+    assert_eq!(state, State::Disabled);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (State::Closed, State::Open),
+            (State::Open, State::ForcedOpen),
+            (State::ForcedOpen, State::Closed),
+            (State::Closed, State::Disabled),
+        ]
+    );
+}

@@ -236,6 +236,15 @@ impl BreakerBuilder {
     }
 
     /// Calls `callback` after every state transition (each is also a `tracing` event).
+    ///
+    /// Transitions reach the callback (and the log) one at a time, in the order the breaker's
+    /// state took them, also when threads make them at once. To keep that order, a transition
+    /// made while another thread is delivering one, or before the thread of an earlier
+    /// transition got to deliver it, is delivered by that other thread: a callback may run on
+    /// another thread than the one that made its transition, after that thread's call returned.
+    /// A callback that changes the breaker's state (a `force_open`, say) sees that transition
+    /// delivered after it returns. No lock is held while it runs. If it panics, the transitions
+    /// queued behind its own are delivered with the next transition.
     pub fn on_transition(mut self, callback: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
         self.on_transition = Some(Arc::new(callback));
         self

@@ -388,3 +388,29 @@ fn an_older_sum_never_disarms_a_newer_one() {
         assert_eq!(breaker.state(), State::Open);
     });
 }
+
+/// Two transitions made back to back on two threads (a trip, then an operator's `force_open`,
+/// or the other way round) reach the callback in the order the state took them: each one
+/// leaves the state the one before entered, and the last enters the state the breaker is in.
+/// Fails when each thread calls the callback itself after its compare-and-swap: the second
+/// transition's thread can get there first.
+#[test]
+fn transitions_reach_the_callback_in_the_order_they_were_made() {
+    check(|| {
+        let (breaker, _, seen) = breaker(1, 1);
+        let b = breaker.clone();
+        let tripper = thread::spawn(move || b.trip_for(Duration::from_secs(5)));
+        let b = breaker.clone();
+        let operator = thread::spawn(move || b.force_open());
+        tripper.join().unwrap();
+        operator.join().unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(breaker.state(), State::ForcedOpen);
+        let mut state = State::Closed;
+        for (from, to) in &seen {
+            assert_eq!(*from, state, "{seen:?}");
+            state = *to;
+        }
+        assert_eq!(state, State::ForcedOpen, "{seen:?}");
+    });
+}

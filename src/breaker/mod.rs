@@ -95,8 +95,12 @@ mod window;
 mod sync {
     #[cfg(all(test, tower_5xx_loom))]
     pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+    #[cfg(all(test, tower_5xx_loom))]
+    pub(crate) use loom::sync::Mutex;
     #[cfg(not(all(test, tower_5xx_loom)))]
     pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+    #[cfg(not(all(test, tower_5xx_loom)))]
+    pub(crate) use std::sync::Mutex;
 }
 
 pub use classify::{status_outcome, DefaultOutcomeClassifier, FailureIf, OutcomeClassifier};

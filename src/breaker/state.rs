@@ -15,12 +15,16 @@
 //! leave a caller spinning on a word it takes for newer, or find a wrapped generation's probes
 //! all taken.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
 
 use super::error::CircuitOpen;
 use super::{
     config::{BreakerBuilder, Config},
-    sync::{AtomicU32, AtomicU64, Ordering},
+    sync::{AtomicU32, AtomicU64, Mutex, Ordering},
     window::{Window, WindowCounts},
 };
 use crate::telemetry::{BreakerMetrics, CallOutcome, Meter};
@@ -199,6 +203,8 @@ pub(crate) struct Inner {
     /// call finds the breaker armed and sums. Closing that gap would cost every success a full
     /// fence between its add and its read of the word.
     armed: AtomicU64,
+    /// The transitions waiting for their turn to be logged and given to the callback.
+    deliveries: Mutex<Deliveries>,
     window: Window,
     /// The clock's reading when the breaker was made, rounded down to a whole millisecond
     /// (nanoseconds): the open end in the state word counts from here.
@@ -295,6 +301,12 @@ impl CircuitBreaker {
                 state: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
                 trips: AtomicU32::new(0),
                 armed: AtomicU64::new(0),
+                // The first transition enters generation 1.
+                deliveries: Mutex::new(Deliveries {
+                    next: 1,
+                    pending: Vec::new(),
+                    busy: false,
+                }),
                 window: Window::new(config.window),
                 origin,
                 metrics: BreakerMetrics::new(Meter::new(config.name.clone())),
@@ -437,7 +449,13 @@ impl CircuitBreaker {
                         .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
-                        self.emit(State::Open, State::HalfOpen, None, WindowCounts::default());
+                        self.emit(
+                            generation(next),
+                            State::Open,
+                            State::HalfOpen,
+                            None,
+                            WindowCounts::default(),
+                        );
                         return Ok(Permit::new(
                             self.clone(),
                             generation(next),
@@ -672,7 +690,7 @@ impl CircuitBreaker {
                     .is_ok()
                 {
                     inner.trips.store(0, Ordering::Release);
-                    self.emit(State::HalfOpen, State::Closed, None, c);
+                    self.emit(generation(next), State::HalfOpen, State::Closed, None, c);
                     return;
                 }
             }
@@ -705,7 +723,8 @@ impl CircuitBreaker {
             .is_ok()
         {
             self.inner.trips.store(trips, Ordering::Release);
-            self.emit(State::from_tag(tag(s)), State::Open, Some(duration), c);
+            let from = State::from_tag(tag(s));
+            self.emit(generation(next), from, State::Open, Some(duration), c);
             true
         } else {
             false
@@ -741,6 +760,7 @@ impl CircuitBreaker {
             {
                 inner.trips.store(trips, Ordering::Release);
                 self.emit(
+                    generation(next),
                     State::from_tag(tag(s)),
                     State::Open,
                     Some(duration),
@@ -788,22 +808,92 @@ impl CircuitBreaker {
         };
         inner.trips.store(0, Ordering::Release);
         // Resetting a closed breaker (or forcing open a forced-open one) still empties the
-        // window and starts a new generation, but it is no transition: nothing to report.
+        // window and starts a new generation, but it is no transition: nothing to report (the
+        // generation is passed over in the order of deliveries).
+        let g = (generation(prev) + 1) & GEN_MASK;
         if tag(prev) != to {
             self.emit(
+                g,
                 State::from_tag(tag(prev)),
                 State::from_tag(to),
                 None,
                 WindowCounts::default(),
             );
+        } else {
+            self.deliver(g, None);
         }
     }
 
-    fn emit(&self, from: State, to: State, open_for: Option<Duration>, counts: WindowCounts) {
+    /// Reports the transition that moved the state word to generation `g`: counted in the
+    /// metrics at once, logged and given to the callback in the order of generations (see
+    /// [`deliver`](Self::deliver)).
+    fn emit(
+        &self,
+        g: u64,
+        from: State,
+        to: State,
+        open_for: Option<Duration>,
+        counts: WindowCounts,
+    ) {
         self.inner.metrics.transition(from.index(), to.index());
+        self.deliver(
+            g,
+            Some(Transition {
+                name: self.inner.name.clone(),
+                from,
+                to,
+                open_for,
+                counts,
+            }),
+        );
+    }
+
+    /// Queues what generation `g` of the state word brought (`None`: a generation started
+    /// without a transition) and, unless another thread is delivering, delivers every queued
+    /// transition whose turn it is, in the order of generations (the order the state word took
+    /// them), one at a time and outside the lock. It stops at a generation not queued yet (its
+    /// thread, between its compare-and-swap and this call, delivers from there when it gets
+    /// here). A transition queued while a thread delivers (by another thread, or by a callback
+    /// that changes the state) is delivered by that thread, after the callback it is in.
+    fn deliver(&self, g: u64, transition: Option<Transition>) {
+        let lock = || {
+            self.inner
+                .deliveries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        let mut d = lock();
+        d.pending.push((g, transition));
+        if d.busy {
+            return;
+        }
+        d.busy = true;
+        // A callback that panics leaves the queue to the next transition's thread.
+        let mut unwinding = Unbusy(Some(&self.inner.deliveries));
+        loop {
+            let next = d.next;
+            let Some(i) = d.pending.iter().position(|(g, _)| *g == next) else {
+                break;
+            };
+            let (_, transition) = d.pending.swap_remove(i);
+            d.next = (next + 1) & GEN_MASK;
+            if let Some(t) = transition {
+                drop(d);
+                self.log_and_call(&t);
+                d = lock();
+            }
+        }
+        // Under the same lock as the look for the next: a thread queuing it now finds the
+        // queue idle and delivers it.
+        d.busy = false;
+        unwinding.0 = None;
+    }
+
+    fn log_and_call(&self, t: &Transition) {
         let config = &*self.inner.config;
+        let (from, to, counts) = (t.from, t.to, t.counts);
         let name = self.inner.name.as_deref().unwrap_or("");
-        let open_ms = open_for.map(|d| d.as_millis() as u64);
+        let open_ms = t.open_for.map(|d| d.as_millis() as u64);
         match to {
             State::Open | State::ForcedOpen => tracing::warn!(
                 breaker = name, %from, %to, open_ms, calls = counts.calls,
@@ -817,13 +907,34 @@ impl CircuitBreaker {
             ),
         }
         if let Some(callback) = &config.on_transition {
-            callback(&Transition {
-                name: self.inner.name.clone(),
-                from,
-                to,
-                open_for,
-                counts,
-            });
+            callback(t);
+        }
+    }
+}
+
+/// The transitions made and not yet logged and given to the callback: they are delivered in
+/// the order of the state word's generations, whichever thread gets to the lock first.
+#[derive(Debug)]
+struct Deliveries {
+    /// The generation delivered next (masked like the state word's).
+    next: u64,
+    /// Queued, not delivered yet: (generation, transition or `None` for a generation started
+    /// without one). A few at most: one per thread between its compare-and-swap and its turn.
+    pending: Vec<(u64, Option<Transition>)>,
+    /// Whether a thread is delivering.
+    busy: bool,
+}
+
+/// Clears [`Deliveries::busy`] if a callback unwinds out of [`CircuitBreaker::deliver`].
+struct Unbusy<'a>(Option<&'a Mutex<Deliveries>>);
+
+impl Drop for Unbusy<'_> {
+    fn drop(&mut self) {
+        if let Some(deliveries) = self.0 {
+            deliveries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .busy = false;
         }
     }
 }
