@@ -79,7 +79,7 @@ fn log_unanswered(failure: Failure, meter: &Meter) {
         }
         Failure::Panic(message) => (Reason::Panic, message),
     };
-    let logged = catch_unwind(AssertUnwindSafe(|| {
+    let event = |cause: &dyn fmt::Display| {
         tracing::event!(
             target: "tower_5xx",
             tracing::Level::ERROR,
@@ -89,17 +89,12 @@ fn log_unanswered(failure: Failure, meter: &Meter) {
             exception.message = %cause,
             "{MESSAGE}"
         );
-    }));
-    if let Err(panic) = logged {
-        tracing::event!(
-            target: "tower_5xx",
-            tracing::Level::ERROR,
-            error.type = reason.as_str(),
-            error_id = %error_id,
-            name = meter.name(),
-            exception.message = %format_args!("logging the error panicked: {}", panic_message(&*panic)),
-            "{MESSAGE}"
-        );
+    };
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| event(cause))) {
+        event(&format_args!(
+            "logging the error panicked: {}",
+            panic_message(&*panic)
+        ));
         drop_payload(panic);
     }
     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(failure))) {
