@@ -901,3 +901,41 @@ async fn a_second_shutdown_request_ends_lifecycle_serve_at_once() {
         logs.contents()
     );
 }
+
+/// Forced with no connection open, the serve loop has cut nothing: it returns `Ok`, every
+/// time. (Both branches of its final wait were ready at once, and `select!` picked one at
+/// random: `Ok` or a `GraceExpired` with nothing in flight, by the toss of a coin.)
+#[tokio::test]
+async fn a_forced_serve_with_nothing_open_returns_ok_every_time() {
+    use std::future::IntoFuture;
+
+    use axum::{routing::get, Router};
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    for round in 0..24 {
+        let lifecycle = Lifecycle::new(HOUR, HOUR);
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (signal, requests) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(
+            lifecycle
+                .serve(listener, app.with_state(()))
+                .shutdown_requests(Requests(requests))
+                .into_future(),
+        );
+        signal.send(()).unwrap();
+        lifecycle.draining().await;
+        signal.send(()).unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the serve loop returns at the second request")
+            .unwrap();
+        assert_eq!(
+            out,
+            Ok(()),
+            "round {round}: nothing was open, nothing was cut"
+        );
+        assert_eq!(lifecycle.phase(), Phase::Closing);
+    }
+}

@@ -12,7 +12,8 @@
 //! **A second SIGTERM or SIGINT** ("press Ctrl-C again") during the drain or the grace period
 //! ends them at once, as if the grace deadline had passed: the listener closes if it is still
 //! open, [`Lifecycle::finish`] and [`Lifecycle::serve`] return [`GraceExpired`] with what is left
-//! cut, and the force is logged at warn level. (A single SIGTERM, Kubernetes' way, never
+//! cut (`serve` returns `Ok` if no connection was left open), and the force is logged at warn
+//! level. (A single SIGTERM, Kubernetes' way, never
 //! forces; [`Lifecycle::on_shutdown_requests`] takes a stream of your own in place of the
 //! signals.)
 //!

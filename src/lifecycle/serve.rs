@@ -164,7 +164,8 @@ impl<S> Serve<S> {
     /// Shuts down on the items of `requests` in place of SIGTERM and SIGINT, as
     /// [`Lifecycle::on_shutdown_requests`] does: the first starts the drain, the next one
     /// forces the shutdown (the listener closes, and the serve loop closes what is left and
-    /// returns [`GraceExpired`] at once). For a shutdown command of your own, and for tests.
+    /// returns [`GraceExpired`] at once; `Ok` if no connection was left open). For a shutdown
+    /// command of your own, and for tests.
     pub fn shutdown_requests<R>(mut self, requests: R) -> Self
     where
         R: Stream<Item = ()> + Send + 'static,
@@ -339,6 +340,9 @@ where
             let mut grace_over = pin!(this.grace_over());
             let outcome = loop {
                 tokio::select! {
+                    // The connections first: with none left (a forced shutdown with nothing
+                    // open), nothing is cut, and the answer is `Ok`, not a coin toss.
+                    biased;
                     next = connections.join_next() => if next.is_none() { break Ok(()) },
                     () = &mut grace_over => {
                         let expired = GraceExpired {
