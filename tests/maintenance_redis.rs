@@ -1048,3 +1048,56 @@ async fn an_admin_write_in_flight_during_stop_is_applied_here_too() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// `RedisFollower::stop` given up on while it waits for a write in flight (the caller's
+/// `tokio::time::timeout`, a shutdown `select!`) still stops following once the write is done:
+/// it consumed the only handle, so a stop that did nothing when dropped would leave the switch
+/// following Redis for good, its admin router writing there. Before, the stop started only when
+/// the write let go of the link, inside the dropped future: nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_given_up_on_during_a_write_still_stops_following() {
+    let redis = RedisServer::start();
+    let key = unique_key("stop-given-up");
+    let source = RedisSource::builder(redis.url())
+        .key(&key)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let node = instance_with(source.clone()).await;
+    let c = client();
+    assert!(redis
+        .command(&["CLIENT", "PAUSE", "10000", "WRITE"])
+        .starts_with("+OK"));
+    let addr = node.addr;
+    let put = tokio::spawn({
+        let c = c.clone();
+        async move { admin_call(&c, addr, Method::PUT, r#"{"message": "in flight"}"#).await }
+    });
+    eventually("the write waits in Redis", Duration::from_secs(5), || {
+        blocked_clients(&redis) >= 1
+    })
+    .await;
+    // The stop is polled once (it waits for the write), then dropped: given up on.
+    {
+        let mut stop = std::pin::pin!(node.follower.stop());
+        std::future::poll_fn(|cx| {
+            assert!(std::future::Future::poll(stop.as_mut(), cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+    assert!(redis.command(&["CLIENT", "UNPAUSE"]).starts_with("+OK"));
+    let reply = put.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    eventually(
+        "the stop, once the write is done: the state handed over to the manual source",
+        Duration::from_secs(5),
+        || node.switch.status().sources == [Source::Manual],
+    )
+    .await;
+    // No longer following: a change in Redis is not applied here.
+    source.disable().await.unwrap();
+    let status = node.switch.status();
+    assert!(status.enabled, "{status:?}");
+    assert_eq!(status.notice.unwrap().get_message(), Some("in flight"));
+}

@@ -351,30 +351,56 @@ impl RedisFollower {
     /// and after `stop`. Replacing the follower with another
     /// [`follow_redis`](MaintenanceSwitch::follow_redis) does not wait: a write in flight then
     /// may reach the old Redis and not this switch (its `200` then shows the state without it).
+    ///
+    /// How long it waits: for the reads and writes in flight, each of whose Redis calls is
+    /// bounded by the [`timeout`](RedisSourceBuilder::timeout) (a write on an unreachable
+    /// Redis gives up within a few timeouts). A `stop` given up on (its future dropped by a
+    /// `timeout` or a `select!`) still happens, in a task of its own, once those are done.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
     pub async fn stop(self) {
-        if let Some(switch) = MaintenanceSwitch::upgrade(&self.switch) {
-            // Stop following under the link: a read or write in flight (it holds the link) is
-            // applied first, and the handover includes it; those that come after see that the
-            // switch no longer follows this store, and neither write nor apply anything.
-            let link = self.store.link.lock().await;
-            let following = {
-                let mut redis = lock(&switch.shared().redis);
-                if redis
-                    .as_ref()
-                    .is_some_and(|f| Arc::ptr_eq(&f.store, &self.store))
-                {
-                    redis.take()
-                } else {
-                    None
+        let Self {
+            task,
+            switch,
+            store,
+        } = self;
+        // In a task of its own: a stop given up on while it waits for a write in flight (its
+        // future dropped: a `timeout`, a `select!`) still happens once the write is done. It
+        // consumed the only handle, so a stop that did nothing would leave the switch
+        // following this store for good.
+        let stopping = tokio::spawn(async move {
+            if let Some(switch) = MaintenanceSwitch::upgrade(&switch) {
+                // Stop following under the link: a read or write in flight (it holds the
+                // link) is applied first, and the handover includes it; those that come after
+                // see that the switch no longer follows this store, and neither write nor
+                // apply anything.
+                let link = store.link.lock().await;
+                let following = {
+                    let mut redis = lock(&switch.shared().redis);
+                    if redis
+                        .as_ref()
+                        .is_some_and(|f| Arc::ptr_eq(&f.store, &store))
+                    {
+                        redis.take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some(following) = following {
+                    switch.hand_over_to_manual(Source::Redis);
+                    drop(following);
                 }
-            };
-            if let Some(following) = following {
-                switch.hand_over_to_manual(Source::Redis);
-                drop(following);
+                drop(link);
             }
-            drop(link);
+            let _ = task.await;
+        });
+        if let Err(e) = stopping.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
         }
-        let _ = self.task.await;
     }
 }
 
