@@ -116,10 +116,12 @@
 //!   from a supervisor or `kubectl exec .. kill`) is still probed: the kubelet restarts the
 //!   container after `failureThreshold` failures in a row, the earliest
 //!   `(failureThreshold - 1) * periodSeconds` after the close, so keep that above `grace`
-//!   (e.g. `periodSeconds: 10, failureThreshold: 4` for a 20 s grace). Otherwise the restart's
-//!   kill is a SIGTERM, which during the drain is a second signal and ends the drain at once
-//!   (the requests in flight are cut, see [`Lifecycle::on_signal`]); SIGKILL follows it the
-//!   probe's `terminationGracePeriodSeconds` (or the pod's) later.
+//!   (e.g. `periodSeconds: 10, failureThreshold: 4` for a 20 s grace). Otherwise the container
+//!   is restarted mid-drain. The restart's kill is a SIGTERM: after a supervisor's SIGTERM it is
+//!   a second signal and ends the drain at once (the requests in flight are cut, see
+//!   [`Lifecycle::on_signal`]); after [`start_drain`](Lifecycle::start_drain) it is the first
+//!   signal and the drain goes on, until SIGKILL the probe's `terminationGracePeriodSeconds`
+//!   (or the pod's) later.
 //! - **Without a preStop hook**: SIGTERM arrives when the pod starts terminating, at the same
 //!   time as its removal from the endpoints; endpoint removal and the failing readiness probe
 //!   race to take it out of rotation, and `drain_delay` is the time you give them.
