@@ -1618,3 +1618,48 @@ fn a_callback_may_change_the_state_or_panic() {
         ]
     );
 }
+
+/// A callback that panics must not strand the transitions queued behind its own: here the
+/// callback of the trip forces the breaker open (queued, to be delivered after it returns) and
+/// then panics. The forced open must still be logged and given to the callback, by the thread
+/// that was delivering, before the panic reaches it; and the transitions after it too. Before,
+/// it stayed queued until some later transition (never, if the breaker was dropped first).
+#[test]
+fn a_transition_queued_behind_a_panicking_callback_is_still_delivered() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let me = Arc::new(std::sync::OnceLock::<CircuitBreaker>::new());
+    let (log, handle) = (seen.clone(), me.clone());
+    let breaker = CircuitBreaker::builder()
+        .clock(ManualClock::new())
+        .on_transition(move |t| {
+            log.lock().unwrap().push((t.from, t.to));
+            if (t.from, t.to) == (State::Closed, State::Open) {
+                handle.get().unwrap().force_open();
+                panic!("a callback that panics after changing the state");
+            }
+        })
+        .build()
+        .unwrap();
+    me.set(breaker.clone()).unwrap();
+    let trip = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        breaker.trip_for(Duration::from_secs(1))
+    }));
+    assert!(
+        trip.is_err(),
+        "the callback's panic reaches the delivering thread"
+    );
+    assert_eq!(breaker.state(), State::ForcedOpen);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (State::Closed, State::Open),
+            (State::Open, State::ForcedOpen)
+        ],
+        "the forced open, queued behind the panicking callback, was not delivered"
+    );
+    breaker.reset();
+    assert_eq!(
+        seen.lock().unwrap().last(),
+        Some(&(State::ForcedOpen, State::Closed))
+    );
+}

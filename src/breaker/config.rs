@@ -244,7 +244,8 @@ impl BreakerBuilder {
     /// another thread than the one that made its transition, after that thread's call returned.
     /// A callback that changes the breaker's state (a `force_open`, say) sees that transition
     /// delivered after it returns. No lock is held while it runs. If it panics, the transitions
-    /// queued behind its own are delivered with the next transition.
+    /// queued behind its own are still delivered (by the same thread), then the panic goes on
+    /// unwinding that thread.
     pub fn on_transition(mut self, callback: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
         self.on_transition = Some(Arc::new(callback));
         self

@@ -17,6 +17,7 @@
 
 use std::{
     fmt,
+    panic::{catch_unwind, resume_unwind, AssertUnwindSafe},
     sync::{Arc, PoisonError},
     time::Duration,
 };
@@ -868,8 +869,11 @@ impl CircuitBreaker {
             return;
         }
         d.busy = true;
-        // A callback that panics leaves the queue to the next transition's thread.
-        let mut unwinding = Unbusy(Some(&self.inner.deliveries));
+        // A callback (or the log) that panics does not stop the delivery: the transitions queued
+        // behind its own are delivered first, then its panic goes on unwinding this thread (the
+        // first one, if several panic). Left to unwind at once, it stranded them until some
+        // later transition, if any.
+        let mut panicked = None;
         loop {
             let next = d.next;
             let Some(i) = d.pending.iter().position(|(g, _)| *g == next) else {
@@ -879,14 +883,19 @@ impl CircuitBreaker {
             d.next = (next + 1) & GEN_MASK;
             if let Some(t) = transition {
                 drop(d);
-                self.log_and_call(&t);
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.log_and_call(&t))) {
+                    panicked.get_or_insert(panic);
+                }
                 d = lock();
             }
         }
         // Under the same lock as the look for the next: a thread queuing it now finds the
         // queue idle and delivers it.
         d.busy = false;
-        unwinding.0 = None;
+        drop(d);
+        if let Some(panic) = panicked {
+            resume_unwind(panic);
+        }
     }
 
     fn log_and_call(&self, t: &Transition) {
@@ -923,20 +932,6 @@ struct Deliveries {
     pending: Vec<(u64, Option<Transition>)>,
     /// Whether a thread is delivering.
     busy: bool,
-}
-
-/// Clears [`Deliveries::busy`] if a callback unwinds out of [`CircuitBreaker::deliver`].
-struct Unbusy<'a>(Option<&'a Mutex<Deliveries>>);
-
-impl Drop for Unbusy<'_> {
-    fn drop(&mut self) {
-        if let Some(deliveries) = self.0 {
-            deliveries
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .busy = false;
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
