@@ -1051,3 +1051,73 @@ async fn a_poll_ready_failure_no_request_takes_is_logged_when_the_service_is_dro
     drop(svc);
     assert_eq!(logs().lines_with("ready-failed-answered").len(), 1);
 }
+
+/// A failure caught before a response existed (a `poll_ready` failure taken by the call, or a
+/// panic of the inner service's `call`) is answered when the response future is first polled.
+/// A response future dropped before that (a `select!` whose other branch was ready first, a
+/// caller giving up) must still report it: one error event with an error id, the cause, the
+/// method and the path. Before, the failure was dropped unlogged: a panic vanished without a
+/// trace. Polled, it is logged once, by the answer, and not again on drop.
+#[tokio::test]
+async fn a_failure_whose_response_future_is_dropped_unpolled_is_logged() {
+    quiet_panics();
+    let _ = logs();
+    for (panic, message, reason) in [
+        (false, "unpolled-ready-error", "internal"),
+        (true, "unpolled-ready-panic", "panic"),
+    ] {
+        let mut svc = CatchLayer::new()
+            .name("unpolled")
+            .layer(FailingReady { message, panic });
+        let future = svc.ready().await.unwrap().call(
+            Request::get("/unpolled?token=x")
+                .body(Full::default())
+                .unwrap(),
+        );
+        drop(svc);
+        assert!(logs().lines_with(message).is_empty(), "logged too early");
+        drop(future);
+        let lines = logs().lines_with(message);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("error_id="), "{line}");
+        assert!(line.contains(&format!("error.type=\"{reason}\"")), "{line}");
+        assert!(line.contains("name=\"unpolled\""), "{line}");
+        assert!(line.contains("/unpolled"), "{line}");
+        assert!(
+            !line.contains("token=x"),
+            "query string leaked into log: {line}"
+        );
+    }
+    // A panic of `call` itself.
+    let mut svc = CatchLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| {
+        if true {
+            panic!("{EXPECTED_PANIC} unpolled-call-panic");
+        }
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())))
+    }));
+    let future = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Full::default()));
+    drop(future);
+    let lines = logs().lines_with("unpolled-call-panic");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("error_id="), "{}", lines[0]);
+    // Polled to its answer, then dropped: logged once.
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(
+            Request::get("/polled-call-panic")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(logs().lines_with("/polled-call-panic").len(), 1);
+}

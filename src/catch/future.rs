@@ -16,7 +16,8 @@ use super::{classify::classify_chain, CatchBody, Classify};
 use crate::{
     error_chain,
     refuse::{Refuser, RequestView},
-    telemetry, BoxError, ResponseBody,
+    telemetry::{self, Meter},
+    BoxError, ErrorId, Reason, ResponseBody,
 };
 
 /// What the request needs for logging and content negotiation once it has been moved into the
@@ -99,19 +100,83 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if !matches!(*this.state, State::Done) {
-                drop_state(this.state, this.parts.as_ref());
+                drop_state(this.state, this.parts.as_ref(), this.refusal);
             }
         }
     }
 }
 
-/// Drops the inner future (or the failure) of a response future that did not finish, catching
-/// a panic of its destructor.
+/// Drops the inner future of a response future that did not finish, catching a panic of its
+/// destructor; a failure caught before the first poll (never answered) is logged.
 #[cold]
 #[inline(never)]
-fn drop_state<F>(mut state: Pin<&mut State<F>>, parts: Option<&RequestParts>) {
+fn drop_state<F>(mut state: Pin<&mut State<F>>, parts: Option<&RequestParts>, refusal: &Refuser) {
+    if let StateProj::Failed { failure } = state.as_mut().project() {
+        if let Some(failure) = failure.take() {
+            log_unanswered(
+                failure,
+                refusal.meter(),
+                "request failed, and its response future was dropped before it was polled: \
+                 the failure was never answered",
+                parts,
+            );
+        }
+    }
     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| state.set(State::Done))) {
         log_drop_panic(&*panic, parts);
+        drop_payload(panic);
+    }
+}
+
+/// Logs a failure that no request was answered with (a `poll_ready` failure kept by a service
+/// dropped before a call took it, or the failure of a response future dropped before it was
+/// polled), as `message`, with the request's method and path if known. The error's `Display`
+/// and destructor are user code: a panic in either is caught (this runs in a destructor).
+#[cold]
+#[inline(never)]
+pub(crate) fn log_unanswered(
+    failure: Failure,
+    meter: &Meter,
+    message: &'static str,
+    parts: Option<&RequestParts>,
+) {
+    let error_id = ErrorId::new();
+    let chain;
+    let (reason, cause): (Reason, &dyn fmt::Display) = match &failure {
+        Failure::Error(error) => {
+            chain = Chain(&**error);
+            (Reason::Internal, &chain)
+        }
+        Failure::Panic(message) => (Reason::Panic, message),
+    };
+    let logged = catch_unwind(AssertUnwindSafe(|| {
+        tracing::event!(
+            target: "tower_5xx",
+            tracing::Level::ERROR,
+            error.type = reason.as_str(),
+            error_id = %error_id,
+            name = meter.name(),
+            http.request.method = parts.map(|p| p.method.as_str()),
+            url.path = parts.map(RequestParts::path),
+            exception.message = %cause,
+            "{message}"
+        );
+    }));
+    if let Err(panic) = logged {
+        tracing::event!(
+            target: "tower_5xx",
+            tracing::Level::ERROR,
+            error.type = reason.as_str(),
+            error_id = %error_id,
+            name = meter.name(),
+            http.request.method = parts.map(|p| p.method.as_str()),
+            url.path = parts.map(RequestParts::path),
+            exception.message = %format_args!("logging the error panicked: {}", panic_message(&*panic)),
+            "{message}"
+        );
+        drop_payload(panic);
+    }
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(failure))) {
         drop_payload(panic);
     }
 }

@@ -11,11 +11,11 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::{
-    future::{drop_payload, panic_message, Chain, Failure, RequestParts, ResponseFuture},
+    future::{log_unanswered, Failure, RequestParts, ResponseFuture},
     layer::Config,
     CatchBody, CatchLayer, Classify, DefaultClassifier,
 };
-use crate::{refuse::Refuser, telemetry::Meter, BoxError, ErrorId, Reason, ResponseBody};
+use crate::{refuse::Refuser, telemetry::Meter, BoxError, ResponseBody};
 
 /// Middleware that turns its inner service's errors and panics into responses. Made by
 /// [`CatchLayer`]; see the [module docs](super).
@@ -58,47 +58,14 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(failure) = self.failure.take() {
-            log_unanswered(failure, &self.meter);
+            log_unanswered(
+                failure,
+                &self.meter,
+                "poll_ready failed, and the service was dropped before a request could be \
+                 answered with the failure",
+                None,
+            );
         }
-    }
-}
-
-/// Logs a `poll_ready` failure that no request was answered with. The error's `Display` and
-/// destructor are user code: a panic in either is caught (this runs in a destructor).
-#[cold]
-#[inline(never)]
-fn log_unanswered(failure: Failure, meter: &Meter) {
-    const MESSAGE: &str = "poll_ready failed, and the service was dropped before a request \
-                           could be answered with the failure";
-    let error_id = ErrorId::new();
-    let chain;
-    let (reason, cause): (Reason, &dyn fmt::Display) = match &failure {
-        Failure::Error(error) => {
-            chain = Chain(&**error);
-            (Reason::Internal, &chain)
-        }
-        Failure::Panic(message) => (Reason::Panic, message),
-    };
-    let event = |cause: &dyn fmt::Display| {
-        tracing::event!(
-            target: "tower_5xx",
-            tracing::Level::ERROR,
-            error.type = reason.as_str(),
-            error_id = %error_id,
-            name = meter.name(),
-            exception.message = %cause,
-            "{MESSAGE}"
-        );
-    };
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| event(cause))) {
-        event(&format_args!(
-            "logging the error panicked: {}",
-            panic_message(&*panic)
-        ));
-        drop_payload(panic);
-    }
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(failure))) {
-        drop_payload(panic);
     }
 }
 
