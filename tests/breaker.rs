@@ -1663,3 +1663,56 @@ fn a_transition_queued_behind_a_panicking_callback_is_still_delivered() {
         Some(&(State::ForcedOpen, State::Closed))
     );
 }
+
+/// A transition delivered by another thread (one busy delivering an earlier transition) is
+/// logged, and given to the callback, in the `tracing` span of the call that made it, not in
+/// whatever span the delivering thread is in: the "circuit breaker opened" event belongs to the
+/// request (and trace) that opened the breaker. Before, it was attributed to the delivering
+/// thread's request.
+#[test]
+fn a_transition_delivered_by_another_thread_keeps_the_span_that_made_it() {
+    let logs = common::logs();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = spans.clone();
+    let breaker = CircuitBreaker::builder()
+        .name("span-kept")
+        .clock(ManualClock::new())
+        .on_transition(move |t| {
+            let span = tracing::Span::current();
+            let name = span.metadata().map(|m| m.name());
+            seen.lock().unwrap().push((t.to, name));
+            if t.to == State::Open {
+                // Hold the delivery until the other transition is queued behind this one.
+                entered_tx.send(()).unwrap();
+                go_rx.lock().unwrap().recv().unwrap();
+            }
+        })
+        .build()
+        .unwrap();
+    let b = breaker.clone();
+    let deliverer = std::thread::spawn(move || {
+        tracing::info_span!("delivering_request").in_scope(|| b.trip_for(Duration::from_secs(5)))
+    });
+    entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    tracing::info_span!("forcing_request").in_scope(|| breaker.force_open());
+    go_tx.send(()).unwrap();
+    deliverer.join().unwrap();
+    assert_eq!(
+        *spans.lock().unwrap(),
+        [
+            (State::Open, Some("delivering_request")),
+            (State::ForcedOpen, Some("forcing_request")),
+        ]
+    );
+    let lines = logs.lines_with("span-kept");
+    let forced: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("to=forced_open"))
+        .collect();
+    assert_eq!(forced.len(), 1, "{lines:?}");
+    assert!(forced[0].contains("forcing_request"), "{forced:?}");
+    assert!(!forced[0].contains("delivering_request"), "{forced:?}");
+}

@@ -241,7 +241,8 @@ impl BreakerBuilder {
     /// state took them, also when threads make them at once. To keep that order, a transition
     /// made while another thread is delivering one, or before the thread of an earlier
     /// transition got to deliver it, is delivered by that other thread: a callback may run on
-    /// another thread than the one that made its transition, after that thread's call returned.
+    /// another thread than the one that made its transition, after that thread's call returned
+    /// (it runs, and the transition is logged, in the `tracing` span of the call that made it).
     /// A callback that changes the breaker's state (a `force_open`, say) sees that transition
     /// delivered after it returns. No lock is held while it runs. If it panics, the transitions
     /// queued behind its own are still delivered (by the same thread), then the panic goes on

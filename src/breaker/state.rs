@@ -839,13 +839,18 @@ impl CircuitBreaker {
         self.inner.metrics.transition(from.index(), to.index());
         self.deliver(
             g,
-            Some(Transition {
-                name: self.inner.name.clone(),
-                from,
-                to,
-                open_for,
-                counts,
-            }),
+            Some((
+                Transition {
+                    name: self.inner.name.clone(),
+                    from,
+                    to,
+                    open_for,
+                    counts,
+                },
+                // Logged and given to the callback in the span of the call that made it, also
+                // when another thread delivers it.
+                tracing::Span::current(),
+            )),
         );
     }
 
@@ -856,7 +861,7 @@ impl CircuitBreaker {
     /// thread, between its compare-and-swap and this call, delivers from there when it gets
     /// here). A transition queued while a thread delivers (by another thread, or by a callback
     /// that changes the state) is delivered by that thread, after the callback it is in.
-    fn deliver(&self, g: u64, transition: Option<Transition>) {
+    fn deliver(&self, g: u64, transition: Option<(Transition, tracing::Span)>) {
         let lock = || {
             self.inner
                 .deliveries
@@ -881,9 +886,10 @@ impl CircuitBreaker {
             };
             let (_, transition) = d.pending.swap_remove(i);
             d.next = (next + 1) & GEN_MASK;
-            if let Some(t) = transition {
+            if let Some((t, span)) = transition {
                 drop(d);
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.log_and_call(&t))) {
+                let call = || span.in_scope(|| self.log_and_call(&t));
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(call)) {
                     panicked.get_or_insert(panic);
                 }
                 d = lock();
@@ -927,9 +933,10 @@ impl CircuitBreaker {
 struct Deliveries {
     /// The generation delivered next (masked like the state word's).
     next: u64,
-    /// Queued, not delivered yet: (generation, transition or `None` for a generation started
-    /// without one). A few at most: one per thread between its compare-and-swap and its turn.
-    pending: Vec<(u64, Option<Transition>)>,
+    /// Queued, not delivered yet: (generation, transition and the `tracing` span of the call
+    /// that made it, or `None` for a generation started without one). A few at most: one per
+    /// thread between its compare-and-swap and its turn.
+    pending: Vec<(u64, Option<(Transition, tracing::Span)>)>,
     /// Whether a thread is delivering.
     busy: bool,
 }
