@@ -149,7 +149,7 @@ pub(crate) fn log_unanswered(
         }
         Failure::Panic(message) => (Reason::Panic, message),
     };
-    let logged = catch_unwind(AssertUnwindSafe(|| {
+    let event = |cause: &dyn fmt::Display| {
         tracing::event!(
             target: "tower_5xx",
             tracing::Level::ERROR,
@@ -161,19 +161,12 @@ pub(crate) fn log_unanswered(
             exception.message = %cause,
             "{message}"
         );
-    }));
-    if let Err(panic) = logged {
-        tracing::event!(
-            target: "tower_5xx",
-            tracing::Level::ERROR,
-            error.type = reason.as_str(),
-            error_id = %error_id,
-            name = meter.name(),
-            http.request.method = parts.map(|p| p.method.as_str()),
-            url.path = parts.map(RequestParts::path),
-            exception.message = %format_args!("logging the error panicked: {}", panic_message(&*panic)),
-            "{message}"
-        );
+    };
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| event(cause))) {
+        event(&format_args!(
+            "logging the error panicked: {}",
+            panic_message(&*panic)
+        ));
         drop_payload(panic);
     }
     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(failure))) {
