@@ -939,3 +939,36 @@ async fn a_forced_serve_with_nothing_open_returns_ok_every_time() {
         assert_eq!(lifecycle.phase(), Phase::Closing);
     }
 }
+
+/// Once `Lifecycle::serve` has returned, it no longer listens for shutdown requests: the
+/// stream is dropped then, not at the grace deadline (an hour here). Before, a task kept it
+/// (with a clone of the lifecycle) until the deadline, and a request meanwhile was logged as a
+/// "second shutdown signal: ending the drain now" for a shutdown already complete.
+#[tokio::test]
+async fn lifecycle_serve_drops_the_shutdown_requests_when_it_returns() {
+    use std::future::IntoFuture;
+
+    use axum::{routing::get, Router};
+    use tower_5xx::lifecycle::Lifecycle;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    let lifecycle = Lifecycle::new(Duration::ZERO, HOUR);
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (signal, requests) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(
+        lifecycle
+            .serve(listener, app.with_state(()))
+            .shutdown_requests(Requests(requests))
+            .into_future(),
+    );
+    signal.send(()).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("nothing open: the serve loop returns at the close")
+        .unwrap();
+    assert_eq!(out, Ok(()));
+    tokio::time::timeout(Duration::from_secs(30), signal.closed())
+        .await
+        .expect("the shutdown requests are still listened for after serve returned");
+}

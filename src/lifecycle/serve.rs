@@ -206,13 +206,20 @@ where
                 exempt: exempt.into_boxed_slice(),
             });
             let this = &lifecycle;
+            // Dropped when this future ends (returns, or is dropped): the shutdown requests
+            // are listened for no longer, rather than until the grace deadline.
+            let (finished, until) = tokio::sync::oneshot::channel::<()>();
             let signal = tokio::spawn({
                 let lifecycle = this.clone();
                 async move {
-                    match requests {
-                        Some(requests) => lifecycle.on_shutdown_requests(requests).await,
-                        None => lifecycle.on_signal().await,
-                    }
+                    let until = async move {
+                        let _ = until.await;
+                    };
+                    let requests = match requests {
+                        Some(requests) => requests,
+                        None => Box::pin(super::state::shutdown_signals()),
+                    };
+                    lifecycle.on_shutdown_requests_until(requests, until).await;
                 }
             });
             let in_flight = InFlight::new();
@@ -358,6 +365,7 @@ where
                 }
             };
             signal.abort();
+            drop(finished);
             if outcome.is_ok() {
                 tracing::info!("every connection closed; shutdown complete");
             }

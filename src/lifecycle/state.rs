@@ -310,6 +310,18 @@ impl Lifecycle {
     where
         R: Stream<Item = ()> + Send + 'static,
     {
+        self.on_shutdown_requests_until(requests, std::future::pending())
+            .await;
+    }
+
+    /// [`on_shutdown_requests`](Self::on_shutdown_requests), whose task stops listening to
+    /// `requests` (and drops them) at the grace deadline or when `until` resolves, whichever
+    /// comes first: [`serve`](Self::serve) ends it when it returns.
+    pub(crate) async fn on_shutdown_requests_until<R, U>(self, requests: R, until: U)
+    where
+        R: Stream<Item = ()> + Send + 'static,
+        U: std::future::Future<Output = ()> + Send + 'static,
+    {
         let mut requests = Box::pin(requests);
         let first = tokio::select! {
             // (A stream that ends leaves only `start_drain`.)
@@ -337,6 +349,7 @@ impl Lifecycle {
             tokio::select! {
                 forced = second => if forced { lifecycle.force() },
                 () = lifecycle.grace_over() => {}
+                () = until => {}
             }
         });
         self.on_drain().await;
@@ -439,7 +452,7 @@ async fn next<R: Stream<Item = ()> + ?Sized>(requests: &mut Pin<Box<R>>) -> bool
 }
 
 /// SIGTERM or SIGINT (Ctrl-C), each time one is received; Ctrl-C only where there is no SIGTERM.
-fn shutdown_signals() -> Signals {
+pub(crate) fn shutdown_signals() -> Signals {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -457,7 +470,7 @@ fn shutdown_signals() -> Signals {
 }
 
 /// The process's shutdown signals as a stream of shutdown requests.
-struct Signals {
+pub(crate) struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
