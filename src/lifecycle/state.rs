@@ -276,6 +276,11 @@ impl Lifecycle {
     /// just stops counting. For a shutdown command of your own (an admin endpoint, a
     /// supervisor's pipe), and for tests on paused time.
     ///
+    /// # Panics
+    ///
+    /// Polled outside a tokio runtime (it spawns the task that keeps `requests`), as
+    /// [`on_signal`](Self::on_signal).
+    ///
     /// ```
     /// use std::{pin::Pin, task::{Context, Poll}, time::Duration};
     /// use tokio::sync::mpsc;
