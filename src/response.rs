@@ -412,6 +412,38 @@ impl Problem<'_> {
     }
 }
 
+/// What only the refusing layers (the crate's server side) set.
+#[cfg(any(
+    feature = "catch",
+    feature = "maintenance",
+    feature = "shed",
+    feature = "breaker",
+    feature = "lifecycle",
+    feature = "rate-limit"
+))]
+impl ErrorResponse {
+    /// Counts a `Retry-After` date from `now` in the body (its "retry after" seconds, the HTML
+    /// page's self-refresh): the time the refusal policy read from its clock for the header,
+    /// so that header and body agree on an injected clock.
+    pub(crate) fn counted_from(mut self, now: SystemTime) -> Self {
+        self.now = Some(now);
+        self
+    }
+
+    /// The quota policies this 429 violated: the problem+json body then has the type
+    /// `https://iana.org/assignments/http-problem-types#quota-exceeded` and a
+    /// `violated-policies` member.
+    pub(crate) fn violated_policies(mut self, names: Vec<Arc<str>>) -> Self {
+        self.violated_policies = names;
+        self
+    }
+
+    /// The names of the violated quota policies (empty unless this is a 429 over quota).
+    pub(crate) fn violated_policy_names(&self) -> &[Arc<str>] {
+        &self.violated_policies
+    }
+}
+
 impl ErrorResponse {
     /// A response with this status and reason, a fresh [`ErrorId`], no `Retry-After`, the
     /// reason's default detail, and a plain-text body.
@@ -426,51 +458,6 @@ impl ErrorResponse {
             violated_policies: Vec::new(),
             now: None,
         }
-    }
-
-    #[cfg(any(
-        feature = "catch",
-        feature = "maintenance",
-        feature = "shed",
-        feature = "breaker",
-        feature = "lifecycle",
-        feature = "rate-limit"
-    ))]
-    /// Counts a `Retry-After` date from `now` in the body (its "retry after" seconds, the HTML
-    /// page's self-refresh): the time the refusal policy read from its clock for the header,
-    /// so that header and body agree on an injected clock.
-    pub(crate) fn counted_from(mut self, now: SystemTime) -> Self {
-        self.now = Some(now);
-        self
-    }
-
-    #[cfg(any(
-        feature = "catch",
-        feature = "maintenance",
-        feature = "shed",
-        feature = "breaker",
-        feature = "lifecycle",
-        feature = "rate-limit"
-    ))]
-    /// The quota policies this 429 violated: the problem+json body then has the type
-    /// `https://iana.org/assignments/http-problem-types#quota-exceeded` and a
-    /// `violated-policies` member.
-    pub(crate) fn violated_policies(mut self, names: Vec<Arc<str>>) -> Self {
-        self.violated_policies = names;
-        self
-    }
-
-    #[cfg(any(
-        feature = "catch",
-        feature = "maintenance",
-        feature = "shed",
-        feature = "breaker",
-        feature = "lifecycle",
-        feature = "rate-limit"
-    ))]
-    /// The names of the violated quota policies (empty unless this is a 429 over quota).
-    pub(crate) fn violated_policy_names(&self) -> &[Arc<str>] {
-        &self.violated_policies
     }
 
     /// Sets the `Retry-After` header. A delay under one second is sent as `1`: `Retry-After: 0`

@@ -756,8 +756,21 @@ async fn a_second_sigterm_ends_the_drain_at_once(server: &str) {
         tokio::spawn(
             async move { outcome(&client(), request(addr, "/slow?ms=10000", None)).await },
         );
-    // Let the slow request reach the server (ordering only: it is cut either way).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow request in the handler before the signals (the shed layer's stats count it).
+    let c = client();
+    let limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        let res = c
+            .request(request(addr, "/shed/stats", None))
+            .await
+            .expect("stats");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        if String::from_utf8_lossy(&body).contains("\"in_flight\":1") {
+            break;
+        }
+        assert!(Instant::now() < limit, "the slow request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let mut seen = Vec::new();
     let next_line_with = |demo: &Demo, needle: &str, seen: &mut Vec<String>| loop {

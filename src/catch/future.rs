@@ -122,6 +122,13 @@ fn drop_state<F>(mut state: Pin<&mut State<F>>, parts: Option<&RequestParts>, re
             );
         }
     }
+    set_done(state, parts);
+}
+
+/// Drops the inner future (or what is left of a failure) in place, catching and logging a
+/// panic of its destructor.
+#[inline]
+fn set_done<F>(mut state: Pin<&mut State<F>>, parts: Option<&RequestParts>) {
     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| state.set(State::Done))) {
         log_drop_panic(&*panic, parts);
         drop_payload(panic);
@@ -256,12 +263,7 @@ where
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(res))) => {
-                        if let Err(panic) =
-                            catch_unwind(AssertUnwindSafe(|| this.state.set(State::Done)))
-                        {
-                            log_drop_panic(&*panic, this.parts.as_ref());
-                            drop_payload(panic);
-                        }
+                        set_done(this.state.as_mut(), this.parts.as_ref());
                         *this.parts = None;
                         return Poll::Ready(Ok(
                             res.map(|body| ResponseBody::new(CatchBody::new(body)))
@@ -275,10 +277,7 @@ where
             StateProj::Done => panic!("`ResponseFuture` polled after completion"),
         };
         // Drop the failed inner future now; its destructor may panic too.
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| this.state.set(State::Done))) {
-            log_drop_panic(&*panic, this.parts.as_ref());
-            drop_payload(panic);
-        }
+        set_done(this.state.as_mut(), this.parts.as_ref());
         let parts = this.parts.take().expect("polled after completion");
         let classifier = &*this.classifier;
         let refusal = &*this.refusal;
