@@ -220,3 +220,65 @@ async fn connection_refused_is_a_transport_failure() {
     let err = c.get(format!("http://{closed}/")).send().await.unwrap_err();
     assert!(matches!(Failure::from(err), Failure::Transport(_)));
 }
+
+/// Two `RetryMiddleware`s in one chain, a per-call one (with its own deadline) inside a
+/// per-operation one: the inner one giving up at its deadline failed one attempt of the outer
+/// one, which retries it by its own rules instead of taking it for its own deadline.
+#[tokio::test(start_paused = true)]
+async fn an_inner_middlewares_deadline_is_a_failed_attempt_for_the_outer_one() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = Router::new().fallback(move || {
+        let log = log.clone();
+        async move {
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(Instant::now());
+                log.len()
+            };
+            if n == 1 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            "ok"
+        }
+    });
+    let addr = common::serve_axum(app).await;
+    let decisions = Arc::new(Mutex::new(Vec::new()));
+    let decided = decisions.clone();
+    let backoff =
+        tower_5xx::retry::Backoff::new(Duration::from_millis(100), 1.0, Duration::from_millis(100))
+            .unwrap()
+            .jitter(tower_5xx::retry::Jitter::None);
+    let per_operation = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(backoff)
+        .deadline(Duration::from_secs(30))
+        .on_attempt(move |event| decided.lock().unwrap().push(event.decision.clone()))
+        .build()
+        .unwrap();
+    let per_call = RetryPolicy::builder()
+        .max_attempts(1)
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let c = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(RetryMiddleware::new(per_operation))
+        .with(RetryMiddleware::new(per_call))
+        .build();
+    let res = c.get(format!("http://{addr}/")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1] - seen[0], Duration::from_millis(2100));
+    assert_eq!(
+        *decisions.lock().unwrap(),
+        [
+            tower_5xx::retry::Decision::Retry {
+                reason: tower_5xx::retry::RetryReason::Error,
+                delay: Duration::from_millis(100),
+                retry_after: None,
+            },
+            tower_5xx::retry::Decision::Done,
+        ]
+    );
+}

@@ -507,6 +507,107 @@ async fn deadline_cuts_an_attempt_in_flight() {
     assert!(err.is::<DeadlineExceeded>(), "{err}");
 }
 
+/// A per-call retry client (with its own deadline) inside a per-operation one, both
+/// `RetryLayer`s over one hyper client.
+type Nested = Retry<
+    Retry<Client<hyper_util::client::legacy::connect::HttpConnector, ReplayBody<ReplayBody<Body>>>>,
+>;
+
+/// `per_call` inside `per_operation`; `per_operation`'s decisions are recorded in the vector.
+fn nested(
+    per_call: RetryPolicy,
+    per_operation: tower_5xx::retry::RetryPolicyBuilder,
+) -> (Nested, Arc<Mutex<Vec<Decision>>>) {
+    let decisions = Arc::new(Mutex::new(Vec::new()));
+    let log = decisions.clone();
+    let per_operation = per_operation
+        .on_attempt(move |event| log.lock().unwrap().push(event.decision.clone()))
+        .build()
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<ReplayBody<Body>>>();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(per_operation))
+        .layer(RetryLayer::new(per_call))
+        .service(client);
+    (svc, decisions)
+}
+
+/// An inner client that gives up at its own deadline failed one attempt of the outer client:
+/// the outer one retries it by its own rules (a GET, attempts and 30 s left), instead of taking
+/// the inner `DeadlineExceeded` for its own deadline and giving up.
+#[tokio::test(start_paused = true)]
+async fn an_inner_clients_deadline_is_a_failed_attempt_for_the_outer_one() {
+    let script = Script::new([Canned::Sleep(Duration::from_secs(60))]);
+    let addr = server(script.clone()).await;
+    let per_call = RetryPolicy::builder()
+        .max_attempts(1)
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let per_operation = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(fixed_backoff(100))
+        .deadline(Duration::from_secs(30));
+    let (svc, decisions) = nested(per_call, per_operation);
+    let res = svc.oneshot(get(addr)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(script.arrivals().len(), 2);
+    assert_eq!(
+        script.gaps(),
+        [Duration::from_millis(2100)],
+        "the inner deadline, then the outer backoff"
+    );
+    assert_eq!(
+        *decisions.lock().unwrap(),
+        [
+            Decision::Retry {
+                reason: tower_5xx::retry::RetryReason::Error,
+                delay: Duration::from_millis(100),
+                retry_after: None,
+            },
+            Decision::Done,
+        ]
+    );
+}
+
+/// Nested the same way, the outer client's own deadline is still its own: it cuts the second
+/// attempt (sent after the inner client gave up on the first) and is a `deadline` give-up.
+#[tokio::test(start_paused = true)]
+async fn the_outer_clients_own_deadline_still_ends_a_nested_request() {
+    let script = Script::new([]);
+    *script.always.lock().unwrap() = Some(Canned::Sleep(Duration::from_secs(60)));
+    let addr = server(script.clone()).await;
+    let per_call = RetryPolicy::builder()
+        .max_attempts(1)
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let per_operation = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(fixed_backoff(100))
+        .deadline(Duration::from_secs(3));
+    let (svc, decisions) = nested(per_call, per_operation);
+    let start = Instant::now();
+    let err = svc.oneshot(get(addr)).await.unwrap_err();
+    assert!(err.is::<DeadlineExceeded>(), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(script.arrivals().len(), 2);
+    let decisions = decisions.lock().unwrap();
+    assert!(
+        matches!(
+            decisions[..],
+            [
+                Decision::Retry { .. },
+                Decision::GiveUp {
+                    why: GiveUpReason::Deadline,
+                    ..
+                }
+            ]
+        ),
+        "{decisions:?}"
+    );
+}
+
 /// The deadline counts from the call, for the policy as for the layer's timer: after 5 s spent
 /// reading the request body, a 6 s `Retry-After` would end past the 10 s deadline, so the
 /// policy does not start that wait and the 503 comes back as the answer (the wait, started,

@@ -41,6 +41,24 @@ marker_error!(
     "request deadline exceeded"
 );
 
+/// The deadline of a [`RetryLayer`](super::RetryLayer) cut one of its own attempts in flight.
+///
+/// Only that layer's attempt makes it, and only its policy reads it (as its own deadline, a
+/// [`GiveUpReason::Deadline`](super::GiveUpReason::Deadline)); the layer's response future
+/// hands the caller a [`DeadlineExceeded`] instead. A `DeadlineExceeded` that an attempt
+/// returns is an inner client's (a retry client nested in this one): an ordinary error of that
+/// attempt, not this policy's deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeadlineCut;
+
+impl fmt::Display for DeadlineCut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineCut {}
+
 /// How a request through [`RetryLayer`](super::RetryLayer) (or
 /// [`RetryMiddleware`](super::RetryMiddleware)) failed, read from its error so that a caller
 /// can `match` instead of trying downcasts: `Failure::from(error)`.

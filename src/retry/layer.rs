@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use super::{
     body::Buffering,
-    error::{AttemptTimedOut, DeadlineExceeded},
+    error::{AttemptTimedOut, DeadlineCut, DeadlineExceeded},
     policy::{server_wait, Attempts},
     Origin, ReplayBody, RetryPolicy,
 };
@@ -410,7 +410,15 @@ where
         // sees it first (by the clock, in `AttemptFuture`) and ends through the policy, which
         // records the attempt and the give-up. Pending past the deadline, nothing is in flight.
         if let Poll::Ready(result) = this.state.as_mut().poll_request(cx) {
-            return Poll::Ready(result);
+            // An attempt the deadline cut is the policy's `DeadlineCut`; the caller sees the
+            // public `DeadlineExceeded` (a zero-sized box: no allocation).
+            return Poll::Ready(result.map_err(|e| {
+                if e.is::<DeadlineCut>() {
+                    Box::new(DeadlineExceeded::new())
+                } else {
+                    e
+                }
+            }));
         }
         if let Some(deadline) = this.deadline.as_pin_mut() {
             if deadline.poll(cx).is_ready() {
@@ -589,7 +597,9 @@ where
                         // The client's own deadline, not the endpoint's failure: the breaker is
                         // not told (the permit goes unused, as for a cancelled call).
                         drop(permit.take());
-                        return Poll::Ready(Err(Box::new(DeadlineExceeded::new())));
+                        // Marked as this layer's own, for its policy: an inner client's
+                        // `DeadlineExceeded` is an ordinary error of the attempt.
+                        return Poll::Ready(Err(Box::new(DeadlineCut)));
                     }
                     Poll::Pending => match timeout.as_pin_mut() {
                         Some(timeout) => {

@@ -357,6 +357,9 @@ impl RetryPolicy {
                 }
                 AttemptOutcome::Response(res.status(), res.headers())
             }
+            // The layer's own deadline cut the attempt (an inner client's `DeadlineExceeded`
+            // is an ordinary error).
+            Err(e) if e.is::<super::error::DeadlineCut>() => AttemptOutcome::DeadlineCut,
             Err(e) => AttemptOutcome::Error(&**e),
         };
         let request = RequestFacts {
@@ -390,7 +393,9 @@ impl RetryPolicy {
                     server_wait(status, headers),
                 )
             }
-            AttemptOutcome::Error(_) => (RetryReason::Error, None, None),
+            AttemptOutcome::Error(_) | AttemptOutcome::DeadlineCut => {
+                (RetryReason::Error, None, None)
+            }
         };
         let timeout = matches!(outcome, AttemptOutcome::Error(e)
             if crate::error_chain::sources(e).any(|e| e.is::<super::error::AttemptTimedOut>()));
@@ -403,8 +408,9 @@ impl RetryPolicy {
         {
             return give_up(self, GiveUpReason::CircuitOpen);
         }
-        // An attempt the client's deadline cut: sent, failed, and never retried.
-        if matches!(outcome, AttemptOutcome::Error(e) if e.is::<super::error::DeadlineExceeded>()) {
+        // An attempt this client's own deadline cut: sent, failed, and never retried. (An
+        // inner client's `DeadlineExceeded` is an `Error`, judged like any other below.)
+        if matches!(outcome, AttemptOutcome::DeadlineCut) {
             return give_up(self, GiveUpReason::Deadline);
         }
         let unprocessed = matches!(outcome, AttemptOutcome::Error(e) if never_processed(e));
@@ -600,6 +606,9 @@ pub(crate) struct RequestFacts<'a> {
 pub(crate) enum AttemptOutcome<'a> {
     Response(StatusCode, &'a HeaderMap),
     Error(&'a (dyn Error + 'static)),
+    /// The client's own deadline cut the attempt in flight. Only the client that enforces
+    /// this policy's deadline says so; an error, whatever its type, is an `Error`.
+    DeadlineCut,
 }
 
 /// Idempotent methods (RFC 9110 §9.2.2).
@@ -706,7 +715,10 @@ impl RetryPolicyBuilder {
     ///
     /// An attempt the deadline cuts was sent: it reaches [`on_attempt`](Self::on_attempt) and
     /// the metrics as an attempt given up for [`GiveUpReason::Deadline`]. A deadline that passes
-    /// with no attempt in flight is counted as that give-up only.
+    /// with no attempt in flight is counted as that give-up only. A `DeadlineExceeded` that an
+    /// attempt returns (from a retry client nested under this one, with a deadline of its own)
+    /// is not this deadline: it is an error of that attempt, retried by the rules of any error
+    /// before a response.
     ///
     /// [`build`](Self::build) rejects a zero deadline (every request would fail unsent).
     pub fn deadline(mut self, deadline: Duration) -> Self {

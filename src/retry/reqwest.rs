@@ -130,14 +130,17 @@ impl Middleware for RetryMiddleware {
                         // Sent, and cut: the policy records the attempt and a `deadline`
                         // give-up. The client's own deadline is not the endpoint's failure: the
                         // breaker is not told (the permit goes unused).
-                        let cut = DeadlineExceeded::new();
+                        // Said to the policy as its own cut, not as an error: an inner
+                        // middleware's `DeadlineExceeded` is an ordinary error of the attempt.
                         let retry = self.policy.decide_parts(
                             &mut state,
                             &facts,
-                            AttemptOutcome::Error(&cut),
+                            AttemptOutcome::DeadlineCut,
                         );
                         debug_assert!(retry.is_none(), "a cut attempt is never retried");
-                        return Err(reqwest_middleware::Error::middleware(cut));
+                        return Err(reqwest_middleware::Error::middleware(
+                            DeadlineExceeded::new(),
+                        ));
                     }
                     Err(_) => Err(reqwest_middleware::Error::middleware(AttemptTimedOut::new())),
                 },
