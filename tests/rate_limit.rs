@@ -229,6 +229,85 @@ mod redis_store {
         );
     }
 
+    /// A key's theoretical arrival time as the Redis store keeps it, in nanoseconds: the value
+    /// is microseconds since the epoch, with the nanoseconds as a fraction (`GET`'s raw reply).
+    fn tat_nanos(reply: &str) -> u64 {
+        let value = reply.lines().nth(1).expect("a bulk string");
+        let (micros, nanos) = value.split_once('.').unwrap_or((value, "0"));
+        micros.parse::<u64>().unwrap() * 1_000 + nanos.parse::<u64>().unwrap()
+    }
+
+    /// The Redis store decides in the in-memory store's nanoseconds. 7 requests a minute is an
+    /// interval of 8,571,428,571 ns, no whole number of microseconds: the same requests get
+    /// the same answers and fields from both stores, and each request Redis admits moves the
+    /// key's theoretical arrival time by exactly that interval, as the in-memory store's does.
+    /// (Rounded to 8,571,428 µs, Redis ran 571 ns a request ahead of the in-memory limiter:
+    /// an extra request now and then at this rate, up to twice the quota at a rate near one
+    /// request per microsecond.) The requests' answers alone cannot show the drift here:
+    /// Redis's clock (`TIME`) cannot be paused, and each request takes longer than the drift.
+    #[tokio::test]
+    async fn redis_keeps_the_in_memory_stores_nanoseconds() {
+        let redis = RedisServer::start();
+        let policy = || Policy::new("fine", 7, Duration::from_secs(60)).burst(3);
+        let in_memory = RateLimitLayer::builder().policy(policy()).build().unwrap();
+        let in_redis = RateLimitLayer::builder()
+            .policy(policy())
+            .redis(store(&redis).await.timeout(Duration::from_secs(2)))
+            .build()
+            .unwrap();
+        let (in_memory, in_redis) = (
+            serve_axum(app(in_memory)).await,
+            serve_axum(app(in_redis)).await,
+        );
+        let c = client();
+        let key = "tower-5xx:rl:{ip:127.0.0.1}:fine";
+        let mut statuses = Vec::new();
+        let mut tats = Vec::new();
+        for _ in 0..4 {
+            let (m, r) = (
+                fetch(&c, in_memory, None).await,
+                fetch(&c, in_redis, None).await,
+            );
+            assert_eq!(m.status, r.status);
+            assert_eq!(m.header("ratelimit"), r.header("ratelimit"));
+            statuses.push(r.status.as_u16());
+            tats.push(tat_nanos(&redis.command(&["GET", key])));
+        }
+        assert_eq!(statuses, [200, 200, 200, 429]);
+        let steps: Vec<u64> = tats.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(steps, [8_571_428_571, 8_571_428_571, 0], "{tats:?}");
+    }
+
+    /// The longest policy accepted (a debt of 500 years: far past what Lua's doubles hold in
+    /// nanoseconds, and past `i64` nanoseconds in the script's reply) gets the in-memory
+    /// store's fields from Redis too.
+    #[tokio::test]
+    async fn redis_decides_the_longest_policies_as_the_in_memory_store_does() {
+        let redis = RedisServer::start();
+        let year = Duration::from_secs(366 * 24 * 60 * 60);
+        let policy = || Policy::new("long", 1, year).burst(500);
+        let in_memory = RateLimitLayer::builder().policy(policy()).build().unwrap();
+        let in_redis = RateLimitLayer::builder()
+            .policy(policy())
+            .redis(store(&redis).await.timeout(Duration::from_secs(2)))
+            .build()
+            .unwrap();
+        let (in_memory, in_redis) = (
+            serve_axum(app(in_memory)).await,
+            serve_axum(app(in_redis)).await,
+        );
+        let c = client();
+        for expected in [r#""long";r=499;t=31622400"#, r#""long";r=498;t=63244800"#] {
+            let (m, r) = (
+                fetch(&c, in_memory, None).await,
+                fetch(&c, in_redis, None).await,
+            );
+            assert_eq!((m.status, r.status), (StatusCode::OK, StatusCode::OK));
+            assert_eq!(m.header("ratelimit"), Some(expected));
+            assert_eq!(r.header("ratelimit"), Some(expected));
+        }
+    }
+
     #[tokio::test]
     async fn two_servers_sharing_one_redis_admit_the_quota_between_them() {
         let redis = RedisServer::start();

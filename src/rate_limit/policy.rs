@@ -16,7 +16,7 @@ pub const MAX_QUOTA: u64 = 1_000_000_000;
 /// The longest window a policy may have: 366 days.
 pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
-const NANOS_PER_SEC: u64 = 1_000_000_000;
+pub(crate) const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// A quota policy: at most `quota` requests per `window` for each key, with bursts of up to
 /// [`burst`](Self::burst) requests (by default `quota`).

@@ -18,47 +18,80 @@ use super::{
     future::Deciding,
     key::Key,
     layer::Shared,
-    policy::{Decision, MAX_POLICIES},
+    policy::{Decision, MAX_POLICIES, NANOS_PER_SEC},
 };
 use crate::error::InvalidConfig;
 
 /// The decision, atomically in Redis: for each policy (one key each, `KEYS[i]`, with its
-/// emission interval and capacity in microseconds in `ARGV[2i-1]`, `ARGV[2i]`), the GCRA check
-/// against Redis's own clock (`TIME`, so instances with skewed clocks agree). Only if every
-/// policy admits the request are the new theoretical arrival times stored, each expiring when
-/// it is no longer ahead of the clock. Returns `{admitted, debt_1, violated_1, ...}`, debts in
-/// microseconds (after the request if it was admitted, as they stand if it was not).
+/// emission interval and capacity in `ARGV[4i-3..4i]`, each as whole seconds and nanoseconds),
+/// the GCRA check of the in-memory store ([`Gcra::check`](super::policy::Gcra::check)), in the
+/// same nanoseconds, against Redis's own clock (`TIME`, so instances with skewed clocks
+/// agree). Only if every policy admits the request are the new theoretical arrival times
+/// stored, each expiring when it is no longer ahead of the clock. Returns
+/// `{admitted, debt_s_1, debt_ns_1, violated_1, ...}`: each debt as seconds and nanoseconds
+/// (after the request if it was admitted, as it stands if it was not).
+///
+/// Lua's numbers are doubles, exact for whole numbers up to 2^53 only: nanoseconds since the
+/// epoch (about 2^61) do not fit, nor does a debt of more than 104 days in nanoseconds. So
+/// every time is a pair `(s, ns)`, seconds and nanoseconds (`ns < 10^9`), and the arithmetic
+/// is exact for any policy [`Policy`](super::Policy) accepts. A TAT is stored as microseconds
+/// since the epoch with the nanoseconds as a three-digit fraction (`1700000000123456.789`):
+/// what earlier versions stored, whole microseconds, reads the same, and they read this as
+/// a number of microseconds, so a fleet in the middle of an upgrade shares its quotas.
 const GCRA_LUA: &str = r"
+local G = 1000000000
+local function add(as, an, bs, bn)
+  local s, n = as + bs, an + bn
+  if n >= G then return s + 1, n - G end
+  return s, n
+end
+local function sub(as, an, bs, bn)
+  local s, n = as - bs, an - bn
+  if n < 0 then return s - 1, n + G end
+  return s, n
+end
+local function le(as, an, bs, bn)
+  return as < bs or (as == bs and an <= bn)
+end
+local function parse(v)
+  if not v then return nil end
+  local us, frac = string.match(v, '^(%d+)%.?(%d*)$')
+  if not us or #us < 7 or (#frac ~= 0 and #frac ~= 3) then return nil end
+  return tonumber(string.sub(us, 1, -7)), tonumber(string.sub(us, -6)) * 1000 + (tonumber(frac) or 0)
+end
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_s, now_n = tonumber(t[1]), tonumber(t[2]) * 1000
 local out = {1}
 local new = {}
 local before = {}
 for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local capacity = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
-  if tat < now then tat = now end
-  local after = tat + interval
-  before[i] = tat - now
-  if after - now <= capacity then
-    new[i] = after
-    out[2 * i] = after - now
-    out[2 * i + 1] = 0
+  local a = 4 * i - 3
+  local is, inn = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local cs, cn = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local ts, tn = parse(redis.call('GET', KEYS[i]))
+  if not ts or le(ts, tn, now_s, now_n) then ts, tn = now_s, now_n end
+  local as, an = add(ts, tn, is, inn)
+  local ds, dn = sub(as, an, now_s, now_n)
+  local o = 3 * i - 1
+  before[i] = {sub(ts, tn, now_s, now_n)}
+  if le(ds, dn, cs, cn) then
+    new[i] = {as, an, ds, dn}
+    out[o], out[o + 1], out[o + 2] = ds, dn, 0
   else
     out[1] = 0
-    out[2 * i] = tat - now
-    out[2 * i + 1] = 1
+    out[o], out[o + 1], out[o + 2] = before[i][1], before[i][2], 1
   end
 end
 if out[1] == 0 then
   for i = 1, #KEYS do
-    out[2 * i] = before[i]
+    out[3 * i - 1], out[3 * i] = before[i][1], before[i][2]
   end
 else
   for i = 1, #KEYS do
-    local ttl = math.ceil((new[i] - now) / 1000) + 1
-    redis.call('SET', KEYS[i], string.format('%d', new[i]), 'PX', ttl)
+    local n = new[i]
+    local tat = string.format('%d%06d.%03d', n[1], math.floor(n[2] / 1000), n[2] % 1000)
+    local ttl = n[3] * 1000 + math.ceil(n[4] / 1000000) + 1
+    redis.call('SET', KEYS[i], tat, 'PX', ttl)
   end
 end
 return out
@@ -298,10 +331,13 @@ impl RedisStore {
             k.extend_from_slice(p.name.as_bytes());
             keys.push(k);
         }
-        let mut args = [0u64; 2 * MAX_POLICIES];
+        // Seconds and nanoseconds: the script keeps every number below 2^53 (see GCRA_LUA).
+        let mut args = [0u64; 4 * MAX_POLICIES];
         for (i, g) in gcras.iter().enumerate() {
-            args[2 * i] = g.interval / 1_000;
-            args[2 * i + 1] = g.capacity / 1_000;
+            args[4 * i] = g.interval / NANOS_PER_SEC;
+            args[4 * i + 1] = g.interval % NANOS_PER_SEC;
+            args[4 * i + 2] = g.capacity / NANOS_PER_SEC;
+            args[4 * i + 3] = g.capacity % NANOS_PER_SEC;
         }
         let n = gcras.len();
         let conn = self.conn.clone();
@@ -312,7 +348,7 @@ impl RedisStore {
             for k in &keys {
                 invocation.key(k.as_slice());
             }
-            for a in &args[..2 * n] {
+            for a in &args[..4 * n] {
                 invocation.arg(*a);
             }
             let mut manager = conn.manager();
@@ -328,14 +364,14 @@ impl RedisStore {
                 Ok(_) => conn.succeeded(),
             }
             match reply {
-                Ok(Ok(reply)) if reply.len() == 1 + 2 * n => {
+                Ok(Ok(reply)) if reply.len() == 1 + 3 * n => {
                     let mut debts = [0u64; MAX_POLICIES];
                     let mut violated = [false; MAX_POLICIES];
                     for i in 0..n {
-                        debts[i] = u64::try_from(reply[1 + 2 * i])
-                            .unwrap_or(0)
-                            .saturating_mul(1_000);
-                        violated[i] = reply[2 + 2 * i] != 0;
+                        let secs = u64::try_from(reply[1 + 3 * i]).unwrap_or(0);
+                        let nanos = u64::try_from(reply[2 + 3 * i]).unwrap_or(0);
+                        debts[i] = secs.saturating_mul(NANOS_PER_SEC).saturating_add(nanos);
+                        violated[i] = reply[3 + 3 * i] != 0;
                     }
                     Some(Decision::from_debts(&debts[..n], &violated[..n]))
                 }
