@@ -985,3 +985,102 @@ async fn lifecycle_serve_drops_the_shutdown_requests_when_it_returns() {
         .await
         .expect("the shutdown requests are still listened for after serve returned");
 }
+
+/// What a [`Scripted`] stream of shutdown requests does next.
+enum Next {
+    /// Yields a shutdown request.
+    Request,
+}
+
+/// A stream of shutdown requests the test scripts item by item, which reports its drop.
+struct Scripted {
+    next: tokio::sync::mpsc::UnboundedReceiver<Next>,
+    dropped: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl futures_core::Stream for Scripted {
+    type Item = ();
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        match std::task::ready!(self.next.poll_recv(cx)) {
+            Some(Next::Request) => std::task::Poll::Ready(Some(())),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        if let Some(dropped) = self.dropped.take() {
+            let _ = dropped.send(());
+        }
+    }
+}
+
+/// A scripted stream, its script, and the news of its drop.
+fn scripted() -> (
+    tokio::sync::mpsc::UnboundedSender<Next>,
+    Scripted,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (script, next) = tokio::sync::mpsc::unbounded_channel();
+    let (dropped, was_dropped) = tokio::sync::oneshot::channel();
+    let stream = Scripted {
+        next,
+        dropped: Some(dropped),
+    };
+    (script, stream, was_dropped)
+}
+
+/// The shutdown future dropped mid-drain (a `select!` that gave up on it, a server future
+/// dropped with its graceful-shutdown future): the drain still ends at the drain delay, the
+/// listener is marked closed and the grace deadline runs. Before, the delay was the future's
+/// own: the phase stayed `Draining` for good and `finish` never expired.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_future_dropped_mid_drain_still_closes_the_listener() {
+    use tokio::time::Instant;
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    let lc = Lifecycle::new(Duration::from_secs(10), Duration::from_secs(20));
+    let (script, requests, _dropped) = scripted();
+    let shutdown = tokio::spawn(lc.clone().on_shutdown_requests(requests));
+    let start = Instant::now();
+    script.send(Next::Request).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lc.phase(), Phase::Draining);
+    shutdown.abort();
+    assert!(shutdown.await.unwrap_err().is_cancelled());
+
+    tokio::time::timeout(Duration::from_secs(3600), lc.closed())
+        .await
+        .expect("the listener is marked closed at the end of the drain delay");
+    assert_eq!(Instant::now() - start, Duration::from_secs(10));
+    assert_eq!(lc.deadline(), Some(start + Duration::from_secs(30)));
+    let out = lc.finish(std::future::pending::<()>()).await;
+    assert_eq!(out.map_err(|e| e.in_flight()), Err(None), "expired");
+    assert_eq!(Instant::now() - start, Duration::from_secs(30));
+}
+
+/// The same with `on_drain` and a drain started by code.
+#[tokio::test(start_paused = true)]
+async fn on_drain_dropped_mid_drain_still_closes_the_listener() {
+    use tokio::time::Instant;
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    let lc = Lifecycle::new(Duration::from_secs(10), Duration::from_secs(20));
+    let shutdown = tokio::spawn(lc.clone().on_drain());
+    let start = Instant::now();
+    lc.start_drain();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    shutdown.abort();
+    assert!(shutdown.await.unwrap_err().is_cancelled());
+    assert_eq!(lc.phase(), Phase::Draining);
+
+    tokio::time::timeout(Duration::from_secs(3600), lc.closed())
+        .await
+        .expect("the listener is marked closed at the end of the drain delay");
+    assert_eq!(Instant::now() - start, Duration::from_secs(10));
+}

@@ -256,8 +256,9 @@ impl Lifecycle {
     /// second only after one was received: SIGTERM during a drain your code started with
     /// [`start_drain`](Self::start_drain) starts nothing new, and the next one forces. The
     /// signals are listened for until the grace deadline, by a task this spawns at the first
-    /// (the future itself resolves at the close). The signals are a [`Stream`];
-    /// [`on_shutdown_requests`](Self::on_shutdown_requests) takes another.
+    /// (the future itself resolves at the close). Dropped mid-drain, the future leaves the
+    /// drain to run its course (see [`on_drain`](Self::on_drain)). The signals are a
+    /// [`Stream`]; [`on_shutdown_requests`](Self::on_shutdown_requests) takes another.
     ///
     /// Needs a tokio runtime with signals enabled (`enable_all`, or `#[tokio::main]`).
     ///
@@ -364,24 +365,39 @@ impl Lifecycle {
     /// [`start_drain`](Self::start_drain), then the drain delay, then marks the listener closed
     /// and resolves (at once if the listener closed earlier, when a second signal forced the
     /// shutdown). For a shutdown triggered by your own code, and for tests on paused time.
+    ///
+    /// Dropped once the drain has started (a `select!` that gave up on it, a server future
+    /// dropped with its shutdown future), it leaves a task in its place: the listener is still
+    /// marked closed at the end of the drain delay, and the grace deadline still comes.
     pub async fn on_drain(self) {
         self.draining().await;
         tracing::info!(
             drain_delay = ?self.inner.drain_delay,
             "draining: readiness answers 503; serving normally until the drain delay is over"
         );
+        let end = Instant::now() + self.inner.drain_delay;
+        let mut unfinished = CloseOnDrop {
+            lifecycle: Some(self.clone()),
+            end,
+        };
+        self.close_at(end).await;
+        unfinished.lifecycle = None;
+    }
+
+    /// Marks the listener closed at `end` (the end of the drain delay), unless it closed
+    /// before.
+    async fn close_at(self, end: Instant) {
         tokio::select! {
-            () = tokio::time::sleep(self.inner.drain_delay) => {}
+            () = tokio::time::sleep_until(end) => {}
             () = self.closed() => {}
         }
-        if self.phase() < Phase::Closing {
+        if self.advance(Phase::Closing) {
             tracing::info!(
                 grace = ?self.inner.grace,
                 "closing: listener closed; late requests get 503 + Connection: close; \
                  in-flight requests have the grace period to finish"
             );
         }
-        self.advance(Phase::Closing);
     }
 
     /// Runs `server` (e.g. `axum::serve(..).with_graceful_shutdown(lifecycle.clone().on_signal())`)
@@ -446,6 +462,29 @@ impl Lifecycle {
     /// closed: see [`DrainLayer`](super::DrainLayer).
     pub fn drain_layer(&self) -> super::DrainLayer {
         super::DrainLayer::new(self.clone())
+    }
+}
+
+/// The rest of a drain whose shutdown future was dropped: dropped before the close with a
+/// `lifecycle`, it spawns the wait for `end` (the end of the drain delay) and the close, so
+/// that the phases do not depend on one future being polled to the end.
+struct CloseOnDrop {
+    lifecycle: Option<Lifecycle>,
+    end: Instant,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let Some(lifecycle) = self.lifecycle.take() else {
+            return;
+        };
+        if lifecycle.is_closed() {
+            return;
+        }
+        // Outside a runtime (dropped after it), there is nothing left to drain.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(lifecycle.close_at(self.end));
+        }
     }
 }
 
