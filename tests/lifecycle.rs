@@ -1035,6 +1035,33 @@ fn scripted() -> (
     (script, stream, was_dropped)
 }
 
+/// With `on_shutdown_requests` (or `on_signal`) and `finish`, the shutdown requests are
+/// listened for until `finish` returns, not until the grace deadline: once the server is done,
+/// the stream is dropped at once. Before, a task kept it (and a clone of the lifecycle) for
+/// the whole grace period, 20 s here.
+#[tokio::test(start_paused = true)]
+async fn finish_stops_listening_for_shutdown_requests_when_it_returns() {
+    use tokio::time::Instant;
+    use tower_5xx::lifecycle::Lifecycle;
+
+    let lc = Lifecycle::new(Duration::from_secs(1), Duration::from_secs(20));
+    let (script, requests, dropped) = scripted();
+    tokio::spawn(lc.clone().on_shutdown_requests(requests));
+    script.send(Next::Request).unwrap();
+    // A server that finishes at the close, with nothing in flight.
+    let server = {
+        let lc = lc.clone();
+        async move { lc.closed().await }
+    };
+    assert_eq!(lc.finish(server).await, Ok(()));
+    let returned = Instant::now();
+    tokio::time::timeout(Duration::from_millis(1), dropped)
+        .await
+        .expect("the stream is dropped once finish has returned")
+        .unwrap();
+    assert_eq!(Instant::now(), returned);
+}
+
 /// The shutdown future dropped mid-drain (a `select!` that gave up on it, a server future
 /// dropped with its graceful-shutdown future): the drain still ends at the drain delay, the
 /// listener is marked closed and the grace deadline runs. Before, the delay was the future's

@@ -208,18 +208,15 @@ where
             let this = &lifecycle;
             // Dropped when this future ends (returns, or is dropped): the shutdown requests
             // are listened for no longer, rather than until the grace deadline.
-            let (finished, until) = tokio::sync::oneshot::channel::<()>();
+            let finished = this.finished_on_drop();
             let signal = tokio::spawn({
                 let lifecycle = this.clone();
                 async move {
-                    let until = async move {
-                        let _ = until.await;
-                    };
                     let requests = match requests {
                         Some(requests) => requests,
                         None => Box::pin(super::state::shutdown_signals()),
                     };
-                    lifecycle.on_shutdown_requests_until(requests, until).await;
+                    lifecycle.on_shutdown_requests(requests).await;
                 }
             });
             let in_flight = InFlight::new();

@@ -4,7 +4,7 @@ use std::{
     fmt,
     future::IntoFuture,
     pin::{pin, Pin},
-    sync::{Arc, OnceLock},
+    sync::{atomic::AtomicBool, Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -92,6 +92,11 @@ pub(crate) struct Inner {
     forced_at: OnceLock<Instant>,
     /// Notified once, when the shutdown is forced (after `forced_at` is set).
     forced: Notify,
+    /// Set when the server is done (`finish` or `serve` returned, or was dropped): shutdown
+    /// requests are listened for no longer.
+    is_finished: AtomicBool,
+    /// Notified once, when `is_finished` is set (after it is).
+    finished: Notify,
 }
 
 impl fmt::Debug for Lifecycle {
@@ -127,6 +132,8 @@ impl Lifecycle {
                 closed_at: OnceLock::new(),
                 forced_at: OnceLock::new(),
                 forced: Notify::new(),
+                is_finished: AtomicBool::new(false),
+                finished: Notify::new(),
             }),
         }
     }
@@ -242,6 +249,23 @@ impl Lifecycle {
         self.inner.forced.notify_waiters();
     }
 
+    /// Marks the server done when the guard is dropped: the task that listens for a second
+    /// shutdown request stops then, and drops the requests.
+    pub(crate) fn finished_on_drop(&self) -> FinishedOnDrop<'_> {
+        FinishedOnDrop(self)
+    }
+
+    /// Resolves once the server is done ([`finished_on_drop`](Self::finished_on_drop)).
+    async fn finished(&self) {
+        let mut finished = pin!(self.inner.finished.notified());
+        // Registered before the check: a mark between the two is not missed.
+        finished.as_mut().enable();
+        if self.inner.is_finished.load(Ordering::Acquire) {
+            return;
+        }
+        finished.await;
+    }
+
     /// The shutdown future for `axum::serve(..).with_graceful_shutdown(..)` (or hyper-util's
     /// `GracefulShutdown`): waits for SIGTERM or SIGINT (Ctrl-C) or a call to
     /// [`start_drain`](Self::start_drain), then drains: readiness 503 at once, requests served
@@ -254,11 +278,13 @@ impl Lifecycle {
     /// ([`deadline`](Self::deadline)), [`finish`](Self::finish) and [`serve`](Self::serve)
     /// return [`GraceExpired`], and it is logged at warn level. A signal is counted as the
     /// second only after one was received: SIGTERM during a drain your code started with
-    /// [`start_drain`](Self::start_drain) starts nothing new, and the next one forces. The
-    /// signals are listened for until the grace deadline, by a task this spawns at the first
-    /// (the future itself resolves at the close). Dropped mid-drain, the future leaves the
-    /// drain to run its course (see [`on_drain`](Self::on_drain)). The signals are a
-    /// [`Stream`]; [`on_shutdown_requests`](Self::on_shutdown_requests) takes another.
+    /// [`start_drain`](Self::start_drain) starts nothing new, and the next one forces.
+    ///
+    /// After the first, the signals are listened for by a task this spawns (the future itself
+    /// resolves at the close), until the grace deadline or until [`finish`](Self::finish) (or
+    /// [`serve`](Self::serve)) returns. Dropped mid-drain, the future leaves the drain to run
+    /// its course (see [`on_drain`](Self::on_drain)). The signals are a [`Stream`];
+    /// [`on_shutdown_requests`](Self::on_shutdown_requests) takes another.
     ///
     /// Needs a tokio runtime with signals enabled (`enable_all`, or `#[tokio::main]`).
     ///
@@ -273,8 +299,9 @@ impl Lifecycle {
     /// request to shut down, as SIGTERM or SIGINT is. The first (or
     /// [`start_drain`](Self::start_drain)) starts the drain; the next one after the first
     /// forces the shutdown at once (see [`on_signal`](Self::on_signal)). Resolves at the close;
-    /// `requests` is kept, in a task of its own, until the grace deadline. A stream that ends
-    /// just stops counting. For a shutdown command of your own (an admin endpoint, a
+    /// `requests` is kept, in a task of its own, until the grace deadline, or until
+    /// [`finish`](Self::finish) (or [`serve`](Self::serve)) returns. A stream that ends just
+    /// stops counting. For a shutdown command of your own (an admin endpoint, a
     /// supervisor's pipe), and for tests on paused time.
     ///
     /// # Panics
@@ -316,18 +343,6 @@ impl Lifecycle {
     where
         R: Stream<Item = ()> + Send + 'static,
     {
-        self.on_shutdown_requests_until(requests, std::future::pending())
-            .await;
-    }
-
-    /// [`on_shutdown_requests`](Self::on_shutdown_requests), whose task stops listening to
-    /// `requests` (and drops them) at the grace deadline or when `until` resolves, whichever
-    /// comes first: [`serve`](Self::serve) ends it when it returns.
-    pub(crate) async fn on_shutdown_requests_until<R, U>(self, requests: R, until: U)
-    where
-        R: Stream<Item = ()> + Send + 'static,
-        U: std::future::Future<Output = ()> + Send + 'static,
-    {
         let mut requests = Box::pin(requests);
         let first = tokio::select! {
             // (A stream that ends leaves only `start_drain`.)
@@ -338,8 +353,9 @@ impl Lifecycle {
             }
             () = self.draining() => false,
         };
-        // The second request may come after the close, when this future is done: it is
-        // awaited by a task of its own, until the grace deadline.
+        // The second request may come after the close, when this future is done (or dropped):
+        // it is awaited by a task of its own, until the grace deadline or until the server is
+        // done (`finish` or `serve` returned), whichever comes first.
         let lifecycle = self.clone();
         tokio::spawn(async move {
             let second = async {
@@ -355,7 +371,7 @@ impl Lifecycle {
             tokio::select! {
                 forced = second => if forced { lifecycle.force() },
                 () = lifecycle.grace_over() => {}
-                () = until => {}
+                () = lifecycle.finished() => {}
             }
         });
         self.on_drain().await;
@@ -410,10 +426,16 @@ impl Lifecycle {
     /// `main` then (exit status 0), and do not count on them being over in what follows.
     /// [`Lifecycle::serve`] closes what is left itself.
     ///
+    /// Once it returns (or is dropped), a second shutdown request is listened for no longer:
+    /// the task of [`on_signal`](Self::on_signal) (or
+    /// [`on_shutdown_requests`](Self::on_shutdown_requests)) that waits for it ends, and drops
+    /// the signals (or your stream). The server is done: there is nothing left to force.
+    ///
     /// # Errors
     ///
     /// [`GraceExpired`] when the grace period ran out before the server finished.
     pub async fn finish<F: IntoFuture>(&self, server: F) -> Result<F::Output, GraceExpired> {
+        let _finished = self.finished_on_drop();
         let server = server.into_future();
         tokio::select! {
             out = server => Ok(out),
@@ -462,6 +484,17 @@ impl Lifecycle {
     /// closed: see [`DrainLayer`](super::DrainLayer).
     pub fn drain_layer(&self) -> super::DrainLayer {
         super::DrainLayer::new(self.clone())
+    }
+}
+
+/// Marks the server done when dropped: see [`Lifecycle::finished_on_drop`].
+pub(crate) struct FinishedOnDrop<'a>(&'a Lifecycle);
+
+impl Drop for FinishedOnDrop<'_> {
+    fn drop(&mut self) {
+        let inner = &self.0.inner;
+        inner.is_finished.store(true, Ordering::Release);
+        inner.finished.notify_waiters();
     }
 }
 
