@@ -144,6 +144,8 @@ pub mod error;
 #[cfg(any(feature = "catch", feature = "retry"))]
 mod error_chain;
 mod html;
+#[cfg(any(feature = "catch", feature = "lifecycle"))]
+mod panic_payload;
 #[cfg(any(feature = "maintenance", feature = "rate-limit"))]
 mod path_prefix;
 #[cfg(any(

@@ -990,6 +990,8 @@ async fn lifecycle_serve_drops_the_shutdown_requests_when_it_returns() {
 enum Next {
     /// Yields a shutdown request.
     Request,
+    /// Panics, with this message.
+    Panic(&'static str),
 }
 
 /// A stream of shutdown requests the test scripts item by item, which reports its drop.
@@ -1007,6 +1009,7 @@ impl futures_core::Stream for Scripted {
     ) -> std::task::Poll<Option<()>> {
         match std::task::ready!(self.next.poll_recv(cx)) {
             Some(Next::Request) => std::task::Poll::Ready(Some(())),
+            Some(Next::Panic(message)) => panic!("{message}"),
             None => std::task::Poll::Ready(None),
         }
     }
@@ -1033,6 +1036,134 @@ fn scripted() -> (
         dropped: Some(dropped),
     };
     (script, stream, was_dropped)
+}
+
+/// Whether an error-level event was logged with `needle` in it.
+fn logged_error(logs: &common::Logs, needle: &str) -> bool {
+    logs.lines_with(needle).iter().any(|l| l.contains("ERROR"))
+}
+
+/// A shutdown-request stream that panics before its first request can no longer ask for a
+/// shutdown: the panic is logged at error level and taken as the request, so the process
+/// drains and exits in order. Before, the panic went through the shutdown future (or, in
+/// `Lifecycle::serve`, was lost in its task): no drain, and nothing left to start one.
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_shutdown_requests_before_the_first_starts_the_drain() {
+    use tokio::time::Instant;
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    let logs = common::logs();
+    let lc = Lifecycle::new(Duration::from_secs(10), Duration::from_secs(20));
+    let (script, requests, dropped) = scripted();
+    let shutdown = tokio::spawn(lc.clone().on_shutdown_requests(requests));
+    let start = Instant::now();
+    script
+        .send(Next::Panic("bug in the first-request stream"))
+        .unwrap();
+    assert!(dropped.await.is_ok(), "a stream that panicked is dropped");
+    assert_eq!(Instant::now(), start, "at once");
+    assert_eq!(lc.phase(), Phase::Draining);
+    shutdown
+        .await
+        .expect("the stream's panic does not reach the shutdown future");
+    assert_eq!(Instant::now() - start, Duration::from_secs(10), "drained");
+    assert_eq!(lc.phase(), Phase::Closing);
+    assert_eq!(
+        lc.deadline(),
+        Some(start + Duration::from_secs(30)),
+        "not forced"
+    );
+    assert!(
+        logged_error(&logs, "bug in the first-request stream"),
+        "{}",
+        logs.contents()
+    );
+}
+
+/// A shutdown-request stream that panics during the drain ends: the drain goes on to its
+/// deadline (a panic is not a second request: it never cuts the requests in flight), and the
+/// panic is logged at error level. Before, the task that listens for the second request died
+/// with it, silently.
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_shutdown_requests_after_the_first_ends_them_without_forcing() {
+    use tokio::time::Instant;
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    let logs = common::logs();
+    let lc = Lifecycle::new(Duration::from_secs(10), Duration::from_secs(20));
+    let (script, requests, dropped) = scripted();
+    tokio::spawn(lc.clone().on_shutdown_requests(requests));
+    let start = Instant::now();
+    script.send(Next::Request).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lc.phase(), Phase::Draining);
+
+    script
+        .send(Next::Panic("bug in the second-request stream"))
+        .unwrap();
+    assert!(dropped.await.is_ok(), "a stream that panicked is dropped");
+    assert_eq!(lc.phase(), Phase::Draining, "not forced");
+    assert!(
+        logged_error(&logs, "bug in the second-request stream"),
+        "{}",
+        logs.contents()
+    );
+    let out = lc.finish(std::future::pending::<()>()).await;
+    assert_eq!(out.map_err(|e| e.in_flight()), Err(None), "expired");
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_secs(30),
+        "a full drain"
+    );
+}
+
+/// `Serve::shutdown_requests` whose stream panics, on a real server: the serve loop drains
+/// (readiness answers 503) and logs the panic at error level. Before, the panic was lost in the
+/// serve loop's signal task: no drain, and the stream that replaced the signals was gone.
+#[tokio::test]
+async fn a_panic_in_the_shutdown_requests_of_lifecycle_serve_starts_the_drain() {
+    use std::future::IntoFuture;
+
+    use axum::{routing::get, Router};
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    let logs = common::logs();
+    const HOUR: Duration = Duration::from_secs(3600);
+    let lifecycle = Lifecycle::new(HOUR, HOUR);
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route_service("/readyz", lifecycle.readiness());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (script, requests, _dropped) = scripted();
+    let server = tokio::spawn(
+        lifecycle
+            .serve(listener, app.with_state(()))
+            .shutdown_requests(requests)
+            .into_future(),
+    );
+    let c = client();
+    assert_eq!(
+        outcome(&c, request(addr, "/readyz", None)).await,
+        Outcome::Ok
+    );
+
+    script
+        .send(Next::Panic("bug in serve's request stream"))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), lifecycle.draining())
+        .await
+        .expect("the panic starts the drain");
+    assert_eq!(lifecycle.phase(), Phase::Draining);
+    let readyz = outcome(&c, request(addr, "/readyz", None)).await;
+    assert!(matches!(readyz, Outcome::Unavailable { .. }), "{readyz:?}");
+    assert_eq!(outcome(&c, request(addr, "/", None)).await, Outcome::Ok);
+    assert!(
+        logged_error(&logs, "bug in serve's request stream"),
+        "{}",
+        logs.contents()
+    );
+    server.abort();
 }
 
 /// With `on_shutdown_requests` (or `on_signal`) and `finish`, the shutdown requests are

@@ -19,6 +19,8 @@ use crate::{
     telemetry::{self, Meter},
     BoxError, ErrorId, Reason, ResponseBody,
 };
+// Shared with the lifecycle's shutdown requests; `body.rs` finds them here.
+pub(crate) use crate::panic_payload::{drop_payload, panic_message};
 
 /// What the request needs for logging and content negotiation once it has been moved into the
 /// inner service. Cheap to capture: a standard `Method` is a plain enum, and the path and the
@@ -380,27 +382,6 @@ impl fmt::Display for Chain<'_> {
             f.write_str(": ...")?;
         }
         Ok(())
-    }
-}
-
-/// Drops a panic payload without letting a panic in its destructor escape (that second
-/// payload is leaked, as std does).
-pub(crate) fn drop_payload(payload: Box<dyn Any + Send>) {
-    if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(payload))) {
-        // Dropping this one could panic again, and so on: it is leaked on purpose.
-        #[allow(clippy::mem_forget)]
-        std::mem::forget(again);
-    }
-}
-
-/// The message of a panic payload (`&str` or `String`), for the log.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "<non-string panic payload>"
     }
 }
 

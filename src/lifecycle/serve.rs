@@ -164,8 +164,9 @@ impl<S> Serve<S> {
     /// Shuts down on the items of `requests` in place of SIGTERM and SIGINT, as
     /// [`Lifecycle::on_shutdown_requests`] does: the first starts the drain, the next one
     /// forces the shutdown (the listener closes, and the serve loop closes what is left and
-    /// returns [`GraceExpired`] at once; `Ok` if no connection was left open). For a shutdown
-    /// command of your own, and for tests.
+    /// returns [`GraceExpired`] at once; `Ok` if no connection was left open). A panic of the
+    /// stream is logged at error level and, before the first request, starts the drain (see
+    /// [`Lifecycle::on_shutdown_requests`]). For a shutdown command of your own, and for tests.
     pub fn shutdown_requests<R>(mut self, requests: R) -> Self
     where
         R: Stream<Item = ()> + Send + 'static,

@@ -3,6 +3,7 @@
 use std::{
     fmt,
     future::IntoFuture,
+    panic::{catch_unwind, AssertUnwindSafe},
     pin::{pin, Pin},
     sync::{atomic::AtomicBool, Arc, OnceLock},
     task::{Context, Poll},
@@ -20,6 +21,7 @@ use super::{
     sync::{step, AtomicU8, Ordering},
     Liveness, Readiness,
 };
+use crate::panic_payload::{drop_payload, panic_message};
 
 pub(crate) const SERVING: u8 = 0;
 pub(crate) const DRAINING: u8 = 1;
@@ -301,8 +303,11 @@ impl Lifecycle {
     /// forces the shutdown at once (see [`on_signal`](Self::on_signal)). Resolves at the close;
     /// `requests` is kept, in a task of its own, until the grace deadline, or until
     /// [`finish`](Self::finish) (or [`serve`](Self::serve)) returns. A stream that ends just
-    /// stops counting. For a shutdown command of your own (an admin endpoint, a
-    /// supervisor's pipe), and for tests on paused time.
+    /// stops counting. A stream that panics is dropped, and the panic logged at error level:
+    /// before the first request it counts as one (the drain starts, since nothing else could
+    /// start it now); after, as the stream's end (a panic never forces the shutdown). For a
+    /// shutdown command of your own (an admin endpoint, a supervisor's pipe), and for tests on
+    /// paused time.
     ///
     /// # Panics
     ///
@@ -344,36 +349,71 @@ impl Lifecycle {
         R: Stream<Item = ()> + Send + 'static,
     {
         let mut requests = Box::pin(requests);
+        // A panic in `requests` is logged at error level and taken as its last item. Before
+        // the first request, as a request: the stream stands in for the signals, so nothing
+        // could start the drain any more, and the process would serve on until a SIGKILL cut
+        // its requests; drained, it exits in order (a supervisor restarts it), and the log says
+        // why. After the first, as the stream's end: the drain is under way already, and taking
+        // the panic as a second request would cut the requests in flight, which no one asked.
         let first = tokio::select! {
             // (A stream that ends leaves only `start_drain`.)
-            true = next(&mut requests) => {
-                tracing::info!("shutdown signal received");
+            Some(request) = next(&mut requests) => {
+                let first = match request {
+                    Ok(()) => {
+                        tracing::info!("shutdown signal received");
+                        First::Request
+                    }
+                    Err(panic) => {
+                        tracing::error!(
+                            panic = %panic_message(&*panic),
+                            "the stream of shutdown requests panicked: taken as a shutdown \
+                             request, since no other can come"
+                        );
+                        drop_payload(panic);
+                        First::Panicked
+                    }
+                };
                 self.start_drain();
-                true
+                first
             }
-            () = self.draining() => false,
+            () = self.draining() => First::ByCode,
         };
         // The second request may come after the close, when this future is done (or dropped):
         // it is awaited by a task of its own, until the grace deadline or until the server is
         // done (`finish` or `serve` returned), whichever comes first.
-        let lifecycle = self.clone();
-        tokio::spawn(async move {
-            let second = async {
-                if !first {
-                    // Draining was started by code: the next request is the first.
-                    if !next(&mut requests).await {
-                        return false;
+        if first == First::Panicked {
+            drop(requests);
+        } else {
+            let lifecycle = self.clone();
+            tokio::spawn(async move {
+                let second = async {
+                    if first == First::ByCode {
+                        // Draining was started by code: the next request is the first.
+                        match next(&mut requests).await? {
+                            Ok(()) => tracing::info!("shutdown signal received; already draining"),
+                            Err(panic) => return Some(Err(panic)),
+                        }
                     }
-                    tracing::info!("shutdown signal received; already draining");
+                    next(&mut requests).await
+                };
+                tokio::select! {
+                    second = second => match second {
+                        Some(Ok(())) => lifecycle.force(),
+                        Some(Err(panic)) => {
+                            tracing::error!(
+                                panic = %panic_message(&*panic),
+                                "the stream of shutdown requests panicked: no second request \
+                                 can force the shutdown now; the drain goes on"
+                            );
+                            drop_payload(panic);
+                        }
+                        None => {}
+                    },
+                    () = lifecycle.grace_over() => {}
+                    () = lifecycle.finished() => {}
                 }
-                next(&mut requests).await
-            };
-            tokio::select! {
-                forced = second => if forced { lifecycle.force() },
-                () = lifecycle.grace_over() => {}
-                () = lifecycle.finished() => {}
-            }
-        });
+            });
+        }
         self.on_drain().await;
     }
 
@@ -521,11 +561,30 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// The next item of `requests`: `true`, or `false` once it has ended.
-async fn next<R: Stream<Item = ()> + ?Sized>(requests: &mut Pin<Box<R>>) -> bool {
-    std::future::poll_fn(|cx| requests.as_mut().poll_next(cx))
-        .await
-        .is_some()
+/// How the drain began, for the task that listens for the second shutdown request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum First {
+    /// With a shutdown request.
+    Request,
+    /// With a panic of the shutdown requests' stream, which is polled no more.
+    Panicked,
+    /// With [`Lifecycle::start_drain`]: the next request is the first.
+    ByCode,
+}
+
+/// The next item of `requests`: `Some(Ok(()))`, `None` once it has ended, or `Some(Err(..))`
+/// with the payload if polling it panicked (it must not be polled again).
+async fn next<R: Stream<Item = ()> + ?Sized>(
+    requests: &mut Pin<Box<R>>,
+) -> Option<std::thread::Result<()>> {
+    std::future::poll_fn(|cx| {
+        match catch_unwind(AssertUnwindSafe(|| requests.as_mut().poll_next(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(item)) => Poll::Ready(item.map(Ok)),
+            Err(panic) => Poll::Ready(Some(Err(panic))),
+        }
+    })
+    .await
 }
 
 /// SIGTERM or SIGINT (Ctrl-C), each time one is received; Ctrl-C only where there is no SIGTERM.
