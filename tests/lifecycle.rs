@@ -786,6 +786,9 @@ async fn a_second_sigterm_ends_the_drain_at_once(server: &str) {
     };
     demo.sigterm();
     next_line_with(&demo, "draining:", &mut seen);
+    // A second SIGTERM less than a second after the first would be taken for the same one
+    // delivered twice (`one_ctrl_c_as_sigint_and_sigterm_together_is_one_shutdown_request`).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     demo.sigterm();
     next_line_with(&demo, "exit:", &mut seen);
     let exit = seen.last().unwrap().clone();
@@ -824,6 +827,57 @@ async fn a_second_sigterm_ends_the_drain_of_axum_serve_at_once() {
 #[tokio::test]
 async fn a_second_sigterm_ends_the_drain_of_hyper_util_at_once() {
     a_second_sigterm_ends_the_drain_at_once("hyper-util").await;
+}
+
+/// One Ctrl-C in a terminal reaches a process started by a wrapper that relays signals (a
+/// process manager, a script's `trap`) twice: SIGINT from the terminal, SIGTERM from the
+/// wrapper. That is one request to shut down, not "Ctrl-C again": the demo drains and does not
+/// force. A signal a second or more
+/// later (a real second Ctrl-C) still forces. Before, the pair forced the shutdown at once and
+/// cut the requests in flight.
+#[tokio::test]
+async fn one_ctrl_c_as_sigint_and_sigterm_together_is_one_shutdown_request() {
+    const LONG: Duration = Duration::from_secs(600);
+    let mut demo = Demo::spawn_with("axum", LONG, LONG);
+    let pid = demo.child.id().to_string();
+    let status = Command::new("sh")
+        .args(["-c", "kill -INT $0; kill -TERM $0", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+
+    let mut seen = Vec::new();
+    let mut next_line_with = |demo: &Demo, needle: &str| loop {
+        let (_, line) = demo
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no line with {needle:?} in {seen:#?}"));
+        let found = line.contains(needle);
+        seen.push(line.clone());
+        if found {
+            return line;
+        }
+        assert!(
+            !line.contains("second shutdown signal") && !line.starts_with("exit:"),
+            "forced by one Ctrl-C: {seen:#?}"
+        );
+    };
+    next_line_with(&demo, "delivered twice");
+    let readyz = outcome(&client(), request(demo.addr, "/readyz", None)).await;
+    assert!(matches!(readyz, Outcome::Unavailable { .. }), "{readyz:?}");
+    assert!(demo.child.try_wait().unwrap().is_none(), "still draining");
+
+    // A second Ctrl-C, once the window of a signal delivered twice (1 s) is over: now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    next_line_with(&demo, "second shutdown signal");
+    let exit = next_line_with(&demo, "exit:");
+    assert!(exit.contains("grace period over"), "{exit}");
+    assert!(demo.child.wait().unwrap().success());
 }
 
 /// A channel's receiver as a stream of shutdown requests: the signals, driven by the test.

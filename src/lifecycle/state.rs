@@ -282,6 +282,14 @@ impl Lifecycle {
     /// second only after one was received: SIGTERM during a drain your code started with
     /// [`start_drain`](Self::start_drain) starts nothing new, and the next one forces.
     ///
+    /// **A signal less than a second after the last one counted is not counted**: it is taken
+    /// for the same one delivered twice, and logged at info level. One Ctrl-C reaches a
+    /// process started in a terminal by a wrapper that relays signals (a process manager, a
+    /// shell script's `trap`, the launcher scripts of npm packages) twice: the terminal's
+    /// SIGINT and, milliseconds later, the wrapper's SIGTERM or SIGINT; counted, the pair would
+    /// cut the requests in flight. Press Ctrl-C again a second or more later to force the
+    /// shutdown.
+    ///
     /// After the first, the signals are listened for by a task this spawns (the future itself
     /// resolves at the close), until the grace deadline or until [`finish`](Self::finish) (or
     /// [`serve`](Self::serve)) returns. Dropped mid-drain, the future leaves the drain to run
@@ -300,14 +308,14 @@ impl Lifecycle {
     /// [`on_signal`](Self::on_signal) with `requests` in place of the signals: each item is a
     /// request to shut down, as SIGTERM or SIGINT is. The first (or
     /// [`start_drain`](Self::start_drain)) starts the drain; the next one after the first
-    /// forces the shutdown at once (see [`on_signal`](Self::on_signal)). Resolves at the close;
-    /// `requests` is kept, in a task of its own, until the grace deadline, or until
-    /// [`finish`](Self::finish) (or [`serve`](Self::serve)) returns. A stream that ends just
-    /// stops counting. A stream that panics is dropped, and the panic logged at error level:
-    /// before the first request it counts as one (the drain starts, since nothing else could
-    /// start it now); after, as the stream's end (a panic never forces the shutdown). For a
-    /// shutdown command of your own (an admin endpoint, a supervisor's pipe), and for tests on
-    /// paused time.
+    /// forces the shutdown at once (see [`on_signal`](Self::on_signal)); every item counts
+    /// (the signals' one-second debounce is theirs). Resolves at the close; `requests` is
+    /// kept, in a task of its own, until the grace deadline, or until [`finish`](Self::finish)
+    /// (or [`serve`](Self::serve)) returns. A stream that ends just stops counting. A stream
+    /// that panics is dropped, and the panic logged at error level: before the first request
+    /// it counts as one (the drain starts, since nothing else could start it now); after, as
+    /// the stream's end (a panic never forces the shutdown). For a shutdown command of your
+    /// own (an admin endpoint, a supervisor's pipe), and for tests on paused time.
     ///
     /// # Panics
     ///
@@ -587,20 +595,72 @@ async fn next<R: Stream<Item = ()> + ?Sized>(
     .await
 }
 
-/// SIGTERM or SIGINT (Ctrl-C), each time one is received; Ctrl-C only where there is no SIGTERM.
-pub(crate) fn shutdown_signals() -> Signals {
+/// SIGTERM or SIGINT (Ctrl-C), each time one is received, but one less than
+/// [`SAME_REQUEST`] after the last counted (see [`Debounced`]); Ctrl-C only where there is no
+/// SIGTERM.
+pub(crate) fn shutdown_signals() -> Debounced<Signals> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
         Signals {
             term: signal(SignalKind::terminate()).expect("install the SIGTERM handler"),
             int: signal(SignalKind::interrupt()).expect("install the SIGINT handler"),
         }
-    }
+    };
     #[cfg(windows)]
-    {
-        Signals {
-            ctrl_c: tokio::signal::windows::ctrl_c().expect("install the Ctrl-C handler"),
+    let signals = Signals {
+        ctrl_c: tokio::signal::windows::ctrl_c().expect("install the Ctrl-C handler"),
+    };
+    Debounced::new(signals)
+}
+
+/// How soon after a counted shutdown signal another is taken for the same request delivered
+/// twice. One Ctrl-C reaches a process started by a wrapper that relays signals (a process
+/// manager, a shell script's `trap`, an npm package's launcher script) twice, within
+/// milliseconds, when the process is still in the terminal's process group: SIGINT from the
+/// terminal to the whole group, and the wrapper's SIGTERM or SIGINT to its child. Counted,
+/// the pair would force the shutdown and cut the requests in flight. A person pressing
+/// Ctrl-C again to force it, or a supervisor's second SIGTERM, comes later than this.
+pub(crate) const SAME_REQUEST: Duration = Duration::from_secs(1);
+
+/// The requests of `S`, but one that comes less than [`SAME_REQUEST`] after the last one
+/// counted, which is logged (info level) and not counted.
+pub(crate) struct Debounced<S> {
+    inner: S,
+    /// When the last request counted came, on tokio's clock.
+    last: Option<Instant>,
+}
+
+impl<S> Debounced<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner, last: None }
+    }
+}
+
+impl<S: Stream<Item = ()> + Unpin> Stream for Debounced<S> {
+    type Item = ();
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        let this = self.get_mut();
+        loop {
+            if std::task::ready!(Pin::new(&mut this.inner).poll_next(cx)).is_none() {
+                return Poll::Ready(None);
+            }
+            let now = Instant::now();
+            match this.last {
+                Some(last) if now.saturating_duration_since(last) < SAME_REQUEST => {
+                    tracing::info!(
+                        after = ?now.saturating_duration_since(last),
+                        "shutdown signal received again: taken for the same one delivered \
+                         twice (by a terminal and a wrapper relaying it), not counted; send \
+                         another a second or more later to force the shutdown"
+                    );
+                }
+                _ => {
+                    this.last = Some(now);
+                    return Poll::Ready(Some(()));
+                }
+            }
         }
     }
 }
@@ -622,8 +682,8 @@ impl Stream for Signals {
         let this = self.get_mut();
         #[cfg(unix)]
         {
-            // One at a time: a signal of each kind at once is two requests. Neither stream ends
-            // (tokio keeps its handlers installed).
+            // One at a time: a signal of each kind at once is two items, which `Debounced`
+            // counts as one request. Neither stream ends (tokio keeps its handlers installed).
             if let Poll::Ready(Some(())) = this.term.poll_recv(cx) {
                 return Poll::Ready(Some(()));
             }
@@ -747,6 +807,29 @@ mod tests {
         assert_eq!(Instant::now(), forced_at);
         assert_eq!(lc.phase(), Phase::Closing);
         assert_eq!(lc.deadline(), Some(forced_at));
+    }
+
+    /// The signals are debounced: a request less than `SAME_REQUEST` (1 s) after the last one
+    /// counted is that one delivered twice (a terminal's SIGINT and a wrapper's SIGTERM), and
+    /// does not force; one a second after it does.
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_less_than_a_second_after_the_last_counted_is_the_same_request() {
+        let lc = Lifecycle::new(MS(10_000), MS(20_000));
+        let (signal, rx) = requests();
+        let shutdown = tokio::spawn(lc.clone().on_shutdown_requests(Debounced::new(rx)));
+        let start = Instant::now();
+        signal.send(()).unwrap();
+        signal.send(()).unwrap();
+        tokio::time::sleep(MS(999)).await;
+        signal.send(()).unwrap();
+        tokio::time::sleep(MS(1)).await;
+        assert_eq!(lc.phase(), Phase::Draining, "one request so far");
+        assert!(!shutdown.is_finished());
+
+        signal.send(()).unwrap();
+        shutdown.await.unwrap();
+        assert_eq!(Instant::now() - start, SAME_REQUEST);
+        assert_eq!(lc.deadline(), Some(start + SAME_REQUEST), "forced");
     }
 
     #[tokio::test(start_paused = true)]
