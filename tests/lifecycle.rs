@@ -839,6 +839,10 @@ async fn a_second_sigterm_ends_the_drain_of_hyper_util_at_once() {
 async fn one_ctrl_c_as_sigint_and_sigterm_together_is_one_shutdown_request() {
     const LONG: Duration = Duration::from_secs(600);
     let mut demo = Demo::spawn_with("axum", LONG, LONG);
+    // One request served first: the server is polling its shutdown future, so the signal
+    // handlers are installed (a signal before that would end the process by default).
+    let ready = outcome(&client(), request(demo.addr, "/readyz", None)).await;
+    assert!(matches!(ready, Outcome::Ok), "{ready:?}");
     let pid = demo.child.id().to_string();
     let status = Command::new("sh")
         .args(["-c", "kill -INT $0; kill -TERM $0", &pid])
@@ -875,8 +879,9 @@ async fn one_ctrl_c_as_sigint_and_sigterm_together_is_one_shutdown_request() {
         .expect("run kill");
     assert!(status.success());
     next_line_with(&demo, "second shutdown signal");
-    let exit = next_line_with(&demo, "exit:");
-    assert!(exit.contains("grace period over"), "{exit}");
+    // Forced: the exit comes now, not after the 600 s drain delay. (With nothing in flight,
+    // the server may finish before the forced grace deadline is seen: either exit line.)
+    next_line_with(&demo, "exit:");
     assert!(demo.child.wait().unwrap().success());
 }
 

@@ -176,5 +176,5 @@ pub(crate) fn print_help(addr: SocketAddr, lifecycle: &Lifecycle) {
     );
     println!("  curl -i http://{addr}/readyz   # 200 ready; 503 + Retry-After once draining");
     println!("  curl -i http://{addr}/livez    # 200 until the process exits");
-    println!("  kill -TERM {}                  # drain: readiness 503, serve on, close, finish in-flight, exit 0; again: at once", std::process::id());
+    println!("  kill -TERM {}                  # drain: readiness 503, serve on, close, finish in-flight, exit 0; again a second or more later: at once", std::process::id());
 }
