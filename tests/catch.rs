@@ -1121,3 +1121,133 @@ async fn a_failure_whose_response_future_is_dropped_unpolled_is_logged() {
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(logs().lines_with("/polled-call-panic").len(), 1);
 }
+
+/// An error tagged with a message of its own (to find its log line), over `source`.
+#[derive(Debug)]
+struct Tagged {
+    tag: &'static str,
+    source: tower::BoxError,
+}
+
+impl fmt::Display for Tagged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.tag)
+    }
+}
+
+impl Error for Tagged {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// A service whose `poll_ready` fails with the error it holds (then is ready).
+struct ReadyFailsWith(Option<tower::BoxError>);
+
+impl Service<Request<Full<Bytes>>> for ReadyFailsWith {
+    type Response = Response<Full<Bytes>>;
+    type Error = tower::BoxError;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.0.take() {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, _req: Request<Full<Bytes>>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Full::from("ok"))))
+    }
+}
+
+/// A failure that no request was answered with is logged with the reason the layer's
+/// classifier gives it, as an answered one would be: tower's `Elapsed` as a timeout, an
+/// `Overloaded` as shed, an error a rule maps to 502 as a bad gateway. Before, every such error
+/// was logged as `error.type="internal"`, whatever the classifier said. A classifier that
+/// panics still leaves one event (the error as internal, and the panic), and no unwinding.
+#[tokio::test]
+async fn an_unanswered_failure_is_logged_with_the_classifiers_reason() {
+    quiet_panics();
+    let _ = logs();
+    let tagged = |tag: &'static str, source: tower::BoxError| -> tower::BoxError {
+        Box::new(Tagged { tag, source })
+    };
+    let layer = CatchLayer::new()
+        .name("unanswered-classified")
+        .on_error::<std::io::Error>(|_| Classification::bad_gateway());
+    // A `poll_ready` failure kept by a service dropped before a call took it.
+    for (tag, source, reason) in [
+        (
+            "unanswered-ready-elapsed",
+            tagged("x", Box::new(tower::timeout::error::Elapsed::new())),
+            "timeout",
+        ),
+        (
+            "unanswered-ready-io",
+            Box::new(std::io::Error::other("upstream")) as tower::BoxError,
+            "bad_gateway",
+        ),
+    ] {
+        let mut svc = layer.layer(ReadyFailsWith(Some(tagged(tag, source))));
+        svc.ready().await.unwrap();
+        drop(svc);
+        let lines = logs().lines_with(tag);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert!(line.contains(&format!("error.type=\"{reason}\"")), "{line}");
+        assert!(line.contains("name=\"unanswered-classified\""), "{line}");
+        assert!(
+            line.contains("the service was dropped before a request could be answered"),
+            "{line}"
+        );
+    }
+    // The failure of a response future dropped before it was polled.
+    let mut svc = layer.layer(ReadyFailsWith(Some(tagged(
+        "unanswered-future-overloaded",
+        Box::new(tower::load_shed::error::Overloaded::new()),
+    ))));
+    let future = svc.ready().await.unwrap().call(
+        Request::get("/unanswered-overloaded")
+            .body(Full::default())
+            .unwrap(),
+    );
+    drop(future);
+    let lines = logs().lines_with("unanswered-future-overloaded");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("error.type=\"shed\""), "{}", lines[0]);
+    assert!(lines[0].contains("/unanswered-overloaded"), "{}", lines[0]);
+
+    // A classifier that panics: one event, the error as internal, and the classifier's panic.
+    let panicking =
+        CatchLayer::new().classify(|_e: &(dyn Error + 'static)| -> Option<Classification> {
+            panic!("{EXPECTED_PANIC} unanswered classifier bug")
+        });
+    let mut svc = panicking.layer(ReadyFailsWith(Some(tagged(
+        "unanswered-panicking-classifier",
+        Box::new(tower::timeout::error::Elapsed::new()),
+    ))));
+    svc.ready().await.unwrap();
+    drop(svc);
+    let lines = logs().lines_with("unanswered-panicking-classifier");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("error.type=\"internal\""), "{}", lines[0]);
+    assert!(
+        lines[0].contains("unanswered classifier bug"),
+        "{}",
+        lines[0]
+    );
+    let future = panicking
+        .layer(ReadyFailsWith(Some(tagged(
+            "unanswered-future-panicking-classifier",
+            Box::new(tower::timeout::error::Elapsed::new()),
+        ))))
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Full::default()));
+    drop(future);
+    let lines = logs().lines_with("unanswered-future-panicking-classifier");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("error.type=\"internal\""), "{}", lines[0]);
+}

@@ -12,7 +12,7 @@ use std::{
 use http::{header::ACCEPT, uri::PathAndQuery, HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
 
-use super::{classify::classify_chain, CatchBody, Classify};
+use super::{classify::classify_chain, CatchBody, Classification, Classify};
 use crate::{
     error_chain,
     refuse::{Refuser, RequestView},
@@ -83,11 +83,69 @@ impl Failure {
     }
 }
 
+/// A failure kept until a request is answered with it: a `poll_ready` failure held by the
+/// service for its next call, then by the response future until its first poll (a panic of
+/// `call` is held from there). If no request is answered with it, it is logged when dropped,
+/// with the reason the layer's classifier gives it: one error event with an error id, as every
+/// failure. Boxed, and made only on failure: it costs the success path nothing.
+pub(crate) struct Pending<C> {
+    failure: Option<Failure>,
+    /// For the instance's name in the event.
+    meter: Meter,
+    classifier: C,
+    /// `C::classify`: the destructors that log the failure cannot require `C: Classify` (the
+    /// types they drop do not), so the classifier's method is kept with it.
+    classify: fn(&C, &(dyn Error + 'static)) -> Option<Classification>,
+}
+
+impl<C> Pending<C> {
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn new(failure: Failure, refusal: &Refuser, classifier: &C) -> Box<Self>
+    where
+        C: Classify,
+    {
+        Box::new(Self {
+            failure: Some(failure),
+            meter: refusal.meter().clone(),
+            classifier: classifier.clone(),
+            classify: C::classify,
+        })
+    }
+
+    /// The failure, for the request answered with it.
+    fn take(&mut self) -> Failure {
+        self.failure
+            .take()
+            .expect("a pending failure is taken once")
+    }
+
+    /// Logs the failure as never answered (`message`), unless a request took it.
+    fn log_unanswered(&mut self, message: &'static str, parts: Option<&RequestParts>) {
+        if let Some(failure) = self.failure.take() {
+            let (classifier, classify) = (&self.classifier, self.classify);
+            log_unanswered(failure, &self.meter, message, parts, &|e| {
+                classify(classifier, e)
+            });
+        }
+    }
+}
+
+impl<C> Drop for Pending<C> {
+    fn drop(&mut self) {
+        self.log_unanswered(
+            "poll_ready failed, and the service was dropped before a request could be \
+             answered with the failure",
+            None,
+        );
+    }
+}
+
 pin_project! {
     /// Response future of [`Catch`](super::Catch).
     pub struct ResponseFuture<F, C> {
         #[pin]
-        state: State<F>,
+        state: State<F, C>,
         parts: Option<RequestParts>,
         classifier: C,
         refusal: Refuser,
@@ -102,7 +160,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if !matches!(*this.state, State::Done) {
-                drop_state(this.state, this.parts.as_ref(), this.refusal);
+                drop_state(this.state, this.parts.as_ref());
             }
         }
     }
@@ -112,17 +170,13 @@ pin_project! {
 /// destructor; a failure caught before the first poll (never answered) is logged.
 #[cold]
 #[inline(never)]
-fn drop_state<F>(mut state: Pin<&mut State<F>>, parts: Option<&RequestParts>, refusal: &Refuser) {
-    if let StateProj::Failed { failure } = state.as_mut().project() {
-        if let Some(failure) = failure.take() {
-            log_unanswered(
-                failure,
-                refusal.meter(),
-                "request failed, and its response future was dropped before it was polled: \
-                 the failure was never answered",
-                parts,
-            );
-        }
+fn drop_state<F, C>(mut state: Pin<&mut State<F, C>>, parts: Option<&RequestParts>) {
+    if let StateProj::Failed { pending } = state.as_mut().project() {
+        pending.log_unanswered(
+            "request failed, and its response future was dropped before it was polled: the \
+             failure was never answered",
+            parts,
+        );
     }
     set_done(state, parts);
 }
@@ -130,7 +184,7 @@ fn drop_state<F>(mut state: Pin<&mut State<F>>, parts: Option<&RequestParts>, re
 /// Drops the inner future (or what is left of a failure) in place, catching and logging a
 /// panic of its destructor.
 #[inline]
-fn set_done<F>(mut state: Pin<&mut State<F>>, parts: Option<&RequestParts>) {
+fn set_done<F, C>(mut state: Pin<&mut State<F, C>>, parts: Option<&RequestParts>) {
     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| state.set(State::Done))) {
         log_drop_panic(&*panic, parts);
         drop_payload(panic);
@@ -139,8 +193,11 @@ fn set_done<F>(mut state: Pin<&mut State<F>>, parts: Option<&RequestParts>) {
 
 /// Logs a failure that no request was answered with (a `poll_ready` failure kept by a service
 /// dropped before a call took it, or the failure of a response future dropped before it was
-/// polled), as `message`, with the request's method and path if known. The error's `Display`
-/// and destructor are user code: a panic in either is caught (this runs in a destructor).
+/// polled), as `message`, with the request's method and path if known, and the reason that
+/// `classify` (the layer's classifier) and the built-in rules give it, as if it had been
+/// answered. The classifier, the error's `Display` and its destructor are user code: a panic
+/// in any of them is caught (this runs in a destructor); a panicking classifier leaves the
+/// error internal, and its panic is logged with it.
 #[cold]
 #[inline(never)]
 pub(crate) fn log_unanswered(
@@ -148,13 +205,23 @@ pub(crate) fn log_unanswered(
     meter: &Meter,
     message: &'static str,
     parts: Option<&RequestParts>,
+    classify: &dyn Fn(&(dyn Error + 'static)) -> Option<Classification>,
 ) {
     let error_id = ErrorId::new();
     let chain;
+    let mut classify_panic = None;
     let (reason, cause): (Reason, &dyn fmt::Display) = match &failure {
         Failure::Error(error) => {
             chain = Chain(&**error);
-            (Reason::Internal, &chain)
+            let reason = catch_unwind(AssertUnwindSafe(|| {
+                classify_chain(&classify, &**error, std::time::Duration::ZERO).reason
+            }))
+            .unwrap_or_else(|panic| {
+                classify_panic = Some(panic_message(&*panic).to_owned());
+                drop_payload(panic);
+                Reason::Internal
+            });
+            (reason, &chain)
         }
         Failure::Panic(message) => (Reason::Panic, message),
     };
@@ -168,6 +235,7 @@ pub(crate) fn log_unanswered(
             http.request.method = parts.map(|p| p.method.as_str()),
             url.path = parts.map(RequestParts::path),
             exception.message = %cause,
+            classifier_panic = classify_panic.as_deref(),
             "{message}"
         );
     };
@@ -201,9 +269,10 @@ fn log_drop_panic(panic: &(dyn Any + Send), parts: Option<&RequestParts>) {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, C> {
         Running { #[pin] future: F },
-        Failed { failure: Option<Failure> },
+        // Boxed: the variant costs a response future no more than a pointer.
+        Failed { pending: Box<Pending<C>> },
         Done,
     }
 }
@@ -220,15 +289,13 @@ impl<F, C> ResponseFuture<F, C> {
     }
 
     pub(crate) fn failed(
-        failure: Failure,
+        pending: Box<Pending<C>>,
         parts: RequestParts,
         classifier: C,
         refusal: Refuser,
     ) -> Self {
         Self {
-            state: State::Failed {
-                failure: Some(failure),
-            },
+            state: State::Failed { pending },
             parts: Some(parts),
             classifier,
             refusal,
@@ -275,7 +342,7 @@ where
                     Err(panic) => Failure::panic(panic),
                 }
             }
-            StateProj::Failed { failure } => failure.take().expect("polled after completion"),
+            StateProj::Failed { pending } => pending.take(),
             StateProj::Done => panic!("`ResponseFuture` polled after completion"),
         };
         // Drop the failed inner future now; its destructor may panic too.

@@ -11,11 +11,11 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::{
-    future::{log_unanswered, Failure, RequestParts, ResponseFuture},
+    future::{Failure, Pending, RequestParts, ResponseFuture},
     layer::Config,
     CatchBody, CatchLayer, Classify, DefaultClassifier,
 };
-use crate::{refuse::Refuser, telemetry::Meter, BoxError, ResponseBody};
+use crate::{refuse::Refuser, BoxError, ResponseBody};
 
 /// Middleware that turns its inner service's errors and panics into responses. Made by
 /// [`CatchLayer`]; see the [module docs](super).
@@ -27,46 +27,7 @@ pub struct Catch<S, C = DefaultClassifier> {
     refusal: Refuser,
     /// An error or panic from `poll_ready`, answered by the next `call`, or logged when the
     /// service is dropped first.
-    pending: Option<Box<Pending>>,
-}
-
-/// A failure of `poll_ready` kept for the next `call`. If no call takes it (the service is
-/// dropped), it is logged when dropped: one error event with an error id, as every failure.
-struct Pending {
-    failure: Option<Failure>,
-    /// For the instance's name in the event.
-    meter: Meter,
-}
-
-impl Pending {
-    #[cold]
-    #[inline(never)]
-    fn new(failure: Failure, refusal: &Refuser) -> Box<Self> {
-        Box::new(Self {
-            failure: Some(failure),
-            meter: refusal.meter().clone(),
-        })
-    }
-
-    fn take(&mut self) -> Failure {
-        self.failure
-            .take()
-            .expect("a pending failure is taken once")
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(failure) = self.failure.take() {
-            log_unanswered(
-                failure,
-                &self.meter,
-                "poll_ready failed, and the service was dropped before a request could be \
-                 answered with the failure",
-                None,
-            );
-        }
-    }
+    pending: Option<Box<Pending<C>>>,
 }
 
 impl<S> Catch<S, DefaultClassifier> {
@@ -138,11 +99,19 @@ where
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
             Ok(Poll::Ready(Err(e))) => {
-                self.pending = Some(Pending::new(Failure::Error(e.into()), &self.refusal));
+                self.pending = Some(Pending::new(
+                    Failure::Error(e.into()),
+                    &self.refusal,
+                    &self.classifier,
+                ));
                 Poll::Ready(Ok(()))
             }
             Err(panic) => {
-                self.pending = Some(Pending::new(Failure::panic(panic), &self.refusal));
+                self.pending = Some(Pending::new(
+                    Failure::panic(panic),
+                    &self.refusal,
+                    &self.classifier,
+                ));
                 Poll::Ready(Ok(()))
             }
         }
@@ -153,9 +122,9 @@ where
     #[inline(never)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let parts = RequestParts::new(&req, self.config.negotiate);
-        if let Some(mut pending) = self.pending.take() {
+        if let Some(pending) = self.pending.take() {
             return ResponseFuture::failed(
-                pending.take(),
+                pending,
                 parts,
                 self.classifier.clone(),
                 self.refusal.clone(),
@@ -169,7 +138,7 @@ where
                 self.refusal.clone(),
             ),
             Err(panic) => ResponseFuture::failed(
-                Failure::panic(panic),
+                Pending::new(Failure::panic(panic), &self.refusal, &self.classifier),
                 parts,
                 self.classifier.clone(),
                 self.refusal.clone(),
