@@ -459,10 +459,10 @@ pub(crate) enum BypassRule {
 pub(crate) struct MaintenanceMetrics {
     pub(crate) meter: Meter,
     /// What the gauge says: 0 off, 1 on, 2 not set yet. Read without a lock by every request;
-    /// written, together with the gauge, only under `flip`.
+    /// written, together with the gauge, only under `flip` and the switch's read lock.
     #[cfg(feature = "metrics")]
     shown: std::sync::atomic::AtomicU8,
-    /// Makes writing `shown` and the gauge one step (see `active`).
+    /// Makes writing `shown` and the gauge one step (see `show_active`).
     #[cfg(feature = "metrics")]
     flip: std::sync::Mutex<()>,
     #[cfg(feature = "metrics")]
@@ -508,45 +508,69 @@ impl MaintenanceMetrics {
         })
     }
 
-    /// Whether maintenance is on, as a request found it; `end`: the announced end.
+    /// Whether the gauge shows `active` (what a request found) already; always `true` without
+    /// the feature. When it does not, the caller asks the switch again, under its lock, with
+    /// [`show_active`](Self::show_active).
     #[inline]
-    pub(crate) fn active(&self, active: bool, end: Option<std::time::SystemTime>) {
+    pub(crate) fn shows_active(&self, active: bool) -> bool {
         #[cfg(feature = "metrics")]
         {
-            let value = u8::from(active);
-            if self.shown.load(std::sync::atomic::Ordering::Relaxed) != value {
-                self.flip(value);
-            }
-            if active {
-                let secs = end
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0.0, |d| d.as_secs_f64().floor());
-                self.handles().end.set(secs);
+            self.shown.load(std::sync::atomic::Ordering::Relaxed) == u8::from(active)
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = active;
+            true
+        }
+    }
+
+    /// Shows on the gauge whether maintenance is on, as `is_on` says: called with the switch
+    /// held still (its read lock), so that no source is switched meanwhile. Out of line, and
+    /// only when the state changes, not per request.
+    ///
+    /// Whatever a request found is only the hint that the gauge may be stale: the value shown
+    /// is the switch's, read here. The hint itself may be stale by now: a request that found
+    /// maintenance on, then updated the gauge after the switch went off and a later request
+    /// had shown 0, set it back to 1, and it stayed there until the next request. Read under
+    /// the switch's lock, the value shown is the switch's state when it is written, and a
+    /// switch that changes after that is seen by the next request, which finds `shown` stale
+    /// (the switch's lock orders the two).
+    ///
+    /// `shown` and the gauge change in one step, under `flip` (held switch locks are shared:
+    /// two requests can be here at once), so the last writer of `shown` is the last writer of
+    /// the gauge. Written separately, requests across a flip could interleave and leave `shown`
+    /// at 1 with the gauge at 0; every later request would then see nothing to change, and the
+    /// gauge would read 0 for the whole maintenance. `is_on` is read under `flip` too: of two
+    /// requests at a window's start or end, the one that writes last read the clock last.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn show_active(&self, is_on: &dyn Fn() -> bool) {
+        #[cfg(feature = "metrics")]
+        {
+            use std::sync::{atomic::Ordering, PoisonError};
+            let _flip = self.flip.lock().unwrap_or_else(PoisonError::into_inner);
+            let value = u8::from(is_on());
+            if self.shown.load(Ordering::Relaxed) != value {
+                self.handles().active.set(f64::from(value));
+                self.shown.store(value, Ordering::Relaxed);
             }
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = (active, end);
+        let _ = is_on;
     }
 
-    /// Shows `value` (0 off, 1 on) on the gauge: out of line, so that the per-request check in
-    /// [`active`](Self::active) stays small enough to be inlined.
-    ///
-    /// `shown` and the gauge change in one step, under the lock (taken only when the state
-    /// changes, not per request), so the last writer of `shown` is the last writer of the
-    /// gauge. Checked and written separately, requests across a flip could interleave (on, a
-    /// late off, on: the off's gauge write landing last) and leave `shown` at 1 with the gauge
-    /// at 0; every later request would then see nothing to change, and the gauge would read 0
-    /// for the whole maintenance.
-    #[cfg(feature = "metrics")]
-    #[cold]
-    #[inline(never)]
-    fn flip(&self, value: u8) {
-        use std::sync::{atomic::Ordering, PoisonError};
-        let _flip = self.flip.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.shown.load(Ordering::Relaxed) != value {
-            self.handles().active.set(f64::from(value));
-            self.shown.store(value, Ordering::Relaxed);
+    /// The announced end of the maintenance a request found on.
+    #[inline]
+    pub(crate) fn announced_end(&self, end: Option<std::time::SystemTime>) {
+        #[cfg(feature = "metrics")]
+        {
+            let secs = end
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64().floor());
+            self.handles().end.set(secs);
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = end;
     }
 
     /// One request let through by `rule` during maintenance.

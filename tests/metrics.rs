@@ -36,7 +36,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_5xx::{
     breaker::{error::CircuitOpen, BreakerLayer, CircuitBreaker, KeyedBreakers, SlidingWindow},
     catch::CatchLayer,
-    maintenance::{MaintenanceLayer, MaintenanceSwitch},
+    maintenance::{MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch, WallClock},
     rate_limit::{Policy, RateLimitLayer},
     retry::{Backoff, Failure, Jitter, Origin, ReplayBody, RetryLayer, RetryPolicy},
     shed::ShedLayer,
@@ -359,6 +359,108 @@ async fn a_known_mix_of_requests_is_counted_exactly_by_reason() {
     assert_eq!(fetch(&c, addr, "/ok").await.status, StatusCode::OK);
     let text = scrape(addr).await;
     assert_eq!(value(&text, "tower_5xx_maintenance_active", &[name]), 0.0);
+}
+
+/// A wall clock that runs a hook (once) on its `n`th reading after [`HookClock::arm`].
+#[derive(Clone, Default)]
+struct HookClock(Arc<Hook>);
+
+#[derive(Default)]
+struct Hook {
+    countdown: AtomicUsize,
+    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for HookClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookClock").finish_non_exhaustive()
+    }
+}
+
+impl HookClock {
+    fn arm(&self, n: usize, hook: impl FnOnce() + Send + 'static) {
+        *self.0.hook.lock().unwrap() = Some(Box::new(hook));
+        self.0.countdown.store(n, Ordering::SeqCst);
+    }
+}
+
+impl WallClock for HookClock {
+    fn now(&self) -> std::time::SystemTime {
+        let nth = self
+            .0
+            .countdown
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            == Ok(1);
+        if nth {
+            let hook = self.0.hook.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        std::time::SystemTime::now()
+    }
+}
+
+/// `tower_5xx_maintenance_active` ends at the switch's final state, even when a request that
+/// found maintenance on updates the gauge after the switch went off and another request has
+/// shown that. The interleaving is forced: the switch's clock, read by request A between
+/// finding maintenance on and updating the gauge, switches it off and sends request B (over the
+/// same server) meanwhile. Before, A's late update set the gauge back to 1 and it stayed there,
+/// with maintenance off, until the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_gauge_ends_at_the_switchs_final_state() {
+    let prometheus = recorder().clone();
+    let clock = HookClock::default();
+    let switch = MaintenanceSwitch::with_clock(clock.clone());
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(MaintenanceLayer::new(switch.clone()).name("gauge-race"));
+    let addr = common::serve_axum(app).await;
+    let c = client();
+    let name = ("name", "gauge-race");
+    let gauge = || {
+        value(
+            &prometheus.render(),
+            "tower_5xx_maintenance_active",
+            &[name],
+        )
+    };
+
+    // A deadline given as a duration: reading the notice's end reads the clock, after the
+    // switch was found on and before the gauge is updated.
+    switch.enable_with(MaintenanceNotice::new().ends_in(Duration::from_secs(600)));
+    assert_eq!(
+        fetch(&c, addr, "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(gauge(), 1.0);
+
+    // Request A reads the clock once to find the notice in force, once for its end: there,
+    // maintenance goes off and request B passes (and shows 0) before A goes on.
+    let b_status = Arc::new(Mutex::new(None));
+    clock.arm(2, {
+        let (switch, c, b_status) = (switch.clone(), c.clone(), b_status.clone());
+        move || {
+            switch.disable();
+            let reply = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(fetch(&c, addr, "/"))
+            });
+            *b_status.lock().unwrap() = Some(reply.status);
+        }
+    });
+    let a = fetch(&c, addr, "/").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "A found it on");
+    assert_eq!(
+        *b_status.lock().unwrap(),
+        Some(StatusCode::OK),
+        "B ran inside A, after the switch went off"
+    );
+    assert!(!switch.is_enabled());
+    assert_eq!(
+        gauge(),
+        0.0,
+        "maintenance is off, and the gauge says on (A's update landed after B's)"
+    );
 }
 
 /// What the scripted origin answers, in order; then 200.

@@ -242,10 +242,12 @@ impl Config {
     {
         let clock = self.switch.clock();
         let Some(notice) = self.switch.current() else {
-            self.metrics.active(false, None);
+            self.show_active(false);
             return None;
         };
-        self.metrics.active(true, notice.ends_at(clock));
+        let end = notice.ends_at(clock);
+        self.show_active(true);
+        self.metrics.announced_end(end);
         if let Some(rule) = self.bypass.matches(req) {
             self.metrics.bypassed(rule);
             return None;
@@ -262,6 +264,16 @@ impl Config {
             RequestView::of(req),
             || clock.now(),
         ))
+    }
+
+    /// Shows on the gauge whether maintenance is on, if it does not show `active` (what the
+    /// request found). The value shown is read again from the switch, held still: see
+    /// [`MaintenanceMetrics::show_active`].
+    #[inline]
+    pub(crate) fn show_active(&self, active: bool) {
+        if !self.metrics.shows_active(active) {
+            self.switch.hold(|is_on| self.metrics.show_active(is_on));
+        }
     }
 
     /// The base wait for `notice` at wall-clock time `now`: the announced end (a date, so that

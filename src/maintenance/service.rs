@@ -69,7 +69,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // Hot path: off with nothing scheduled is one atomic load.
         if self.config.switch.is_idle() {
-            self.config.metrics.active(false, None);
+            self.config.show_active(false);
             return ResponseFuture::inner(self.inner.call(req));
         }
         match self.config.unavailable(&req) {

@@ -689,6 +689,15 @@ impl MaintenanceSwitch {
         }
     }
 
+    /// Runs `f` with the switch held still (its read lock: no source is switched until `f`
+    /// returns), giving it `is_on`: whether maintenance is on when it is called. For the
+    /// layers' gauge, written in the order of the switch's changes. `f` must not call the
+    /// switch.
+    pub(crate) fn hold<R>(&self, f: impl FnOnce(&dyn Fn() -> bool) -> R) -> R {
+        let inner = self.read();
+        f(&|| inner.winner(self.shared.clock.now()).is_some())
+    }
+
     /// `true` when off with nothing scheduled: the one atomic load of the layer's hot path.
     #[inline]
     pub(crate) fn is_idle(&self) -> bool {
