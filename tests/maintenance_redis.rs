@@ -1101,3 +1101,100 @@ async fn a_stop_given_up_on_during_a_write_still_stops_following() {
     assert!(status.enabled, "{status:?}");
     assert_eq!(status.notice.unwrap().get_message(), Some("in flight"));
 }
+
+/// An admin `PUT` held in Redis A (`CLIENT PAUSE ... WRITE`) while the switch is moved to Redis
+/// B with `follow_redis`; then A lets it go. Returns its reply, the instance and the sources.
+async fn a_write_in_flight_while_the_source_is_replaced(
+    key_in_b: Option<&str>,
+) -> (Reply, Instance, RedisServer, RedisSource) {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let key = unique_key("write-during-replace");
+    if let Some(value) = key_in_b {
+        b.command(&["SET", &key, value]);
+    }
+    // A timeout longer than the pause: the write waits for Redis instead of giving up.
+    let source_a = RedisSource::builder(a.url())
+        .key(&key)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let source_b = source(&b, &key);
+    let node = instance_with(source_a).await;
+    let c = client();
+    assert!(a
+        .command(&["CLIENT", "PAUSE", "10000", "WRITE"])
+        .starts_with("+OK"));
+    let addr = node.addr;
+    let put = tokio::spawn({
+        let c = c.clone();
+        async move { admin_call(&c, addr, Method::PUT, r#"{"message": "in flight"}"#).await }
+    });
+    eventually("the write waits in Redis A", Duration::from_secs(5), || {
+        blocked_clients(&a) >= 1
+    })
+    .await;
+    // Replaced while the write is in flight; give B's follower time to read its key.
+    let _follower_b = node.switch.follow_redis(source_b.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.command(&["CLIENT", "UNPAUSE"]).starts_with("+OK"));
+    let reply = put.await.unwrap();
+    assert!(a.command(&["GET", &key]).contains("\"enabled\":true"));
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    (reply, node, b, source_b)
+}
+
+/// An admin write in flight when `follow_redis` replaces the source (the write on its way to
+/// the old Redis) is applied to this switch before anything of the new source, as
+/// `RedisFollower::stop` does: its `200` means it is in force here. Before, the replacement did
+/// not wait: the write reached the old Redis, was not applied here, and the `200` showed
+/// maintenance off. Later writes go to the new source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_in_flight_when_the_source_is_replaced_is_applied_here_too() {
+    let (reply, node, b, source_b) = a_write_in_flight_while_the_source_is_replaced(None).await;
+    let body: admin::StatusBody = serde_json::from_slice(&reply.body).unwrap();
+    assert!(
+        body.enabled,
+        "answered 200 without being in force: {body:?}"
+    );
+    // B says nothing (no key): the state applied last stays.
+    let status = node.switch.status();
+    assert!(
+        status.enabled,
+        "in Redis but not on this instance: {status:?}"
+    );
+    assert_eq!(status.notice.unwrap().get_message(), Some("in flight"));
+    // The switch follows B now: B's changes are applied, and admin writes go there.
+    source_b
+        .enable_with(MaintenanceNotice::new().message("from b"))
+        .await
+        .unwrap();
+    eventually("B's change applied", Duration::from_secs(2), || {
+        node.switch
+            .status()
+            .notice
+            .is_some_and(|n| n.get_message() == Some("from b"))
+    })
+    .await;
+    let c = client();
+    let reply = admin_call(&c, node.addr, Method::DELETE, "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(!node.switch.is_enabled());
+    let key = source_b.key();
+    assert!(b.command(&["GET", key]).contains("\"enabled\":false"));
+}
+
+/// The new source's state is applied after the write in flight on the old one, never before
+/// it: B's key (off) read first, then the write (on) applied, would leave the instance on with
+/// B saying off, until B changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replacing_source_is_applied_after_a_write_in_flight_on_the_old_one() {
+    let (_reply, node, _b, _source_b) =
+        a_write_in_flight_while_the_source_is_replaced(Some(r#"{"enabled": false}"#)).await;
+    eventually(
+        "B's state (off) in force after the write",
+        Duration::from_secs(2),
+        || !node.switch.is_enabled(),
+    )
+    .await;
+}

@@ -287,6 +287,12 @@ fn is_wrong_type(error: &RedisError) -> bool {
 /// [`RedisFollower::stop`]) stops the task.
 pub(crate) struct Following {
     pub(crate) store: Arc<Store>,
+    /// The stores this switch followed before `store` (replaced by
+    /// [`follow_redis`](MaintenanceSwitch::follow_redis)), newest first, whose reads and writes
+    /// in flight have not been waited for yet: what they read or write meanwhile is still
+    /// applied here, as it would have been had they finished first. `store` waits for them
+    /// before its first read or write ([`Store::take_over`]), and empties this.
+    replaced: Vec<Arc<Store>>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -349,8 +355,7 @@ impl RedisFollower {
     /// writes nothing (its answer is `503`, "nothing was changed; retry"; the retry writes to
     /// the manual source). So a `200` from the router means the change is in force here, before
     /// and after `stop`. Replacing the follower with another
-    /// [`follow_redis`](MaintenanceSwitch::follow_redis) does not wait: a write in flight then
-    /// may reach the old Redis and not this switch (its `200` then shows the state without it).
+    /// [`follow_redis`](MaintenanceSwitch::follow_redis) waits for such a write the same way.
     ///
     /// How long it waits: for the reads and writes in flight, each of whose Redis calls is
     /// bounded by the [`timeout`](RedisSourceBuilder::timeout) (a write on an unreachable
@@ -377,6 +382,7 @@ impl RedisFollower {
                 // see that the switch no longer follows this store, and neither write nor
                 // apply anything.
                 let link = store.link.lock().await;
+                store.take_over(&switch).await;
                 let following = {
                     let mut redis = lock(&switch.shared().redis);
                     if redis
@@ -418,7 +424,14 @@ impl MaintenanceSwitch {
     /// the last known state meanwhile.
     ///
     /// The task ends when the last clone of this switch is dropped, or with
-    /// [`RedisFollower::stop`]. Following another source replaces (and stops) the previous one.
+    /// [`RedisFollower::stop`]. Following another source replaces (and stops) the previous one:
+    /// the admin router writes to the new source from now on. A read or an admin write of the
+    /// previous source in flight (on its way to Redis, or there already) is still applied to
+    /// this switch, and the new source's first read or write waits for it, so the new source's
+    /// state is applied after it and a `200` from the router means its change is in force
+    /// here, as with [`RedisFollower::stop`]. A write of the previous source that comes after
+    /// that writes nothing (`503`, "nothing was changed; retry"; the retry writes to the new
+    /// source).
     ///
     /// # Panics
     ///
@@ -428,10 +441,25 @@ impl MaintenanceSwitch {
         // by several switches, and each must apply every change.
         let store = Arc::new(redis.store.fork());
         let (stop, stopped) = oneshot::channel();
-        let previous = lock(&self.shared().redis).replace(Following {
+        let mut redis = lock(&self.shared().redis);
+        let previous = redis.take();
+        // The previous store, and those it had not taken over from yet: until the new store
+        // has waited for what they have in flight, that is still applied here.
+        let replaced = previous
+            .as_ref()
+            .map(|p| {
+                std::iter::once(p.store.clone())
+                    .chain(p.replaced.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        *redis = Some(Following {
             store: store.clone(),
+            replaced,
             _stop: stop,
         });
+        drop(redis);
+        // Stops the previous task.
         drop(previous);
         let task = tokio::spawn(follow(store.clone(), self.downgrade(), stopped));
         RedisFollower {
@@ -456,6 +484,11 @@ impl MaintenanceSwitch {
 /// outage ends (backoff reset, "reachable again" logged) only once a subscription has held for
 /// [`MAX_BACKOFF`].
 async fn follow(store: Arc<Store>, switch: Weak<Shared>, mut stop: oneshot::Receiver<()>) {
+    // Replacing another source: what it has in flight first, whether Redis is reachable or not.
+    tokio::select! {
+        _ = &mut stop => return,
+        () = store.take_over_weak(&switch) => {}
+    }
     let mut backoff = MIN_BACKOFF;
     // When the current outage began; `None` while connected (or before the first attempt).
     let mut down_since: Option<Instant> = None;
@@ -617,6 +650,7 @@ impl Store {
         let Some(switch) = MaintenanceSwitch::upgrade(switch) else {
             return Ok(false);
         };
+        self.take_over(&switch).await;
         // A connection cached from before an outage is broken even if Redis is back: one more
         // try on a fresh connection before reporting Redis unreachable.
         let mut read = Err(RedisError::from((redis::ErrorKind::Io, "not tried")));
@@ -653,11 +687,45 @@ impl Store {
         Ok(true)
     }
 
-    /// Whether `switch` follows this store (not stopped, not replaced).
+    /// Whether `switch` follows this store (not stopped; not replaced, or replaced by a store
+    /// that has not yet waited for what this one has in flight).
     fn is_followed_by(&self, switch: &MaintenanceSwitch) -> bool {
-        lock(&switch.shared().redis)
-            .as_ref()
-            .is_some_and(|f| std::ptr::eq(&*f.store, self))
+        lock(&switch.shared().redis).as_ref().is_some_and(|f| {
+            std::ptr::eq(&*f.store, self) || f.replaced.iter().any(|r| std::ptr::eq(&**r, self))
+        })
+    }
+
+    /// Called with this store's link held, before a read or write applied to `switch`: if this
+    /// store replaced others that have not been waited for, waits for their reads and writes
+    /// in flight (each holds its store's link; they are applied to the switch first), then
+    /// stops applying theirs. Links are taken newest store first, as every holder of several
+    /// does, so no two wait for each other. Nothing to do (one lock, one check) otherwise.
+    async fn take_over(&self, switch: &MaintenanceSwitch) {
+        let replaced = match lock(&switch.shared().redis).as_ref() {
+            Some(f) if std::ptr::eq(&*f.store, self) && !f.replaced.is_empty() => {
+                f.replaced.clone()
+            }
+            _ => return,
+        };
+        let mut held = Vec::with_capacity(replaced.len());
+        for store in &replaced {
+            held.push(store.link.lock().await);
+        }
+        if let Some(f) = lock(&switch.shared().redis).as_mut() {
+            if std::ptr::eq(&*f.store, self) {
+                f.replaced
+                    .retain(|r| !replaced.iter().any(|done| Arc::ptr_eq(done, r)));
+            }
+        }
+        drop(held);
+    }
+
+    /// [`take_over`](Self::take_over) under this store's link, while the switch is alive.
+    async fn take_over_weak(&self, switch: &Weak<Shared>) {
+        let _link = self.link.lock().await;
+        if let Some(switch) = MaintenanceSwitch::upgrade(switch) {
+            self.take_over(&switch).await;
+        }
     }
 
     /// Applies what was read from (or written to) the key, if it changed.
@@ -700,8 +768,12 @@ impl Store {
         switch: Option<&MaintenanceSwitch>,
     ) -> Result<(), RedisUnavailable> {
         let mut link = self.link.lock().await;
+        if let Some(switch) = switch {
+            self.take_over(switch).await;
+        }
         // The switch stopped following this store while the write waited for the link
-        // (`RedisFollower::stop`): what it wrote would reach Redis and not the switch.
+        // (`RedisFollower::stop`, or another source followed and done waiting for this one):
+        // what it wrote would reach Redis and not the switch.
         if switch.is_some_and(|switch| !self.is_followed_by(switch)) {
             return Err(RedisUnavailable::new(
                 "the switch stopped following this Redis source; nothing was written",
