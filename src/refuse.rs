@@ -16,7 +16,7 @@
 //! | [`http_date`](RefusalPolicyBuilder::http_date) | `false` | `Retry-After` as an HTTP-date instead of delta-seconds (delta-seconds are immune to clock skew) |
 //! | [`negotiate`](RefusalPolicyBuilder::negotiate) | `true` | the body's format follows the request's `Accept`: problem+json, HTML or plain text |
 //! | [`html`](RefusalPolicyBuilder::html) | `true` | whether HTML is one of the formats offered |
-//! | [`format`](RefusalPolicyBuilder::format) | plain text | the format when not negotiating, or when nothing offered is acceptable |
+//! | [`format`](RefusalPolicyBuilder::format) | plain text | the format when not negotiating, when nothing offered is acceptable, and when `Accept` leaves the choice open (`*/*`) |
 //! | [`detail`](RefusalPolicyBuilder::detail) | per [`Reason`] | the client-facing text ([`Reason::default_detail`]) |
 //! | [`render`](RefusalPolicyBuilder::render) | the crate's [`ErrorResponse`] | your own response (a branded page, your error schema) |
 //!
@@ -486,8 +486,10 @@ impl RefusalPolicyBuilder {
         self
     }
 
-    /// The format when the policy does not negotiate, and when the request's `Accept` names
-    /// nothing offered. Default [`Format::Text`].
+    /// The server's own format: sent when the policy does not negotiate, when the request's
+    /// `Accept` names nothing offered, and when it leaves the choice to the server (no
+    /// `Accept`, `*/*`, or offered formats at one weight, such as axios's
+    /// `application/json, text/plain, */*`). Default [`Format::Text`].
     pub fn format(mut self, format: Format) -> Self {
         self.inner.format = format;
         self

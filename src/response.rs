@@ -219,7 +219,8 @@ impl Format {
     }
 
     /// [`Format::negotiate`] over the values of the `Accept` fields, with `fallback` when none
-    /// of the formats is acceptable (or there is no `Accept`).
+    /// of the formats is acceptable (or there is no `Accept`), and first among formats the
+    /// request weighs equally (`*/*`: the same as no `Accept`, RFC 9110 §12.5.1).
     pub(crate) fn negotiate_values<'a, I>(accept: I, allow_html: bool, fallback: Format) -> Format
     where
         I: IntoIterator<Item = &'a HeaderValue> + Copy,
@@ -234,8 +235,14 @@ impl Format {
             &[Format::Text, Format::ProblemJson]
         };
         for (rank, &format) in candidates.iter().enumerate() {
-            // Preference order at equal weight and specificity: text, json, html.
-            let order = (candidates.len() - rank) as u8;
+            // Preference order at equal weight and specificity: the fallback (the server's own
+            // choice, which a request without `Accept` gets, as one with `*/*` must), then
+            // text, json, html.
+            let order = if format == fallback {
+                u8::MAX
+            } else {
+                (candidates.len() - rank) as u8
+            };
             let Some((q, specificity)) = weight(accept, format) else {
                 continue;
             };

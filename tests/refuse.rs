@@ -16,6 +16,7 @@ use axum::{routing::get, Router};
 use bytes::Bytes;
 use http::{header::CONTENT_TYPE, Response, StatusCode};
 use tower::Layer;
+use tower_5xx::Format;
 use tower_5xx::{
     breaker::{BreakerLayer, CircuitBreaker},
     catch::CatchLayer,
@@ -24,7 +25,7 @@ use tower_5xx::{
     shed::ShedLayer,
 };
 
-use common::{client, get as fetch};
+use common::{client, get as fetch, request, send};
 
 /// Our own error schema: `{"code": .., "id": .., "retry_in": ..}`.
 fn house_policy() -> RefusalPolicy {
@@ -164,4 +165,49 @@ async fn every_layer_refuses_through_one_policy() {
 
     release.notify_one();
     assert_eq!(held.await.unwrap().text(), "done");
+}
+
+/// A JSON API sets its policy's format to problem+json. A client that leaves the choice to the
+/// server must get it whether it sends no `Accept` or `*/*` (curl, `fetch`, reqwest: RFC 9110
+/// §12.5.1 makes the two the same), or names several formats at one weight (axios); a client
+/// that prefers another format still gets that one.
+#[tokio::test]
+async fn the_policy_format_is_sent_when_accept_leaves_the_choice_to_the_server() {
+    let switch = MaintenanceSwitch::new();
+    switch.enable();
+    let policy = RefusalPolicy::builder()
+        .format(Format::ProblemJson)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "up" }))
+        .layer(MaintenanceLayer::new(switch).refusal(policy));
+    let addr = common::serve_axum(app).await;
+    let c = client();
+
+    let json = "application/problem+json";
+    let cases = [
+        (None, json),
+        (Some("*/*"), json),
+        (Some("application/json, text/plain, */*"), json),
+        (Some("text/plain, application/json"), json),
+        (Some("text/plain"), "text/plain; charset=utf-8"),
+        (
+            Some("text/plain, application/json;q=0.9"),
+            "text/plain; charset=utf-8",
+        ),
+        (
+            Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+            "text/html; charset=utf-8",
+        ),
+    ];
+    for (accept, expected) in cases {
+        let reply = send(&c, request(addr, "/", accept)).await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            reply.header("content-type"),
+            Some(expected),
+            "Accept: {accept:?}"
+        );
+    }
 }
