@@ -468,7 +468,9 @@ impl ErrorResponse {
     }
 
     /// Sets the `Retry-After` header. A delay under one second is sent as `1`: `Retry-After: 0`
-    /// would invite an immediate retry of a request the server just refused.
+    /// would invite an immediate retry of a request the server just refused. A date is sent as
+    /// it is; the body counts one already past (or less than a second ahead) as one second, and
+    /// the maintenance page reloads itself no sooner.
     #[must_use]
     pub fn retry_after(mut self, retry_after: RetryAfter) -> Self {
         self.retry_after = Some(retry_after.at_least_one_second());
@@ -530,8 +532,10 @@ impl ErrorResponse {
     fn body(&self) -> Bytes {
         let title = self.status.canonical_reason().unwrap_or("Error");
         let detail = self.detail_text();
+        // At least one second, as a delay is sent: a date already past (an announced end that
+        // was overrun) must not make the maintenance page reload at once, in a loop.
         let retry_secs = self.retry_after.map(|ra| {
-            delay_secs_rounded_up(ra.delay_from(self.now.unwrap_or_else(SystemTime::now)))
+            delay_secs_rounded_up(ra.delay_from(self.now.unwrap_or_else(SystemTime::now))).max(1)
         });
         let id = self.error_id;
         let code = self.status.as_u16();

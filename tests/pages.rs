@@ -17,7 +17,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::{
@@ -28,6 +28,7 @@ use axum::{
     Router,
 };
 use common::{quiet_panics, serve_axum, EXPECTED_PANIC};
+use http::{HeaderMap, StatusCode};
 use tokio::{
     io::AsyncReadExt,
     net::TcpListener,
@@ -39,6 +40,7 @@ use tower_5xx::{
     catch::CatchLayer,
     maintenance::{MaintenanceLayer, MaintenanceNotice, MaintenanceSwitch},
     refuse::RefusalPolicy,
+    ErrorResponse, Reason, RetryAfter,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -134,6 +136,18 @@ fn app(hits: Hits) -> Router {
             maintenance(Duration::from_secs(1), "Back in a moment.").layer(ok()),
         )
         .route(
+            "/overran",
+            get(|headers: HeaderMap| async move {
+                // A maintenance page of the application's own, made with `ErrorResponse`, whose
+                // announced end has passed: the maintenance overran.
+                let end = SystemTime::now() - Duration::from_secs(3600);
+                ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, Reason::Maintenance)
+                    .retry_after(RetryAfter::at(end))
+                    .negotiate(&headers, true)
+                    .into_response::<axum::body::Body>()
+            }),
+        )
+        .route(
             "/canary",
             get(|| async {
                 Html("<!DOCTYPE html><p>canary</p><img src=\"http://external.example/pixel.png\">")
@@ -225,7 +239,13 @@ impl Browser {
             "{CHROMIUM} is missing: this test drives Debian's Chromium; install it with \
              `apt-get install -y chromium`"
         );
-        let dir = std::env::temp_dir().join(format!("tower-5xx-pages-{}", std::process::id()));
+        // One directory per browser: the tests of this file run at once.
+        static BROWSERS: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tower-5xx-pages-{}-{}",
+            std::process::id(),
+            BROWSERS.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         Browser {
             dir,
@@ -563,4 +583,33 @@ async fn pages_render_in_chromium_without_external_requests() {
         shots.display(),
         started.elapsed()
     );
+}
+
+/// A maintenance page whose `Retry-After` is a date already past (an application's own page,
+/// made with `ErrorResponse`, announcing an end the maintenance overran) reloads itself after a
+/// second, as the shortest `Retry-After` the crate sends: not at once, in a loop that would
+/// hammer the server under maintenance from every open tab.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_retry_after_date_has_passed_does_not_reload_in_a_loop() {
+    let hits = Hits::default();
+    let addr = serve_axum(app(hits.clone())).await;
+    let browser = Browser::new(CountingProxy::start().await);
+    let page = browser.open(&format!("http://{addr}/overran"));
+    wait_for(
+        "the page to load and reload itself twice",
+        Duration::from_secs(20),
+        || hits.to("/overran").len() >= 3,
+    )
+    .await;
+    stop(page).await;
+    let reloads = hits.to("/overran");
+    for pair in reloads.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(900),
+            "reloaded after {gap:?} ({} loads in all)",
+            reloads.len()
+        );
+        assert_eq!(pair[1].status, 503);
+    }
 }
