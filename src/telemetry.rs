@@ -311,27 +311,52 @@ impl ShedMetrics {
         })
     }
 
-    /// The current limit, requests running and requests waiting.
-    #[inline]
-    pub(crate) fn load(&self, limit: usize, in_flight: usize, queued: usize) {
+    // The gauges of requests running and waiting move by one step per change of the
+    // limiter's load, never to a count read before: two threads that wrote the counts each had
+    // read could land in the wrong order and leave the gauge off until the next request. Steps
+    // commute, so the gauges settle on the load whatever the order.
+
+    /// The limit, just stored.
+    pub(crate) fn limit(&self, limit: usize) {
         #[cfg(feature = "metrics")]
-        {
-            let h = self.handles(|| limit);
-            h.limit.set(limit as f64);
-            h.in_flight.set(in_flight as f64);
-            h.queued.set(queued as f64);
-        }
+        self.handles(|| limit).limit.set(limit as f64);
         #[cfg(not(feature = "metrics"))]
-        let _ = (limit, in_flight, queued);
+        let _ = limit;
     }
 
-    /// Requests running; `limit` is read only the first time.
+    /// One request took a permit; `limit` is read only the first time.
     #[inline]
-    pub(crate) fn in_flight(&self, in_flight: usize, limit: impl FnOnce() -> usize) {
+    pub(crate) fn started(&self, limit: impl FnOnce() -> usize) {
         #[cfg(feature = "metrics")]
-        self.handles(limit).in_flight.set(in_flight as f64);
+        self.handles(limit).in_flight.increment(1.0);
         #[cfg(not(feature = "metrics"))]
-        let _ = (in_flight, limit);
+        let _ = limit;
+    }
+
+    /// One permit was given back; `limit` is read only the first time.
+    #[inline]
+    pub(crate) fn finished(&self, limit: impl FnOnce() -> usize) {
+        #[cfg(feature = "metrics")]
+        self.handles(limit).in_flight.decrement(1.0);
+        #[cfg(not(feature = "metrics"))]
+        let _ = limit;
+    }
+
+    /// One request joined the queue; `limit` is read only the first time.
+    pub(crate) fn joined_queue(&self, limit: impl FnOnce() -> usize) {
+        #[cfg(feature = "metrics")]
+        self.handles(limit).queued.increment(1.0);
+        #[cfg(not(feature = "metrics"))]
+        let _ = limit;
+    }
+
+    /// `n` requests left the queue (with a permit, or without); `limit` is read only the first
+    /// time.
+    pub(crate) fn left_queue(&self, n: usize, limit: impl FnOnce() -> usize) {
+        #[cfg(feature = "metrics")]
+        self.handles(limit).queued.decrement(n as f64);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (n, limit);
     }
 
     /// One request shed.

@@ -941,3 +941,59 @@ async fn a_response_whose_error_display_panics_is_counted_once() {
         "{text}"
     );
 }
+
+/// Requests that end at the same moment on two threads, again and again: whenever the layer
+/// is idle, its gauges say so. Each thread used to write the count it had computed, and the
+/// older one could land last: `tower_5xx_shed_in_flight` (or `_queued`) then showed a request
+/// on an idle server until the next one came.
+#[test]
+fn the_shed_gauges_show_the_load_after_requests_end_at_once() {
+    let prometheus = recorder().clone();
+    let name = ("name", "ending-at-once");
+    // The queue's timers need a runtime; the requests end on threads of their own.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let layer = ShedLayer::builder()
+        .limit(2)
+        .max_queue(4)
+        .max_wait(Duration::from_secs(600))
+        .name(name.1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+    }));
+    let _entered = runtime.enter();
+    for round in 0..5_000 {
+        // Two running requests end at once; then, with both permits held, two queued ones.
+        for queued in [false, true] {
+            let held: Vec<_> = (0..if queued { 2 } else { 0 })
+                .map(|_| svc.clone().call(Request::new(())))
+                .collect();
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let (mut svc, barrier, runtime) = (svc.clone(), &barrier, &runtime);
+                    s.spawn(move || {
+                        let _entered = runtime.enter();
+                        let future = svc.call(Request::new(()));
+                        barrier.wait();
+                        drop(future);
+                    });
+                }
+            });
+            let text = prometheus.render();
+            let shown = |metric| value(&text, metric, &[name]) as usize;
+            assert_eq!(
+                (
+                    shown("tower_5xx_shed_in_flight"),
+                    shown("tower_5xx_shed_queued")
+                ),
+                (handle.in_flight(), handle.queued()),
+                "round {round}, queued: {queued}"
+            );
+            drop(held);
+        }
+    }
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}

@@ -213,8 +213,20 @@ impl Shared {
         fence(Ordering::SeqCst);
         if limit > old && Load::waiting(self.load.load(Ordering::SeqCst)) > 0 {
             self.dispatch();
-        } else {
-            self.publish();
+        }
+        self.show_limit(limit);
+    }
+
+    /// Sets the limit gauge to `limit`, just stored, and again to any limit stored meanwhile:
+    /// of two limits stored at once, the gauge ends on the one that stays.
+    fn show_limit(&self, mut limit: usize) {
+        loop {
+            self.metrics.limit(limit);
+            let now = self.limit();
+            if now == limit {
+                return;
+            }
+            limit = now;
         }
     }
 
@@ -257,8 +269,7 @@ impl Shared {
                 Ordering::SeqCst,
             ) {
                 Ok(_) => {
-                    // Nobody waits: the word is the number running.
-                    self.metrics.in_flight(load as usize + 1, || self.limit());
+                    self.metrics.started(|| self.limit());
                     return Some(2 * load >= limit);
                 }
                 Err(actual) => load = actual,
@@ -280,7 +291,10 @@ impl Shared {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    self.metrics.started(|| self.limit());
+                    return true;
+                }
                 Err(actual) => load = actual,
             }
         }
@@ -291,19 +305,10 @@ impl Shared {
     #[inline]
     fn release(self: &Arc<Self>) {
         let load = self.load.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.finished(|| self.limit());
         if load >= Load::WAITER {
             self.dispatch();
-        } else {
-            self.metrics
-                .in_flight(Load::running(load) - 1, || self.limit());
         }
-    }
-
-    /// Shows the limit, the requests running and the requests waiting in the metrics.
-    fn publish(&self) {
-        let load = self.load.load(Ordering::Relaxed);
-        self.metrics
-            .load(self.limit(), Load::running(load), Load::waiting(load));
     }
 
     /// Hands free permits to the waiters, oldest first, while there are both.
@@ -313,7 +318,6 @@ impl Shared {
         let unsent = self.dispatch_locked(&mut waiters);
         drop(waiters);
         drop(unsent);
-        self.publish();
     }
 
     /// [`dispatch`](Self::dispatch) with the lock held. A permit that found nobody to take it
@@ -336,6 +340,7 @@ impl Shared {
         if n > 0 {
             self.load
                 .fetch_sub(n as u64 * Load::WAITER, Ordering::SeqCst);
+            self.metrics.left_queue(n, || self.limit());
         }
     }
 
@@ -375,12 +380,12 @@ impl Shared {
         // taken below (for the oldest waiter), one released after it is handed over by its
         // releaser, which waits for this lock.
         self.load.fetch_add(Load::WAITER, Ordering::SeqCst);
+        self.metrics.joined_queue(|| self.limit());
         // Against a limit raised at this moment: see `store_limit`.
         fence(Ordering::SeqCst);
         let unsent = self.dispatch_locked(&mut waiters);
         drop(waiters);
         drop(unsent);
-        self.publish();
         Some(Ticket {
             shared: Arc::clone(self),
             id,
@@ -568,8 +573,6 @@ impl Ticket {
         if waiters.remove(self.id) {
             waiters.note_timeout(tokio::time::Instant::now());
             self.shared.left_queue(1);
-            drop(waiters);
-            self.shared.publish();
             return None;
         }
         drop(waiters);
@@ -588,8 +591,6 @@ impl Drop for Ticket {
         // is released, and its drop hands it to the next waiter.
         if waiters.remove(self.id) {
             self.shared.left_queue(1);
-            drop(waiters);
-            self.shared.publish();
         }
     }
 }
