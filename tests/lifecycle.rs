@@ -1301,3 +1301,142 @@ async fn on_drain_dropped_mid_drain_still_closes_the_listener() {
         .expect("the listener is marked closed at the end of the drain delay");
     assert_eq!(Instant::now() - start, Duration::from_secs(10));
 }
+
+/// One lifecycle, two servers (the app and its metrics port, say), each with its shutdown
+/// future, as each `on_signal` gets the signals: the metrics server finishes at the close, the
+/// app still has a request in flight, and a second shutdown request must still force it. The
+/// first `finish` to return marked the whole lifecycle finished, which stopped every task
+/// listening for the second request: the app then ran its whole grace period (an hour here),
+/// with Ctrl-C ignored.
+#[tokio::test]
+async fn a_second_shutdown_request_forces_the_server_left_when_another_finished() {
+    use axum::{routing::get, Router};
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    let lifecycle = Lifecycle::new(Duration::ZERO, HOUR);
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let app = Router::new().route(
+        "/slow",
+        get({
+            let entered = entered.clone();
+            move || async move {
+                entered.notify_one();
+                tokio::time::sleep(HOUR).await;
+                "late"
+            }
+        }),
+    );
+    let metrics = Router::new().route("/metrics", get(|| async { "" }));
+    // Each shutdown future gets every request, as each `on_signal` gets every signal.
+    let (app_signal, app_requests) = tokio::sync::mpsc::unbounded_channel();
+    let (metrics_signal, metrics_requests) = tokio::sync::mpsc::unbounded_channel();
+    // (A stream already dropped is a listener gone: the signal reaches the others.)
+    let signal = || {
+        let _ = app_signal.send(());
+        let _ = metrics_signal.send(());
+    };
+    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = app_listener.local_addr().unwrap();
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_server = tokio::spawn({
+        let lc = lifecycle.clone();
+        async move {
+            let server = axum::serve(app_listener, app)
+                .with_graceful_shutdown(lc.clone().on_shutdown_requests(Requests(app_requests)));
+            lc.finish(server).await
+        }
+    });
+    let metrics_server = tokio::spawn({
+        let lc = lifecycle.clone();
+        async move {
+            let server = axum::serve(metrics_listener, metrics).with_graceful_shutdown(
+                lc.clone().on_shutdown_requests(Requests(metrics_requests)),
+            );
+            lc.finish(server).await
+        }
+    });
+    let slow = tokio::spawn(async move { outcome(&client(), request(addr, "/slow", None)).await });
+    entered.notified().await;
+
+    signal();
+    let metrics_out = tokio::time::timeout(Duration::from_secs(30), metrics_server)
+        .await
+        .expect("nothing open on the metrics server: it finishes at the close")
+        .unwrap();
+    assert!(matches!(metrics_out, Ok(Ok(()))), "{metrics_out:?}");
+    assert_eq!(lifecycle.phase(), Phase::Closing);
+
+    signal();
+    let app_out = tokio::time::timeout(Duration::from_secs(30), app_server)
+        .await
+        .expect("the second request forces the app's shutdown, not after the hour")
+        .unwrap();
+    assert!(app_out.is_err(), "the grace period was ended: {app_out:?}");
+    slow.abort();
+}
+
+/// The same with two `Lifecycle::serve` loops on one lifecycle.
+#[tokio::test]
+async fn a_second_shutdown_request_forces_the_serve_loop_left_when_another_returned() {
+    use std::future::IntoFuture;
+
+    use axum::{routing::get, Router};
+    use tower_5xx::lifecycle::Lifecycle;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    let lifecycle = Lifecycle::new(Duration::ZERO, HOUR);
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let app = Router::new().route(
+        "/slow",
+        get({
+            let entered = entered.clone();
+            move || async move {
+                entered.notify_one();
+                tokio::time::sleep(HOUR).await;
+                "late"
+            }
+        }),
+    );
+    let metrics = Router::new().route("/metrics", get(|| async { "" }));
+    let (app_signal, app_requests) = tokio::sync::mpsc::unbounded_channel();
+    let (metrics_signal, metrics_requests) = tokio::sync::mpsc::unbounded_channel();
+    // (A stream already dropped is a listener gone: the signal reaches the others.)
+    let signal = || {
+        let _ = app_signal.send(());
+        let _ = metrics_signal.send(());
+    };
+    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = app_listener.local_addr().unwrap();
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_server = tokio::spawn(
+        lifecycle
+            .serve(app_listener, app.with_state(()))
+            .shutdown_requests(Requests(app_requests))
+            .into_future(),
+    );
+    let metrics_server = tokio::spawn(
+        lifecycle
+            .serve(metrics_listener, metrics.with_state(()))
+            .shutdown_requests(Requests(metrics_requests))
+            .into_future(),
+    );
+    let slow = tokio::spawn(async move { outcome(&client(), request(addr, "/slow", None)).await });
+    entered.notified().await;
+
+    signal();
+    let metrics_out = tokio::time::timeout(Duration::from_secs(30), metrics_server)
+        .await
+        .expect("nothing open on the metrics server: it returns at the close")
+        .unwrap();
+    assert_eq!(metrics_out, Ok(()));
+
+    signal();
+    let expired = tokio::time::timeout(Duration::from_secs(30), app_server)
+        .await
+        .expect("the second request forces the app's serve loop, not after the hour")
+        .unwrap()
+        .expect_err("the grace period was ended");
+    assert_eq!(expired.in_flight(), Some(1), "{expired}");
+    assert!(matches!(slow.await.unwrap(), Outcome::Broken(_)));
+}

@@ -207,8 +207,9 @@ where
                 exempt: exempt.into_boxed_slice(),
             });
             let this = &lifecycle;
-            // Dropped when this future ends (returns, or is dropped): the shutdown requests
-            // are listened for no longer, rather than until the grace deadline.
+            // Dropped when this future ends (returns, or is dropped): once no other server of
+            // the lifecycle runs either, the shutdown requests are listened for no longer,
+            // rather than until the grace deadline.
             let finished = this.finished_on_drop();
             let signal = tokio::spawn({
                 let lifecycle = this.clone();

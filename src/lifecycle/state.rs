@@ -5,7 +5,10 @@ use std::{
     future::IntoFuture,
     panic::{catch_unwind, AssertUnwindSafe},
     pin::{pin, Pin},
-    sync::{atomic::AtomicBool, Arc, OnceLock},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize},
+        Arc, OnceLock,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -94,10 +97,14 @@ pub(crate) struct Inner {
     forced_at: OnceLock<Instant>,
     /// Notified once, when the shutdown is forced (after `forced_at` is set).
     forced: Notify,
-    /// Set when the server is done (`finish` or `serve` returned, or was dropped): shutdown
-    /// requests are listened for no longer.
-    is_finished: AtomicBool,
-    /// Notified once, when `is_finished` is set (after it is).
+    /// The calls of `finish` and `serve` running: when the last one returns (or is dropped),
+    /// the servers are done, and shutdown requests are listened for no longer. Not one flag
+    /// for all: with two servers (the app and its metrics port), the first to finish must not
+    /// stop the second request that forces the other.
+    servers: AtomicUsize,
+    /// Set when a call of `finish` or `serve` starts (after `servers` counts it).
+    served: AtomicBool,
+    /// Notified when `servers` drops to zero (after it does).
     finished: Notify,
 }
 
@@ -134,7 +141,8 @@ impl Lifecycle {
                 closed_at: OnceLock::new(),
                 forced_at: OnceLock::new(),
                 forced: Notify::new(),
-                is_finished: AtomicBool::new(false),
+                servers: AtomicUsize::new(0),
+                served: AtomicBool::new(false),
                 finished: Notify::new(),
             }),
         }
@@ -251,18 +259,23 @@ impl Lifecycle {
         self.inner.forced.notify_waiters();
     }
 
-    /// Marks the server done when the guard is dropped: the task that listens for a second
-    /// shutdown request stops then, and drops the requests.
+    /// Counts a server running until the guard is dropped: once the last one running is
+    /// done, the tasks that listen for a second shutdown request stop, and drop the requests.
     pub(crate) fn finished_on_drop(&self) -> FinishedOnDrop<'_> {
+        self.inner.servers.fetch_add(1, Ordering::AcqRel);
+        self.inner.served.store(true, Ordering::Release);
         FinishedOnDrop(self)
     }
 
-    /// Resolves once the server is done ([`finished_on_drop`](Self::finished_on_drop)).
+    /// Resolves once the servers are done: one ran, and none runs now
+    /// ([`finished_on_drop`](Self::finished_on_drop)).
     async fn finished(&self) {
         let mut finished = pin!(self.inner.finished.notified());
-        // Registered before the check: a mark between the two is not missed.
+        // Registered before the check: the last server ending between the two is not missed.
         finished.as_mut().enable();
-        if self.inner.is_finished.load(Ordering::Acquire) {
+        if self.inner.served.load(Ordering::Acquire)
+            && self.inner.servers.load(Ordering::Acquire) == 0
+        {
             return;
         }
         finished.await;
@@ -292,7 +305,8 @@ impl Lifecycle {
     ///
     /// After the first, the signals are listened for by a task this spawns (the future itself
     /// resolves at the close), until the grace deadline or until [`finish`](Self::finish) (or
-    /// [`serve`](Self::serve)) returns. Dropped mid-drain, the future leaves the drain to run
+    /// [`serve`](Self::serve)) returns, the last of them if several servers share the
+    /// lifecycle. Dropped mid-drain, the future leaves the drain to run
     /// its course (see [`on_drain`](Self::on_drain)). The signals are a [`Stream`];
     /// [`on_shutdown_requests`](Self::on_shutdown_requests) takes another.
     ///
@@ -311,7 +325,7 @@ impl Lifecycle {
     /// forces the shutdown at once (see [`on_signal`](Self::on_signal)); every item counts
     /// (the signals' one-second debounce is theirs). Resolves at the close; `requests` is
     /// kept, in a task of its own, until the grace deadline, or until [`finish`](Self::finish)
-    /// (or [`serve`](Self::serve)) returns. A stream that ends just stops counting. A stream
+    /// (or [`serve`](Self::serve)) returns (the last of them). A stream that ends just stops counting. A stream
     /// that panics is dropped, and the panic logged at error level: before the first request
     /// it counts as one (the drain starts, since nothing else could start it now); after, as
     /// the stream's end (a panic never forces the shutdown). For a shutdown command of your
@@ -474,10 +488,12 @@ impl Lifecycle {
     /// `main` then (exit status 0), and do not count on them being over in what follows.
     /// [`Lifecycle::serve`] closes what is left itself.
     ///
-    /// Once it returns (or is dropped), a second shutdown request is listened for no longer:
-    /// the task of [`on_signal`](Self::on_signal) (or
-    /// [`on_shutdown_requests`](Self::on_shutdown_requests)) that waits for it ends, and drops
-    /// the signals (or your stream). The server is done: there is nothing left to force.
+    /// Once it returns (or is dropped), and every other `finish` or [`serve`](Self::serve) of
+    /// this lifecycle too (two servers, the app and its metrics port, share one), a second
+    /// shutdown request is listened for no longer: the tasks of [`on_signal`](Self::on_signal)
+    /// (or [`on_shutdown_requests`](Self::on_shutdown_requests)) that wait for it end, and
+    /// drop the signals (or your streams). The servers are done: there is nothing left to
+    /// force. While one is still running, the second request still forces it.
     ///
     /// # Errors
     ///
@@ -541,8 +557,9 @@ pub(crate) struct FinishedOnDrop<'a>(&'a Lifecycle);
 impl Drop for FinishedOnDrop<'_> {
     fn drop(&mut self) {
         let inner = &self.0.inner;
-        inner.is_finished.store(true, Ordering::Release);
-        inner.finished.notify_waiters();
+        if inner.servers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            inner.finished.notify_waiters();
+        }
     }
 }
 
