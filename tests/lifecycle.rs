@@ -1440,3 +1440,47 @@ async fn a_second_shutdown_request_forces_the_serve_loop_left_when_another_retur
     assert_eq!(expired.in_flight(), Some(1), "{expired}");
     assert!(matches!(slow.await.unwrap(), Outcome::Broken(_)));
 }
+
+/// A stream of shutdown requests that panics when polled and again when dropped (a `Drop`
+/// that checks an invariant the first panic broke).
+struct PanicsTwice;
+
+impl futures_core::Stream for PanicsTwice {
+    type Item = ();
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        panic!("bug in the shutdown-request stream")
+    }
+}
+
+impl Drop for PanicsTwice {
+    fn drop(&mut self) {
+        panic!("bug in the shutdown-request stream's drop");
+    }
+}
+
+/// The panic of the stream before the first request starts the drain; the stream's drop
+/// panicking too must not leave that drain without its close. Before, the second panic (at
+/// the drop, after the drain had started) ended the shutdown future before its drain delay:
+/// the phase stayed `Draining` for good, the listener was never marked closed, and `finish`
+/// (or `Lifecycle::serve`) never returned.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_request_stream_whose_drop_panics_still_closes_the_listener() {
+    use tokio::time::Instant;
+    use tower_5xx::lifecycle::{Lifecycle, Phase};
+
+    let lc = Lifecycle::new(Duration::from_secs(10), Duration::from_secs(20));
+    let start = Instant::now();
+    let shutdown = tokio::spawn(lc.clone().on_shutdown_requests(PanicsTwice));
+    tokio::time::timeout(Duration::from_secs(3600), lc.closed())
+        .await
+        .expect("the listener is marked closed at the end of the drain delay");
+    assert_eq!(Instant::now() - start, Duration::from_secs(10));
+    assert_eq!(lc.phase(), Phase::Closing);
+    shutdown
+        .await
+        .expect("the panics do not reach the shutdown future");
+}

@@ -404,7 +404,15 @@ impl Lifecycle {
         // it is awaited by a task of its own, until the grace deadline or until the server is
         // done (`finish` or `serve` returned), whichever comes first.
         if first == First::Panicked {
-            drop(requests);
+            // Its drop may panic too (the first panic may have broken what it checks): the
+            // drain has started, and must still reach its close below.
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(requests))) {
+                tracing::error!(
+                    panic = %panic_message(&*panic),
+                    "the stream of shutdown requests panicked again when dropped"
+                );
+                drop_payload(panic);
+            }
         } else {
             let lifecycle = self.clone();
             tokio::spawn(async move {
