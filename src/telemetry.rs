@@ -549,14 +549,15 @@ impl MaintenanceMetrics {
         }
     }
 
-    /// Shows on the gauge whether maintenance is on, as `is_on` says: called with the switch
-    /// held still (its read lock), so that no source is switched meanwhile. Out of line, and
+    /// Shows on the gauge whether maintenance is on: `hold` reads the clock, holds the switch
+    /// still (its read lock, so that no source is switched meanwhile), and calls the function
+    /// it is given with whether maintenance is on, which writes the gauge. Out of line, and
     /// only when the state changes, not per request.
     ///
     /// Whatever a request found is only the hint that the gauge may be stale: the value shown
     /// is the switch's, read here. The hint itself may be stale by now: a request that found
     /// maintenance on, then updated the gauge after the switch went off and a later request
-    /// had shown 0, set it back to 1, and it stayed there until the next request. Read under
+    /// had shown 0, set it back to 1, and it stayed there until the next request. Written under
     /// the switch's lock, the value shown is the switch's state when it is written, and a
     /// switch that changes after that is seen by the next request, which finds `shown` stale
     /// (the switch's lock orders the two).
@@ -565,23 +566,27 @@ impl MaintenanceMetrics {
     /// two requests can be here at once), so the last writer of `shown` is the last writer of
     /// the gauge. Written separately, requests across a flip could interleave and leave `shown`
     /// at 1 with the gauge at 0; every later request would then see nothing to change, and the
-    /// gauge would read 0 for the whole maintenance. `is_on` is read under `flip` too: of two
-    /// requests at a window's start or end, the one that writes last read the clock last.
+    /// gauge would read 0 for the whole maintenance. `hold` reads the clock under `flip` too
+    /// (before it locks the switch: the clock is user code): of two requests at a window's
+    /// start or end, the one that writes last read the clock last. Lock order: `flip`, then
+    /// the switch.
     #[cold]
     #[inline(never)]
-    pub(crate) fn show_active(&self, is_on: &dyn Fn() -> bool) {
+    pub(crate) fn show_active(&self, hold: &dyn Fn(&mut dyn FnMut(bool))) {
         #[cfg(feature = "metrics")]
         {
             use std::sync::{atomic::Ordering, PoisonError};
             let _flip = self.flip.lock().unwrap_or_else(PoisonError::into_inner);
-            let value = u8::from(is_on());
-            if self.shown.load(Ordering::Relaxed) != value {
-                self.handles().active.set(f64::from(value));
-                self.shown.store(value, Ordering::Relaxed);
-            }
+            hold(&mut |is_on| {
+                let value = u8::from(is_on);
+                if self.shown.load(Ordering::Relaxed) != value {
+                    self.handles().active.set(f64::from(value));
+                    self.shown.store(value, Ordering::Relaxed);
+                }
+            });
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = is_on;
+        let _ = hold;
     }
 
     /// The announced end of the maintenance a request found on.

@@ -463,6 +463,52 @@ async fn the_maintenance_gauge_ends_at_the_switchs_final_state() {
     );
 }
 
+/// The switch's clock is user code, and the gauge's update must not call it with the switch
+/// locked: a clock that waits for a thread switching maintenance (a test harness that moves
+/// its clock and flips the switch together, a clock behind a lock its owner holds while
+/// calling `disable`) deadlocked the request. The hook runs on the reading of the clock that
+/// the gauge's update makes (the second of the request: the first finds the notice in force)
+/// and waits, at most 5 s, for `disable` on another thread. Before, that reading was made
+/// under the switch's read lock, and `disable` waited for the request that waited for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_gauge_does_not_read_the_clock_with_the_switch_locked() {
+    let _prometheus = recorder().clone();
+    let clock = HookClock::default();
+    let switch = MaintenanceSwitch::with_clock(clock.clone());
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(MaintenanceLayer::new(switch.clone()).name("gauge-clock-lock"));
+    let addr = common::serve_axum(app).await;
+    let c = client();
+
+    // A notice without an end: the request reads the clock to find it in force, then for the
+    // gauge (not shown yet), then for the `Retry-After`.
+    switch.enable();
+    let disabled_in_time = Arc::new(Mutex::new(None));
+    clock.arm(2, {
+        let (switch, disabled_in_time) = (switch.clone(), disabled_in_time.clone());
+        move || {
+            let (done, finished) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                switch.disable();
+                let _ = done.send(());
+            });
+            *disabled_in_time.lock().unwrap() =
+                Some(finished.recv_timeout(Duration::from_secs(5)).is_ok());
+        }
+    });
+    let reply = fetch(&c, addr, "/").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "found on");
+    assert_eq!(
+        *disabled_in_time.lock().unwrap(),
+        Some(true),
+        "the clock was read with the switch locked: a switch write from the clock's thread \
+         waited for the request, which waited for it"
+    );
+    assert!(!switch.is_enabled());
+    assert_eq!(fetch(&c, addr, "/").await.status, StatusCode::OK);
+}
+
 /// What the scripted origin answers, in order; then 200.
 #[derive(Clone, Default)]
 struct Script(Arc<Mutex<VecDeque<(StatusCode, Option<&'static str>)>>>);

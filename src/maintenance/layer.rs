@@ -272,7 +272,12 @@ impl Config {
     #[inline]
     pub(crate) fn show_active(&self, active: bool) {
         if !self.metrics.shows_active(active) {
-            self.switch.hold(|is_on| self.metrics.show_active(is_on));
+            self.metrics.show_active(&|show| {
+                // Read under `flip` (of two updates, the last read the clock last), but not
+                // with the switch locked: the clock is user code.
+                let now = self.switch.clock().now();
+                self.switch.hold(now, show);
+            });
         }
     }
 

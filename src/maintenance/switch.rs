@@ -690,12 +690,13 @@ impl MaintenanceSwitch {
     }
 
     /// Runs `f` with the switch held still (its read lock: no source is switched until `f`
-    /// returns), giving it `is_on`: whether maintenance is on when it is called. For the
-    /// layers' gauge, written in the order of the switch's changes. `f` must not call the
-    /// switch.
-    pub(crate) fn hold<R>(&self, f: impl FnOnce(&dyn Fn() -> bool) -> R) -> R {
+    /// returns), giving it whether maintenance is on at `now`. For the layers' gauge, written
+    /// in the order of the switch's changes. `f` must not call the switch. The caller reads
+    /// `now` before: the clock is user code, and is never called with the switch locked (a
+    /// clock that waits for a thread writing the switch would wait for itself).
+    pub(crate) fn hold<R>(&self, now: SystemTime, f: impl FnOnce(bool) -> R) -> R {
         let inner = self.read();
-        f(&|| inner.winner(self.shared.clock.now()).is_some())
+        f(inner.winner(now).is_some())
     }
 
     /// `true` when off with nothing scheduled: the one atomic load of the layer's hot path.
