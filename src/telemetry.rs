@@ -324,13 +324,13 @@ impl ShedMetrics {
         let _ = limit;
     }
 
-    /// One request took a permit; `limit` is read only the first time.
+    /// `n` requests took a permit; `limit` is read only the first time.
     #[inline]
-    pub(crate) fn started(&self, limit: impl FnOnce() -> usize) {
+    pub(crate) fn started(&self, n: usize, limit: impl FnOnce() -> usize) {
         #[cfg(feature = "metrics")]
-        self.handles(limit).in_flight.increment(1.0);
+        self.handles(limit).in_flight.increment(n as f64);
         #[cfg(not(feature = "metrics"))]
-        let _ = limit;
+        let _ = (n, limit);
     }
 
     /// One permit was given back; `limit` is read only the first time.

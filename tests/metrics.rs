@@ -1043,3 +1043,106 @@ fn the_shed_gauges_show_the_load_after_requests_end_at_once() {
     }
     assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
 }
+
+/// A recorder whose gauges panic on `increment` once armed (a recorder is user code).
+struct ArmedRecorder(Arc<std::sync::atomic::AtomicBool>);
+
+struct ArmedGauge(Arc<std::sync::atomic::AtomicBool>);
+
+impl metrics::GaugeFn for ArmedGauge {
+    fn increment(&self, _: f64) {
+        if self.0.load(Ordering::SeqCst) {
+            panic!("the recorder panicked");
+        }
+    }
+    fn decrement(&self, _: f64) {}
+    fn set(&self, _: f64) {}
+}
+
+impl metrics::Recorder for ArmedRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(Arc::new(ArmedGauge(self.0.clone())))
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// A recorder that panics while the shed layer hands a released permit to a queued request
+/// must not lose the permit: the recorder runs after the wait queue's lock is released, once
+/// the permit is with its waiter. (Called under the lock, between taking the permit and handing
+/// it over, the panic left the permit taken by nobody: the queued request waited for good and
+/// the layer ran one permit short from then on.)
+#[test]
+fn a_recorder_panicking_while_a_permit_is_handed_over_loses_no_permit() {
+    use std::future::Future as _;
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let recorder = ArmedRecorder(armed.clone());
+    metrics::with_local_recorder(&recorder, || {
+        // Paused: the timeout below is virtual time, not a wait.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let layer = ShedLayer::builder()
+                .limit(1)
+                .max_queue(4)
+                .max_wait(Duration::from_secs(600))
+                .name("recorder-panics")
+                .build()
+                .unwrap();
+            let handle = layer.handle();
+            let mut svc = layer.layer(tower::service_fn(|_req: Request<()>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+            }));
+            let running = svc.call(Request::new(()));
+            let mut queued = Box::pin(svc.call(Request::new(())));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(queued.as_mut().poll(&mut cx).is_pending());
+            assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+
+            armed.store(true, Ordering::SeqCst);
+            // The running request ends: its permit goes to the queued one, and the recorder
+            // panics on the way.
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(running)));
+            armed.store(false, Ordering::SeqCst);
+            assert!(dropped.is_err(), "the recorder was to panic");
+
+            let res = tokio::time::timeout(Duration::from_secs(10), queued)
+                .await
+                .expect("the queued request never got the released permit");
+            assert_eq!(res.unwrap().status(), StatusCode::OK);
+            assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+        });
+    });
+}

@@ -14,8 +14,8 @@
 //! open, [`Lifecycle::finish`] and [`Lifecycle::serve`] return [`GraceExpired`] with what is left
 //! cut (`serve` returns `Ok` if no connection was left open), and the force is logged at warn
 //! level. (A single SIGTERM, Kubernetes' way, never forces; nor does a signal less than a
-//! second after the one before, taken for the same Ctrl-C delivered twice, by the terminal and
-//! a wrapper that relays it: see [`Lifecycle::on_signal`]. [`Lifecycle::on_shutdown_requests`] takes
+//! second after the last one counted, taken for the same Ctrl-C delivered twice, by the
+//! terminal and a wrapper that relays it: see [`Lifecycle::on_signal`]. [`Lifecycle::on_shutdown_requests`] takes
 //! a stream of your own in place of the signals.)
 //!
 //! - [`Lifecycle::readiness`] and [`Lifecycle::liveness`] are the two probes, as tower

@@ -428,10 +428,11 @@ impl MaintenanceSwitch {
     /// the admin router writes to the new source from now on. A read or an admin write of the
     /// previous source in flight (on its way to Redis, or there already) is still applied to
     /// this switch, and the new source's first read or write waits for it, so the new source's
-    /// state is applied after it and a `200` from the router means its change is in force
-    /// here, as with [`RedisFollower::stop`]. A write of the previous source that comes after
-    /// that writes nothing (`503`, "nothing was changed; retry"; the retry writes to the new
-    /// source).
+    /// state is applied after it: a `200` from the router for such a write means its change was
+    /// applied here, until the new source's state (its key in the new Redis) replaces it. (A
+    /// [`RedisFollower::stop`] keeps it instead: the manual source carries it on.) A write of
+    /// the previous source that comes after that writes nothing (`503`, "nothing was changed;
+    /// retry"; the retry writes to the new source).
     ///
     /// # Panics
     ///

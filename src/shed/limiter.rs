@@ -269,7 +269,7 @@ impl Shared {
                 Ordering::SeqCst,
             ) {
                 Ok(_) => {
-                    self.metrics.started(|| self.limit());
+                    self.metrics.started(1, || self.limit());
                     return Some(2 * load >= limit);
                 }
                 Err(actual) => load = actual,
@@ -291,8 +291,8 @@ impl Shared {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
+                // Counted on the gauge by the caller once the lock is released.
                 Ok(_) => {
-                    self.metrics.started(|| self.limit());
                     return true;
                 }
                 Err(actual) => load = actual,
@@ -315,32 +315,53 @@ impl Shared {
     #[cold]
     fn dispatch(self: &Arc<Self>) {
         let mut waiters = self.waiters();
-        let unsent = self.dispatch_locked(&mut waiters);
+        let dispatched = self.dispatch_locked(&mut waiters);
         drop(waiters);
-        drop(unsent);
+        self.publish(&dispatched);
+        drop(dispatched);
     }
 
     /// [`dispatch`](Self::dispatch) with the lock held. A permit that found nobody to take it
-    /// is returned, to be dropped after the lock is released.
-    fn dispatch_locked(self: &Arc<Self>, waiters: &mut WaitQueue) -> Option<Permit> {
-        let mut unsent = None;
+    /// is returned, to be dropped after the lock is released, with what the gauges are to
+    /// show (see [`publish`](Self::publish)).
+    fn dispatch_locked(self: &Arc<Self>, waiters: &mut WaitQueue) -> Dispatched {
+        let mut dispatched = Dispatched {
+            unsent: None,
+            started: 0,
+            left: 0,
+        };
         let before = waiters.len();
         while !waiters.is_empty() && self.try_acquire() {
+            dispatched.started += 1;
             if let Err(permit) = waiters.hand_over(Permit::taken(Arc::clone(self))) {
-                unsent = Some(permit);
+                dispatched.unsent = Some(permit);
                 break;
             }
         }
-        self.left_queue(before - waiters.len());
-        unsent
+        dispatched.left = before - waiters.len();
+        self.left_queue(dispatched.left);
+        dispatched
     }
 
-    /// Counts `n` waiters out of the load (under the lock).
+    /// Moves the gauges by what a dispatch did, once the lock is released: the recorder is
+    /// user code, and nothing that can panic runs under the lock (a panic between taking a
+    /// permit and handing it over would lose the permit for good). The gauges move by steps,
+    /// so the order of these writes does not matter.
+    fn publish(&self, dispatched: &Dispatched) {
+        if dispatched.started > 0 {
+            self.metrics.started(dispatched.started, || self.limit());
+        }
+        if dispatched.left > 0 {
+            self.metrics.left_queue(dispatched.left, || self.limit());
+        }
+    }
+
+    /// Counts `n` waiters out of the load (under the lock; the gauge is moved by the caller
+    /// once the lock is released).
     fn left_queue(&self, n: usize) {
         if n > 0 {
             self.load
                 .fetch_sub(n as u64 * Load::WAITER, Ordering::SeqCst);
-            self.metrics.left_queue(n, || self.limit());
         }
     }
 
@@ -380,12 +401,14 @@ impl Shared {
         // taken below (for the oldest waiter), one released after it is handed over by its
         // releaser, which waits for this lock.
         self.load.fetch_add(Load::WAITER, Ordering::SeqCst);
-        self.metrics.joined_queue(|| self.limit());
         // Against a limit raised at this moment: see `store_limit`.
         fence(Ordering::SeqCst);
-        let unsent = self.dispatch_locked(&mut waiters);
+        let dispatched = self.dispatch_locked(&mut waiters);
         drop(waiters);
-        drop(unsent);
+        // The gauges once the lock is released (see `publish`).
+        self.metrics.joined_queue(|| self.limit());
+        self.publish(&dispatched);
+        drop(dispatched);
         Some(Ticket {
             shared: Arc::clone(self),
             id,
@@ -573,6 +596,8 @@ impl Ticket {
         if waiters.remove(self.id) {
             waiters.note_timeout(tokio::time::Instant::now());
             self.shared.left_queue(1);
+            drop(waiters);
+            self.shared.metrics.left_queue(1, || self.shared.limit());
             return None;
         }
         drop(waiters);
@@ -591,8 +616,18 @@ impl Drop for Ticket {
         // is released, and its drop hands it to the next waiter.
         if waiters.remove(self.id) {
             self.shared.left_queue(1);
+            drop(waiters);
+            self.shared.metrics.left_queue(1, || self.shared.limit());
         }
     }
+}
+
+/// What [`Shared::dispatch_locked`] did: the permit nobody took (dropped after the lock is
+/// released), and the permits taken and the waiters out of the queue, for the gauges.
+struct Dispatched {
+    unsent: Option<Permit>,
+    started: usize,
+    left: usize,
 }
 
 /// A latency in microseconds, squared: at most 2^48 (latencies over 16.8 s count as 16.8 s),
