@@ -1302,40 +1302,79 @@ async fn on_drain_dropped_mid_drain_still_closes_the_listener() {
     assert_eq!(Instant::now() - start, Duration::from_secs(10));
 }
 
-/// One lifecycle, two servers (the app and its metrics port, say), each with its shutdown
-/// future, as each `on_signal` gets the signals: the metrics server finishes at the close, the
-/// app still has a request in flight, and a second shutdown request must still force it. The
-/// first `finish` to return marked the whole lifecycle finished, which stopped every task
-/// listening for the second request: the app then ran its whole grace period (an hour here),
-/// with Ctrl-C ignored.
+/// One lifecycle (no drain delay, an hour of grace) for two servers, the app and its metrics
+/// port, say: the app's `/slow` runs for the hour (it notifies `entered` first), the metrics
+/// server stays idle. Each server's stream of shutdown requests gets every request
+/// [`signal`](Self::signal) sends, as each `on_signal` gets every signal.
+struct TwoServers {
+    lifecycle: tower_5xx::lifecycle::Lifecycle,
+    entered: Arc<tokio::sync::Notify>,
+    app: axum::Router,
+    metrics: axum::Router,
+    app_requests: Requests,
+    metrics_requests: Requests,
+    senders: [tokio::sync::mpsc::UnboundedSender<()>; 2],
+}
+
+impl TwoServers {
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn new() -> Self {
+        use axum::routing::get;
+
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let app = axum::Router::new().route(
+            "/slow",
+            get({
+                let entered = entered.clone();
+                move || async move {
+                    entered.notify_one();
+                    tokio::time::sleep(Self::HOUR).await;
+                    "late"
+                }
+            }),
+        );
+        let metrics = axum::Router::new().route("/metrics", get(|| async { "" }));
+        let (app_signal, app_requests) = tokio::sync::mpsc::unbounded_channel();
+        let (metrics_signal, metrics_requests) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            lifecycle: tower_5xx::lifecycle::Lifecycle::new(Duration::ZERO, Self::HOUR),
+            entered,
+            app,
+            metrics,
+            app_requests: Requests(app_requests),
+            metrics_requests: Requests(metrics_requests),
+            senders: [app_signal, metrics_signal],
+        }
+    }
+
+    /// A shutdown request to both servers. (A stream already dropped is a listener gone: the
+    /// request reaches the others.)
+    fn signal(senders: &[tokio::sync::mpsc::UnboundedSender<()>; 2]) {
+        for sender in senders {
+            let _ = sender.send(());
+        }
+    }
+}
+
+/// Two servers on one lifecycle ([`TwoServers`]), each run by `finish`: the metrics server
+/// finishes at the close, the app still has a request in flight, and a second shutdown request
+/// must still force it. The first `finish` to return marked the whole lifecycle finished, which
+/// stopped every task listening for the second request: the app then ran its whole grace
+/// period (an hour here), with Ctrl-C ignored.
 #[tokio::test]
 async fn a_second_shutdown_request_forces_the_server_left_when_another_finished() {
-    use axum::{routing::get, Router};
-    use tower_5xx::lifecycle::{Lifecycle, Phase};
+    use tower_5xx::lifecycle::Phase;
 
-    const HOUR: Duration = Duration::from_secs(3600);
-    let lifecycle = Lifecycle::new(Duration::ZERO, HOUR);
-    let entered = Arc::new(tokio::sync::Notify::new());
-    let app = Router::new().route(
-        "/slow",
-        get({
-            let entered = entered.clone();
-            move || async move {
-                entered.notify_one();
-                tokio::time::sleep(HOUR).await;
-                "late"
-            }
-        }),
-    );
-    let metrics = Router::new().route("/metrics", get(|| async { "" }));
-    // Each shutdown future gets every request, as each `on_signal` gets every signal.
-    let (app_signal, app_requests) = tokio::sync::mpsc::unbounded_channel();
-    let (metrics_signal, metrics_requests) = tokio::sync::mpsc::unbounded_channel();
-    // (A stream already dropped is a listener gone: the signal reaches the others.)
-    let signal = || {
-        let _ = app_signal.send(());
-        let _ = metrics_signal.send(());
-    };
+    let TwoServers {
+        lifecycle,
+        entered,
+        app,
+        metrics,
+        app_requests,
+        metrics_requests,
+        senders,
+    } = TwoServers::new();
     let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = app_listener.local_addr().unwrap();
     let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1343,23 +1382,22 @@ async fn a_second_shutdown_request_forces_the_server_left_when_another_finished(
         let lc = lifecycle.clone();
         async move {
             let server = axum::serve(app_listener, app)
-                .with_graceful_shutdown(lc.clone().on_shutdown_requests(Requests(app_requests)));
+                .with_graceful_shutdown(lc.clone().on_shutdown_requests(app_requests));
             lc.finish(server).await
         }
     });
     let metrics_server = tokio::spawn({
         let lc = lifecycle.clone();
         async move {
-            let server = axum::serve(metrics_listener, metrics).with_graceful_shutdown(
-                lc.clone().on_shutdown_requests(Requests(metrics_requests)),
-            );
+            let server = axum::serve(metrics_listener, metrics)
+                .with_graceful_shutdown(lc.clone().on_shutdown_requests(metrics_requests));
             lc.finish(server).await
         }
     });
     let slow = tokio::spawn(async move { outcome(&client(), request(addr, "/slow", None)).await });
     entered.notified().await;
 
-    signal();
+    TwoServers::signal(&senders);
     let metrics_out = tokio::time::timeout(Duration::from_secs(30), metrics_server)
         .await
         .expect("nothing open on the metrics server: it finishes at the close")
@@ -1367,7 +1405,7 @@ async fn a_second_shutdown_request_forces_the_server_left_when_another_finished(
     assert!(matches!(metrics_out, Ok(Ok(()))), "{metrics_out:?}");
     assert_eq!(lifecycle.phase(), Phase::Closing);
 
-    signal();
+    TwoServers::signal(&senders);
     let app_out = tokio::time::timeout(Duration::from_secs(30), app_server)
         .await
         .expect("the second request forces the app's shutdown, not after the hour")
@@ -1381,57 +1419,41 @@ async fn a_second_shutdown_request_forces_the_server_left_when_another_finished(
 async fn a_second_shutdown_request_forces_the_serve_loop_left_when_another_returned() {
     use std::future::IntoFuture;
 
-    use axum::{routing::get, Router};
-    use tower_5xx::lifecycle::Lifecycle;
-
-    const HOUR: Duration = Duration::from_secs(3600);
-    let lifecycle = Lifecycle::new(Duration::ZERO, HOUR);
-    let entered = Arc::new(tokio::sync::Notify::new());
-    let app = Router::new().route(
-        "/slow",
-        get({
-            let entered = entered.clone();
-            move || async move {
-                entered.notify_one();
-                tokio::time::sleep(HOUR).await;
-                "late"
-            }
-        }),
-    );
-    let metrics = Router::new().route("/metrics", get(|| async { "" }));
-    let (app_signal, app_requests) = tokio::sync::mpsc::unbounded_channel();
-    let (metrics_signal, metrics_requests) = tokio::sync::mpsc::unbounded_channel();
-    // (A stream already dropped is a listener gone: the signal reaches the others.)
-    let signal = || {
-        let _ = app_signal.send(());
-        let _ = metrics_signal.send(());
-    };
+    let TwoServers {
+        lifecycle,
+        entered,
+        app,
+        metrics,
+        app_requests,
+        metrics_requests,
+        senders,
+    } = TwoServers::new();
     let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = app_listener.local_addr().unwrap();
     let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_server = tokio::spawn(
         lifecycle
             .serve(app_listener, app.with_state(()))
-            .shutdown_requests(Requests(app_requests))
+            .shutdown_requests(app_requests)
             .into_future(),
     );
     let metrics_server = tokio::spawn(
         lifecycle
             .serve(metrics_listener, metrics.with_state(()))
-            .shutdown_requests(Requests(metrics_requests))
+            .shutdown_requests(metrics_requests)
             .into_future(),
     );
     let slow = tokio::spawn(async move { outcome(&client(), request(addr, "/slow", None)).await });
     entered.notified().await;
 
-    signal();
+    TwoServers::signal(&senders);
     let metrics_out = tokio::time::timeout(Duration::from_secs(30), metrics_server)
         .await
         .expect("nothing open on the metrics server: it returns at the close")
         .unwrap();
     assert_eq!(metrics_out, Ok(()));
 
-    signal();
+    TwoServers::signal(&senders);
     let expired = tokio::time::timeout(Duration::from_secs(30), app_server)
         .await
         .expect("the second request forces the app's serve loop, not after the hour")
