@@ -170,7 +170,9 @@ impl ShedBuilder {
     }
 
     /// Names this layer in its metrics (`name="<name>"` on every series, feature `metrics`) and
-    /// in its log events, to tell several shed layers of one process apart.
+    /// in its log events, to tell several shed layers of one process apart. Layers left unnamed,
+    /// or given one name, share their series: the in-flight and queued gauges and the counters
+    /// add up over them, and the limit gauge shows the limit the last of them stored.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = Some(name.into());
         self
