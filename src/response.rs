@@ -295,8 +295,8 @@ fn weight<'a>(
     let mut found: Option<(f32, u8)> = None;
     for value in accept {
         let Ok(value) = value.to_str() else { continue };
-        for range in value.split(',') {
-            let mut parts = range.split(';');
+        for range in split_unquoted(value, b',') {
+            let mut parts = split_unquoted(range, b';');
             let media = parts.next().unwrap_or("").trim();
             let Some((ty, subty)) = media.split_once('/') else {
                 continue;
@@ -326,6 +326,36 @@ fn weight<'a>(
     // Across formats, an alias (`application/json`) counts as named as well as the format's
     // own type.
     found.map(|(q, s)| (q, s.min(2)))
+}
+
+/// Splits `s` at each `sep` outside a quoted string (RFC 9110 §5.6.4: `"..."`, with `\`
+/// escaping the next character), so that a comma or semicolon in a parameter's quoted value
+/// separates nothing. An unterminated quote runs to the end. (`s` is a header value's visible
+/// ASCII: every index split at is a character boundary.)
+fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let bytes = s.as_bytes();
+    let (mut start, mut i, mut quoted, mut done) = (0, 0, false, false);
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' if quoted => i += 1,
+                b'"' => quoted = !quoted,
+                b if b == sep && !quoted => {
+                    let part = &s[start..i];
+                    i += 1;
+                    start = i;
+                    return Some(part);
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        done = true;
+        Some(&s[start..])
+    })
 }
 
 /// The generated error response: status, `Retry-After`, `Cache-Control: no-store`, error id, and
@@ -605,6 +635,50 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, HeaderValue::from_static(v));
         h
+    }
+
+    /// A comma or semicolon inside a quoted parameter value (RFC 9110 §5.6.4) is not a
+    /// separator: `text/html;foo="a,b";q=0.1` is one range, HTML at q=0.1. (Split at every
+    /// comma, its `text/html;foo="a` piece counted as HTML at q=1, which won.)
+    #[test]
+    fn separators_inside_quoted_strings_separate_nothing() {
+        let quoted = r#"text/html;foo="a,b";q=0.1, application/json;q=0.5"#;
+        assert_eq!(
+            Format::negotiate(&accept(quoted), true),
+            Format::ProblemJson
+        );
+        let semicolon = r#"text/html;foo="x;q=1";q=0.1, application/json;q=0.5"#;
+        assert_eq!(
+            Format::negotiate(&accept(semicolon), true),
+            Format::ProblemJson
+        );
+        let escaped = r#"text/html;foo="a\",b";q=0.1, application/json;q=0.5"#;
+        assert_eq!(
+            Format::negotiate(&accept(escaped), true),
+            Format::ProblemJson
+        );
+        // An unterminated quote runs to the end: no panic, and what is left is one range.
+        let open = r#"application/json;q=0.5, text/html;foo="a,b"#;
+        assert_eq!(Format::negotiate(&accept(open), true), Format::Html);
+        assert_eq!(
+            split_unquoted(r#"a,"b,\"c",d"#, b',').collect::<Vec<_>>(),
+            ["a", r#""b,\"c""#, "d"]
+        );
+    }
+
+    proptest::proptest! {
+        /// Any `Accept` value: the pieces put back together are the value (nothing lost at a
+        /// quote or an escape at the end), and negotiating it does not panic.
+        #[test]
+        fn any_accept_value_splits_back_and_negotiates(v in "[ -~]{0,64}") {
+            let parts: Vec<&str> = split_unquoted(&v, b',').collect();
+            proptest::prop_assert_eq!(parts.join(","), v.clone());
+            if let Ok(value) = HeaderValue::from_str(&v) {
+                let mut headers = HeaderMap::new();
+                headers.insert(ACCEPT, value);
+                let _ = Format::negotiate(&headers, true);
+            }
+        }
     }
 
     #[test]
