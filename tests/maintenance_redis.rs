@@ -987,23 +987,23 @@ fn blocked_clients(redis: &RedisServer) -> usize {
         .unwrap_or(0)
 }
 
-/// An admin write in flight while [`RedisFollower::stop`] runs: Redis holds the write's
-/// transaction (`CLIENT PAUSE ... WRITE`) while `stop` is started, then lets it go. The write
-/// answered 200, so it must be in force on this instance as in Redis (applied before the
-/// handover, it is the manual source's now). Before, `stop` let go of Redis first: the write
-/// reached Redis, was not applied here, and the answer (200) showed maintenance off.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_write_in_flight_during_stop_is_applied_here_too() {
-    let redis = RedisServer::start();
-    let key = unique_key("write-during-stop");
-    // A timeout longer than the pause: the write waits for Redis instead of giving up.
-    let source = RedisSource::builder(redis.url())
-        .key(&key)
+/// A source whose Redis calls wait up to 10 s: longer than the pauses below, so a write held
+/// in Redis waits for it instead of giving up.
+fn patient_source(redis: &RedisServer, key: &str) -> RedisSource {
+    RedisSource::builder(redis.url())
+        .key(key)
         .timeout(Duration::from_secs(10))
         .build()
-        .unwrap();
-    let node = instance_with(source).await;
-    let c = client();
+        .unwrap()
+}
+
+/// An admin `PUT` (`{"message": "in flight"}`) to `node`, held in `redis` (`CLIENT PAUSE ...
+/// WRITE`): returns once Redis holds it. `CLIENT UNPAUSE` lets it go; the task gives its reply.
+async fn a_write_held_in(
+    redis: &RedisServer,
+    node: &Instance,
+    c: &TestClient,
+) -> tokio::task::JoinHandle<Reply> {
     assert!(redis
         .command(&["CLIENT", "PAUSE", "10000", "WRITE"])
         .starts_with("+OK"));
@@ -1013,9 +1013,24 @@ async fn an_admin_write_in_flight_during_stop_is_applied_here_too() {
         async move { admin_call(&c, addr, Method::PUT, r#"{"message": "in flight"}"#).await }
     });
     eventually("the write waits in Redis", Duration::from_secs(5), || {
-        blocked_clients(&redis) >= 1
+        blocked_clients(redis) >= 1
     })
     .await;
+    put
+}
+
+/// An admin write in flight while [`RedisFollower::stop`] runs: Redis holds the write's
+/// transaction (`CLIENT PAUSE ... WRITE`) while `stop` is started, then lets it go. The write
+/// answered 200, so it must be in force on this instance as in Redis (applied before the
+/// handover, it is the manual source's now). Before, `stop` let go of Redis first: the write
+/// reached Redis, was not applied here, and the answer (200) showed maintenance off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_in_flight_during_stop_is_applied_here_too() {
+    let redis = RedisServer::start();
+    let key = unique_key("write-during-stop");
+    let node = instance_with(patient_source(&redis, &key)).await;
+    let c = client();
+    let put = a_write_held_in(&redis, &node, &c).await;
     // `stop` starts while the write is in flight: it cannot finish before the write does.
     let mut stop = std::pin::pin!(node.follower.stop());
     std::future::poll_fn(|cx| {
@@ -1058,25 +1073,10 @@ async fn an_admin_write_in_flight_during_stop_is_applied_here_too() {
 async fn a_stop_given_up_on_during_a_write_still_stops_following() {
     let redis = RedisServer::start();
     let key = unique_key("stop-given-up");
-    let source = RedisSource::builder(redis.url())
-        .key(&key)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let source = patient_source(&redis, &key);
     let node = instance_with(source.clone()).await;
     let c = client();
-    assert!(redis
-        .command(&["CLIENT", "PAUSE", "10000", "WRITE"])
-        .starts_with("+OK"));
-    let addr = node.addr;
-    let put = tokio::spawn({
-        let c = c.clone();
-        async move { admin_call(&c, addr, Method::PUT, r#"{"message": "in flight"}"#).await }
-    });
-    eventually("the write waits in Redis", Duration::from_secs(5), || {
-        blocked_clients(&redis) >= 1
-    })
-    .await;
+    let put = a_write_held_in(&redis, &node, &c).await;
     // The stop is polled once (it waits for the write), then dropped: given up on.
     {
         let mut stop = std::pin::pin!(node.follower.stop());
@@ -1113,28 +1113,13 @@ async fn a_write_in_flight_while_the_source_is_replaced(
     if let Some(value) = key_in_b {
         b.command(&["SET", &key, value]);
     }
-    // A timeout longer than the pause: the write waits for Redis instead of giving up.
-    let source_a = RedisSource::builder(a.url())
-        .key(&key)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
     let source_b = source(&b, &key);
-    let node = instance_with(source_a).await;
+    let node = instance_with(patient_source(&a, &key)).await;
     let c = client();
-    assert!(a
-        .command(&["CLIENT", "PAUSE", "10000", "WRITE"])
-        .starts_with("+OK"));
-    let addr = node.addr;
-    let put = tokio::spawn({
-        let c = c.clone();
-        async move { admin_call(&c, addr, Method::PUT, r#"{"message": "in flight"}"#).await }
-    });
-    eventually("the write waits in Redis A", Duration::from_secs(5), || {
-        blocked_clients(&a) >= 1
-    })
-    .await;
-    // Replaced while the write is in flight; give B's follower time to read its key.
+    let put = a_write_held_in(&a, &node, &c).await;
+    // Replaced while the write is in flight. B's follower must not read B before the write is
+    // applied, which nothing outside shows: it is given the time a follower that did not wait
+    // would take to read B (a few milliseconds), many times over, before the write goes on.
     let _follower_b = node.switch.follow_redis(source_b.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(a.command(&["CLIENT", "UNPAUSE"]).starts_with("+OK"));

@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::error::BodyPanicked;
-use super::future::panic_message;
+use crate::panic_payload::{drop_payload, panic_message};
 use crate::{BoxError, ErrorId};
 
 pin_project! {
@@ -124,7 +124,7 @@ where
                 Ok(Poll::Pending) => return Poll::Pending,
                 Err(panic) => {
                     let error_id = log_panic(&*panic, "poll_frame");
-                    super::future::drop_payload(panic);
+                    drop_payload(panic);
                     *this.error_id.get_mut() = error_id.as_u64();
                     *stage = CAUGHT;
                 }
@@ -158,7 +158,7 @@ where
         }
         catch_unwind(AssertUnwindSafe(|| self.inner.is_end_stream())).unwrap_or_else(|panic| {
             self.caught(&*panic, "is_end_stream");
-            super::future::drop_payload(panic);
+            drop_payload(panic);
             false
         })
     }
@@ -172,7 +172,7 @@ where
         }
         catch_unwind(AssertUnwindSafe(|| self.inner.size_hint())).unwrap_or_else(|panic| {
             self.caught(&*panic, "size_hint");
-            super::future::drop_payload(panic);
+            drop_payload(panic);
             SizeHint::default()
         })
     }

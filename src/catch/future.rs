@@ -13,14 +13,13 @@ use http::{header::ACCEPT, uri::PathAndQuery, HeaderValue, Method, Request, Resp
 use pin_project_lite::pin_project;
 
 use super::{classify::classify_chain, CatchBody, Classification, Classify};
+use crate::panic_payload::{drop_payload, panic_message};
 use crate::{
     error_chain,
     refuse::{Refuser, RequestView},
     telemetry::{self, Meter},
     BoxError, ErrorId, Reason, ResponseBody,
 };
-// Shared with the lifecycle's shutdown requests; `body.rs` finds them here.
-pub(crate) use crate::panic_payload::{drop_payload, panic_message};
 
 /// What the request needs for logging and content negotiation once it has been moved into the
 /// inner service. Cheap to capture: a standard `Method` is a plain enum, and the path and the
